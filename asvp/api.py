@@ -54,3 +54,96 @@ def list_nodes(model_path: str | os.PathLike):
     model = load_model(model_path)
     image_io(model)
     return feature_candidates(model)
+
+
+def validate(clean: str | os.PathLike, defended: str | os.PathLike, *, task: str | None = None, images=None,
+             backend: str = "onnxrt-cpu", heldout_size: int = 192, max_teacher_drop: float | None = 0.1,
+             max_ssim_drop: float | None = None, min_output_psnr: float | None = None,
+             max_abs_diff: float | None = None, spectrum: bool = True, out=None, progress: bool = True):
+    """Quality cost of the defence: clean vs defended on held-out (or `images`: DIR/input + DIR/target) pairs.
+
+    Returns a ValidationResult (`.passed` is the verdict against the thresholds; a failed verdict is not an
+    exception). `out`: a report directory (report.json, report.md, PNGs), written atomically at the end.
+    """
+    from asvp.runtime.validate import validate as _validate
+
+    return _validate(clean, defended, task=task, images=images, backend=backend, heldout_size=heldout_size,
+                     max_teacher_drop=max_teacher_drop, max_ssim_drop=max_ssim_drop, min_output_psnr=min_output_psnr,
+                     max_abs_diff=max_abs_diff, spectrum=spectrum, out=out, progress=progress)
+
+
+def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None, *, backend: str = "onnxrt-cpu",
+            shape="1x3x256x256", warmup: int = 10, iters: int = 50, memory: str = "subprocess", out=None,
+            progress: bool = True):
+    """Latency (p50/p90/p99, mean, throughput), peak memory, and the defended/clean ratio measured interleaved.
+
+    memory: "subprocess" (each model in a fresh process; default), "inprocess" (order-dependent) or "off".
+    """
+    from asvp.runtime.profile import profile as _profile
+
+    return _profile(clean, defended, backend=backend, shape=shape, warmup=warmup, iters=iters, memory=memory,
+                    out=out, progress=progress)
+
+
+def write_report(out_dir: str | os.PathLike, sections: dict):
+    """Add sections (key -> asvp.runtime.report.Section) to the report in out_dir (report.json/.md + PNGs)."""
+    from asvp.runtime.report import write_report as _write
+
+    return _write(out_dir, sections)
+
+
+def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *, min_shape=None, opt_shape=None,
+                 max_shape=None, fp16: bool = False, int8: bool = False, workspace=None, plugin: bool = True):
+    """Build a TensorRT engine (one dynamic-shape profile) and its `<engine>.json` sidecar, atomically.
+
+    Shapes are "NxCxHxW" strings or int sequences (defaults 1x3x32x32 / 1x3x256x256 / 4x3x512x512, adapted to
+    the model); workspace is bytes or "2G"/"512M". The AsvpPerturb TensorRT plugin is registered before parsing
+    when the model has plugin nodes. MissingDependencyError (exit 3, nothing written) without TensorRT/GPU.
+    """
+    from asvp.runtime.build import build_engine as _build
+
+    return _build(onnx_path, engine_path, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
+                  fp16=fp16, int8=int8, workspace=workspace, plugin=plugin)
+
+
+def load_engine(engine_path: str | os.PathLike):
+    """Deserialize a TensorRT engine built by build_engine (registers the AsvpPerturb plugin first)."""
+    from asvp.runtime.build import load_engine as _load
+
+    return _load(engine_path)
+
+
+def backends() -> list[dict]:
+    """Every inference backend with whether it runs here and what runs it (or what is missing)."""
+    from asvp.runtime.backends import backends_status
+
+    return [s.to_dict() for s in backends_status()]
+
+
+def attack(task: str | None = None, *, clean=None, defended=None, kind: str = "output", preset: str = "quick",
+           seed: int = 0, out=None, config=None, nodes=None, steps: int | None = None, pool: int | None = None,
+           progress: bool = True):
+    """Distillation attack: students trained only on the served models' answers (ONNX Runtime queries).
+
+    task: one bundled task, or None for the preset's tasks ("quick": sr; "full": all five). clean/defended: ONNX
+    paths (one task only); missing ones are exported (bundled teacher) / defended (api.defend with `config`,
+    default AsvpConfig(), and `nodes`) into out/<task>/. kind: "output" | "feature" | "adaptive". steps/pool
+    override the preset's training steps / number of queries. Returns an AttackResult; with `out`, a report
+    (report.json, report.md, attack-<kind>-drops.png) and per-task resumable results are written there.
+    """
+    from asvp.runtime.attack import run_attack
+
+    return run_attack(task, clean=clean, defended=defended, kind=kind, preset=preset, seed=seed, out=out,
+                      config=config, nodes=nodes, steps=steps, pool=pool, progress=progress)
+
+
+def sweep(tasks, *, h=None, k=None, placement=None, nodes=None, preset: str = "quick", seed: int = 0, out=None,
+          k_mode: str = "adaptive", tau: float = 0.9, steps: int | None = None, pool: int | None = None,
+          progress: bool = True):
+    """Grid over h x k x placement x node sets: teacher drop vs student drop per configuration, and the best one
+    (largest student drop with teacher drop <= 0.1 dB). nodes: selector strings, "default" = defend's choice,
+    "a,b" = several nodes at once. Returns a SweepResult; with `out`, report.json/.md and sweep-scatter.png."""
+    from asvp.runtime.sweep import run_sweep
+
+    return run_sweep(tasks, h=h, k=k, placement=placement, nodes=nodes, preset=preset, seed=seed, out=out,
+                     k_mode=k_mode, tau=tau, steps=steps, pool=pool, progress=progress)

@@ -1,6 +1,7 @@
 """The public Python API. Every CLI subcommand is a thin call into one function here."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -48,12 +49,42 @@ def export(source: str, out: str | os.PathLike, *, weights=None, kwargs=None, ta
 
 def list_nodes(model_path: str | os.PathLike):
     """Candidate feature nodes of an ONNX image model, for `defend --nodes`."""
-    from asvp.graph_passes.candidates import feature_candidates
+    from asvp.graph_passes.select import candidates
     from asvp.onnx_utils import image_io, load_model
 
     model = load_model(model_path)
     image_io(model)
-    return feature_candidates(model)
+    return candidates(model)  # ASVP's own inserted nodes are not candidates
+
+
+@dataclasses.dataclass
+class DefendResult:
+    """What `defend` wrote: the output path, mode, placement, defended nodes (records as in asvp.nodes), config."""
+
+    path: str
+    mode: str
+    placement: str
+    nodes: list
+    config: dict
+    digest: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def defend(model_path: str | os.PathLike, out_path: str | os.PathLike, *, nodes=None, config=None,
+           mode: str = "subgraph", allow_redefend: bool = False) -> DefendResult:
+    """Insert ASVP at feature nodes of an ONNX image model and write the defended model atomically.
+
+    nodes: selector strings (exact node name, "re:PATTERN", "OP#I", "auto"; default: the automatic choice,
+    see asvp.graph_passes.select). config: AsvpConfig or dict of its fields (default AsvpConfig()).
+    mode: "subgraph" (standard ONNX ops, any runtime) or "plugin" (one AsvpPerturb custom node per feature).
+    Refuses a node already defended unless allow_redefend. Nothing is written when anything fails.
+    """
+    from asvp.graph_passes.defend import defend_file
+
+    info = defend_file(model_path, out_path, nodes=nodes, config=config, mode=mode, allow_redefend=allow_redefend)
+    return DefendResult(str(out_path), info.mode, info.placement, info.nodes, info.config, info.digest)
 
 
 def validate(clean: str | os.PathLike, defended: str | os.PathLike, *, task: str | None = None, images=None,

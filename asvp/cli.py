@@ -48,6 +48,17 @@ def cmd_nodes(a):
     _print_json([n.to_dict() for n in nodes]) if a.json else print(candidates_table(nodes))
 
 
+def cmd_defend(a):
+    overrides = {f: getattr(a, f) for f in ("h", "k", "k_mode", "tau", "iters", "placement") if getattr(a, f) is not None}
+    res = api.defend(a.model, a.output, nodes=a.nodes, config=overrides, mode=a.mode, allow_redefend=a.allow_redefend)
+    if a.json:
+        _print_json(res.to_dict())
+    else:
+        where = ", ".join(f"{n['node']} (C={n['channels']}{', tap ' + n['tap_output'] if n['tap_output'] else ''})"
+                          for n in res.nodes)
+        print(f"wrote {res.path}: ASVP {res.mode} ({res.placement}) at {where}; config {res.digest}")
+
+
 def cmd_build(a):
     res = api.build_engine(a.model, a.output, min_shape=a.min, opt_shape=a.opt, max_shape=a.max, fp16=a.fp16,
                            int8=a.int8, workspace=a.workspace, plugin=not a.no_plugin)
@@ -109,7 +120,8 @@ def cmd_attack(a):
     if a.json:
         _print_json(res.to_dict())
         return
-    print(markdown_table(res.tasks) + "\n" + claims_text(res.claims))
+    print(markdown_table(res.tasks) + "".join(f"\nskipped {s['task']}: {s['reason']}" for s in res.skipped)
+          + "\n\n" + claims_text(res.claims))
     print(f"\n{len(res.tasks)} task(s) in {res.seconds:.0f} s" + (f"; report in {res.out}" if res.out else ""))
 
 
@@ -123,6 +135,17 @@ def cmd_sweep(a):
         return
     print(sweep_markdown(res))
     print(f"{len(res.rows)} configuration(s) in {res.seconds:.0f} s" + (f"; report in {res.out}" if res.out else ""))
+
+def cmd_demo(a):
+    from asvp.config import AsvpConfig
+    from asvp.demo import run_demo
+
+    res = run_demo(a.task, a.out, config=AsvpConfig() if a.h is None else AsvpConfig(h=a.h),
+                   attack_steps=a.attack_steps, progress=not a.quiet)
+    _print_json({k: v for k, v in res.items() if k not in ("attack", "profile")}) if a.json else \
+        print(f"demo finished in {res['seconds']} s; validation {'PASS' if res['validation_passed'] else 'FAIL'}; "
+              f"report: {res['report']}")
+
 
 # ---- parser --------------------------------------------------------------------------------------------
 
@@ -165,6 +188,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="ONNX model")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_nodes)
+
+    s = sub.add_parser(
+        "defend", help="insert ASVP (singular value perturbation) at feature nodes of an ONNX model",
+        description="Write a defended copy of MODEL: at each selected feature F [N,C,H,W], per sample, the top-k "
+                    "singular values of F.reshape(C, H*W) are multiplied by h (k adaptive: the smallest k holding "
+                    "a share tau of the energy, at most --k). --mode subgraph emits standard ONNX ops (any "
+                    "runtime, TensorRT included); --mode plugin emits one AsvpPerturb custom node per feature "
+                    "(exact; needs asvp's ONNX Runtime custom op or TensorRT plugin). Unset options keep "
+                    "AsvpConfig's defaults.",
+        epilog="Node selectors: NAME (exact node or tensor name from `asvp nodes MODEL`), re:PATTERN (every "
+               "candidate whose name matches), OP#I (I-th candidate of that op type, 0-based, negative from the "
+               "end, e.g. Conv#3, Relu#-1), auto (default: the last candidate with the most channels).")
+    s.add_argument("model", help="ONNX image model (e.g. from `asvp export`)")
+    s.add_argument("-o", "--output", required=True, help="defended .onnx path (written atomically, only on success)")
+    s.add_argument("--nodes", nargs="+", metavar="SEL", help="feature nodes to defend (default: auto)")
+    s.add_argument("--k", type=int, help="top-k directions amplified (the cap in adaptive mode; default 4; < channels)")
+    s.add_argument("--h", type=float, help="amplification of the top-k singular values, > 0 (default 1.5)")
+    s.add_argument("--tau", type=float, help="energy share for the adaptive k, in (0, 1] (default 0.9)")
+    s.add_argument("--k-mode", dest="k_mode", choices=("adaptive", "fixed"), help="adaptive k per sample or fixed k (default adaptive)")
+    s.add_argument("--iters", type=int, help="subspace-iteration steps of the subgraph (default 4; plugin mode is exact)")
+    s.add_argument("--placement", choices=("inline", "tap"),
+                   help="inline: perturbed feature replaces the original (default); tap: extra output asvp_tap_<i>")
+    s.add_argument("--mode", choices=("subgraph", "plugin"), default="subgraph", help="how ASVP is inserted (default subgraph)")
+    s.add_argument("--allow-redefend", action="store_true", help="allow perturbing a node that is already defended")
+    s.add_argument("--json", action="store_true", help="machine-readable result")
+    s.set_defaults(func=cmd_defend)
 
     s = sub.add_parser("validate", help="quality cost of the defence: PSNR/SSIM of clean vs defended, with a verdict",
                        description="Run CLEAN and DEFENDED on the task's held-out images (or --images DIR with "
@@ -269,6 +318,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_sweep)
+    s = sub.add_parser("demo", help="the main job: export, defend, validate, profile and attack a bundled teacher",
+                       description="Runs the whole product on one bundled teacher and writes one report folder "
+                                   "(report.json, report.md, PNG plots) whose path it prints.")
+    s.add_argument("--task", default="sr", help=f"one of {', '.join(TASK_NAMES)} (default sr)")
+    s.add_argument("--out", default="reports/demo", help="report folder (default reports/demo)")
+    s.add_argument("--h", type=float, default=None, help="override the default amplification h")
+    s.add_argument("--attack-steps", type=int, default=None, help="student training steps (default: quick preset)")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_demo)
     return p
 
 

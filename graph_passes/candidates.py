@@ -1,6 +1,8 @@
 """Feature nodes where ASVP can be inserted: rank-4 float outputs with enough channels to perturb."""
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import asdict, dataclass
 
 import onnx
@@ -27,10 +29,17 @@ def symbolic_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
     """Tensor name -> shape, using ONNX Runtime's symbolic shape inference (keeps N, H, 2*H, ...)."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    try:
-        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    except Exception:  # fall back to ONNX's own inference (loses symbolic arithmetic)
-        inferred = onnx.shape_inference.infer_shapes(model)
+    # On ops it does not know (custom domains) ORT's inference writes sym_shape_infer_temp.onnx into the
+    # working directory; run it in a scratch directory so nothing is ever left beside the user's files.
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as scratch:
+        os.chdir(scratch)
+        try:
+            inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        except Exception:  # fall back to ONNX's own inference (loses symbolic arithmetic)
+            inferred = onnx.shape_inference.infer_shapes(model)
+        finally:
+            os.chdir(cwd)
     shapes = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
         t = vi.type.tensor_type

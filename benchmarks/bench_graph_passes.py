@@ -1,0 +1,323 @@
+"""Benchmark of the standard-op ASVP subgraph (graph_passes): latency cost on ONNX Runtime CPU, cost against a
+naive exact SVD, and approximation error against the float64 reference.
+
+    .venv/bin/python benchmarks/bench_graph_passes.py [--out benchmarks/results/graph_passes.json] [--repeats 20]
+    .venv/bin/python benchmarks/bench_graph_passes.py --accuracy-only     # just the error-vs-iterations table
+
+What it measures (everything on ONNX Runtime's CPU execution provider, float32):
+  * latency of the SR teacher at 1x3x256x256, clean vs defended with 1 node (the automatic choice) and with 3
+    nodes, interleaved: after a warm-up, every repeat runs each model once, in a rotating order, so drifts of a
+    shared machine hit all models alike; the ratio is of medians;
+  * the subgraph alone on the defended feature [1, 32, 256, 256] vs torch.linalg.svd (float32, reduced) of the
+    same matrix and vs asvp_exact (float64 Gram eigh), each the median of the same repeats;
+  * the relative error ||out - ref|| / ||ref|| of the tap output against asvp_reference (float64 SVD) at 256x256;
+  * the error-vs-iterations table on every bundled teacher's automatic node (held-out images, size 96).
+
+`run(out_path, repeats=...)` returns the results dict and writes it as JSON (the `make bench` aggregator calls it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "graph_passes.json"
+TASKS = ("sr", "lowlight", "underwater", "dehaze", "derain")
+THREE_NODES = ["Conv#1", "Relu#2", "auto"]
+ITERS_GRID = (1, 2, 3, 4, 6, 8)
+
+
+def _session(model_or_path):
+    import onnxruntime as ort
+
+    src = model_or_path.SerializeToString() if hasattr(model_or_path, "SerializeToString") else str(model_or_path)
+    return ort.InferenceSession(src, providers=["CPUExecutionProvider"])
+
+
+def _stats(ms: list[float]) -> dict:
+    s = sorted(ms)
+    return {"median_ms": statistics.median(s), "mean_ms": statistics.fmean(s), "p90_ms": s[int(0.9 * (len(s) - 1))],
+            "min_ms": s[0], "n": len(s)}
+
+
+def _interleaved(runners: dict, repeats: int, warmup: int = 3) -> dict:
+    """name -> list of ms; each repeat runs every model once, rotating the order."""
+    names = list(runners)
+    for _ in range(warmup):
+        for n in names:
+            runners[n]()
+    times = {n: [] for n in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for n in order:
+            t0 = time.perf_counter()
+            runners[n]()
+            times[n].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _rel_err(out, ref) -> float:
+    import torch
+
+    out = torch.as_tensor(np.asarray(out)).double().flatten(1)
+    ref = torch.as_tensor(np.asarray(ref)).double().flatten(1)
+    return float(((out - ref).norm(dim=1) / ref.norm(dim=1)).max())
+
+
+def _standalone(channels: int, cfg):
+    import onnx
+    import onnx_graphsurgeon as gs
+
+    from asvp.graph_passes.subgraph import build_asvp
+
+    graph = gs.Graph(opset=17)
+    x = gs.Variable("x", dtype=np.float32, shape=["N", channels, "H", "W"])
+    graph.inputs = [x]
+    y = build_asvp(graph, x, cfg, channels, "asvp/0")
+    y.dtype, y.shape = np.float32, ["N", channels, "H", "W"]
+    graph.outputs = [y]
+    model = gs.export_onnx(graph.cleanup().toposort())
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _with_outputs(model, names):
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for n in names:
+        m.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
+    return m
+
+
+def accuracy_table(tasks=TASKS, iters_grid=ITERS_GRID, size: int = 96, workdir: Path | None = None) -> list[dict]:
+    """Worst per-image relative error of the subgraph (ONNX Runtime) vs asvp_reference, per teacher and iters."""
+    import onnx
+    import torch
+
+    from asvp import api
+    from asvp.config import AsvpConfig
+    from asvp.exporter.teachers.tasks import get_task
+    from asvp.graph_passes import select
+    from asvp.method import asvp_reference
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for task in tasks:
+            spec = get_task(task)
+            if not spec.weights_path.exists():
+                rows.append({"task": task, "skipped": "no bundled weights"})
+                continue
+            path = api.export(task, Path(workdir or tmp) / f"{task}.onnx").path
+            clean = onnx.load(path)
+            (feat,) = select.resolve(clean, None)
+            x = spec.heldout(size=size)[0].numpy()
+            sess = _session(_with_outputs(clean, [feat.output]))
+            f = sess.run([feat.output], {sess.get_inputs()[0].name: x})[0]
+            m = torch.from_numpy(f).double().reshape(f.shape[0], f.shape[1], -1)
+            s = torch.linalg.svdvals(m)
+            row = {"task": task, "node": feat.name, "channels": feat.channels, "shape": list(f.shape),
+                   "s5_over_s4_max": float((s[:, 4] / s[:, 3]).max()), "errors": {}}
+            ref = asvp_reference(torch.from_numpy(f), AsvpConfig())  # iters does not enter the reference
+            for iters in iters_grid:
+                cfg = AsvpConfig(iters=iters)
+                model = _standalone(feat.channels, cfg)
+                out = _session(model).run(None, {"x": f})[0]
+                row["errors"][str(iters)] = _rel_err(out, ref)
+                row.setdefault("nodes", {})[str(iters)] = len(model.graph.node)
+            rows.append(row)
+    return rows
+
+
+def _spectrum(scenario: str, gap: float, channels: int) -> np.ndarray:
+    sv = 0.3 * 0.8 ** np.arange(channels)
+    sv[:4] = [6.0, 3.0, 2.0, 1.5]
+    if scenario == "pair":  # s_5 = (1 - gap) s_4
+        sv[4] = 1.5 * (1.0 - gap)
+    else:  # "cluster": s_4 .. s_12 spread geometrically over [1.5 (1 - gap), 1.5]
+        sv[3:12] = 1.5 * (1.0 - gap) ** (np.arange(9) / 8)
+    return sv
+
+
+def tiny_gap_table(gaps=(0.5, 0.2, 0.1, 0.03, 0.01, 1e-3, 0.0), iters=None, channels: int = 32, side: int = 48,
+                   seed: int = 0) -> list[dict]:
+    """Synthetic features with a closing gap after s_4 (k = 4): how the subgraph's error grows.
+
+    "pair": s_5 = (1 - gap) s_4; "cluster": s_4..s_12 within a factor (1 - gap), which also closes the gap at the
+    oversampled block's edge (kb = 8). `vec_err` is the usual output error; `sv_err` the error of the output's
+    singular values, which stay well defined (h s_1..h s_k, s_{k+1}, ...) even where U_k is not."""
+    import torch
+
+    from asvp.config import AsvpConfig
+    from asvp.method import asvp_reference
+
+    rng = np.random.default_rng(seed)
+    svals = lambda a: torch.linalg.svdvals(torch.as_tensor(np.asarray(a)).double().reshape(a.shape[0], channels, -1))
+    rows = []
+    for scenario, mode in (("pair", "fixed"), ("pair", "adaptive"), ("cluster", "fixed")):
+        # tau = 0.95 makes the adaptive k equal 4 here, so the gap at k is the one that matters in both modes.
+        cfg = AsvpConfig(k_mode=mode, tau=0.95) if iters is None else AsvpConfig(k_mode=mode, tau=0.95, iters=iters)
+        sess = _session(_standalone(channels, cfg))
+        for gap in gaps:
+            feats = []
+            for _ in range(4):
+                u, _ = np.linalg.qr(rng.standard_normal((channels, channels)))
+                v, _ = np.linalg.qr(rng.standard_normal((side * side, channels)))
+                feats.append((u * _spectrum(scenario, gap, channels)) @ v.T)
+            f = np.stack(feats).reshape(4, channels, side, side).astype(np.float32)
+            out = sess.run(None, {"x": f})[0]
+            ref = asvp_reference(torch.from_numpy(f), cfg)
+            rows.append({"scenario": scenario, "k_mode": mode, "gap": gap, "iters": cfg.iters,
+                         "vec_err": _rel_err(out, ref), "sv_err": _rel_err(svals(out), svals(ref))})
+    return rows
+
+
+def tiny_gap_markdown(rows: list[dict]) -> str:
+    gaps = sorted({r["gap"] for r in rows}, reverse=True)
+    lines = ["Closing spectral gap (synthetic, C=32, HW=48x48, k=4, tau=0.95, iters=%d; s = 6, 3, 2, 1.5, ... with "
+             "pair: s_5 = (1 - gap) s_4, cluster: s_4..s_12 within (1 - gap); worst of 4 samples):" % rows[0]["iters"], "",
+             "| case | k_mode | error | " + " | ".join(f"gap={g:g}" for g in gaps) + " |", "|---|---|---|" + "---|" * len(gaps)]
+    for scenario, mode in dict.fromkeys((r["scenario"], r["k_mode"]) for r in rows):
+        for key, label in (("vec_err", "output"), ("sv_err", "singular values")):
+            vals = {r["gap"]: r[key] for r in rows if r["k_mode"] == mode and r["scenario"] == scenario}
+            lines.append(f"| {scenario} | {mode} | {label} | " + " | ".join(f"{vals[g]:.1e}" for g in gaps) + " |")
+    return "\n".join(lines)
+
+
+def run(out_path: str | Path = DEFAULT_OUT, repeats: int = 20, size: int = 256, accuracy: bool = True) -> dict:
+    import onnx
+    import torch
+
+    from asvp import api
+    from asvp.config import AsvpConfig
+    from asvp.exporter.teachers.data import heldout_crops
+    from asvp.graph_passes.defend import defend_model
+    from asvp.io import write_text_atomic
+    from asvp.method import asvp_exact, asvp_reference
+
+    cfg = AsvpConfig()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        clean_path = api.export("sr", tmp / "sr.onnx").path
+        clean = onnx.load(clean_path)
+        one, info1 = defend_model(clean, None, cfg)
+        three, info3 = defend_model(clean, THREE_NODES, cfg)
+        tap, info_tap = defend_model(clean, THREE_NODES, cfg.with_(placement="tap"))
+
+        # A real photograph: a size x size crop of a held-out image (never seen in training).
+        x = heldout_crops(size, per_image=1)[:1].numpy()
+        assert x.shape == (1, 3, size, size), x.shape
+        sessions = {"clean": _session(clean), "defended_1": _session(one), "defended_3": _session(three)}
+        feeds = {n: (s, {s.get_inputs()[0].name: x}) for n, s in sessions.items()}
+        times = _interleaved({n: (lambda s=s, f=f: s.run(None, f)) for n, (s, f) in feeds.items()}, repeats)
+        lat = {n: _stats(v) for n, v in times.items()}
+        ratio = {n: lat[n]["median_ms"] / lat["clean"]["median_ms"] for n in ("defended_1", "defended_3")}
+
+        # Accuracy at this size, every defended node (tap placement exposes the perturbed features).
+        feats = [r["tensor"] for r in info_tap.nodes]
+        s_tap = _session(_with_outputs(tap, feats))
+        outs = dict(zip([o.name for o in s_tap.get_outputs()], s_tap.run(None, {s_tap.get_inputs()[0].name: x})))
+        node_err = [{"node": r["node"], "channels": r["channels"],
+                     "rel_err": _rel_err(outs[r["tap_output"]], asvp_reference(torch.from_numpy(outs[r["tensor"]]), cfg))}
+                    for r in info_tap.nodes]
+
+        # The subgraph alone vs exact decompositions of the same feature (the automatic node).
+        auto_tensor = info1.nodes[0]["tensor"]
+        f = outs[auto_tensor]
+        sub = _session(_standalone(f.shape[1], cfg))
+        ft = torch.from_numpy(f)
+        mat = ft.reshape(f.shape[1], -1)
+        torch_threads = torch.get_num_threads()
+        alone = _interleaved({
+            "subgraph_ort": lambda: sub.run(None, {"x": f}),
+            "torch_svd_f32": lambda: torch.linalg.svd(mat, full_matrices=False),
+            "asvp_exact_f64": lambda: asvp_exact(ft, cfg),
+        }, repeats)
+        alone_stats = {n: _stats(v) for n, v in alone.items()}
+
+    res = {
+        "benchmark": "graph_passes",
+        "machine": {"cpu_threads_torch": torch_threads, "python": sys.version.split()[0],
+                    "onnxruntime": __import__("onnxruntime").__version__, "torch": torch.__version__},
+        "model": "sr (EDSRLite x2, bundled teacher)", "input_shape": list(x.shape), "repeats": repeats,
+        "config": cfg.to_dict(),
+        "nodes_one": [r["node"] for r in info1.nodes], "nodes_three": [r["node"] for r in info3.nodes],
+        "inserted_onnx_nodes": {"defended_1": info1.inserted_nodes, "defended_3": info3.inserted_nodes},
+        "latency": lat, "ratio_vs_clean": ratio,
+        "feature_shape": list(f.shape),
+        "feature_only": alone_stats,
+        "subgraph_vs_svd": alone_stats["subgraph_ort"]["median_ms"] / alone_stats["torch_svd_f32"]["median_ms"],
+        "rel_err_256": node_err,
+    }
+    if accuracy:
+        res["accuracy_vs_iters"] = accuracy_table()
+        res["tiny_gap"] = tiny_gap_table()
+    out_path = Path(out_path)
+    write_text_atomic(out_path, json.dumps(res, indent=2) + "\n")
+    return res
+
+
+def accuracy_markdown(table: list[dict]) -> str:
+    rows = [r for r in table if "errors" in r]
+    grid = list(rows[0]["errors"]) if rows else []
+    lines = ["Error vs iterations (worst held-out image, automatic node, ONNX Runtime float32 vs float64 SVD):", "",
+             "| teacher | node | C | max s5/s4 | " + " | ".join(f"iters={i}" for i in grid) + " |",
+             "|---|---|---|---|" + "---|" * len(grid)]
+    for r in rows:
+        lines.append(f"| {r['task']} | `{r['node']}` | {r['channels']} | {r['s5_over_s4_max']:.3f} | "
+                     + " | ".join(f"{r['errors'][i]:.1e}" for i in grid) + " |")
+    if rows:
+        lines.append(f"| ONNX nodes (C={rows[0]['channels']}) | | | | " + " | ".join(str(rows[0]["nodes"][i]) for i in grid) + " |")
+    lines += [f"\n{r['task']}: skipped ({r['skipped']})" for r in table if "skipped" in r]
+    return "\n".join(lines)
+
+
+def markdown(res: dict) -> str:
+    lines = [f"## graph_passes: ASVP subgraph on ONNX Runtime CPU ({res['model']}, input {'x'.join(map(str, res['input_shape']))}, "
+             f"{res['repeats']} interleaved repeats)", "",
+             "| model | median ms | p90 ms | vs clean |", "|---|---|---|---|"]
+    for n, s in res["latency"].items():
+        r = res["ratio_vs_clean"].get(n)
+        lines.append(f"| {n} | {s['median_ms']:.1f} | {s['p90_ms']:.1f} | {'%.3f' % r if r else '1'} |")
+    lines += ["", f"Defended nodes: 1 = {res['nodes_one']}, 3 = {res['nodes_three']}; inserted ONNX nodes "
+              f"{res['inserted_onnx_nodes']}.", "",
+              f"Feature {res['feature_shape']} alone (median ms): " + ", ".join(
+                  f"{n} {s['median_ms']:.2f}" for n, s in res["feature_only"].items())
+              + f"; subgraph / torch.linalg.svd = {res['subgraph_vs_svd']:.3f}.", "",
+              "Relative error vs float64 SVD reference at this size: " + ", ".join(
+                  f"{e['node']} {e['rel_err']:.1e}" for e in res["rel_err_256"]) + "."]
+    if res.get("accuracy_vs_iters"):
+        lines += ["", accuracy_markdown(res["accuracy_vs_iters"])]
+    if res.get("tiny_gap"):
+        lines += ["", tiny_gap_markdown(res["tiny_gap"])]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="results JSON (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--no-accuracy", action="store_true", help="skip the error-vs-iterations table")
+    p.add_argument("--accuracy-only", action="store_true", help="only print the error-vs-iterations table")
+    a = p.parse_args(argv)
+    if a.accuracy_only:
+        print(accuracy_markdown(accuracy_table()))
+        print()
+        print(tiny_gap_markdown(tiny_gap_table()))
+        return 0
+    res = run(a.out, repeats=a.repeats, size=a.size, accuracy=not a.no_accuracy)
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

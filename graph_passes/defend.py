@@ -1,0 +1,240 @@
+"""Insert ASVP into an ONNX model at selected feature nodes (onnx-graphsurgeon), as a standard-op subgraph or as
+one AsvpPerturb plugin node.
+
+    model, info = defend_model(onnx.load("sr.onnx"), ["auto"], AsvpConfig(), mode="subgraph")
+    info = defend_file("sr.onnx", "sr.asvp.onnx", nodes=["/Add"], config=AsvpConfig(placement="tap"))
+
+Placements: "inline" replaces the feature by its perturbation for every consumer (a graph output too: the
+perturbed tensor then takes the output's name); "tap" leaves the network unchanged and adds the perturbed
+feature as an extra float32 graph output `asvp_tap_<i>` [N, C, H, W].
+
+Metadata (metadata_props): asvp.defended="true", asvp.mode ("subgraph" | "plugin" | "mixed"), asvp.placement
+("inline" | "tap" | "mixed"), asvp.nodes (JSON list over every defence applied so far: node, tensor, channels,
+tap_output, mode, placement, block, config_digest, and clean_tensor where an inline feature was a graph output
+and its name passed to the perturbed tensor), asvp.config (JSON of the latest AsvpConfig) and
+asvp.config_digest. A node already listed in asvp.nodes (or any ASVP-inserted node) is refused unless
+allow_redefend: the new block then perturbs the already-perturbed feature again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from asvp.config import AsvpConfig
+from asvp.errors import AsvpError
+from asvp.graph_passes import plugin_node, select
+from asvp.graph_passes.subgraph import build_asvp
+from asvp.onnx_utils import META_PREFIX, check_model, get_metadata, load_model, save_model, set_metadata
+
+MODES = ("subgraph", "plugin")
+MAX_IR_VERSION = 8  # as asvp.exporter writes (exporter/export.py): loadable by onnxruntime >= 1.10, TensorRT >= 8.6
+MIN_OPSET = 13  # ReduceSum/Split/Unsqueeze take axes/sizes as inputs from opset 13
+TAP_PREFIX = "asvp_tap_"
+_BLOCK = re.compile(r"^asvp/(\d+)/")
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+META_DEFENDED = META_PREFIX + "defended"
+META_MODE = META_PREFIX + "mode"
+META_NODES = META_PREFIX + "nodes"
+META_CONFIG = META_PREFIX + "config"
+META_DIGEST = META_PREFIX + "config_digest"
+META_PLACEMENT = META_PREFIX + "placement"
+
+
+@dataclass
+class DefendInfo:
+    mode: str
+    placement: str
+    nodes: list  # records of the nodes defended by this call
+    config: dict
+    digest: str
+    all_nodes: list = field(default_factory=list)  # every record in asvp.nodes after this call
+    inserted_nodes: int = 0  # ONNX nodes added
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def previous_records(model: onnx.ModelProto) -> list[dict]:
+    raw = get_metadata(model).get(META_NODES)
+    if not raw:
+        return []
+    try:
+        recs = json.loads(raw)
+    except json.JSONDecodeError:
+        raise AsvpError(f"the model's {META_NODES} metadata is not valid JSON") from None
+    return [r if isinstance(r, dict) else {"node": str(r), "tensor": str(r)} for r in (recs if isinstance(recs, list) else [])]
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise AsvpError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return o.version
+    raise AsvpError("the model imports no default-domain opset")
+
+
+def _dims(shape: tuple, fresh: str) -> list:
+    """Output dims: ints and readable symbolic names kept, anything else (e.g. "floor(H/2 - 1/2) + 1") becomes
+    the symbol f"{fresh}_d{axis}"."""
+    return [d if isinstance(d, int) or (isinstance(d, str) and _IDENT.match(d)) else f"{fresh}_d{axis}"
+            for axis, d in enumerate(shape)]
+
+
+def _next_free(names, pattern: re.Pattern) -> int:
+    used = [int(m.group(1)) for n in names if (m := pattern.match(n))]
+    return max(used, default=-1) + 1
+
+
+def _rewire(graph: gs.Graph, x: gs.Variable, y: gs.Variable, block_prefix: str) -> str | None:
+    """Every consumer of x outside the new block (and the graph outputs) reads y instead.
+
+    If x is a graph output, y takes over its name and x is renamed; returns x's new name then, else None."""
+    for node in list(x.outputs):
+        if node.name.startswith(block_prefix):
+            continue
+        for i, t in enumerate(node.inputs):
+            if t is x:
+                node.inputs[i] = y
+    if any(t is x for t in graph.outputs):
+        graph.outputs = [y if t is x else t for t in graph.outputs]
+        original = x.name
+        x.name = f"{block_prefix}clean:0"
+        y.name = original
+        return x.name
+    return None
+
+
+def _finalize(out: onnx.ModelProto, original: onnx.ModelProto, plugin: bool) -> None:
+    out.ir_version = min(original.ir_version, MAX_IR_VERSION)
+    out.producer_name = original.producer_name or "asvp"
+    out.producer_version = original.producer_version
+    out.doc_string = original.doc_string
+    del out.opset_import[:]
+    out.opset_import.extend(original.opset_import)
+    if plugin:
+        plugin_node.ensure_domain(out)
+    del out.metadata_props[:]
+    out.metadata_props.extend(original.metadata_props)
+
+
+def verify(model: onnx.ModelProto, what: str = "defended model") -> None:
+    """onnx.checker (full) and strict ONNX shape inference; AsvpError on failure."""
+    check_model(model, what)
+    try:
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AsvpError(f"{what} fails ONNX shape inference: {first}") from None
+
+
+def _as_config(config) -> AsvpConfig:
+    if config is None:
+        return AsvpConfig()
+    if isinstance(config, dict):
+        unknown = set(config) - set(AsvpConfig.__dataclass_fields__)
+        if unknown:
+            raise AsvpError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        return AsvpConfig.from_dict(config)
+    if not isinstance(config, AsvpConfig):
+        raise AsvpError(f"config must be an AsvpConfig or a dict, got {type(config).__name__}")
+    return config
+
+
+def defend_model(model: onnx.ModelProto, selectors=None, config: AsvpConfig | dict | None = None,
+                 mode: str = "subgraph", allow_redefend: bool = False) -> tuple[onnx.ModelProto, DefendInfo]:
+    """A defended copy of `model` (the input is not modified) and what was done."""
+    cfg = _as_config(config).validate()
+    _check_mode(mode)
+    opset = _opset(model)
+    if opset < MIN_OPSET:
+        raise AsvpError(f"the model uses opset {opset}; asvp defend needs opset >= {MIN_OPSET} (re-export with a newer opset)")
+
+    features = select.resolve(model, selectors)
+    for f in features:
+        select.check_feature(f, cfg.k)
+        cfg.validate(f.channels)
+
+    previous = previous_records(model)
+    done = {r.get("node") for r in previous} | {r.get("tensor") for r in previous}
+    if not allow_redefend:
+        again = [f.name or f.output for f in features if f.name in done or f.output in done]
+        if again:
+            raise AsvpError(f"node {again[0]!r} is already defended (recorded in {META_NODES}); "
+                            "pass --allow-redefend (allow_redefend=True) to perturb it again")
+
+    graph = gs.import_onnx(model)
+    tensors = graph.tensors()
+    block = _next_free([n.name for n in graph.nodes], _BLOCK)
+    tap = _next_free([t.name for t in graph.outputs], re.compile(rf"^{TAP_PREFIX}(\d+)$"))
+    before = len(graph.nodes)
+    records = []
+    for f in features:
+        x = tensors.get(f.output)
+        if not isinstance(x, gs.Variable):
+            raise AsvpError(f"tensor {f.output!r} of node {f.name!r} is not a variable tensor of the graph")
+        prefix = f"asvp/{block}/"
+        tap_name = f"{TAP_PREFIX}{tap}" if cfg.placement == "tap" else None
+        dims = _dims(f.shape, tap_name or f"asvp_{block}")
+        if mode == "subgraph":
+            y = build_asvp(graph, x, cfg, f.channels, prefix)
+        else:
+            y = plugin_node.build_plugin(graph, x, cfg, f.channels, prefix, shape=dims)
+        y.dtype, y.shape = np.float32, dims
+        if tap_name:
+            y.name = tap_name
+            graph.outputs.append(y)
+            tap += 1
+            renamed = None
+        else:
+            renamed = _rewire(graph, x, y, prefix)
+        records.append({"node": f.name, "tensor": f.output, "channels": f.channels, "tap_output": tap_name,
+                        "mode": mode, "placement": cfg.placement, "block": prefix.rstrip("/"),
+                        "config_digest": cfg.digest()})
+        if renamed:  # the feature was a graph output: its name now carries the perturbed tensor
+            records[-1]["clean_tensor"] = renamed
+        block += 1
+
+    graph.cleanup().toposort()
+    inserted = len(graph.nodes) - before
+    out = gs.export_onnx(graph)
+    _finalize(out, model, plugin=mode == "plugin" or any(r.get("mode") == "plugin" for r in previous))
+
+    all_records = previous + records
+    modes = {r.get("mode", mode) for r in all_records}
+    placements = {r.get("placement", cfg.placement) for r in all_records}
+    set_metadata(out, {
+        META_DEFENDED: "true",
+        META_MODE: modes.pop() if len(modes) == 1 else "mixed",
+        META_PLACEMENT: placements.pop() if len(placements) == 1 else "mixed",
+        META_NODES: json.dumps(all_records),
+        META_CONFIG: json.dumps(cfg.to_dict(), sort_keys=True),
+        META_DIGEST: cfg.digest(),
+    })
+    verify(out)
+    info = DefendInfo(mode, cfg.placement, records, cfg.to_dict(), cfg.digest(), all_records, inserted)
+    return out, info
+
+
+def defend_file(model_path: str | os.PathLike, out_path: str | os.PathLike, *, nodes=None, config=None,
+                mode: str = "subgraph", allow_redefend: bool = False) -> DefendInfo:
+    """Load, defend, check and atomically write; nothing is written if anything fails."""
+    from asvp.onnx_utils import image_io
+
+    _check_mode(mode)
+    cfg = _as_config(config).validate()
+    model = load_model(model_path)
+    image_io(model)
+    out, info = defend_model(model, nodes, cfg, mode=mode, allow_redefend=allow_redefend)
+    save_model(out, out_path)
+    return info

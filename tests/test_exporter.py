@@ -32,7 +32,7 @@ def test_export_parity_dynamic_shapes(exported, task):
     assert meta["asvp.task"] == task and int(meta["asvp.scale"]) == spec.scale
     assert meta["asvp.teacher"] == spec.teacher_name
     # Dynamic batch/height/width: a shape the export never saw, on real held-out images.
-    inp, _ = spec.heldout(size=96)
+    inp, _ = spec.heldout(size=96 * spec.scale)
     x = inp[:, :, :64, :80].contiguous()
     torch_model, _ = load_teacher(task)
     with torch.no_grad():

@@ -135,7 +135,8 @@ def test_validate_every_teacher(task, teacher, defended):
     cfg = AsvpConfig.from_dict(res.defence["config"])
     for e in res.spectrum:
         s0, s1 = np.array(e["s_before"]), np.array(e["s_after_reference"])
-        assert np.all(np.diff(s0) <= 1e-9 * s0[0]) and len(s0) == e["channels"]
+        # min(C, H*W) singular values: a deep node at a small test size can have H*W < C.
+        assert np.all(np.diff(s0) <= 1e-9 * s0[0]) and 0 < len(s0) <= e["channels"]
         assert 1 <= e["k_used"] <= cfg.k
         assert s1[0] == pytest.approx(cfg.h * s0[0], rel=1e-6)
     _strict_json(json.dumps(res.to_dict()))
@@ -153,9 +154,11 @@ def test_validate_matches_direct_computation(teacher, defended):
     oc = run_model(clean, inp.numpy())["output"]
     od = run_model(dfd, inp.numpy())["output"]
     per = [psnr_ssim(od[i : i + 1], tgt[i : i + 1].numpy()) for i in range(len(inp))]
-    assert res.defended_psnr == pytest.approx(np.mean([p for p, _ in per]), abs=1e-9)
-    assert res.defended_ssim == pytest.approx(np.mean([s for _, s in per]), abs=1e-9)
-    assert res.output_max_abs_diff == pytest.approx(float(np.abs(od - oc).max()), abs=1e-7)
+    # validate runs one image per batch, this check runs all six in one batch: float32 reductions in the
+    # defended subgraph may be ordered differently, so equality holds to float32 rounding, not bit for bit.
+    assert res.defended_psnr == pytest.approx(np.mean([p for p, _ in per]), abs=1e-5)
+    assert res.defended_ssim == pytest.approx(np.mean([s for _, s in per]), abs=1e-6)
+    assert res.output_max_abs_diff == pytest.approx(float(np.abs(od - oc).max()), abs=1e-5)
 
 
 # ---- verdicts ------------------------------------------------------------------------------------------

@@ -93,7 +93,7 @@ def main(argv=None) -> int:
         results["graph_passes"] = bench_graph_passes.run(work / "graph_passes.json", repeats=2, size=64, accuracy=False) \
             if a.smoke else bench_graph_passes.run(work / "graph_passes.json", repeats=20)
         print("[4/4] distillation attack headline (quick preset)", flush=True)
-        att = api.attack(None, preset="quick", steps=5 if a.smoke else None, pool=16 if a.smoke else None,
+        att = api.attack(None, kind="feature" if AsvpConfig().placement == "tap" else "output", preset="quick", steps=5 if a.smoke else None, pool=16 if a.smoke else None,
                          out=work / "attack", progress=False)
         results["attack"] = att.to_dict() if hasattr(att, "to_dict") else att
     results["seconds"] = round(time.perf_counter() - t0, 1)

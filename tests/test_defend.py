@@ -82,7 +82,7 @@ def test_parity_on_real_features_both_placements(exported, task):
     assert np.array_equal(got["output"], clean_out)  # tap: the network itself is untouched
     assert rel_err(got[tap_name], ref) < TOL
 
-    inline_model, info = defend_model(clean, None, cfg)
+    inline_model, info = defend_model(clean, None, cfg.with_(placement="inline"))
     block = info.nodes[0]["block"]
     out_node = next(n for n in inline_model.graph.node if n.name.startswith(block + "/to_feature"))
     perturbed = out_node.output[0]
@@ -162,7 +162,7 @@ def test_plugin_mode_graph(exported, placement):
 def test_defending_a_plugin_defended_model(exported, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # ONNX Runtime's symbolic shape inference litters the cwd when it cannot finish
     clean = onnx.load(teacher(exported, "sr"))
-    first, _ = defend_model(clean, ["Relu#0"], AsvpConfig(), mode="plugin")
+    first, _ = defend_model(clean, ["Relu#0"], AsvpConfig(placement="inline"), mode="plugin")
     both, info = defend_model(first, None, AsvpConfig(placement="tap"))
     assert [r["mode"] for r in info.all_nodes] == ["plugin", "subgraph"] and info.nodes[0]["node"] == "/Add"
     meta = {p.key: p.value for p in both.metadata_props}
@@ -185,7 +185,7 @@ def test_inline_at_a_graph_output_keeps_its_name():
          helper.make_tensor_value_info("feat", TensorProto.FLOAT, ["N", 8, "H", "W"])],
         [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(w2, "w2")])
     clean = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    cfg = AsvpConfig(k=2)
+    cfg = AsvpConfig(k=2, placement="inline")
     model, info = defend_model(clean, ["conv"], cfg)
     assert [o.name for o in model.graph.output] == ["output", "feat"]
     assert info.nodes[0]["tensor"] == "feat" and info.nodes[0]["clean_tensor"] != "feat"

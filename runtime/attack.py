@@ -577,7 +577,7 @@ def markdown_table(rows: list[dict]) -> str:
               "student<-clean PSNR/SSIM", "student<-defended PSNR/SSIM", "student drop dB", "student SSIM drop %",
               "seed spread dB (3 seeds)"]
     if has_ad:
-        header[9:9] = ["student<-defended, adaptive PSNR/SSIM", "adaptive drop dB"]
+        header[10:10] = ["student<-defended, adaptive PSNR/SSIM", "adaptive drop dB"]
     body = []
     for r in rows:
         t, s, d = r["teacher"], r["students"], r["drops"]
@@ -586,7 +586,7 @@ def markdown_table(rows: list[dict]) -> str:
                ps(s["clean"]), ps(s["defended"]), fmt(d["student"]["db"], "+.2f"), fmt(d["student"]["ssim_pct"], "+.1f"),
                fmt(r["seed_noise_db"], ".2f")]
         if has_ad:
-            row[9:9] = [ps(s["adaptive"]) if "adaptive" in s else "-",
+            row[10:10] = [ps(s["adaptive"]) if "adaptive" in s else "-",
                         fmt(d["student_adaptive"]["db"], "+.2f") if "student_adaptive" in d else "-"]
         body.append(row)
     return md_table(header, body)

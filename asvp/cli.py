@@ -6,7 +6,10 @@ import json
 import sys
 
 from asvp import api
+from asvp.config import AsvpConfig
 from asvp.errors import AsvpError
+
+_D = AsvpConfig()  # help texts show the real defaults
 
 TASK_NAMES = ("sr", "lowlight", "underwater", "dehaze", "derain")
 
@@ -203,13 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="ONNX image model (e.g. from `asvp export`)")
     s.add_argument("-o", "--output", required=True, help="defended .onnx path (written atomically, only on success)")
     s.add_argument("--nodes", nargs="+", metavar="SEL", help="feature nodes to defend (default: auto)")
-    s.add_argument("--k", type=int, help="top-k directions amplified (the cap in adaptive mode; default 4; < channels)")
-    s.add_argument("--h", type=float, help="amplification of the top-k singular values, > 0 (default 1.5)")
-    s.add_argument("--tau", type=float, help="energy share for the adaptive k, in (0, 1] (default 0.9)")
-    s.add_argument("--k-mode", dest="k_mode", choices=("adaptive", "fixed"), help="adaptive k per sample or fixed k (default adaptive)")
-    s.add_argument("--iters", type=int, help="subspace-iteration steps of the subgraph (default 4; plugin mode is exact)")
+    s.add_argument("--k", type=int, help=f"top-k directions amplified (the cap in adaptive mode; default {_D.k}; < channels)")
+    s.add_argument("--h", type=float, help=f"amplification of the top-k singular values, > 0 (default {_D.h})")
+    s.add_argument("--tau", type=float, help=f"energy share for the adaptive k, in (0, 1] (default {_D.tau})")
+    s.add_argument("--k-mode", dest="k_mode", choices=("adaptive", "fixed"), help=f"adaptive k per sample or fixed k (default {_D.k_mode})")
+    s.add_argument("--iters", type=int, help=f"subspace-iteration steps of the subgraph (default {_D.iters}; plugin mode is exact)")
     s.add_argument("--placement", choices=("inline", "tap"),
-                   help="inline: perturbed feature replaces the original (default); tap: extra output asvp_tap_<i>")
+                   help=f"inline: perturbed feature replaces the original; tap: extra output asvp_tap_<i> (default {_D.placement})")
     s.add_argument("--mode", choices=("subgraph", "plugin"), default="subgraph", help="how ASVP is inserted (default subgraph)")
     s.add_argument("--allow-redefend", action="store_true", help="allow perturbing a node that is already defended")
     s.add_argument("--json", action="store_true", help="machine-readable result")

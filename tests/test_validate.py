@@ -31,29 +31,9 @@ def _strict_json(text: str):
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory, exported):
-    from asvp.exporter.teachers.tasks import get_task
-
-    root = tmp_path_factory.mktemp("teachers")
-    cache = {}
-
-    def get(task: str) -> str:
-        if task not in cache:
-            spec = get_task(task)
-            if spec.weights_path.exists():
-                cache[task] = exported(task)
-            else:
-                import torch
-
-                from asvp.exporter.export import export_model
-
-                torch.manual_seed(0)
-                cache[task] = export_model(spec.build(), root / f"{task}.onnx", spec.heldout(32)[0][:1],
-                                           teacher=f"{spec.teacher_name}-untrained", task=task, scale=spec.scale,
-                                           size_multiple=spec.size_multiple).path
-        return cache[task]
-
-    return get
+def teacher(exported):
+    """exported(task): the bundled teacher's ONNX export, shared with the other test files."""
+    return exported
 
 
 def make_standin(clean: str, out, placement: str = "inline", factor: float = 1.01, node_index: int = 1,

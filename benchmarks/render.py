@@ -24,7 +24,8 @@ def render_markdown(r: dict, json_path: Path) -> str:
             "", "No GPU: TensorRT and CUDA figures are absent because nothing was run there.", "",
             "## Teachers (held-out PSNR/SSIM, `asvp eval-teachers`)", "", quality_markdown(r["teachers"]),
             "## Latency: defended / clean, ONNX Runtime CPU", "",
-            "Default `AsvpConfig` (subgraph mode, inline). Clean and defended are profiled interleaved in one run "
+            f"Default `AsvpConfig` (subgraph mode, {r['config']['placement']} placement, h={r['config']['h']}, "
+            f"k={r['config']['k']} {r['config']['k_mode']}, iters={r['config']['iters']}). Clean and defended are profiled interleaved in one run "
             "(`asvp.api.profile`, alternating order, warm-up first); ratios are of p50, mean, and the median of "
             "per-iteration paired ratios. `auto` = the automatic node; 3 nodes = spread evenly over the candidates.", "",
             "| task | defended nodes | input | clean p50 ms | defended p50 ms | ratio p50 | ratio mean | paired median |",
@@ -33,6 +34,12 @@ def render_markdown(r: dict, json_path: Path) -> str:
         out.append(f"| {row['task']} | {row['nodes']} ({', '.join(row['selectors'])}) | {row['shape']} | "
                    f"{_f(row['clean_p50_ms'], '.1f')} | {_f(row['defended_p50_ms'], '.1f')} | {_f(row['ratio_p50'])} | "
                    f"{_f(row['ratio_mean'])} | {_f(row['ratio_paired_median'])} |")
+    sr1 = next((row for row in r["latency"] if row["task"] == "sr" and row["nodes"] == 1), None)
+    if sr1:
+        ok = sr1["ratio_p50"] <= 1.10
+        out += ["", f"Target: defended/clean <= 1.10 with one node on the SR teacher. Measured p50 ratio "
+                f"{sr1['ratio_p50']:.3f}: **{'met' if ok else 'not met'}** on this run (2-core CPU; run-to-run spread of "
+                "these ratios is several percent, compare the paired median too)."]
     out += ["", bench_graph_passes.markdown(r["graph_passes"]), ""]
     att = r["attack"]
     out += [f"## Distillation attack headline (`asvp attack`, preset {att['preset']}, kind {att['kind']}, seed {att['seed']})", "",

@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny budgets (pipeline check, figures meaningless)")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
-    results = {"machine": machine(), "smoke": a.smoke, "command": "make bench" if not a.smoke else "benchmarks/run_all.py --smoke"}
+    results = {"machine": machine(), "config": AsvpConfig().to_dict(), "smoke": a.smoke, "command": "make bench" if not a.smoke else "benchmarks/run_all.py --smoke"}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         print("[1/4] teacher quality", flush=True)

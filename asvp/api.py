@@ -178,3 +178,11 @@ def sweep(tasks, *, h=None, k=None, placement=None, nodes=None, preset: str = "q
 
     return run_sweep(tasks, h=h, k=k, placement=placement, nodes=nodes, preset=preset, seed=seed, out=out,
                      k_mode=k_mode, tau=tau, steps=steps, pool=pool, progress=progress)
+
+
+def demo(task: str = "sr", out: str | os.PathLike = "reports/demo", *, config=None, attack_steps: int | None = None,
+         profile_iters: int = 30, progress: bool = True) -> dict:
+    """The main job on a bundled teacher: export, defend, validate, profile, quick attack, one report folder."""
+    from asvp.demo import run_demo
+
+    return run_demo(task, out, config=config, attack_steps=attack_steps, profile_iters=profile_iters, progress=progress)

@@ -140,10 +140,7 @@ def cmd_sweep(a):
     print(f"{len(res.rows)} configuration(s) in {res.seconds:.0f} s" + (f"; report in {res.out}" if res.out else ""))
 
 def cmd_demo(a):
-    from asvp.config import AsvpConfig
-    from asvp.demo import run_demo
-
-    res = run_demo(a.task, a.out, config=AsvpConfig() if a.h is None else AsvpConfig(h=a.h),
+    res = api.demo(a.task, a.out, config=None if a.h is None else AsvpConfig(h=a.h),
                    attack_steps=a.attack_steps, progress=not a.quiet)
     _print_json({k: v for k, v in res.items() if k not in ("attack", "profile")}) if a.json else \
         print(f"demo finished in {res['seconds']} s; validation {'PASS' if res['validation_passed'] else 'FAIL'}; "

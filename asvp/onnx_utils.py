@@ -10,6 +10,9 @@ from asvp.errors import AsvpError
 from asvp.io import atomic_output, require_file
 
 META_PREFIX = "asvp."
+# asvp writes IR version 8 (what the TorchScript exporter emits): onnxruntime >= 1.10 and TensorRT >= 8.6 load it,
+# while the IR 10+ that recent `onnx` / the dynamo exporter write is rejected by older runtimes on edge devices.
+MAX_IR_VERSION = 8
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:

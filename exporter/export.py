@@ -14,12 +14,9 @@ import torch
 
 from asvp.errors import AsvpError
 from asvp.io import atomic_output, require_file
-from asvp.onnx_utils import META_PREFIX, check_model, image_io, set_metadata
+from asvp.onnx_utils import MAX_IR_VERSION, META_PREFIX, check_model, image_io, set_metadata
 
 DEFAULT_OPSET = 17
-# The TorchScript exporter writes IR version 8, which every onnxruntime >= 1.10 and TensorRT >= 8.6 load.
-# (The dynamo exporter and recent `onnx` write IR 10+, which older runtimes on edge devices reject.)
-MAX_IR_VERSION = 8
 PARITY_ATOL = 1e-4  # max |onnx - torch| on [0, 1] images; float32 conv reordering stays ~1e-6
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 

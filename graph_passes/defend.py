@@ -30,10 +30,9 @@ from asvp.config import AsvpConfig
 from asvp.errors import AsvpError
 from asvp.graph_passes import plugin_node, select
 from asvp.graph_passes.subgraph import build_asvp
-from asvp.onnx_utils import META_PREFIX, check_model, get_metadata, load_model, save_model, set_metadata
+from asvp.onnx_utils import MAX_IR_VERSION, META_PREFIX, check_model, get_metadata, load_model, save_model, set_metadata
 
 MODES = ("subgraph", "plugin")
-MAX_IR_VERSION = 8  # as asvp.exporter writes (exporter/export.py): loadable by onnxruntime >= 1.10, TensorRT >= 8.6
 MIN_OPSET = 13  # ReduceSum/Split/Unsqueeze take axes/sizes as inputs from opset 13
 TAP_PREFIX = "asvp_tap_"
 _BLOCK = re.compile(r"^asvp/(\d+)/")

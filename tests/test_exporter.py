@@ -14,7 +14,8 @@ import torch
 from asvp import api
 from asvp.cli import main
 from asvp.errors import AsvpError
-from asvp.exporter.export import MAX_IR_VERSION, export_model
+from asvp.exporter.export import export_model
+from asvp.onnx_utils import MAX_IR_VERSION
 from asvp.exporter.teachers.tasks import TASKS, get_task, load_teacher
 from asvp.onnx_utils import get_metadata
 from conftest import TASKS as TASK_NAMES

@@ -14,6 +14,11 @@ _D = AsvpConfig()  # help texts show the real defaults
 TASK_NAMES = ("sr", "lowlight", "underwater", "dehaze", "derain")
 
 
+def _progress(a) -> bool:
+    """Progress bars on long work, for people: off with -q, and off when stderr is not a terminal (logs, CI)."""
+    return not getattr(a, "quiet", False) and sys.stderr.isatty()
+
+
 def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
@@ -21,7 +26,7 @@ def _print_json(obj) -> None:
 # ---- subcommands -----------------------------------------------------------------------------------------
 
 def cmd_train_teacher(a):
-    rec = api.train_teacher(a.task, steps=a.steps, seed=a.seed, progress=not a.quiet)
+    rec = api.train_teacher(a.task, steps=a.steps, seed=a.seed, progress=_progress(a))
     h = rec["heldout"]
     print(f"{rec['teacher']}: held-out PSNR {h['psnr']:.2f} dB (baseline {h['baseline']} {h['baseline_psnr']:.2f} dB), "
           f"SSIM {h['ssim']:.4f} (baseline {h['baseline_ssim']:.4f})")
@@ -94,14 +99,14 @@ def cmd_validate(a):
     res = api.validate(a.clean, a.defended, task=a.task, images=a.images, backend=a.backend, heldout_size=a.size,
                        max_teacher_drop=a.max_teacher_drop, max_ssim_drop=a.max_ssim_drop,
                        min_output_psnr=a.min_output_psnr, max_abs_diff=a.max_abs_diff, out=a.out,
-                       progress=not a.quiet)
+                       progress=_progress(a))
     _print_json(res.to_dict()) if a.json else print("\n".join(res.summary_lines()))
     return 0 if res.passed else EXIT_VERDICT_FAILED
 
 
 def cmd_profile(a):
     res = api.profile(a.clean, a.defended, backend=a.backend, shape=a.shape, warmup=a.warmup, iters=a.iters,
-                      memory=a.memory, out=a.out, progress=not a.quiet)
+                      memory=a.memory, out=a.out, progress=_progress(a))
     _print_json(res.to_dict()) if a.json else print("\n".join(res.summary_lines()))
 
 
@@ -119,7 +124,7 @@ def cmd_attack(a):
 
     res = api.attack(a.task, clean=a.clean, defended=a.defended, kind=a.kind, preset=a.preset, seed=a.seed,
                      out=a.out, config=_asvp_config(a), nodes=a.nodes, steps=a.steps, pool=a.pool,
-                     progress=not a.quiet)
+                     progress=_progress(a))
     if a.json:
         _print_json(res.to_dict())
         return
@@ -132,7 +137,7 @@ def cmd_sweep(a):
     from asvp.runtime.sweep import sweep_markdown
 
     res = api.sweep(a.task, h=a.h, k=a.k, placement=a.placement, nodes=a.nodes, preset=a.preset, seed=a.seed,
-                    out=a.out, steps=a.steps, pool=a.pool, progress=not a.quiet)
+                    out=a.out, steps=a.steps, pool=a.pool, progress=_progress(a))
     if a.json:
         _print_json(res.to_dict())
         return
@@ -141,7 +146,7 @@ def cmd_sweep(a):
 
 def cmd_demo(a):
     res = api.demo(a.task, a.out, config=None if a.h is None else AsvpConfig(h=a.h),
-                   attack_steps=a.attack_steps, progress=not a.quiet)
+                   attack_steps=a.attack_steps, progress=_progress(a))
     _print_json({k: v for k, v in res.items() if k not in ("attack", "profile")}) if a.json else \
         print(f"demo finished in {res['seconds']} s; validation {'PASS' if res['validation_passed'] else 'FAIL'}; "
               f"report: {res['report']}")

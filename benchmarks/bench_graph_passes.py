@@ -71,21 +71,9 @@ def _rel_err(out, ref) -> float:
 
 
 def _standalone(channels: int, cfg):
-    import onnx
-    import onnx_graphsurgeon as gs
+    from asvp.graph_passes.subgraph import standalone_model
 
-    from asvp.graph_passes.subgraph import build_asvp
-
-    graph = gs.Graph(opset=17)
-    x = gs.Variable("x", dtype=np.float32, shape=["N", channels, "H", "W"])
-    graph.inputs = [x]
-    y = build_asvp(graph, x, cfg, channels, "asvp/0")
-    y.dtype, y.shape = np.float32, ["N", channels, "H", "W"]
-    graph.outputs = [y]
-    model = gs.export_onnx(graph.cleanup().toposort())
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return standalone_model(channels, cfg)
 
 
 def _with_outputs(model, names):

@@ -165,3 +165,19 @@ def emitted_op_types(cfg: AsvpConfig, channels: int) -> set[str]:
     x = gs.Variable("x", dtype=np.float32, shape=["N", channels, "H", "W"])
     build_asvp(graph, x, cfg, channels, "probe")
     return {n.op for n in graph.nodes}
+
+
+def standalone_model(channels: int, cfg: AsvpConfig, opset: int = OPSET):
+    """An ONNX model that is only ASVP: x [N, C, H, W] -> ASVP(x) (for accuracy studies and benchmarks)."""
+    from asvp.onnx_utils import MAX_IR_VERSION, check_model
+
+    graph = gs.Graph(opset=opset)
+    x = gs.Variable("x", dtype=np.float32, shape=["N", channels, "H", "W"])
+    graph.inputs = [x]
+    y = build_asvp(graph, x, cfg, channels, "asvp/0")
+    y.dtype, y.shape = np.float32, ["N", channels, "H", "W"]
+    graph.outputs = [y]
+    model = gs.export_onnx(graph.cleanup().toposort())
+    model.ir_version = MAX_IR_VERSION
+    check_model(model, "standalone ASVP model")
+    return model

@@ -29,17 +29,10 @@ def rel_err(out, ref) -> float:
 
 
 def standalone(channels: int, cfg: AsvpConfig, opset: int = 17) -> onnx.ModelProto:
-    """x [N, C, H, W] -> ASVP(x), nothing else."""
-    graph = gs.Graph(opset=opset)
-    x = gs.Variable("x", dtype=np.float32, shape=["N", channels, "H", "W"])
-    graph.inputs = [x]
-    y = build_asvp(graph, x, cfg, channels, "asvp/0")
-    y.dtype, y.shape = np.float32, ["N", channels, "H", "W"]
-    graph.outputs = [y]
-    model = gs.export_onnx(graph.cleanup().toposort())
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    """x [N, C, H, W] -> ASVP(x), nothing else (onnx.checker full check inside)."""
+    from asvp.graph_passes.subgraph import standalone_model
+
+    return standalone_model(channels, cfg, opset)
 
 
 def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import resource
 import subprocess
 import sys
@@ -45,13 +44,14 @@ MEMORY_MODES = ("subprocess", "inprocess", "off")
 
 
 def parse_shape(text: str) -> tuple[int, int, int, int]:
-    """'1x3x256x256' (or 1,3,256,256) -> (1, 3, 256, 256)."""
-    parts = re.split(r"[x,X\s]+", str(text).strip())
+    """'1x3x256x256' (or 1,3,256,256) -> (1, 3, 256, 256): build.parse_shape, restricted to NCHW."""
+    from asvp.runtime.build import parse_shape as parse_any_rank
+
     try:
-        dims = tuple(int(p) for p in parts if p)
-    except ValueError:
+        dims = parse_any_rank(text, "--shape")
+    except AsvpError:
         raise AsvpError(f"--shape must be NxCxHxW with integers, e.g. 1x3x256x256; got {text!r}") from None
-    if len(dims) != 4 or min(dims) < 1:
+    if len(dims) != 4:
         raise AsvpError(f"--shape must be four positive integers NxCxHxW, e.g. 1x3x256x256; got {text!r}")
     return dims
 

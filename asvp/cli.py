@@ -154,6 +154,14 @@ def cmd_demo(a):
 
 # ---- parser --------------------------------------------------------------------------------------------
 
+BACKEND_HELP = "onnxrt-cpu (default), onnxrt-cuda, onnxrt-trt, tensorrt (`asvp backends` lists what runs here)"
+
+
+def _json_and_quiet(s) -> None:
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="asvp",
@@ -231,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", help=f"one of {', '.join(TASK_NAMES)} (default: the model's asvp.task metadata)")
     s.add_argument("--images", metavar="DIR", help="paired images DIR/input/* and DIR/target/* (default: held-out images)")
     s.add_argument("--size", type=int, default=192, help="held-out crop side in target pixels (default 192)")
-    s.add_argument("--backend", default="onnxrt-cpu", help="onnxrt-cpu (default), onnxrt-cuda, onnxrt-trt, tensorrt")
+    s.add_argument("--backend", default="onnxrt-cpu", help=BACKEND_HELP)
     s.add_argument("--max-teacher-drop", type=float, default=0.1, metavar="DB",
                    help="fail if clean PSNR - defended PSNR exceeds this (default 0.1 dB)")
     s.add_argument("--max-ssim-drop", type=float, default=None, help="fail if clean SSIM - defended SSIM exceeds this")
@@ -240,8 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-abs-diff", type=float, default=None,
                    help="fail if max |defended - clean| output exceeds this (Polygraphy atol)")
     s.add_argument("--out", metavar="DIR", help="write report.json, report.md and PNG plots here")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _json_and_quiet(s)
     s.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("profile", help="latency (p50/p90/p99), throughput and memory; defended/clean interleaved",
@@ -250,15 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "defended/clean ratio comes from one run under the same conditions.")
     s.add_argument("clean", help="clean ONNX model (or a TensorRT engine with --backend tensorrt)")
     s.add_argument("defended", nargs="?", help="defended model (optional)")
-    s.add_argument("--backend", default="onnxrt-cpu", help="onnxrt-cpu (default), onnxrt-cuda, onnxrt-trt, tensorrt")
+    s.add_argument("--backend", default="onnxrt-cpu", help=BACKEND_HELP)
     s.add_argument("--shape", default="1x3x256x256", metavar="NxCxHxW", help="input shape (default 1x3x256x256)")
     s.add_argument("--warmup", type=int, default=10, help="untimed iterations per model first (default 10)")
     s.add_argument("--iters", type=int, default=50, help="timed iterations per model (default 50)")
     s.add_argument("--memory", choices=("subprocess", "inprocess", "off"), default="subprocess",
                    help="peak memory: per model in a fresh process (default), in this process (order-dependent), or off")
     s.add_argument("--out", metavar="DIR", help="write report.json, report.md and PNG plots here")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _json_and_quiet(s)
     s.set_defaults(func=cmd_profile)
 
     s = sub.add_parser("build", help="build a TensorRT engine (dynamic-shape profile, AsvpPerturb plugin registered)",
@@ -302,8 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--nodes", action="append", help="node to defend when defending here (repeatable)")
     s.add_argument("--steps", type=int, help="override the preset's student training steps")
     s.add_argument("--pool", type=int, help="override the preset's number of queries")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    s.add_argument("--json", action="store_true")
+    _json_and_quiet(s)
     s.set_defaults(func=cmd_attack)
 
     s = sub.add_parser("sweep", help="grid over h, k, placement, nodes: teacher drop vs student drop, best config",
@@ -320,8 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="report directory")
     s.add_argument("--steps", type=int, help="override the preset's student training steps")
     s.add_argument("--pool", type=int, help="override the preset's number of queries")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    s.add_argument("--json", action="store_true")
+    _json_and_quiet(s)
     s.set_defaults(func=cmd_sweep)
     s = sub.add_parser("demo", help="the main job: export, defend, validate, profile and attack a bundled teacher",
                        description="Runs the whole product on one bundled teacher and writes one report folder "
@@ -330,8 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="reports/demo", help="report folder (default reports/demo)")
     s.add_argument("--h", type=float, default=None, help="override the default amplification h")
     s.add_argument("--attack-steps", type=int, default=None, help="student training steps (default: quick preset)")
-    s.add_argument("--json", action="store_true")
-    s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _json_and_quiet(s)
     s.set_defaults(func=cmd_demo)
     return p
 

@@ -43,21 +43,23 @@ def run_demo(task: str = "sr", out: str | Path = "reports/demo", *, config: Asvp
     prof = step("profile latency, defended vs clean interleaved",
                 lambda: api.profile(clean, defended, shape=PROFILE_SHAPE.get(task, DEFAULT_PROFILE_SHAPE),
                                     warmup=5, iters=profile_iters, out=out, progress=progress))
-    kind = "feature" if cfg.placement == "tap" else "output"
+    from asvp.runtime.attack import kind_for_placement
+
+    kind = kind_for_placement(cfg.placement)
     att = step(f"distillation attack ({kind}, {attack_preset} preset)",
                lambda: api.attack(task, clean=clean, defended=defended, kind=kind, preset=attack_preset,
                                   steps=attack_steps, out=out, progress=progress))
     summary = {
         "task": task, "teacher": spec.teacher_name, "config": cfg.to_dict(), "digest": cfg.digest(),
         "clean_model": str(clean), "defended_model": str(defended), "candidate_nodes": len(nodes),
-        "defended_nodes": dres.to_dict().get("nodes"), "export_parity_max_abs": exp.parity_max_abs_diff,
+        "defended_nodes": dres.nodes, "export_parity_max_abs": exp.parity_max_abs_diff,
         "validation_passed": val.passed, "attack_kind": kind, "steps": steps,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     md = ("The whole product on one bundled teacher. Reproduce with `asvp demo --task "
           f"{task} --out {out}` (or `make demo TASK={task}`).\n\n"
           + md_table(["step", "seconds"], [[s["step"], s["seconds"]] for s in steps])
-          + f"\nDefended nodes: {', '.join(n['node'] if isinstance(n, dict) and 'node' in n else str(n) for n in summary['defended_nodes'] or [])}."
+          + f"\nDefended nodes: {', '.join(n['node'] for n in dres.nodes)}."
           + f" Validation verdict: **{'PASS' if val.passed else 'FAIL'}**.\n")
     report = write_report(out, {"demo": Section("Demo: " + spec.title, data=summary, markdown=md)})
     summary["report"] = str(report)

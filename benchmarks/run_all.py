@@ -93,9 +93,11 @@ def main(argv=None) -> int:
         results["graph_passes"] = bench_graph_passes.run(work / "graph_passes.json", repeats=2, size=64, accuracy=False) \
             if a.smoke else bench_graph_passes.run(work / "graph_passes.json", repeats=20)
         print("[4/4] distillation attack headline (quick preset)", flush=True)
-        att = api.attack(None, kind="feature" if AsvpConfig().placement == "tap" else "output", preset="quick", steps=5 if a.smoke else None, pool=16 if a.smoke else None,
-                         out=work / "attack", progress=False)
-        results["attack"] = att.to_dict() if hasattr(att, "to_dict") else att
+        from asvp.runtime.attack import kind_for_placement
+
+        att = api.attack(None, kind=kind_for_placement(AsvpConfig().placement), preset="quick",
+                         steps=5 if a.smoke else None, pool=16 if a.smoke else None, out=work / "attack", progress=False)
+        results["attack"] = att.to_dict()
     results["seconds"] = round(time.perf_counter() - t0, 1)
     json_path = Path(a.json) if a.json else (Path(a.out).with_suffix(".json") if a.smoke else Path("benchmarks/results/all.json"))
     write_text_atomic(json_path, json.dumps(results, indent=2, default=str) + "\n")

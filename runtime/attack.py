@@ -44,6 +44,11 @@ from asvp.errors import AsvpError
 from asvp.runtime.students import STUDENTS, TrainBudget, describe_student, predict, train_student
 
 KINDS = ("output", "feature", "adaptive")
+
+
+def kind_for_placement(placement: str) -> str:
+    """The distillation that reaches what a placement perturbs: tap -> the exposed features, inline -> outputs."""
+    return "feature" if placement == "tap" else "output"
 ATTACK_VERSION = 3  # bump when a change makes cached results stale
 TEACHER_DROP_LIMIT_DB = 0.1  # what "negligible" teacher degradation means here (the sweep's constraint too)
 PAPER_STUDENT_DB = 4.0  # "students lose up to 4 dB PSNR"
@@ -402,7 +407,7 @@ def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, pre
     t0 = time.perf_counter()
     spec = get_task(task)
     placement, feats, expose, cfg = feature_plan(clean_path, defended_path)
-    base_kind = kind if kind != "adaptive" else ("feature" if placement == "tap" else "output")
+    base_kind = kind if kind != "adaptive" else kind_for_placement(placement)
     use_feats = base_kind == "feature"
     if use_feats and any(f.output is None for f in feats):
         what = "tap output" if placement == "tap" else "perturbed replacement tensor"

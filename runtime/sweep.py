@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from asvp.config import PLACEMENTS, AsvpConfig
 from asvp.errors import AsvpError
-from asvp.runtime.attack import (TEACHER_DROP_LIMIT_DB, attack_task, get_preset, prepare_models, single_thread)
+from asvp.runtime.attack import (TEACHER_DROP_LIMIT_DB, attack_task, get_preset, kind_for_placement, prepare_models,
+                                 single_thread)
 
 DEFAULT_H = (1.1, 1.5, 3.0)
 DEFAULT_K = (2, 4)
@@ -110,7 +111,7 @@ def run_sweep(tasks, h=None, k=None, placement=None, nodes=None, preset: str = "
             work = root / t
             clean, defended, _ = prepare_models(t, work, config=cfg, nodes=_nodes_arg(sel),
                                                 defended_name=f"sweep/defended-{_tag(cfg, sel)}.onnx")
-            kind = "feature" if cfg.placement == "tap" else "output"
+            kind = kind_for_placement(cfg.placement)
             r = attack_task(t, clean, defended, kind, p, seed, work if out_dir else None, progress=False,
                             clean_students=shared)
             d = r["drops"]

@@ -6,21 +6,30 @@ import os
 from pathlib import Path
 
 from asvp.errors import AsvpError
+from asvp.exporter import export as ex
+from asvp.exporter.teachers.train import quality_table, train_teacher as _train
+from asvp.graph_passes.defend import defend_file
+from asvp.graph_passes.select import candidates
+from asvp.onnx_utils import image_io, load_model
+from asvp.runtime.attacks.attack import run_attack
+from asvp.runtime.attacks.sweep import run_sweep
+from asvp.runtime.engines.backends import backends_status
+from asvp.runtime.engines.build import build_engine as _build, load_engine as _load
+from asvp.runtime.evaluation.profile import profile as _profile
+from asvp.runtime.evaluation.report import write_report as _write
+from asvp.runtime.evaluation.validate import validate as _validate
+from asvp.tasks import TASKS
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
 
 
 def train_teacher(task: str, **kw) -> dict:
     """Train a bundled task's teacher (deterministic seed) and overwrite its bundled weights."""
-    from asvp.exporter.teachers.train import train_teacher as _train
-
     return _train(task, **kw)
 
 
 def teacher_quality(tasks=None) -> list[dict]:
     """Held-out PSNR/SSIM of the bundled teachers against their trivial baselines."""
-    from asvp.exporter.teachers.train import quality_table
-
     return quality_table(tasks)
 
 
@@ -31,9 +40,6 @@ def export(source: str, out: str | os.PathLike, *, weights=None, kwargs=None, ta
     source: a bundled task name (sr, lowlight, underwater, dehaze, derain), `package.module:Class`
     (with `weights` and optional JSON `kwargs`), or a spandrel-loadable checkpoint (.pth/.pt/.safetensors).
     """
-    from asvp.exporter import export as ex
-    from asvp.exporter.teachers.tasks import TASKS
-
     kw = {} if opset is None else {"opset": opset}
     if source in TASKS:
         if weights is not None:
@@ -49,9 +55,6 @@ def export(source: str, out: str | os.PathLike, *, weights=None, kwargs=None, ta
 
 def list_nodes(model_path: str | os.PathLike):
     """Candidate feature nodes of an ONNX image model, for `defend --nodes`."""
-    from asvp.graph_passes.select import candidates
-    from asvp.onnx_utils import image_io, load_model
-
     model = load_model(model_path)
     image_io(model)
     return candidates(model)  # ASVP's own inserted nodes are not candidates
@@ -71,6 +74,11 @@ class DefendResult:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def summary_lines(self) -> list[str]:
+        where = ", ".join(f"{n['node']} (C={n['channels']}{', tap ' + n['tap_output'] if n['tap_output'] else ''})"
+                          for n in self.nodes)
+        return [f"wrote {self.path}: ASVP {self.mode} ({self.placement}) at {where}; config {self.digest}"]
+
 
 def defend(model_path: str | os.PathLike, out_path: str | os.PathLike, *, nodes=None, config=None,
            mode: str = "subgraph", allow_redefend: bool = False) -> DefendResult:
@@ -81,8 +89,6 @@ def defend(model_path: str | os.PathLike, out_path: str | os.PathLike, *, nodes=
     mode: "subgraph" (standard ONNX ops, any runtime) or "plugin" (one AsvpPerturb custom node per feature).
     Refuses a node already defended unless allow_redefend. Nothing is written when anything fails.
     """
-    from asvp.graph_passes.defend import defend_file
-
     info = defend_file(model_path, out_path, nodes=nodes, config=config, mode=mode, allow_redefend=allow_redefend)
     return DefendResult(str(out_path), info.mode, info.placement, info.nodes, info.config, info.digest)
 
@@ -96,8 +102,6 @@ def validate(clean: str | os.PathLike, defended: str | os.PathLike, *, task: str
     Returns a ValidationResult (`.passed` is the verdict against the thresholds; a failed verdict is not an
     exception). `out`: a report directory (report.json, report.md, PNGs), written atomically at the end.
     """
-    from asvp.runtime.validate import validate as _validate
-
     return _validate(clean, defended, task=task, images=images, backend=backend, heldout_size=heldout_size,
                      max_teacher_drop=max_teacher_drop, max_ssim_drop=max_ssim_drop, min_output_psnr=min_output_psnr,
                      max_abs_diff=max_abs_diff, spectrum=spectrum, out=out, progress=progress)
@@ -110,16 +114,12 @@ def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None,
 
     memory: "subprocess" (each model in a fresh process; default), "inprocess" (order-dependent) or "off".
     """
-    from asvp.runtime.profile import profile as _profile
-
     return _profile(clean, defended, backend=backend, shape=shape, warmup=warmup, iters=iters, memory=memory,
                     out=out, progress=progress)
 
 
 def write_report(out_dir: str | os.PathLike, sections: dict):
-    """Add sections (key -> asvp.runtime.report.Section) to the report in out_dir (report.json/.md + PNGs)."""
-    from asvp.runtime.report import write_report as _write
-
+    """Add sections (key -> asvp.runtime.evaluation.report.Section) to the report in out_dir (report.json/.md + PNGs)."""
     return _write(out_dir, sections)
 
 
@@ -131,23 +131,17 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
     the model); workspace is bytes or "2G"/"512M". The AsvpPerturb TensorRT plugin is registered before parsing
     when the model has plugin nodes. MissingDependencyError (exit 3, nothing written) without TensorRT/GPU.
     """
-    from asvp.runtime.build import build_engine as _build
-
     return _build(onnx_path, engine_path, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
                   fp16=fp16, int8=int8, workspace=workspace, plugin=plugin)
 
 
 def load_engine(engine_path: str | os.PathLike):
     """Deserialize a TensorRT engine built by build_engine (registers the AsvpPerturb plugin first)."""
-    from asvp.runtime.build import load_engine as _load
-
     return _load(engine_path)
 
 
 def backends() -> list[dict]:
     """Every inference backend with whether it runs here and what runs it (or what is missing)."""
-    from asvp.runtime.backends import backends_status
-
     return [s.to_dict() for s in backends_status()]
 
 
@@ -162,8 +156,6 @@ def attack(task: str | None = None, *, clean=None, defended=None, kind: str = "o
     override the preset's training steps / number of queries. Returns an AttackResult; with `out`, a report
     (report.json, report.md, attack-<kind>-drops.png) and per-task resumable results are written there.
     """
-    from asvp.runtime.attack import run_attack
-
     return run_attack(task, clean=clean, defended=defended, kind=kind, preset=preset, seed=seed, out=out,
                       config=config, nodes=nodes, steps=steps, pool=pool, progress=progress)
 
@@ -174,15 +166,6 @@ def sweep(tasks, *, h=None, k=None, placement=None, nodes=None, preset: str = "q
     """Grid over h x k x placement x node sets: teacher drop vs student drop per configuration, and the best one
     (largest student drop with teacher drop <= 0.1 dB). nodes: selector strings, "default" = defend's choice,
     "a,b" = several nodes at once. Returns a SweepResult; with `out`, report.json/.md and sweep-scatter.png."""
-    from asvp.runtime.sweep import run_sweep
-
     return run_sweep(tasks, h=h, k=k, placement=placement, nodes=nodes, preset=preset, seed=seed, out=out,
                      k_mode=k_mode, tau=tau, steps=steps, pool=pool, progress=progress)
 
-
-def demo(task: str = "sr", out: str | os.PathLike = "reports/demo", *, config=None, attack_steps: int | None = None,
-         profile_iters: int = 30, progress: bool = True) -> dict:
-    """The main job on a bundled teacher: export, defend, validate, profile, quick attack, one report folder."""
-    from asvp.demo import run_demo
-
-    return run_demo(task, out, config=config, attack_steps=attack_steps, profile_iters=profile_iters, progress=progress)

@@ -1,6 +1,7 @@
 """The main job on a bundled teacher: export, defend, validate, profile, attack, one report folder.
 
-`make demo` runs `asvp demo`; every step is a call into asvp.api, the same functions the subcommands use.
+`make demo` runs `asvp demo`; every step is a call into asvp.api, the same functions the subcommands use. The
+demo sits above the API (asvp.api does not import it): `from asvp.demo import run_demo`.
 """
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from pathlib import Path
 
 from asvp import api
 from asvp.config import AsvpConfig
+from asvp.runtime.attacks.attack import kind_for_placement
+from asvp.runtime.evaluation.report import Section, md_table, write_report
+from asvp.tasks import get_task
 
 PROFILE_SHAPE = {"sr": "1x3x128x128"}  # SR input is the low-resolution image: 128 -> 256 output
 DEFAULT_PROFILE_SHAPE = "1x3x256x256"
@@ -17,9 +21,6 @@ DEFAULT_PROFILE_SHAPE = "1x3x256x256"
 def run_demo(task: str = "sr", out: str | Path = "reports/demo", *, config: AsvpConfig | None = None,
              attack_preset: str = "quick", attack_steps: int | None = None, profile_iters: int = 30,
              progress: bool = True, log=print) -> dict:
-    from asvp.exporter.teachers.tasks import get_task
-    from asvp.runtime.report import Section, md_table, write_report
-
     spec = get_task(task)
     cfg = (config or AsvpConfig()).validate()
     out = Path(out)
@@ -43,8 +44,6 @@ def run_demo(task: str = "sr", out: str | Path = "reports/demo", *, config: Asvp
     prof = step("profile latency, defended vs clean interleaved",
                 lambda: api.profile(clean, defended, shape=PROFILE_SHAPE.get(task, DEFAULT_PROFILE_SHAPE),
                                     warmup=5, iters=profile_iters, out=out, progress=progress))
-    from asvp.runtime.attack import kind_for_placement
-
     kind = kind_for_placement(cfg.placement)
     att = step(f"distillation attack ({kind}, {attack_preset} preset)",
                lambda: api.attack(task, clean=clean, defended=defended, kind=kind, preset=attack_preset,
@@ -66,3 +65,14 @@ def run_demo(task: str = "sr", out: str | Path = "reports/demo", *, config: Asvp
     summary["attack"] = att
     summary["profile"] = prof
     return summary
+
+
+def summary_line(res: dict) -> str:
+    """One line for people from run_demo's result."""
+    return (f"demo finished in {res['seconds']} s; validation {'PASS' if res['validation_passed'] else 'FAIL'}; "
+            f"report: {res['report']}")
+
+
+def to_json(res: dict) -> dict:
+    """run_demo's result for machines (the attack and profile objects are in the report)."""
+    return {k: v for k, v in res.items() if k not in ("attack", "profile")}

@@ -24,6 +24,22 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise AsvpError(f"{p} is not a readable ONNX model ({type(exc).__name__})") from None
 
 
+def as_model(model) -> onnx.ModelProto:
+    """A ModelProto from a path, serialized bytes or a ModelProto (external data is not loaded)."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, (bytes, bytearray)):
+        try:
+            return onnx.load_from_string(bytes(model))
+        except Exception as exc:
+            raise AsvpError(f"the given bytes are not a readable ONNX model ({type(exc).__name__})") from None
+    p = require_file(model, "ONNX model")
+    try:
+        return onnx.load(str(p), load_external_data=False)
+    except Exception as exc:
+        raise AsvpError(f"{p} is not a readable ONNX model ({type(exc).__name__})") from None
+
+
 def check_model(model: onnx.ModelProto, what: str = "model") -> None:
     """onnx.checker full check (includes strict shape inference)."""
     try:

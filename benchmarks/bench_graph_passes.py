@@ -93,7 +93,7 @@ def accuracy_table(tasks=TASKS, iters_grid=ITERS_GRID, size: int = 96, workdir: 
 
     from asvp import api
     from asvp.config import AsvpConfig
-    from asvp.exporter.teachers.tasks import get_task
+    from asvp.tasks import get_task
     from asvp.graph_passes import select
     from asvp.method import asvp_reference
 
@@ -186,7 +186,7 @@ def run(out_path: str | Path = DEFAULT_OUT, repeats: int = 20, size: int = 256, 
 
     from asvp import api
     from asvp.config import AsvpConfig
-    from asvp.exporter.teachers.data import heldout_crops
+    from asvp.tasks.data import heldout_crops
     from asvp.graph_passes.defend import defend_model
     from asvp.io import write_text_atomic
     from asvp.method import asvp_exact, asvp_reference

@@ -13,8 +13,12 @@ import onnx
 import torch
 
 from asvp.errors import AsvpError
+from asvp.exporter.spandrel_loader import load_spandrel_model
+from asvp.exporter.teachers.bundled import load_teacher
 from asvp.io import atomic_output, require_file
 from asvp.onnx_utils import MAX_IR_VERSION, META_PREFIX, check_model, image_io, set_metadata
+from asvp.runtime.engines.sessions import SessionFromOnnx
+from asvp.tasks.data import heldout_crops
 
 DEFAULT_OPSET = 17
 PARITY_ATOL = 1e-4  # max |onnx - torch| on [0, 1] images; float32 conv reordering stays ~1e-6
@@ -35,6 +39,10 @@ class ExportResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def summary_lines(self) -> list[str]:
+        return [f"wrote {self.path} ({self.teacher}, task {self.task}, x{self.scale}, opset {self.opset}, IR "
+                f"{self.ir_version}); parity max |ort - torch| = {self.parity_max_abs_diff:.2e} <= {self.parity_tolerance:g}"]
 
 
 def _infer_scale(model: torch.nn.Module, size_multiple: int) -> int:
@@ -98,9 +106,7 @@ def export_model(model: torch.nn.Module, out: str | os.PathLike, parity_inputs: 
 
 def parity(proto: onnx.ModelProto, model: torch.nn.Module, inputs: torch.Tensor) -> float:
     """Max abs difference between ONNX Runtime (CPU) and torch on `inputs`."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = SessionFromOnnx(proto, plugins=False)()
     got = sess.run(None, {sess.get_inputs()[0].name: inputs.numpy().astype(np.float32)})[0]
     with torch.no_grad():
         want = model(inputs).numpy()
@@ -113,15 +119,11 @@ def parity(proto: onnx.ModelProto, model: torch.nn.Module, inputs: torch.Tensor)
 
 def _real_images(size_multiple: int, side: int = 64) -> torch.Tensor:
     """Real photographs (scikit-image's held-out images) for parity checks of models of unknown task."""
-    from asvp.exporter.teachers.data import heldout_crops
-
     side = side - side % max(size_multiple, 1)
     return heldout_crops(side, per_image=1)[:2]
 
 
 def export_bundled(task: str, out: str | os.PathLike, **kw) -> ExportResult:
-    from asvp.exporter.teachers.tasks import load_teacher
-
     model, spec = load_teacher(task)
     inp, _ = spec.heldout(size=96)
     return export_model(model, out, inp[:2], teacher=spec.teacher_name, task=spec.name, scale=spec.scale,
@@ -169,8 +171,6 @@ def export_user_module(target: str, out, weights=None, kwargs=None, task: str = 
 
 
 def export_spandrel(pth: str | os.PathLike, out, task: str = "custom", size_multiple: int = 1, **kw) -> ExportResult:
-    from asvp.exporter.spandrel_loader import load_spandrel_model
-
     require_file(pth, "checkpoint")
     model, scale, arch = load_spandrel_model(pth)
     return export_model(model, out, _real_images(size_multiple), teacher=f"spandrel:{arch}", task=task,

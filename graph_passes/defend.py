@@ -8,16 +8,12 @@ Placements: "inline" replaces the feature by its perturbation for every consumer
 perturbed tensor then takes the output's name); "tap" leaves the network unchanged and adds the perturbed
 feature as an extra float32 graph output `asvp_tap_<i>` [N, C, H, W].
 
-Metadata (metadata_props): asvp.defended="true", asvp.mode ("subgraph" | "plugin" | "mixed"), asvp.placement
-("inline" | "tap" | "mixed"), asvp.nodes (JSON list over every defence applied so far: node, tensor, channels,
-tap_output, mode, placement, block, config_digest, and clean_tensor where an inline feature was a graph output
-and its name passed to the perturbed tensor), asvp.config (JSON of the latest AsvpConfig) and
-asvp.config_digest. A node already listed in asvp.nodes (or any ASVP-inserted node) is refused unless
-allow_redefend: the new block then perturbs the already-perturbed feature again.
+The defence is recorded in the model's metadata (graph_passes.metadata: asvp.defended, asvp.mode, asvp.placement,
+asvp.nodes, asvp.config, asvp.config_digest). A node already listed in asvp.nodes (or any ASVP-inserted node) is
+refused unless allow_redefend: the new block then perturbs the already-perturbed feature again.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -28,22 +24,16 @@ import onnx_graphsurgeon as gs
 
 from asvp.config import AsvpConfig
 from asvp.errors import AsvpError
-from asvp.graph_passes import plugin_node, select
+from asvp.graph_passes import plugin_contract, select
+from asvp.graph_passes.metadata import META_NODES, read_defence, write_defence
 from asvp.graph_passes.subgraph import build_asvp
-from asvp.onnx_utils import MAX_IR_VERSION, META_PREFIX, check_model, get_metadata, load_model, save_model, set_metadata
+from asvp.onnx_utils import MAX_IR_VERSION, check_model, image_io, load_model, save_model
 
 MODES = ("subgraph", "plugin")
 MIN_OPSET = 13  # ReduceSum/Split/Unsqueeze take axes/sizes as inputs from opset 13
 TAP_PREFIX = "asvp_tap_"
 _BLOCK = re.compile(r"^asvp/(\d+)/")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-META_DEFENDED = META_PREFIX + "defended"
-META_MODE = META_PREFIX + "mode"
-META_NODES = META_PREFIX + "nodes"
-META_CONFIG = META_PREFIX + "config"
-META_DIGEST = META_PREFIX + "config_digest"
-META_PLACEMENT = META_PREFIX + "placement"
 
 
 @dataclass
@@ -61,14 +51,8 @@ class DefendInfo:
 
 
 def previous_records(model: onnx.ModelProto) -> list[dict]:
-    raw = get_metadata(model).get(META_NODES)
-    if not raw:
-        return []
-    try:
-        recs = json.loads(raw)
-    except json.JSONDecodeError:
-        raise AsvpError(f"the model's {META_NODES} metadata is not valid JSON") from None
-    return [r if isinstance(r, dict) else {"node": str(r), "tensor": str(r)} for r in (recs if isinstance(recs, list) else [])]
+    """The asvp.nodes records of every earlier defence of this model (as stored)."""
+    return [n.record() for n in read_defence(model).nodes]
 
 
 def _check_mode(mode: str) -> None:
@@ -122,7 +106,7 @@ def _finalize(out: onnx.ModelProto, original: onnx.ModelProto, plugin: bool) -> 
     del out.opset_import[:]
     out.opset_import.extend(original.opset_import)
     if plugin:
-        plugin_node.ensure_domain(out)
+        plugin_contract.ensure_domain(out)
     del out.metadata_props[:]
     out.metadata_props.extend(original.metadata_props)
 
@@ -188,7 +172,7 @@ def defend_model(model: onnx.ModelProto, selectors=None, config: AsvpConfig | di
         if mode == "subgraph":
             y = build_asvp(graph, x, cfg, f.channels, prefix)
         else:
-            y = plugin_node.build_plugin(graph, x, cfg, f.channels, prefix, shape=dims)
+            y = plugin_contract.build_plugin(graph, x, cfg, f.channels, prefix, shape=dims)
         y.dtype, y.shape = np.float32, dims
         if tap_name:
             y.name = tap_name
@@ -210,16 +194,7 @@ def defend_model(model: onnx.ModelProto, selectors=None, config: AsvpConfig | di
     _finalize(out, model, plugin=mode == "plugin" or any(r.get("mode") == "plugin" for r in previous))
 
     all_records = previous + records
-    modes = {r.get("mode", mode) for r in all_records}
-    placements = {r.get("placement", cfg.placement) for r in all_records}
-    set_metadata(out, {
-        META_DEFENDED: "true",
-        META_MODE: modes.pop() if len(modes) == 1 else "mixed",
-        META_PLACEMENT: placements.pop() if len(placements) == 1 else "mixed",
-        META_NODES: json.dumps(all_records),
-        META_CONFIG: json.dumps(cfg.to_dict(), sort_keys=True),
-        META_DIGEST: cfg.digest(),
-    })
+    write_defence(out, all_records, cfg, mode)
     verify(out)
     info = DefendInfo(mode, cfg.placement, records, cfg.to_dict(), cfg.digest(), all_records, inserted)
     return out, info
@@ -228,8 +203,6 @@ def defend_model(model: onnx.ModelProto, selectors=None, config: AsvpConfig | di
 def defend_file(model_path: str | os.PathLike, out_path: str | os.PathLike, *, nodes=None, config=None,
                 mode: str = "subgraph", allow_redefend: bool = False) -> DefendInfo:
     """Load, defend, check and atomically write; nothing is written if anything fails."""
-    from asvp.onnx_utils import image_io
-
     _check_mode(mode)
     cfg = _as_config(config).validate()
     model = load_model(model_path)

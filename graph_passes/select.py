@@ -27,7 +27,8 @@ import re
 import onnx
 
 from asvp.errors import AsvpError
-from asvp.graph_passes.candidates import MIN_CHANNELS, FeatureNode, feature_candidates, symbolic_shapes
+from asvp.graph_passes.candidates import FeatureNode, MIN_CHANNELS, feature_candidates, symbolic_shapes
+from asvp.graph_passes.plugin_contract import PLUGIN_OP, identity_surrogate
 
 ASVP_PREFIX = "asvp/"  # every node asvp inserts is named asvp/<n>/...
 AUTO = "auto"
@@ -35,33 +36,12 @@ _OP_INDEX = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)#(-?\d+)$")
 
 
 def is_asvp_node(node: onnx.NodeProto) -> bool:
-    from asvp.graph_passes.plugin_node import PLUGIN_OP
-
     return node.name.startswith(ASVP_PREFIX) or node.op_type == PLUGIN_OP
-
-
-def _inferable(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with AsvpPerturb plugin nodes read as Identity (same shape), so that symbolic shape inference
-    completes (ONNX Runtime's inference stops at unknown ops and leaves a temporary file in the working directory)."""
-    from asvp.graph_passes.plugin_node import PLUGIN_DOMAIN, PLUGIN_OP
-
-    if not any(n.op_type == PLUGIN_OP and n.domain == PLUGIN_DOMAIN for n in model.graph.node):
-        return model
-    surrogate = onnx.ModelProto()
-    surrogate.CopyFrom(model)
-    for n in surrogate.graph.node:
-        if n.op_type == PLUGIN_OP and n.domain == PLUGIN_DOMAIN:
-            n.op_type, n.domain = "Identity", ""
-            del n.attribute[:]
-    kept = [o for o in surrogate.opset_import if o.domain != PLUGIN_DOMAIN]
-    del surrogate.opset_import[:]
-    surrogate.opset_import.extend(kept)
-    return surrogate
 
 
 def candidates(model: onnx.ModelProto) -> list[FeatureNode]:
     """Feature candidates, without ASVP's own inserted nodes."""
-    return [c for c in feature_candidates(_inferable(model)) if not is_asvp_node(model.graph.node[c.index])]
+    return [c for c in feature_candidates(identity_surrogate(model)) if not is_asvp_node(model.graph.node[c.index])]
 
 
 def _nodes_hint() -> str:
@@ -86,7 +66,7 @@ def _by_name(model: onnx.ModelProto, sel: str, cands: list[FeatureNode], shapes:
         if node.name == sel or (node.output and node.output[0] == sel):
             if is_asvp_node(node):
                 raise AsvpError(f"node {node.name!r} is part of an inserted ASVP block, not a feature of the model")
-            shapes = shapes if shapes is not None else symbolic_shapes(_inferable(model))
+            shapes = shapes if shapes is not None else symbolic_shapes(identity_surrogate(model))
             shape = shapes.get(node.output[0])
             if shape is None:
                 raise AsvpError(f"node {node.name!r} ({node.op_type}) has no float tensor output of known shape; "

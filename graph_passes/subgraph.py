@@ -21,8 +21,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from asvp.config import AsvpConfig
-from asvp.method import (DENSE_APPLY_MAX_C, EPS, EXP_SQUARINGS, EXP_TAYLOR_DEGREE, JACOBI_STEPS, TINY,
-                         block_width, initial_basis)
+from asvp.method import (DENSE_APPLY_MAX_C, EPS, EXP_SQUARINGS, EXP_TAYLOR_DEGREE, JACOBI_STEPS, TINY, block_width,
+                         initial_basis)
+from asvp.onnx_utils import MAX_IR_VERSION, check_model
 
 OPSET = 17
 
@@ -169,8 +170,6 @@ def emitted_op_types(cfg: AsvpConfig, channels: int) -> set[str]:
 
 def standalone_model(channels: int, cfg: AsvpConfig, opset: int = OPSET):
     """An ONNX model that is only ASVP: x [N, C, H, W] -> ASVP(x) (for accuracy studies and benchmarks)."""
-    from asvp.onnx_utils import MAX_IR_VERSION, check_model
-
     graph = gs.Graph(opset=opset)
     x = gs.Variable("x", dtype=np.float32, shape=["N", channels, "H", "W"])
     graph.inputs = [x]

@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-TASKS = ("sr", "lowlight", "underwater", "dehaze", "derain")
+from asvp import api
 
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
     """exported(task) -> path of the bundled teacher's ONNX export (cached for the session)."""
-    from asvp import api
-
     cache: dict[str, str] = {}
     root = tmp_path_factory.mktemp("exported")
 

@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from asvp.exporter.teachers.data import TRAIN_IMAGES, random_crops
-from asvp.exporter.teachers.tasks import TASKS, get_task, load_teacher
+from asvp.exporter.teachers.bundled import load_teacher, weights_path
 from asvp.io import atomic_output, write_text_atomic
 from asvp.metrics import psnr_ssim
+from asvp.tasks import TASKS, get_task
+from asvp.tasks.data import TRAIN_IMAGES, random_crops
 
 DEFAULTS = {"steps": 1200, "batch": 12, "patch": 64, "lr": 2e-3, "seed": 0}
 
@@ -55,11 +57,18 @@ def train_teacher(task: str, steps: int = DEFAULTS["steps"], batch: int = DEFAUL
         "heldout": evaluate(model, task),
         "command": f"asvp train-teacher --task {task} --steps {steps} --seed {seed}",
     }
-    path = spec.weights_path if out is None else out
+    path = weights_path(task) if out is None else Path(out)
     with atomic_output(path) as tmp:
         torch.save(model.state_dict(), tmp)
     write_text_atomic(path.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
     return record
+
+
+def record_summary(rec: dict) -> str:
+    """One line for people from a training record (train_teacher's return value)."""
+    h = rec["heldout"]
+    return (f"{rec['teacher']}: held-out PSNR {h['psnr']:.2f} dB (baseline {h['baseline']} {h['baseline_psnr']:.2f} dB), "
+            f"SSIM {h['ssim']:.4f} (baseline {h['baseline_ssim']:.4f})")
 
 
 def quality_table(tasks=None) -> list[dict]:

@@ -1,0 +1,292 @@
+"""`asvp` command line: a thin shell over asvp.api (and asvp.demo for the main job).
+
+Each subcommand is a parser built from the shared argument groups of asvp.cli.args and a run function that calls
+one API function and prints the result: `--json` prints its to_dict(), otherwise its own summary_lines(). The CLI
+holds no logic of its own. Exit status: 0 success, 1 a verdict failed (`validate`), 2 bad input (one line on
+stderr, no traceback), 3 a missing backend or optional dependency, 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from asvp import api, demo
+from asvp.cli.args import (TASKS_HELP, BackendArgs, BudgetArgs, DefenceArgs, OutputArgs, ShapeProfileArgs,
+                           add_groups)
+from asvp.config import AsvpConfig
+from asvp.errors import AsvpError
+from asvp.exporter.teachers.train import DEFAULTS as TRAIN_DEFAULTS
+from asvp.exporter.teachers.train import quality_markdown, record_summary
+from asvp.graph_passes.candidates import candidates_table
+from asvp.runtime.engines.backends import backends_table
+from asvp.runtime.evaluation.profile import MEMORY_MODES
+
+EXIT_VERDICT_FAILED = 1  # `asvp validate`: the models ran but the defence costs more than the thresholds allow
+progress = OutputArgs.progress
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _show(a, res) -> None:
+    """--json: the result's to_dict(); otherwise its summary_lines()."""
+    _print_json(res.to_dict()) if a.json else print("\n".join(res.summary_lines()))
+
+
+# ---- subcommands: parser (groups) + run (one API call, then print) ---------------------------------------
+
+def add_train_teacher(sub):
+    s = sub.add_parser("train-teacher", help="train a bundled teacher on scikit-image's images (reproducible)",
+                       description="Train the task's teacher from a fixed seed and overwrite its bundled weights.")
+    s.add_argument("--task", required=True, help=f"one of {TASKS_HELP}")
+    s.add_argument("--steps", type=int, default=TRAIN_DEFAULTS["steps"],
+                   help=f"optimizer steps (default {TRAIN_DEFAULTS['steps']})")
+    s.add_argument("--seed", type=int, default=TRAIN_DEFAULTS["seed"])
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    def run(a):
+        print(record_summary(api.train_teacher(a.task, steps=a.steps, seed=a.seed, progress=progress(a))))
+    s.set_defaults(func=run)
+
+
+def add_eval_teachers(sub):
+    s = sub.add_parser("eval-teachers", help="held-out PSNR/SSIM of the bundled teachers vs trivial baselines")
+    s.add_argument("--task", action="append", help="limit to this task (repeatable)")
+    add_groups(s, OutputArgs(quiet=False))
+
+    def run(a):
+        rows = api.teacher_quality(a.task or None)
+        _print_json(rows) if a.json else print(quality_markdown(rows), end="")
+    s.set_defaults(func=run)
+
+
+def add_export(sub):
+    s = sub.add_parser("export", help="trace a teacher to ONNX (dynamic N/H/W) and check parity with ONNX Runtime",
+                       description="SOURCE is a bundled task name, package.module:Class (with --weights), "
+                                   "or a spandrel-supported checkpoint (.pth/.safetensors).")
+    s.add_argument("source")
+    s.add_argument("-o", "--output", required=True, help="output .onnx path (written atomically)")
+    s.add_argument("--weights", help="state dict for module:Class sources")
+    s.add_argument("--kwargs", help="JSON constructor arguments for module:Class sources")
+    s.add_argument("--task", help="task label recorded in metadata for user models (default: custom)")
+    s.add_argument("--size-multiple", type=int, default=1, help="input H and W must be multiples of this (user models)")
+    s.add_argument("--opset", type=int, default=None, help="ONNX opset (>= 17, default 17)")
+    add_groups(s, OutputArgs(quiet=False, json_help="machine-readable result"))
+
+    def run(a):
+        _show(a, api.export(a.source, a.output, weights=a.weights, kwargs=a.kwargs, task=a.task,
+                            size_multiple=a.size_multiple, opset=a.opset))
+    s.set_defaults(func=run)
+
+
+def add_nodes(sub):
+    s = sub.add_parser("nodes", help="list candidate feature nodes where ASVP can be inserted")
+    s.add_argument("model", help="ONNX model")
+    add_groups(s, OutputArgs(quiet=False))
+
+    def run(a):
+        nodes = api.list_nodes(a.model)
+        _print_json([n.to_dict() for n in nodes]) if a.json else print(candidates_table(nodes))
+    s.set_defaults(func=run)
+
+
+def add_defend(sub):
+    s = sub.add_parser(
+        "defend", help="insert ASVP (singular value perturbation) at feature nodes of an ONNX model",
+        description="Write a defended copy of MODEL: at each selected feature F [N,C,H,W], per sample, the top-k "
+                    "singular values of F.reshape(C, H*W) are multiplied by h (k adaptive: the smallest k holding "
+                    "a share tau of the energy, at most --k). --mode subgraph emits standard ONNX ops (any "
+                    "runtime, TensorRT included); --mode plugin emits one AsvpPerturb custom node per feature "
+                    "(exact; needs asvp's ONNX Runtime custom op or TensorRT plugin). Unset options keep "
+                    "AsvpConfig's defaults.",
+        epilog="Node selectors: NAME (exact node or tensor name from `asvp nodes MODEL`), re:PATTERN (every "
+               "candidate whose name matches), OP#I (I-th candidate of that op type, 0-based, negative from the "
+               "end, e.g. Conv#3, Relu#-1), auto (default: the last candidate with the most channels).")
+    s.add_argument("model", help="ONNX image model (e.g. from `asvp export`)")
+    s.add_argument("-o", "--output", required=True, help="defended .onnx path (written atomically, only on success)")
+    defence = DefenceArgs(nodes="list", mode=True)
+    add_groups(s, defence)
+    s.add_argument("--allow-redefend", action="store_true", help="allow perturbing a node that is already defended")
+    add_groups(s, OutputArgs(quiet=False, json_help="machine-readable result"))
+
+    def run(a):
+        _show(a, api.defend(a.model, a.output, nodes=a.nodes, config=defence.overrides(a), mode=a.mode,
+                            allow_redefend=a.allow_redefend))
+    s.set_defaults(func=run)
+
+
+def add_validate(sub):
+    s = sub.add_parser("validate", help="quality cost of the defence: PSNR/SSIM of clean vs defended, with a verdict",
+                       description="Run CLEAN and DEFENDED on the task's held-out images (or --images DIR with "
+                                   "DIR/input/NAME.png and DIR/target/NAME.png) and report PSNR/SSIM against ground "
+                                   "truth, the teacher drop, the defended-vs-clean output PSNR and max abs difference "
+                                   "(Polygraphy Comparator), tap feature perturbation, and a verdict. Exit status: "
+                                   "0 pass, 1 verdict failed, 2 bad input, 3 backend not available.")
+    s.add_argument("clean", help="clean ONNX model")
+    s.add_argument("defended", help="defended ONNX model (asvp defend)")
+    s.add_argument("--task", help=f"one of {TASKS_HELP} (default: the model's asvp.task metadata)")
+    s.add_argument("--images", metavar="DIR", help="paired images DIR/input/* and DIR/target/* (default: held-out images)")
+    s.add_argument("--size", type=int, default=192, help="held-out crop side in target pixels (default 192)")
+    add_groups(s, BackendArgs())
+    s.add_argument("--max-teacher-drop", type=float, default=0.1, metavar="DB",
+                   help="fail if clean PSNR - defended PSNR exceeds this (default 0.1 dB)")
+    s.add_argument("--max-ssim-drop", type=float, default=None, help="fail if clean SSIM - defended SSIM exceeds this")
+    s.add_argument("--min-output-psnr", type=float, default=None, metavar="DB",
+                   help="fail if the defended-vs-clean output PSNR is below this")
+    s.add_argument("--max-abs-diff", type=float, default=None,
+                   help="fail if max |defended - clean| output exceeds this (Polygraphy atol)")
+    s.add_argument("--out", metavar="DIR", help="write report.json, report.md and PNG plots here")
+    add_groups(s, OutputArgs())
+
+    def run(a):
+        res = api.validate(a.clean, a.defended, task=a.task, images=a.images, backend=a.backend, heldout_size=a.size,
+                           max_teacher_drop=a.max_teacher_drop, max_ssim_drop=a.max_ssim_drop,
+                           min_output_psnr=a.min_output_psnr, max_abs_diff=a.max_abs_diff, out=a.out,
+                           progress=progress(a))
+        _show(a, res)
+        return 0 if res.passed else EXIT_VERDICT_FAILED
+    s.set_defaults(func=run)
+
+
+def add_profile(sub):
+    s = sub.add_parser("profile", help="latency (p50/p90/p99), throughput and memory; defended/clean interleaved",
+                       description="Time CLEAN (and DEFENDED) on one backend with a random input of --shape. With two "
+                                   "models every iteration runs both, alternating which goes first, so the "
+                                   "defended/clean ratio comes from one run under the same conditions.")
+    s.add_argument("clean", help="clean ONNX model (or a TensorRT engine with --backend tensorrt)")
+    s.add_argument("defended", nargs="?", help="defended model (optional)")
+    add_groups(s, BackendArgs())
+    s.add_argument("--shape", default="1x3x256x256", metavar="NxCxHxW", help="input shape (default 1x3x256x256)")
+    s.add_argument("--warmup", type=int, default=10, help="untimed iterations per model first (default 10)")
+    s.add_argument("--iters", type=int, default=50, help="timed iterations per model (default 50)")
+    s.add_argument("--memory", choices=MEMORY_MODES, default=MEMORY_MODES[0],
+                   help="peak memory: per model in a fresh process (default), in this process (order-dependent), or off")
+    s.add_argument("--out", metavar="DIR", help="write report.json, report.md and PNG plots here")
+    add_groups(s, OutputArgs())
+
+    def run(a):
+        _show(a, api.profile(a.clean, a.defended, backend=a.backend, shape=a.shape, warmup=a.warmup, iters=a.iters,
+                             memory=a.memory, out=a.out, progress=progress(a)))
+    s.set_defaults(func=run)
+
+
+def add_build(sub):
+    s = sub.add_parser("build", help="build a TensorRT engine (dynamic-shape profile, AsvpPerturb plugin registered)",
+                       description="Parse MODEL with TensorRT's ONNX parser (registering the AsvpPerturb plugin first "
+                                   "when the model has plugin nodes), build one optimisation profile and write the "
+                                   "engine plus OUTPUT.json (TensorRT version, profile, source digest) atomically. "
+                                   "Needs TensorRT >= 10.8 and an NVIDIA GPU (exit 3 otherwise, nothing written).")
+    s.add_argument("model", help="ONNX model (clean, subgraph-defended or plugin-defended)")
+    s.add_argument("-o", "--output", required=True, help="engine path (.engine/.plan)")
+    add_groups(s, ShapeProfileArgs())
+    s.add_argument("--fp16", action="store_true", help="allow FP16 kernels (the ASVP plugin itself stays FP32)")
+    s.add_argument("--int8", action="store_true", help="allow INT8 (only for explicitly quantized Q/DQ models)")
+    s.add_argument("--workspace", help="workspace memory pool limit, e.g. 2G or 512M (default: TensorRT's)")
+    s.add_argument("--no-plugin", action="store_true", help="do not register the AsvpPerturb plugin "
+                                                            "(refused for models that contain plugin nodes)")
+    add_groups(s, OutputArgs(quiet=False))
+
+    def run(a):
+        _show(a, api.build_engine(a.model, a.output, min_shape=a.min, opt_shape=a.opt, max_shape=a.max, fp16=a.fp16,
+                                  int8=a.int8, workspace=a.workspace, plugin=not a.no_plugin))
+    s.set_defaults(func=run)
+
+
+def add_backends(sub):
+    s = sub.add_parser("backends", help="list inference backends and whether they run here")
+    add_groups(s, OutputArgs(quiet=False))
+
+    def run(a):
+        rows = api.backends()
+        _print_json(rows) if a.json else print(backends_table(rows))
+    s.set_defaults(func=run)
+
+
+def add_attack(sub):
+    s = sub.add_parser("attack", help="distillation attack: train students on a clean vs a defended model's answers",
+                       description="The attacker only queries the served ONNX model (ONNX Runtime) with degraded crops "
+                                   "of the training images and trains a smaller student on the answers; students of "
+                                   "the clean and the defended teacher get identical budgets, seeds and queries. "
+                                   "Reports teacher and student PSNR/SSIM on held-out images and the drops. Without "
+                                   "--clean/--defended the bundled teacher is exported and defended into --out.")
+    s.add_argument("--task", help=f"one of {TASKS_HELP} (default: the preset's tasks)")
+    s.add_argument("--clean", help="clean ONNX model (default: export the bundled teacher)")
+    s.add_argument("--defended", help="defended ONNX model (default: asvp defend the clean one)")
+    s.add_argument("--kind", default="output", help="output | feature | adaptive (default output)")
+    budget = BudgetArgs("quick (sr, ~1 min) | full (all five tasks)", "report directory (resumable: finished tasks are reused)")
+    defence = DefenceArgs(("h", "k", "placement"), nodes="repeat", suffix=" (when defending here)", choices=False)
+    add_groups(s, budget, defence, OutputArgs())
+
+    def run(a):
+        _show(a, api.attack(a.task, clean=a.clean, defended=a.defended, kind=a.kind, config=defence.config(a),
+                            nodes=a.nodes, progress=progress(a), **budget.kwargs(a)))
+    s.set_defaults(func=run)
+
+
+def add_sweep(sub):
+    s = sub.add_parser("sweep", help="grid over h, k, placement, nodes: teacher drop vs student drop, best config",
+                       description="Defends the bundled teacher with every configuration of the grid and attacks it "
+                                   "(output distillation for inline, feature distillation for tap). Best = largest "
+                                   "student drop with teacher drop <= 0.1 dB.")
+    s.add_argument("--task", action="append", required=True, help="task to sweep (repeatable)")
+    grid = DefenceArgs(("h", "k", "placement"), grid=True, nodes="sets", choices=False)
+    budget = BudgetArgs("quick | full (training budget per student)", "report directory")
+    add_groups(s, grid, budget, OutputArgs())
+
+    def run(a):
+        _show(a, api.sweep(a.task, h=a.h, k=a.k, placement=a.placement, nodes=a.nodes, progress=progress(a),
+                           **budget.kwargs(a)))
+    s.set_defaults(func=run)
+
+
+def add_demo(sub):
+    s = sub.add_parser("demo", help="the main job: export, defend, validate, profile and attack a bundled teacher",
+                       description="Runs the whole product on one bundled teacher and writes one report folder "
+                                   "(report.json, report.md, PNG plots) whose path it prints.")
+    s.add_argument("--task", default="sr", help=f"one of {TASKS_HELP} (default sr)")
+    s.add_argument("--out", default="reports/demo", help="report folder (default reports/demo)")
+    defence = DefenceArgs(("h",))
+    add_groups(s, defence)
+    s.add_argument("--attack-steps", type=int, default=None, help="student training steps (default: quick preset)")
+    add_groups(s, OutputArgs())
+
+    def run(a):
+        res = demo.run_demo(a.task, a.out, config=defence.config(a), attack_steps=a.attack_steps, progress=progress(a))
+        _print_json(demo.to_json(res)) if a.json else print(demo.summary_line(res))
+    s.set_defaults(func=run)
+
+
+SUBCOMMANDS = (add_train_teacher, add_eval_teachers, add_export, add_nodes, add_defend, add_validate, add_profile,
+               add_build, add_backends, add_attack, add_sweep, add_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="asvp",
+        description="Ship image-restoration models protected against knowledge distillation "
+                    "(Adaptive Singular Value Perturbation) as ONNX and TensorRT.",
+        epilog="Typical flow: asvp export sr -o sr.onnx; asvp nodes sr.onnx; asvp defend sr.onnx -o sr.asvp.onnx; "
+               "asvp validate sr.onnx sr.asvp.onnx --task sr; asvp profile sr.onnx sr.asvp.onnx")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        rc = args.func(args)  # None (0) or a command's own non-error status (validate: 1 = verdict failed)
+    except AsvpError as exc:
+        print(f"asvp: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("asvp: interrupted", file=sys.stderr)
+        return 130
+    return rc or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Attacks: black-box distillation of served models (students, the attack harness, configuration sweeps)."""

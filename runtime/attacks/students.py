@@ -1,0 +1,193 @@
+"""Students for distillation attacks: smaller versions of each task's teacher architecture, and their training.
+
+A student never sees ground truth: it learns only from what the attacker received from the served model
+(outputs, and for feature attacks the exposed feature maps). Every student is the task's own architecture
+with about half the channels (and, where the architecture has a depth knob, fewer blocks):
+
+    sr          EDSRLite(ch 32 -> 16, blocks 4 -> 2)              x2 pixel-shuffle, bicubic skip
+    lowlight    UNetLite(ch 24 -> 12)                              two-level U-Net
+    underwater  ResidualCNN(ch 32 -> 16, blocks 3 -> 2)
+    dehaze      AODNetWide(ch 16 -> 8)
+    derain      DilatedDerainNet(ch 32 -> 16, dilations 1,2,4,2,1 -> 1,2,4)
+
+Feature ("hint") distillation follows FitNets: each exposed teacher feature is matched, through a learned
+1x1 convolution (adapter), by the student feature at the same spatial resolution and the nearest relative
+depth. Hint losses are L1 normalised by the mean |feature| the attacker received, so the weight `hint_weight`
+means the same thing for every layer and task.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from asvp.tasks import get_task
+from asvp.tasks.architectures import ARCHITECTURES, ResBlock
+
+STUDENTS: dict[str, tuple[str, dict]] = {
+    "sr": ("EDSRLite", {"scale": 2, "ch": 16, "blocks": 2}),
+    "lowlight": ("UNetLite", {"ch": 12}),
+    "underwater": ("ResidualCNN", {"ch": 16, "blocks": 2}),
+    "dehaze": ("AODNetWide", {"ch": 8}),
+    "derain": ("DilatedDerainNet", {"ch": 16, "dilations": (1, 2, 4)}),
+}
+
+
+@dataclass(frozen=True)
+class TrainBudget:
+    steps: int = 300
+    batch: int = 8
+    lr: float = 2e-3
+    hint_weight: float = 0.1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_student(task: str, seed: int) -> nn.Module:
+    """The task's student, initialised from `seed` (identical weights for every teacher it is distilled from)."""
+    arch, kwargs = STUDENTS[get_task(task).name]
+    torch.manual_seed(seed)
+    return ARCHITECTURES[arch](**kwargs)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe_student(task: str) -> dict:
+    spec = get_task(task)
+    arch, kwargs = STUDENTS[spec.name]
+    return {"arch": arch, "kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()},
+            "params": n_params(build_student(task, 0)), "teacher_arch": spec.arch,
+            "teacher_kwargs": spec.arch_kwargs, "teacher_params": n_params(spec.build())}
+
+
+# ---- hint points --------------------------------------------------------------------------------------------
+
+HINT_MODULES = (nn.Conv2d, nn.ConvTranspose2d, ResBlock)
+
+
+def student_points(model: nn.Module, in_shape: tuple) -> list[tuple[str, tuple]]:
+    """Candidate hint points, in call order: (module name, output shape) of convs and residual blocks."""
+    names = {m: n for n, m in model.named_modules()}
+    seen: list[tuple[str, tuple]] = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: seen.append((names[mod], tuple(o.shape))))
+             for m in model.modules() if isinstance(m, HINT_MODULES)]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(in_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    out, used = [], set()
+    for name, shape in seen:  # a module called twice keeps its first call
+        if name not in used and len(shape) == 4 and shape[1] >= 4:
+            used.add(name)
+            out.append((name, shape))
+    return out
+
+
+def match_hints(model: nn.Module, in_shape: tuple, teacher_feats: list[dict]) -> list[str]:
+    """For each teacher feature {shape (H, W of a query), depth in [0, 1]}, the student point to align.
+
+    Same spatial size is required, and the student's full width at that size (so a narrow output projection,
+    e.g. the conv before a pixel shuffle, is never forced to carry trunk features); among those, the nearest
+    relative depth wins.
+    """
+    points = student_points(model, in_shape)
+    chosen = []
+    for tf in teacher_feats:
+        same = [(i, n, s[1]) for i, (n, s) in enumerate(points) if tuple(s[-2:]) == tuple(tf["hw"])]
+        widest = max((c for _, _, c in same), default=0)
+        same = [(i, n) for i, n, c in same if c == widest]
+        if not same:
+            raise ValueError(f"no student layer has the spatial size {tuple(tf['hw'])} of teacher feature {tf['name']}")
+        depth = lambda i: i / max(len(points) - 1, 1)  # noqa: E731
+        chosen.append(min(same, key=lambda p: abs(depth(p[0]) - tf["depth"]))[1])
+    return chosen
+
+
+class _Capture:
+    def __init__(self, model: nn.Module, names: list[str]):
+        mods = dict(model.named_modules())
+        self.store: dict[str, torch.Tensor] = {}
+        self.hooks = [mods[n].register_forward_hook(self._hook(n)) for n in dict.fromkeys(names)]
+
+    def _hook(self, name):
+        def fn(mod, inp, out):
+            self.store.setdefault(name, out)
+        return fn
+
+    def close(self):
+        for h in self.hooks:
+            h.remove()
+
+
+# ---- training ------------------------------------------------------------------------------------------------
+
+def train_student(task: str, inputs: np.ndarray, targets: np.ndarray, *, seed: int, budget: TrainBudget,
+                  feats: list[np.ndarray] | None = None, feat_meta: list[dict] | None = None,
+                  desc: str = "student", progress: bool = True) -> tuple[nn.Module, dict]:
+    """Train a fresh student on (query, answer) pairs; returns (model in eval mode, training record).
+
+    inputs [P,3,h,w] float32, targets [P,3,sh,sw]; feats (optional): one array [P,C,fh,fw] per exposed teacher
+    feature, with feat_meta[i] = {name, hw, depth} (hw: the feature's spatial size for these queries).
+    Same seed -> same initial weights, same batch order: students of clean and defended teachers differ only
+    in the answers they learn from.
+    """
+    student = build_student(task, seed).train()
+    params = list(student.parameters())
+    hint_names, adapters, scales = [], nn.ModuleList(), []
+    if feats:
+        in_shape = (1,) + tuple(inputs.shape[1:])
+        hint_names = match_hints(student, in_shape, feat_meta)
+        points = dict(student_points(student, in_shape))
+        torch.manual_seed(seed + 7919)
+        for name, f in zip(hint_names, feats):
+            adapters.append(nn.Conv2d(points[name][1], f.shape[1], 1))
+            scales.append(float(np.mean(np.abs(f.astype(np.float32)))) + 1e-8)
+        params += list(adapters.parameters())
+    opt = torch.optim.Adam(params, lr=budget.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=budget.lr, total_steps=budget.steps, pct_start=0.1)
+    g = torch.Generator().manual_seed(seed)
+    x_all, y_all = torch.from_numpy(inputs), torch.from_numpy(targets)
+    f_all = [torch.from_numpy(f) for f in (feats or [])]
+    cap = _Capture(student, hint_names) if hint_names else None
+    bar = tqdm(range(budget.steps), desc=desc, disable=not progress, leave=False)
+    last = {}
+    try:
+        for _ in bar:
+            idx = torch.randint(len(x_all), (budget.batch,), generator=g)
+            if cap:
+                cap.store.clear()
+            out = student(x_all[idx])
+            loss_out = F.l1_loss(out, y_all[idx])
+            loss = loss_out
+            hint = torch.zeros(())
+            if cap:
+                for name, ad, fa, sc in zip(hint_names, adapters, f_all, scales):
+                    hint = hint + F.l1_loss(ad(cap.store[name]), fa[idx].float()) / sc
+                loss = loss + budget.hint_weight * hint
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            last = {"l1": loss_out.item(), "hint": hint.item()}
+            bar.set_postfix(l1=f"{last['l1']:.4f}", **({"hint": f"{last['hint']:.3f}"} if cap else {}))
+    finally:
+        if cap:
+            cap.close()
+    record = {"student": describe_student(task), "budget": budget.to_dict(), "seed": seed,
+              "hint_layers": [{"teacher": m["name"], "student": n} for m, n in zip(feat_meta or [], hint_names)],
+              "final_loss": last}
+    return student.eval(), record
+
+
+@torch.no_grad()
+def predict(model: nn.Module, inputs: torch.Tensor, chunk: int = 2) -> np.ndarray:
+    return torch.cat([model(inputs[i : i + chunk]) for i in range(0, len(inputs), chunk)]).numpy()

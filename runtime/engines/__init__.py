@@ -1,0 +1,1 @@
+"""Runtime engines: ONNX Runtime sessions, the AsvpPerturb plugins, TensorRT engines, backends behind one interface."""

@@ -1,0 +1,1 @@
+"""Evaluation: what a defended model costs (validate), how fast it runs (profile), and reports for people and machines."""

@@ -1,0 +1,117 @@
+"""Images for validation: the task's held-out pairs, or a user's folder of pairs, checked against the model's geometry.
+
+Folder layout (`--images DIR`): DIR/input/<name>.<ext> and DIR/target/<name>.<ext> with matching names (png, jpg,
+jpeg, bmp, tif, tiff); RGB, RGBA (alpha dropped) or grey (replicated to RGB); integer images are scaled to [0, 1],
+float images must already be in [0, 1]. Each target must be `scale` times its input, and input sides multiples of
+the task's size multiple. Images may differ in size; each pair runs as N=1.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from asvp.errors import AsvpError
+from asvp.tasks.data import HELDOUT_IMAGES
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DEFAULT_HELDOUT_SIZE = 192
+
+
+@dataclass
+class Sample:
+    name: str
+    input: np.ndarray  # [1, 3, h, w] float32 in [0, 1]
+    target: np.ndarray  # [1, 3, H, W]
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as [3, H, W] float32 in [0, 1] (scikit-image io)."""
+    from skimage import io as skio
+    from skimage.util import img_as_float32
+
+    try:
+        img = np.asarray(skio.imread(str(path)))
+    except Exception as exc:
+        raise AsvpError(f"cannot read image {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    if img.ndim == 2:
+        img = np.stack([img] * 3, -1)
+    if img.ndim != 3 or img.shape[-1] not in (3, 4):
+        raise AsvpError(f"image {path} has shape {img.shape}; expected H x W grey, RGB or RGBA")
+    img = img[..., :3]
+    if img.dtype.kind == "f":
+        if not np.all(np.isfinite(img)):
+            raise AsvpError(f"image {path} contains NaN or infinite values")
+        if img.min() < -1e-6 or img.max() > 1 + 1e-6:
+            raise AsvpError(f"float image {path} has values in [{img.min():.3g}, {img.max():.3g}]; expected [0, 1]")
+    elif img.dtype.kind not in "ub":
+        raise AsvpError(f"image {path} has unsupported pixel type {img.dtype}")
+    out = np.ascontiguousarray(img_as_float32(img).transpose(2, 0, 1))
+    return np.clip(out, 0.0, 1.0)
+
+
+def _image_files(d: Path) -> dict[str, Path]:
+    files = {}
+    for p in sorted(d.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTS:
+            if p.stem in files:
+                raise AsvpError(f"two images named {p.stem!r} in {d} ({files[p.stem].name}, {p.name})")
+            files[p.stem] = p
+    return files
+
+
+def load_pairs(images: str | os.PathLike) -> list[Sample]:
+    """Paired images from DIR/input and DIR/target (matching file names, any supported extension)."""
+    root = Path(images)
+    if not root.is_dir():
+        raise AsvpError(f"image folder not found: {root}")
+    dirs = {k: root / k for k in ("input", "target")}
+    for k, d in dirs.items():
+        if not d.is_dir():
+            raise AsvpError(f"{root} has no {k}/ folder; expected {root}/input/*.png and {root}/target/*.png with matching names")
+    ins, tgs = _image_files(dirs["input"]), _image_files(dirs["target"])
+    if not ins:
+        raise AsvpError(f"no images ({', '.join(IMAGE_EXTS)}) in {dirs['input']}")
+    unmatched = sorted(set(ins) ^ set(tgs))
+    if unmatched:
+        raise AsvpError(f"input and target images must pair by name; unmatched: {', '.join(unmatched[:5])}"
+                        + (" ..." if len(unmatched) > 5 else ""))
+    return [Sample(n, load_image(ins[n])[None], load_image(tgs[n])[None]) for n in sorted(ins)]
+
+
+def heldout_samples(spec, size: int = DEFAULT_HELDOUT_SIZE) -> list[Sample]:
+    """The task's held-out pairs (images never used in training), one sample per crop."""
+    if not isinstance(size, int) or size < 8:
+        raise AsvpError(f"held-out crop size must be an integer >= 8, got {size!r}")
+    step = spec.scale * spec.size_multiple
+    if size % step:
+        raise AsvpError(f"held-out crop size {size} must be a multiple of {step} for task {spec.name}")
+    try:
+        inp, tgt = spec.heldout(size=size)
+    except (RuntimeError, ValueError) as exc:
+        raise AsvpError(f"cannot make held-out crops of size {size}: {str(exc).splitlines()[0]}") from None
+    per = len(inp) // len(HELDOUT_IMAGES)
+    names = [f"{n}-{i}" for n in HELDOUT_IMAGES for i in range(per)]
+    return [Sample(names[i], inp[i : i + 1].numpy().astype(np.float32), tgt[i : i + 1].numpy().astype(np.float32))
+            for i in range(len(inp))]
+
+
+def check_samples(samples: list[Sample], scale: int, size_multiple: int) -> None:
+    """Sizes and values fit the task: finite, target = scale x input, input sides multiples of size_multiple."""
+    for s in samples:
+        for what, a in (("input", s.input), ("target", s.target)):
+            if not np.all(np.isfinite(a)):
+                raise AsvpError(f"{what} image {s.name!r} contains NaN or infinite values")
+        _, c, h, w = s.input.shape
+        if c != 3 or s.target.shape[1] != 3:
+            raise AsvpError(f"image pair {s.name!r} must be RGB")
+        if size_multiple > 1 and (h % size_multiple or w % size_multiple):
+            raise AsvpError(f"input image {s.name!r} is {h}x{w}; this model needs height and width multiples of {size_multiple}")
+        th, tw = s.target.shape[2:]
+        if (th, tw) != (h * scale, w * scale):
+            raise AsvpError(f"target image {s.name!r} is {th}x{tw} but its input is {h}x{w}: "
+                            f"for scale x{scale} the target must be {h * scale}x{w * scale}")

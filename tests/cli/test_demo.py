@@ -1,0 +1,20 @@
+"""The main job end to end (tiny budgets): one report folder with every section."""
+import json
+
+from asvp.demo import run_demo
+from asvp.config import AsvpConfig
+
+
+def test_demo_writes_one_report_with_every_section(tmp_path):
+    out = tmp_path / "demo"
+    res = run_demo("dehaze", out, attack_steps=5, profile_iters=3, progress=False)
+    assert res["validation_passed"] is True  # the shipped default (tap) leaves the teacher's output unchanged
+    assert res["config"] == AsvpConfig().to_dict()
+    report = json.loads((out / "report.json").read_text())
+    for key in ("validate", "profile", "demo"):
+        assert key in report["sections"], sorted(report["sections"])
+    assert any(k.startswith("attack-") for k in report["sections"])
+    md = (out / "report.md").read_text()
+    assert "Verdict: PASS" in md and "Distillation attack" in md
+    assert list(out.glob("*.png")), "no plots written"
+    assert (out / "dehaze.onnx").exists() and (out / "dehaze.asvp.onnx").exists()

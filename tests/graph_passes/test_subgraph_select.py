@@ -1,0 +1,226 @@
+"""The standard-op ASVP subgraph (graph_passes/subgraph.py), node selection and the plugin-node contract."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import onnxruntime as ort
+import pytest
+import torch
+
+from asvp.config import AsvpConfig
+from asvp.errors import AsvpError
+from asvp.graph_passes import plugin_contract, select
+from asvp.graph_passes.subgraph import build_asvp, emitted_op_types
+from asvp.method import asvp_reference, asvp_subspace
+from asvp.exporter.teachers.bundled import weights_path
+
+TRT_OPS = Path(__file__).resolve().parents[2] / "graph_passes" / "data" / "trt_onnx_supported_ops.json"
+TASKS = ("sr", "lowlight", "underwater", "dehaze", "derain")
+
+
+def rel_err(out, ref) -> float:
+    """Worst per-sample ||out - ref|| / ||ref||."""
+    out = torch.as_tensor(np.asarray(out)).double().flatten(1)
+    ref = torch.as_tensor(ref).double().flatten(1)
+    return float(((out - ref).norm(dim=1) / ref.norm(dim=1)).max())
+
+
+def standalone(channels: int, cfg: AsvpConfig, opset: int = 17) -> onnx.ModelProto:
+    """x [N, C, H, W] -> ASVP(x), nothing else (onnx.checker full check inside)."""
+    from asvp.graph_passes.subgraph import standalone_model
+
+    return standalone_model(channels, cfg, opset)
+
+
+def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def synthetic(n=3, c=12, h=9, w=11, gaps=(8.0, 5.0, 3.0, 2.0, 1.0), seed=0) -> np.ndarray:
+    """Features with a prescribed leading spectrum (then noise): s = gaps..., rest ~ 0.1."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        u, _ = np.linalg.qr(rng.standard_normal((c, c)))
+        v, _ = np.linalg.qr(rng.standard_normal((h * w, c)))
+        s = np.full(c, 0.1)
+        s[: len(gaps)] = gaps
+        out.append((u * s) @ v.T)
+    return np.stack(out).reshape(n, c, h, w).astype(np.float32)
+
+
+# ---- numerics --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k_mode", ["adaptive", "fixed"])
+def test_subgraph_matches_torch_mirror_and_reference(k_mode):
+    cfg = AsvpConfig(k=3, k_mode=k_mode, tau=0.8, h=1.7)
+    x = synthetic()
+    out = run(standalone(x.shape[1], cfg), x)
+    assert out.shape == x.shape and out.dtype == np.float32
+    mirror = asvp_subspace(torch.from_numpy(x), cfg)
+    ref = asvp_reference(torch.from_numpy(x), cfg)
+    assert rel_err(out, mirror) < 1e-4  # same algorithm, float32 round-off only
+    assert rel_err(out, ref) < 1e-4  # well-separated spectrum: converged
+    assert rel_err(x, ref) > 0.05  # and the perturbation is not negligible
+
+
+def test_dynamic_batch_and_spatial_dims():
+    cfg = AsvpConfig(k=2)
+    model = standalone(6, cfg)
+    for shape in [(1, 6, 5, 7), (4, 6, 16, 3)]:
+        x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+        out = run(model, x)
+        assert out.shape == shape
+        assert rel_err(out, asvp_reference(torch.from_numpy(x), cfg)) < 1e-3
+
+
+def test_opset18_reduce_axes_as_inputs():
+    cfg = AsvpConfig(k=3)
+    x = synthetic(n=2)
+    model = standalone(x.shape[1], cfg, opset=18)
+    assert all(len(n.input) == 2 for n in model.graph.node if n.op_type == "ReduceL2")
+    assert rel_err(run(model, x), asvp_reference(torch.from_numpy(x), cfg)) < 1e-4
+
+
+def test_zero_feature_gives_zero_not_nan():
+    x = synthetic(n=2)
+    x[1] = 0.0
+    out = run(standalone(x.shape[1], AsvpConfig(k=3)), x)
+    assert np.all(np.isfinite(out))
+    assert np.all(out[1] == 0.0)
+
+
+def test_tiny_gap_keeps_the_spectrum():
+    """s_k == s_{k+1}: U_k is not unique, so the vectors may differ from the reference, but the perturbed
+    spectrum (h s_1..h s_k, s_{k+1}, ...) is still the reference's."""
+    cfg = AsvpConfig(k=3, k_mode="fixed", h=2.0)
+    x = synthetic(gaps=(8.0, 5.0, 3.0, 3.0, 1.0))
+    out = run(standalone(x.shape[1], cfg), x)
+    ref = asvp_reference(torch.from_numpy(x), cfg)
+    sv = lambda a: torch.linalg.svdvals(torch.as_tensor(np.asarray(a)).double().reshape(a.shape[0], a.shape[1], -1))
+    assert np.all(np.isfinite(out))
+    assert rel_err(sv(out), sv(ref)) < 1e-3
+
+
+def test_more_iterations_do_not_diverge():
+    x = synthetic(gaps=(8.0, 5.0, 3.0, 2.6, 2.0))  # s5/s4 = 0.77
+    errs = []
+    for iters in (1, 4, 8):
+        cfg = AsvpConfig(k=4, k_mode="fixed", iters=iters)
+        errs.append(rel_err(asvp_subspace(torch.from_numpy(x), cfg), asvp_reference(torch.from_numpy(x), cfg)))
+    assert errs[1] < 1e-3 and errs[2] < 1e-3
+
+
+# ---- graph hygiene --------------------------------------------------------------------------------------
+
+def test_every_emitted_op_is_supported_by_tensorrt():
+    data = json.loads(TRT_OPS.read_text())
+    assert "onnx-tensorrt" in data["source"] and "operators.md" in data["source"] and data["tensorrt_version"]
+    supported = set(data["supported"])
+    assert {"MatMul", "Conv", "TopK"} <= supported and not supported & set(data["unsupported"])
+    for cfg in (AsvpConfig(), AsvpConfig(k_mode="fixed", k=2, iters=1)):
+        ops = emitted_op_types(cfg, 16)
+        assert ops and ops <= supported, sorted(ops - supported)
+
+
+def test_tensorrt_constant_inputs_are_initializers():
+    """TensorRT wants ReduceSum axes, CumSum axis, TopK K, Split sizes and Unsqueeze axes as build-time constants."""
+    model = standalone(10, AsvpConfig(k=3))
+    inits = {i.name for i in model.graph.initializer}
+    const_input = {"ReduceSum": 1, "CumSum": 1, "TopK": 1, "Split": 1, "Unsqueeze": 1, "Expand": 1}
+    seen = set()
+    for node in model.graph.node:
+        if node.op_type in const_input:
+            assert node.input[const_input[node.op_type]] in inits, node.name
+            seen.add(node.op_type)
+    assert seen == set(const_input)
+
+
+def test_names_are_prefixed_and_unique():
+    graph = gs.Graph(opset=17)
+    x = gs.Variable("x", dtype=np.float32, shape=["N", 8, "H", "W"])
+    graph.inputs = [x]
+    y0 = build_asvp(graph, x, AsvpConfig(k=2), 8, "asvp/0")
+    y1 = build_asvp(graph, y0, AsvpConfig(k=3), 8, "asvp/1")
+    names = [n.name for n in graph.nodes]
+    assert len(names) == len(set(names))
+    assert all(n.startswith(("asvp/0/", "asvp/1/")) for n in names)
+    tensors = [t for t in graph.tensors() if t != "x"]
+    assert all(t.startswith(("asvp/0/", "asvp/1/")) for t in tensors)
+    assert y1.name.startswith("asvp/1/")
+
+
+# ---- plugin node contract --------------------------------------------------------------------------------
+
+def test_plugin_node_contract():
+    assert (plugin_contract.PLUGIN_OP, plugin_contract.PLUGIN_DOMAIN) == ("AsvpPerturb", "ai.onnx.contrib")
+    assert (plugin_contract.PLUGIN_NAMESPACE, plugin_contract.PLUGIN_VERSION) == ("asvp", "1")
+    cfg = AsvpConfig(k=3, h=2.5, tau=0.75, k_mode="fixed", placement="tap")
+    graph = gs.Graph(opset=17)
+    x = gs.Variable("x", dtype=np.float32, shape=["N", 8, "H", "W"])
+    graph.inputs = [x]
+    y = plugin_contract.build_plugin(graph, x, cfg, 8, "asvp/0")
+    graph.outputs = [y]
+    model = gs.export_onnx(graph)
+    plugin_contract.ensure_domain(model)
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    (node,) = [n for n in model.graph.node if plugin_contract.is_plugin_node(n)]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs == {"plugin_namespace": b"asvp", "plugin_version": b"1", "k": 3, "h": pytest.approx(2.5),
+                     "tau": pytest.approx(0.75), "adaptive": 0, "placement": b"tap"}
+    assert {a.name: a.type for a in node.attribute}["h"] == onnx.AttributeProto.FLOAT
+    back = plugin_contract.check_plugin_node(node).config
+    assert (back.k, back.h, back.tau, back.k_mode, back.placement) == (3, 2.5, 0.75, "fixed", "tap")
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+# ---- selection -------------------------------------------------------------------------------------------
+
+def _teacher(exported, task):
+    from asvp.tasks import get_task
+
+    if not weights_path(task).exists():
+        pytest.skip(f"no bundled weights for {task} yet")
+    return onnx.load(exported(task))
+
+
+def test_selectors_on_sr(exported):
+    model = _teacher(exported, "sr")
+    cands = select.candidates(model)
+    convs = [c for c in cands if c.op_type == "Conv"]
+    relus = [c for c in cands if c.op_type == "Relu"]
+    assert [f.name for f in select.resolve(model, [convs[2].name])] == [convs[2].name]
+    assert [f.name for f in select.resolve(model, [convs[2].output])] == [convs[2].name]  # by tensor name
+    assert [f.name for f in select.resolve(model, ["Conv#3"])] == [convs[3].name]
+    assert [f.name for f in select.resolve(model, ["Relu#-1"])] == [relus[-1].name]
+    matched = select.resolve(model, ["re:Relu$"])
+    assert [f.name for f in matched] == [c.name for c in relus]
+    both = select.resolve(model, ["Relu#-1", convs[0].name, relus[-1].name])  # de-duplicated, topological order
+    assert [f.name for f in both] == [convs[0].name, relus[-1].name]
+    assert select.resolve(model, None) == select.resolve(model, ["auto"])
+
+
+@pytest.mark.parametrize("sel, msg", [("/no/such/node", "asvp nodes"), ("re:zzz_nothing", "asvp nodes"),
+                                      ("Conv#99", "indices"), ("Gemm#0", "no candidate"), ("re:(", "regular expression"),
+                                      ("", "empty")])
+def test_bad_selectors(exported, sel, msg):
+    model = _teacher(exported, "sr")
+    with pytest.raises(AsvpError, match=msg.replace("(", r"\(")):
+        select.resolve(model, [sel])
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_automatic_choice_is_the_last_widest_candidate(exported, task):
+    model = _teacher(exported, task)
+    cands = select.candidates(model)
+    (auto,) = select.resolve(model, None)
+    widest = max(c.channels for c in cands)
+    assert auto.channels == widest
+    assert all(c.index < auto.index for c in cands if c.channels == widest and c is not auto and c != auto)
+    assert auto.output not in {o.name for o in model.graph.output}

@@ -1,0 +1,490 @@
+"""Backends (availability, provider actually used, runners) and TensorRT engine building (pure parts on CPU;
+the real build/load under @pytest.mark.tensorrt, skipped with the reason when TensorRT or a GPU is absent)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from asvp import api
+from asvp.errors import AsvpError, MissingDependencyError
+from asvp.graph_passes import plugin_contract
+from asvp.runtime.engines import backends, build, plugin_trt, sessions
+
+TRT_OK, TRT_WHY = plugin_trt.tensorrt_status()
+CUDA_OK, CUDA_WHY = plugin_trt.cuda_status()
+TRT_IMPORTABLE = True
+try:
+    plugin_trt.import_tensorrt()
+except MissingDependencyError:
+    TRT_IMPORTABLE = False
+needs_trt_gpu = pytest.mark.skipif(not (TRT_OK and CUDA_OK), reason=f"needs TensorRT >= 10.8 and a CUDA device: "
+                                   f"{TRT_WHY if not TRT_OK else CUDA_WHY}")
+
+
+def image_model(plugin: bool = False, channels: int = 6) -> onnx.ModelProto:
+    """img [N,3,H,W] -> 1x1 conv to `channels` -> (AsvpPerturb) -> 1x1 conv back to 3."""
+    g = np.random.default_rng(0)
+    w1 = helper.make_tensor("w1", TensorProto.FLOAT, [channels, 3, 1, 1], g.standard_normal(3 * channels).tolist())
+    w2 = helper.make_tensor("w2", TensorProto.FLOAT, [3, channels, 1, 1], g.standard_normal(3 * channels).tolist())
+    nodes = [helper.make_node("Conv", ["img", "w1"], ["f"], name="conv1")]
+    if plugin:
+        nodes.append(helper.make_node("AsvpPerturb", ["f"], ["fp"], domain="ai.onnx.contrib", name="asvp0",
+                                      plugin_namespace="asvp", plugin_version="1", k=2, h=1.5, tau=0.9, adaptive=1,
+                                      placement="inline"))
+    nodes.append(helper.make_node("Conv", ["fp" if plugin else "f", "w2"], ["out"], name="conv2"))
+    graph = helper.make_graph(nodes, "img", [helper.make_tensor_value_info("img", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3, "H", "W"])], [w1, w2])
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("ai.onnx.contrib", 1)] if plugin else [])
+    return helper.make_model(graph, opset_imports=opsets, ir_version=8)
+
+
+@pytest.fixture
+def model_paths(tmp_path):
+    clean, plug = tmp_path / "clean.onnx", tmp_path / "plugin.onnx"
+    onnx.save(image_model(False), str(clean))
+    onnx.save(image_model(True), str(plug))
+    return clean, plug
+
+
+def run_cli(*args, cwd=None):
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, "-m", "asvp.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=120)
+
+
+# ---- availability and providers ---------------------------------------------------------------------------
+
+def test_backend_status_reports_every_backend_with_a_reason():
+    rows = backends.backends_status()
+    assert [r.name for r in rows] == list(backends.BACKENDS) == ["onnxrt-cpu", "onnxrt-cuda", "onnxrt-trt", "tensorrt"]
+    cpu = rows[0]
+    assert cpu.available and "CPUExecutionProvider" in cpu.detail
+    for r in rows:
+        assert r.detail and "\n" not in r.detail
+        if not r.available:
+            assert "install" in r.detail or "no CUDA device" in r.detail or "falls back" in r.detail, r
+    assert backends.available_backends() == tuple(r.name for r in rows if r.available)
+    assert "onnxrt-cpu" in backends.available_backends()
+    assert [d["name"] for d in api.backends()] == list(backends.BACKENDS)
+
+
+def test_unavailable_backend_is_missing_dependency(model_paths):
+    clean, _ = model_paths
+    missing = [b for b in backends.BACKENDS if b not in backends.available_backends()]
+    if not missing:
+        pytest.skip("every backend is available here")
+    for b in missing:
+        with pytest.raises(MissingDependencyError) as e:
+            backends.make_runner(clean, b)
+        assert e.value.exit_code == 3 and "\n" not in str(e.value) and b in str(e.value)
+
+
+def test_unknown_backend_and_engine_on_ort_are_errors(model_paths, tmp_path):
+    clean, _ = model_paths
+    with pytest.raises(AsvpError, match="unknown backend 'cuda'"):
+        backends.make_runner(clean, "cuda")
+    eng = tmp_path / "x.engine"
+    eng.write_bytes(b"\0")
+    with pytest.raises(AsvpError, match="run it with backend 'tensorrt'"):
+        backends.make_runner(eng, "onnxrt-cpu")
+
+
+def test_check_provider_detects_silent_cpu_fallback():
+    assert sessions.check_provider(["CUDAExecutionProvider", "CPUExecutionProvider"], "CUDAExecutionProvider") == \
+        "CUDAExecutionProvider"
+    with pytest.raises(MissingDependencyError) as e:
+        sessions.check_provider(["CPUExecutionProvider"], "CUDAExecutionProvider", "onnxrt-cuda")
+    assert "onnxrt-cuda" in str(e.value) and "CPUExecutionProvider" in str(e.value) and e.value.exit_code == 3
+
+
+def test_runner_refuses_a_session_that_fell_back():
+    class FakeSession:
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    runner = sessions.AsvpOnnxrtRunner(FakeSession(), expected_provider="CUDAExecutionProvider", backend="onnxrt-cuda")
+    with pytest.raises(MissingDependencyError, match="runs the session on CPUExecutionProvider"):
+        runner.activate()
+    assert not runner.is_active
+
+
+def test_run_reports_the_provider_that_ran(model_paths):
+    clean, plug = model_paths
+    x = np.random.default_rng(0).random((2, 3, 8, 8), dtype=np.float32)
+    r = backends.run(clean, x)
+    assert r.actual_provider == "CPUExecutionProvider" and r.plugin_nodes == 0
+    assert r.description == "onnxrt-cpu ran on CPUExecutionProvider" and r.outputs["out"].shape == (2, 3, 8, 8)
+    rp = backends.run(plug, x)  # plugin session chosen automatically
+    assert rp.plugin_nodes == 1 and "1 AsvpPerturb plugin node(s)" in rp.description
+    assert np.abs(rp.outputs["out"] - r.outputs["out"]).max() > 1e-3
+    assert set(backends.run_model(plug, x)) == {"out"}
+    with pytest.raises(AsvpError, match="NaN"):
+        backends.run(clean, np.full((1, 3, 4, 4), np.nan, np.float32))
+
+
+def test_ort_session_keeps_polygraphy_style_provider_names(model_paths):
+    clean, plug = model_paths
+    assert sessions.ort_session(clean, providers=["cpu"]).get_providers()[0] == "CPUExecutionProvider"
+    assert sessions.ort_session(str(plug)).get_providers()[0] == "CPUExecutionProvider"  # plugin auto-detected
+    with pytest.raises(MissingDependencyError, match="no provider matching 'nosuch'"):
+        sessions.ort_session(clean, providers=["nosuch"])
+
+
+def test_plugin_model_without_plugin_session_fails_clearly(model_paths):
+    _, plug = model_paths
+    with pytest.raises(AsvpError, match="AsvpPerturb is not registered with this session"):
+        sessions.create_session(plug, plugins=False)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif("onnxrt-cuda" not in backends.available_backends(), reason="onnxrt-cuda is not available: "
+                    + backends.backend_status("onnxrt-cuda").detail)
+def test_onnxrt_cuda_really_runs_on_cuda(model_paths):
+    clean, plug = model_paths
+    x = np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)
+    r = backends.run(plug, x, backend="onnxrt-cuda")
+    assert r.actual_provider == "CUDAExecutionProvider"
+    assert any("ran on CPU" in n for n in r.notes)
+    np.testing.assert_allclose(r.outputs["out"], backends.run_model(plug, x), rtol=1e-4, atol=1e-5)
+
+
+# ---- pure parts of building ---------------------------------------------------------------------------------
+
+def test_parse_shape_and_size():
+    assert build.parse_shape("1x3x64x64") == (1, 3, 64, 64)
+    assert build.parse_shape(" 2,3,32,48 ") == (2, 3, 32, 48)
+    assert build.parse_shape([1, 3, 8, 8]) == (1, 3, 8, 8)
+    assert build.parse_shape("1x3x64") == (1, 3, 64)  # rank is checked against the model, not here
+    for bad in ("", "ax3x4x4", "1x3x-4x4", "0x3x4x4", "1x3x4.5x4", [1, 3, 4.5, 4]):
+        with pytest.raises(AsvpError):
+            build.parse_shape(bad)
+    assert build.parse_size("2G") == 2 << 30 and build.parse_size("512M") == 512 << 20
+    assert build.parse_size(4096) == 4096 and build.parse_size("64k") == 64 << 10 and build.parse_size("1GiB") == 1 << 30
+    for bad in ("lots", "0", "-1G"):
+        with pytest.raises(AsvpError):
+            build.parse_size(bad)
+
+
+def test_profile_defaults_and_validation():
+    dims = ["N", 3, "H", "W"]
+    p = build.make_profile("img", dims)
+    assert (p.min, p.opt, p.max) == ((1, 3, 32, 32), (1, 3, 256, 256), (4, 3, 512, 512))
+    # defaults stretch around what is given
+    q = build.make_profile("img", dims, max_shape="1x3x16x16")
+    assert (q.min, q.opt, q.max) == ((1, 3, 16, 16),) * 3
+    r = build.make_profile("img", dims, opt_shape="2x3x640x640")
+    assert r.min == (1, 3, 32, 32) and r.max == (4, 3, 640, 640) and r.contains((2, 3, 640, 640))
+    # the model's size multiple
+    s = build.make_profile("img", dims, size_multiple=24)
+    assert s.min == (1, 3, 48, 48) and s.opt == (1, 3, 264, 264) and s.max == (4, 3, 528, 528)
+    with pytest.raises(AsvpError, match="multiples of 8"):
+        build.make_profile("img", dims, min_shape="1x3x12x12", size_multiple=8)
+    with pytest.raises(AsvpError, match="dimension 1 must be 3"):
+        build.make_profile("img", dims, min_shape="1x4x32x32")
+    with pytest.raises(AsvpError, match="min <= opt <= max"):
+        build.make_profile("img", dims, min_shape="1x3x64x64", opt_shape="1x3x32x32", max_shape="1x3x128x128")
+    with pytest.raises(AsvpError, match="rank 3"):
+        build.make_profile("img", dims, max_shape="1x3x64")
+    pg = p.to_polygraphy()["img"]  # Polygraphy's Profile, built without TensorRT
+    assert (tuple(pg.min), tuple(pg.opt), tuple(pg.max)) == (p.min, p.opt, p.max)
+    assert build.ShapeProfile.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+
+
+def test_plan_build_reads_the_model(model_paths):
+    clean, plug = model_paths
+    plan = build.plan_build(plug, max_shape="2x3x64x64")
+    assert plan.plugin_nodes == 1 and plan.profile.input == "img" and plan.profile.max == (2, 3, 64, 64)
+    assert build.plan_build(clean).plugin_nodes == 0
+    with pytest.raises(AsvpError, match="drop --no-plugin"):
+        build.plan_build(plug, plugin=False)
+
+
+def test_foreign_custom_ops_are_named_in_build_errors(tmp_path):
+    from asvp.runtime.engines import plugin_ort
+
+    m = image_model(True)
+    m.graph.node.insert(1, helper.make_node("Mystery", ["f"], ["f2"], domain="com.example"))
+    m.graph.node[2].input[0] = "f2"
+    m.opset_import.append(helper.make_opsetid("com.example", 1))
+    assert plugin_contract.foreign_custom_ops(m) == ["com.example::Mystery"]
+    assert plugin_contract.foreign_custom_ops(image_model(True)) == []
+    path = tmp_path / "mystery.onnx"
+    onnx.save(m, str(path))
+    plan = build.plan_build(path)
+    assert plan.foreign_ops == ("com.example::Mystery",) and plan.plugin_nodes == 1
+    msg = str(build._build_error(plan, RuntimeError("Failed to parse ONNX model.")))
+    assert "com.example::Mystery" in msg and "--mode subgraph" in msg and "\n" not in msg
+    plain = build._build_error(dataclasses.replace(plan, foreign_ops=()), RuntimeError("out of memory\nmore"))
+    assert str(plain) == f"TensorRT could not build {plan.onnx_path}: out of memory"
+
+
+def test_sidecar_roundtrip_and_checks(tmp_path):
+    prof = build.make_profile("img", ["N", 3, "H", "W"])
+    data = b"fake engine bytes"
+    src = tmp_path / "m.onnx"
+    src.write_bytes(b"onnx")
+    side = build.make_sidecar(engine_sha256=build.sha256_bytes(data), tensorrt_version="10.9.0.34", profile=prof,
+                              source_path=src, source_sha256=build.sha256_file(src), fp16=True, int8=False,
+                              workspace=1 << 30, plugins=[{"namespace": "asvp", "name": "AsvpPerturb", "version": "1"}],
+                              device={"name": "GPU", "compute_capability": "9.0"})
+    eng = tmp_path / "m.engine"
+    build.write_engine(data, eng, side)
+    assert eng.read_bytes() == data and build.sidecar_path(eng) == tmp_path / "m.engine.json"
+    back = build.read_sidecar(eng)
+    assert back == json.loads(json.dumps(side)) and back["profile"]["opt"] == [1, 3, 256, 256]
+    assert back["source_model"]["sha256"] == build.sha256_file(src) and back["precision"]["fp16"] is True
+    build.check_sidecar(back, tensorrt_version="10.9.0.34", engine_sha256=build.sha256_bytes(data),
+                        device={"compute_capability": "9.0"}, engine_path=eng)
+    with pytest.raises(AsvpError) as e:
+        build.check_sidecar(back, tensorrt_version="10.13.0.35", engine_path=eng)
+    msg = str(e.value)
+    assert "10.9.0.34" in msg and "10.13.0.35" in msg and "asvp build" in msg and "\n" not in msg
+    with pytest.raises(AsvpError, match="digest differs"):
+        build.check_sidecar(back, tensorrt_version="10.9.0.34", engine_sha256="0" * 64, engine_path=eng)
+    with pytest.raises(AsvpError, match="compute capability 9.0"):
+        build.check_sidecar(back, tensorrt_version="10.9.0.34", device={"compute_capability": "8.6"}, engine_path=eng)
+    build.sidecar_path(eng).write_text("{not json")
+    with pytest.raises(AsvpError, match="not readable JSON"):
+        build.read_sidecar(eng)
+    assert build.read_sidecar(tmp_path / "none.engine") is None
+
+
+def test_write_engine_is_atomic(tmp_path):
+    eng = tmp_path / "a.engine"
+    with pytest.raises(TypeError):
+        build.write_engine(b"bytes", eng, {"unserialisable": object()})
+    assert sorted(os.listdir(tmp_path)) == [], "a failed write leaves neither engine, sidecar nor temporary files"
+
+
+# ---- without TensorRT: one line, exit 3, nothing written -----------------------------------------------------
+
+@pytest.mark.skipif(TRT_IMPORTABLE, reason="TensorRT is importable here")
+def test_asvp_build_without_tensorrt_exits_3_and_writes_nothing(model_paths, tmp_path):
+    _, plug = model_paths
+    out = tmp_path / "out" / "m.engine"
+    res = run_cli("build", plug, "-o", out, "--fp16", "--max", "2x3x64x64")
+    assert res.returncode == 3, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("asvp: error: TensorRT is not installed"), res.stderr
+    assert "pip install" in lines[0]
+    assert not out.exists() and not build.sidecar_path(out).exists()
+    assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
+    with pytest.raises(MissingDependencyError):
+        api.build_engine(plug, out)
+    with pytest.raises(MissingDependencyError):
+        api.load_engine(Path(plug))  # any existing file: TensorRT is checked before the bytes are used
+    assert not out.exists()
+
+
+def test_asvp_build_bad_input_exits_2(model_paths, tmp_path):
+    clean, _ = model_paths
+    out = tmp_path / "m.engine"
+    for args, needle in [((tmp_path / "nope.onnx", "-o", out), "ONNX model not found"),
+                         ((clean, "-o", out, "--min", "1x3x64x64", "--max", "1x3x32x32"), "min <= opt <= max"),
+                         ((clean, "-o", out, "--opt", "1x4x64x64"), "must be 3"),
+                         ((clean, "-o", out, "--workspace", "lots"), "byte count")]:
+        res = run_cli("build", *args)
+        assert res.returncode == 2, (args, res.stderr)
+        assert len(res.stderr.strip().splitlines()) == 1 and needle in res.stderr, res.stderr
+    assert not out.exists()
+
+
+def test_cli_backends_json():
+    res = run_cli("backends", "--json")
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert rows[0] == {"name": "onnxrt-cpu", "available": True, "detail": rows[0]["detail"]}
+
+
+# ---- with TensorRT and a GPU ---------------------------------------------------------------------------------
+
+@pytest.mark.tensorrt
+@pytest.mark.cuda
+@needs_trt_gpu
+def test_build_load_and_run_engine_with_plugin(model_paths, tmp_path):
+    _, plug = model_paths
+    eng = tmp_path / "m.engine"
+    res = api.build_engine(plug, eng, min_shape="1x3x8x8", opt_shape="2x3x32x32", max_shape="2x3x64x64",
+                           workspace="1G")
+    side = build.read_sidecar(eng)
+    assert res.plugin_nodes == 1 and side["plugins"][0]["name"] == "AsvpPerturb"
+    assert side["tensorrt_version"] == res.tensorrt_version and side["engine_sha256"] == build.sha256_file(eng)
+    assert api.load_engine(eng) is not None
+    x = np.random.default_rng(3).random((2, 3, 24, 40), dtype=np.float32)
+    got = backends.run(str(eng), x, backend="tensorrt")
+    want = backends.run_model(plug, x)["out"]
+    rel = np.linalg.norm(got.outputs["out"] - want) / np.linalg.norm(want)
+    assert rel <= 1e-5, rel
+    # another TensorRT version in the sidecar: refused in one line, before TensorRT sees the bytes
+    side["tensorrt_version"] = "9.0.0"
+    build.sidecar_path(eng).write_text(json.dumps(side))
+    with pytest.raises(AsvpError, match="built with TensorRT 9.0.0"):
+        api.load_engine(eng)
+
+
+@pytest.mark.tensorrt
+@pytest.mark.cuda
+@needs_trt_gpu
+def test_tensorrt_backend_builds_onnx_on_the_fly(model_paths):
+    clean, _ = model_paths
+    x = np.random.default_rng(4).random((1, 3, 16, 16), dtype=np.float32)
+    got = backends.run(str(clean), x, backend="tensorrt")
+    np.testing.assert_allclose(got.outputs["out"], backends.run_model(clean, x)["out"], rtol=1e-3, atol=1e-4)
+
+
+# ---- the TensorRT code paths against a stand-in `tensorrt` (orchestration only; no real TensorRT) -------------
+
+@pytest.fixture
+def fake_tensorrt(monkeypatch):
+    """A stand-in `tensorrt` + `tensorrt.plugin` and Polygraphy TensorRT loaders that record what they get.
+
+    This exercises asvp's orchestration (order, arguments, files, errors); it says nothing about real TensorRT.
+    """
+    import types
+
+    import polygraphy.backend.trt as pg_trt
+
+    calls = {"order": [], "registered": set()}
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = "10.9.0.34"
+    trt.Builder = object
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+
+    class Registry:
+        def get_creator(self, name, version, namespace):
+            return object() if (namespace, name, version) in calls["registered"] else None
+
+    trt.get_plugin_registry = lambda: Registry()
+    trtp = types.ModuleType("tensorrt.plugin")
+
+    class _Ns(types.SimpleNamespace):
+        pass
+
+    trtp.op = _Ns()
+
+    def register(plugin_id):
+        def deco(fn):
+            ns, name = plugin_id.split("::")
+            calls["registered"].add((ns, name, "1"))
+            calls["order"].append("register")
+            setattr(trtp.op, ns, _Ns(**{name: fn}))
+            return fn
+        return deco
+
+    trtp.register = register
+    trtp.autotune = trtp.impl = lambda plugin_id: (lambda fn: fn)
+    trtp.TensorDesc, trtp.Tensor = type("TensorDesc", (), {}), type("Tensor", (), {})
+    trtp.AutoTuneCombination = lambda *a: a
+    trt.plugin = trtp
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setitem(sys.modules, "tensorrt.plugin", trtp)
+    monkeypatch.setattr(plugin_trt, "_REGISTERED", False)
+    monkeypatch.setattr(plugin_trt, "cuda_status", lambda: (True, "CUDA device FakeGPU"))
+    monkeypatch.setattr(build, "current_device", lambda: {"name": "FakeGPU", "compute_capability": "9.0"})
+
+    def network_from_onnx_path(path):
+        calls["order"].append("parse")
+        calls["parsed"] = path
+        return "network"
+
+    def create_config(**kw):
+        calls["config"] = kw
+        return "config"
+
+    def engine_bytes(network, config):
+        def call():
+            calls["order"].append("build")
+            return b"ENGINE:" + calls["parsed"].encode()
+        return call
+
+    def engine_from_bytes(data):
+        def call():
+            calls["order"].append("deserialize")
+            return ("engine", bytes(data))
+        return call
+
+    monkeypatch.setattr(pg_trt, "NetworkFromOnnxPath", network_from_onnx_path)
+    monkeypatch.setattr(pg_trt, "CreateConfig", create_config)
+    monkeypatch.setattr(pg_trt, "EngineBytesFromNetwork", engine_bytes)
+    monkeypatch.setattr(pg_trt, "EngineFromBytes", engine_from_bytes)
+    return calls
+
+
+def test_build_and_load_orchestration_with_stand_in_tensorrt(fake_tensorrt, model_paths, tmp_path):
+    _, plug = model_paths
+    eng = tmp_path / "out" / "m.engine"
+    res = api.build_engine(plug, eng, max_shape="2x3x64x64", fp16=True, workspace="1G")
+    calls = fake_tensorrt
+    assert calls["order"] == ["register", "parse", "build"], "the plugin must be registered before parsing"
+    cfg = calls["config"]
+    assert cfg["fp16"] is True and cfg["int8"] is False and cfg["memory_pool_limits"] == {"WORKSPACE": 1 << 30}
+    prof = cfg["profiles"][0]["img"]
+    assert (tuple(prof.min), tuple(prof.opt), tuple(prof.max)) == ((1, 3, 32, 32), (1, 3, 64, 64), (2, 3, 64, 64))
+    assert eng.read_bytes() == b"ENGINE:" + str(plug).encode()
+    side = build.read_sidecar(eng)
+    assert side["tensorrt_version"] == "10.9.0.34" == res.tensorrt_version and side["plugins"][0]["nodes"] == 1
+    assert side["engine_sha256"] == build.sha256_file(eng) and side["source_model"]["sha256"] == build.sha256_file(plug)
+    assert side["device"] == {"name": "FakeGPU", "compute_capability": "9.0"} and res.plugin_nodes == 1
+    assert sorted(os.listdir(eng.parent)) == ["m.engine", "m.engine.json"]
+    # load: sidecar checks pass, plugin registered (already), then deserialised from the file's bytes
+    assert api.load_engine(eng) == ("engine", eng.read_bytes()) and calls["order"][-1] == "deserialize"
+    # CLI over the same stand-in
+    from asvp import cli
+
+    assert cli.main(["build", str(plug), "-o", str(tmp_path / "cli.engine"), "--json"]) == 0
+    assert build.read_sidecar(tmp_path / "cli.engine")["profile"]["max"] == [4, 3, 512, 512]
+
+
+def test_load_engine_refusals_with_stand_in_tensorrt(fake_tensorrt, model_paths, tmp_path, monkeypatch):
+    _, plug = model_paths
+    eng = tmp_path / "m.engine"
+    api.build_engine(plug, eng)
+    n_deser = fake_tensorrt["order"].count("deserialize")
+    side = build.read_sidecar(eng)
+    # built by another TensorRT
+    build.sidecar_path(eng).write_text(json.dumps({**side, "tensorrt_version": "10.13.0.35"}))
+    with pytest.raises(AsvpError, match=r"built with TensorRT 10\.13\.0\.35, this is TensorRT 10\.9\.0\.34"):
+        api.load_engine(eng)
+    # another GPU
+    build.sidecar_path(eng).write_text(json.dumps({**side, "device": {"name": "Old", "compute_capability": "7.5"}}))
+    with pytest.raises(AsvpError, match="compute capability 7.5"):
+        api.load_engine(eng)
+    # engine replaced behind the sidecar's back
+    build.sidecar_path(eng).write_text(json.dumps(side))
+    eng.write_bytes(b"something else")
+    with pytest.raises(AsvpError, match="digest differs"):
+        api.load_engine(eng)
+    assert fake_tensorrt["order"].count("deserialize") == n_deser, "refused before TensorRT saw the bytes"
+    # plugin needed but TensorRT's plugin API cannot register it (no CUDA device for its kernel)
+    api.build_engine(plug, eng)
+    monkeypatch.setattr(plugin_trt, "_REGISTERED", False)
+    monkeypatch.setattr(plugin_trt, "cuda_status", lambda: (False, "no CUDA device visible to torch"))
+    with pytest.raises(MissingDependencyError, match="runs its kernel through torch on CUDA"):
+        api.load_engine(eng)
+
+
+def test_trt_failure_is_one_line_with_stand_in_tensorrt(fake_tensorrt, model_paths, tmp_path, monkeypatch):
+    import polygraphy.backend.trt as pg_trt
+    from polygraphy.exception import PolygraphyException
+
+    def failing(network, config):
+        def call():
+            raise PolygraphyException("Invalid Engine. Please ensure the engine was built correctly\ndetails")
+        return call
+
+    monkeypatch.setattr(pg_trt, "EngineBytesFromNetwork", failing)
+    clean, _ = model_paths
+    out = tmp_path / "m.engine"
+    with pytest.raises(AsvpError) as e:
+        api.build_engine(clean, out)
+    assert str(e.value) == f"TensorRT could not build {clean}: Invalid Engine. Please ensure the engine was built correctly"
+    assert not out.exists() and not build.sidecar_path(out).exists()

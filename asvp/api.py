@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from asvp.errors import AsvpError
+from asvp.io import check_output, check_output_dir
 from asvp.exporter import export as ex
 from asvp.exporter.teachers.train import quality_table, train_teacher as _train
 from asvp.graph_passes.defend import defend_file
@@ -14,9 +15,9 @@ from asvp.onnx_utils import image_io, load_model
 from asvp.runtime.attacks.attack import run_attack
 from asvp.runtime.attacks.sweep import run_sweep
 from asvp.runtime.engines.backends import backends_status
-from asvp.runtime.engines.build import build_engine as _build, load_engine as _load
+from asvp.runtime.engines.build import build_engine as _build, load_engine as _load, sidecar_path
 from asvp.runtime.evaluation.profile import profile as _profile
-from asvp.runtime.evaluation.report import write_report as _write
+from asvp.runtime.evaluation.report import check_report_dir, write_report as _write
 from asvp.runtime.evaluation.validate import validate as _validate
 from asvp.tasks import TASKS
 
@@ -34,12 +35,15 @@ def teacher_quality(tasks=None) -> list[dict]:
 
 
 def export(source: str, out: str | os.PathLike, *, weights=None, kwargs=None, task: str | None = None,
-           size_multiple: int = 1, opset: int | None = None):
+           size_multiple: int = 1, opset: int | None = None, force: bool = False):
     """Export a teacher to ONNX with parity checks.
 
     source: a bundled task name (sr, lowlight, underwater, dehaze, derain), `package.module:Class`
     (with `weights` and optional JSON `kwargs`), or a spandrel-loadable checkpoint (.pth/.pt/.safetensors).
+    An existing `out` is refused unless force; `out` equal to the checkpoint or weights file is always refused.
     """
+    check_output(out, [source if source not in TASKS and ":" not in source else None, weights], force=force,
+                 what="output")
     kw = {} if opset is None else {"opset": opset}
     if source in TASKS:
         if weights is not None:
@@ -81,14 +85,16 @@ class DefendResult:
 
 
 def defend(model_path: str | os.PathLike, out_path: str | os.PathLike, *, nodes=None, config=None,
-           mode: str = "subgraph", allow_redefend: bool = False) -> DefendResult:
+           mode: str = "subgraph", allow_redefend: bool = False, force: bool = False) -> DefendResult:
     """Insert ASVP at feature nodes of an ONNX image model and write the defended model atomically.
 
     nodes: selector strings (exact node name, "re:PATTERN", "OP#I", "auto"; default: the automatic choice,
     see asvp.graph_passes.select). config: AsvpConfig or dict of its fields (default AsvpConfig()).
     mode: "subgraph" (standard ONNX ops, any runtime) or "plugin" (one AsvpPerturb custom node per feature).
-    Refuses a node already defended unless allow_redefend. Nothing is written when anything fails.
+    Refuses a node already defended unless allow_redefend. Nothing is written when anything fails. An existing
+    `out_path` is refused unless force; `out_path` equal to `model_path` is always refused.
     """
+    check_output(out_path, [model_path], force=force, what="output")
     info = defend_file(model_path, out_path, nodes=nodes, config=config, mode=mode, allow_redefend=allow_redefend)
     return DefendResult(str(out_path), info.mode, info.placement, info.nodes, info.config, info.digest)
 
@@ -100,8 +106,12 @@ def validate(clean: str | os.PathLike, defended: str | os.PathLike, *, task: str
     """Quality cost of the defence: clean vs defended on held-out (or `images`: DIR/input + DIR/target) pairs.
 
     Returns a ValidationResult (`.passed` is the verdict against the thresholds; a failed verdict is not an
-    exception). `out`: a report directory (report.json, report.md, PNGs), written atomically at the end.
+    exception). `out`: a report directory (report.json, report.md, PNGs), written atomically at the end; an
+    existing asvp report there gets this section added (reports compose); anything else in the way is refused
+    before the work starts.
     """
+    if out is not None:
+        check_report_dir(out)
     return _validate(clean, defended, task=task, images=images, backend=backend, heldout_size=heldout_size,
                      max_teacher_drop=max_teacher_drop, max_ssim_drop=max_ssim_drop, min_output_psnr=min_output_psnr,
                      max_abs_diff=max_abs_diff, spectrum=spectrum, out=out, progress=progress)
@@ -113,7 +123,10 @@ def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None,
     """Latency (p50/p90/p99, mean, throughput), peak memory, and the defended/clean ratio measured interleaved.
 
     memory: "subprocess" (each model in a fresh process; default), "inprocess" (order-dependent) or "off".
+    `out`: a report directory, checked before the work starts (see validate).
     """
+    if out is not None:
+        check_report_dir(out)
     return _profile(clean, defended, backend=backend, shape=shape, warmup=warmup, iters=iters, memory=memory,
                     out=out, progress=progress)
 
@@ -124,13 +137,17 @@ def write_report(out_dir: str | os.PathLike, sections: dict):
 
 
 def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *, min_shape=None, opt_shape=None,
-                 max_shape=None, fp16: bool = False, int8: bool = False, workspace=None, plugin: bool = True):
+                 max_shape=None, fp16: bool = False, int8: bool = False, workspace=None, plugin: bool = True,
+                 force: bool = False):
     """Build a TensorRT engine (one dynamic-shape profile) and its `<engine>.json` sidecar, atomically.
 
     Shapes are "NxCxHxW" strings or int sequences (defaults 1x3x32x32 / 1x3x256x256 / 4x3x512x512, adapted to
     the model); workspace is bytes or "2G"/"512M". The AsvpPerturb TensorRT plugin is registered before parsing
     when the model has plugin nodes. MissingDependencyError (exit 3, nothing written) without TensorRT/GPU.
+    An existing engine (or sidecar) is refused unless force; the engine path equal to the model is always refused.
     """
+    check_output(engine_path, [onnx_path], force=force, what="engine")
+    check_output(sidecar_path(engine_path), [onnx_path], force=force, what="engine sidecar")
     return _build(onnx_path, engine_path, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
                   fp16=fp16, int8=int8, workspace=workspace, plugin=plugin)
 
@@ -156,6 +173,8 @@ def attack(task: str | None = None, *, clean=None, defended=None, kind: str = "o
     override the preset's training steps / number of queries. Returns an AttackResult; with `out`, a report
     (report.json, report.md, attack-<kind>-drops.png) and per-task resumable results are written there.
     """
+    if out is not None:
+        check_report_dir(out)
     return run_attack(task, clean=clean, defended=defended, kind=kind, preset=preset, seed=seed, out=out,
                       config=config, nodes=nodes, steps=steps, pool=pool, progress=progress)
 
@@ -166,6 +185,8 @@ def sweep(tasks, *, h=None, k=None, placement=None, nodes=None, preset: str = "q
     """Grid over h x k x placement x node sets: teacher drop vs student drop per configuration, and the best one
     (largest student drop with teacher drop <= 0.1 dB). nodes: selector strings, "default" = defend's choice,
     "a,b" = several nodes at once. Returns a SweepResult; with `out`, report.json/.md and sweep-scatter.png."""
+    if out is not None:
+        check_report_dir(out)
     return run_sweep(tasks, h=h, k=k, placement=placement, nodes=nodes, preset=preset, seed=seed, out=out,
                      k_mode=k_mode, tau=tau, steps=steps, pool=pool, progress=progress)
 

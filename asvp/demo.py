@@ -11,7 +11,7 @@ from pathlib import Path
 from asvp import api
 from asvp.config import AsvpConfig
 from asvp.runtime.attacks.attack import kind_for_placement
-from asvp.runtime.evaluation.report import Section, md_table, write_report
+from asvp.runtime.evaluation.report import Section, check_report_dir, md_table, write_report
 from asvp.tasks import get_task
 
 PROFILE_SHAPE = {"sr": "1x3x128x128"}  # SR input is the low-resolution image: 128 -> 256 output
@@ -23,7 +23,7 @@ def run_demo(task: str = "sr", out: str | Path = "reports/demo", *, config: Asvp
              progress: bool = True, log=print) -> dict:
     spec = get_task(task)
     cfg = (config or AsvpConfig()).validate()
-    out = Path(out)
+    out = check_report_dir(out)  # the demo owns this folder: its models there are rewritten on every run
     out.mkdir(parents=True, exist_ok=True)
     clean, defended = out / f"{task}.onnx", out / f"{task}.asvp.onnx"
     steps, t0 = [], time.perf_counter()
@@ -35,10 +35,10 @@ def run_demo(task: str = "sr", out: str | Path = "reports/demo", *, config: Asvp
         steps.append({"step": name, "seconds": round(time.perf_counter() - t, 1)})
         return res
 
-    exp = step("export the bundled teacher to ONNX", lambda: api.export(task, clean))
+    exp = step("export the bundled teacher to ONNX", lambda: api.export(task, clean, force=True))
     nodes = step("list candidate feature nodes", lambda: api.list_nodes(clean))
     dres = step(f"defend ({cfg.placement}, h={cfg.h}, k={cfg.k} {cfg.k_mode}, tau={cfg.tau})",
-                lambda: api.defend(clean, defended, config=cfg))
+                lambda: api.defend(clean, defended, config=cfg, force=True))
     val = step("validate teacher fidelity on held-out images",
                lambda: api.validate(clean, defended, task=task, out=out, progress=progress))
     prof = step("profile latency, defended vs clean interleaved",

@@ -104,7 +104,7 @@ def accuracy_table(tasks=TASKS, iters_grid=ITERS_GRID, size: int = 96, workdir: 
             if not spec.weights_path.exists():
                 rows.append({"task": task, "skipped": "no bundled weights"})
                 continue
-            path = api.export(task, Path(workdir or tmp) / f"{task}.onnx").path
+            path = api.export(task, Path(workdir or tmp) / f"{task}.onnx", force=True).path
             clean = onnx.load(path)
             (feat,) = select.resolve(clean, None)
             x = spec.heldout(size=size)[0].numpy()

@@ -57,12 +57,12 @@ def latency_ratios(work: Path, smoke: bool) -> list[dict]:
     iters, warmup = (3, 1) if smoke else (30, 5)
     for task in TASKS[:1] if smoke else TASKS:
         clean = work / f"{task}.onnx"
-        api.export(task, clean)
+        api.export(task, clean, force=True)
         cands = [n.name for n in api.list_nodes(clean) if n.channels > AsvpConfig().k]
         for count in (1, 3):
             defended = work / f"{task}.n{count}.asvp.onnx"
             nodes = None if count == 1 else spread(cands, count)
-            api.defend(clean, defended, nodes=nodes, config=AsvpConfig())
+            api.defend(clean, defended, nodes=nodes, config=AsvpConfig(), force=True)
             res = api.profile(clean, defended, shape=shape, warmup=warmup, iters=iters, memory="off", progress=False)
             d = res.to_dict()
             stats = {m["name"]: m["stats"] for m in d["models"]}

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import torch
 
-from asvp.errors import AsvpError
+from asvp.errors import AsvpError, first_line
 from asvp.exporter.spandrel_loader import load_spandrel_model
 from asvp.exporter.teachers.bundled import load_teacher
 from asvp.io import atomic_output, require_file
@@ -20,7 +20,8 @@ from asvp.onnx_utils import MAX_IR_VERSION, META_PREFIX, check_model, image_io, 
 from asvp.runtime.engines.sessions import SessionFromOnnx
 from asvp.tasks.data import heldout_crops
 
-DEFAULT_OPSET = 17
+DEFAULT_OPSET = MIN_OPSET = 17
+MAX_OPSET = 20  # the TorchScript exporter's highest (torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
 PARITY_ATOL = 1e-4  # max |onnx - torch| on [0, 1] images; float32 conv reordering stays ~1e-6
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 
@@ -66,8 +67,8 @@ def export_model(model: torch.nn.Module, out: str | os.PathLike, parity_inputs: 
 
     The file appears at `out` only after onnx.checker (full), shape inference and the parity check pass.
     """
-    if opset < 17:
-        raise AsvpError(f"opset must be >= 17, got {opset}")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise AsvpError(f"opset must be between {MIN_OPSET} and {MAX_OPSET} (torch's TorchScript exporter), got {opset}")
     model = model.eval()
     inferred = _infer_scale(model, size_multiple)
     if scale is not None and scale != inferred:
@@ -144,7 +145,15 @@ def load_user_module(target: str, weights: str | os.PathLike | None = None, kwar
             kwargs = json.loads(kwargs)
         except json.JSONDecodeError as exc:
             raise AsvpError(f"--kwargs is not valid JSON: {exc}") from None
-    model = cls(**(kwargs or {}))
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise AsvpError(f"--kwargs must be a JSON object of constructor arguments, got {type(kwargs).__name__}")
+    try:
+        model = cls(**(kwargs or {}))
+    except Exception as exc:
+        raise AsvpError(f"cannot construct {target}(**{json.dumps(kwargs or {})}): {type(exc).__name__}: "
+                        f"{first_line(exc)}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise AsvpError(f"{target} is not a torch.nn.Module class (it made a {type(model).__name__})")
     if weights is not None:
         w = require_file(weights, "weights file")
         try:

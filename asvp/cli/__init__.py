@@ -3,19 +3,21 @@
 Each subcommand is a parser built from the shared argument groups of asvp.cli.args and a run function that calls
 one API function and prints the result: `--json` prints its to_dict(), otherwise its own summary_lines(). The CLI
 holds no logic of its own. Exit status: 0 success, 1 a verdict failed (`validate`), 2 bad input (one line on
-stderr, no traceback), 3 a missing backend or optional dependency, 130 interrupted.
+stderr, no traceback; argparse usage errors too), 3 a missing backend or optional dependency, 70 an unforeseen
+internal error (one line; ASVP_TRACEBACK=1 shows the traceback), 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from asvp import api, demo
 from asvp.cli.args import (TASKS_HELP, BackendArgs, BudgetArgs, DefenceArgs, OutputArgs, ShapeProfileArgs,
                            add_groups)
 from asvp.config import AsvpConfig
-from asvp.errors import AsvpError
+from asvp.errors import AsvpError, first_line
 from asvp.exporter.teachers.train import DEFAULTS as TRAIN_DEFAULTS
 from asvp.exporter.teachers.train import quality_markdown, record_summary
 from asvp.graph_passes.candidates import candidates_table
@@ -23,6 +25,7 @@ from asvp.runtime.engines.backends import backends_table
 from asvp.runtime.evaluation.profile import MEMORY_MODES
 
 EXIT_VERDICT_FAILED = 1  # `asvp validate`: the models ran but the defence costs more than the thresholds allow
+EXIT_INTERNAL = 70  # an unforeseen failure (a bug): one line on stderr, EX_SOFTWARE; ASVP_TRACEBACK=1 re-raises it
 progress = OutputArgs.progress
 
 
@@ -73,11 +76,12 @@ def add_export(sub):
     s.add_argument("--task", help="task label recorded in metadata for user models (default: custom)")
     s.add_argument("--size-multiple", type=int, default=1, help="input H and W must be multiples of this (user models)")
     s.add_argument("--opset", type=int, default=None, help="ONNX opset (>= 17, default 17)")
+    s.add_argument("--force", action="store_true", help="overwrite an existing output (never the input)")
     add_groups(s, OutputArgs(quiet=False, json_help="machine-readable result"))
 
     def run(a):
         _show(a, api.export(a.source, a.output, weights=a.weights, kwargs=a.kwargs, task=a.task,
-                            size_multiple=a.size_multiple, opset=a.opset))
+                            size_multiple=a.size_multiple, opset=a.opset, force=a.force))
     s.set_defaults(func=run)
 
 
@@ -109,11 +113,12 @@ def add_defend(sub):
     defence = DefenceArgs(nodes="list", mode=True)
     add_groups(s, defence)
     s.add_argument("--allow-redefend", action="store_true", help="allow perturbing a node that is already defended")
+    s.add_argument("--force", action="store_true", help="overwrite an existing output (never the input)")
     add_groups(s, OutputArgs(quiet=False, json_help="machine-readable result"))
 
     def run(a):
         _show(a, api.defend(a.model, a.output, nodes=a.nodes, config=defence.overrides(a), mode=a.mode,
-                            allow_redefend=a.allow_redefend))
+                            allow_redefend=a.allow_redefend, force=a.force))
     s.set_defaults(func=run)
 
 
@@ -186,11 +191,12 @@ def add_build(sub):
     s.add_argument("--workspace", help="workspace memory pool limit, e.g. 2G or 512M (default: TensorRT's)")
     s.add_argument("--no-plugin", action="store_true", help="do not register the AsvpPerturb plugin "
                                                             "(refused for models that contain plugin nodes)")
+    s.add_argument("--force", action="store_true", help="overwrite an existing engine and sidecar (never the model)")
     add_groups(s, OutputArgs(quiet=False))
 
     def run(a):
         _show(a, api.build_engine(a.model, a.output, min_shape=a.min, opt_shape=a.opt, max_shape=a.max, fp16=a.fp16,
-                                  int8=a.int8, workspace=a.workspace, plugin=not a.no_plugin))
+                                  int8=a.int8, workspace=a.workspace, plugin=not a.no_plugin, force=a.force))
     s.set_defaults(func=run)
 
 
@@ -262,14 +268,24 @@ SUBCOMMANDS = (add_train_teacher, add_eval_teachers, add_export, add_nodes, add_
                add_build, add_backends, add_attack, add_sweep, add_demo)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line `asvp: error: ...` (with the subcommand) and exit status 2, like
+    every other bad input; `asvp COMMAND --help` still prints the usage."""
+
+    def error(self, message):
+        where = self.prog[len("asvp"):].strip()
+        hint = f" (see `asvp {where + ' ' if where else ''}--help`)"
+        self.exit(2, f"asvp: error: {(where + ': ') if where else ''}{message}{hint}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="asvp",
         description="Ship image-restoration models protected against knowledge distillation "
                     "(Adaptive Singular Value Perturbation) as ONNX and TensorRT.",
         epilog="Typical flow: asvp export sr -o sr.onnx; asvp nodes sr.onnx; asvp defend sr.onnx -o sr.asvp.onnx; "
                "asvp validate sr.onnx sr.asvp.onnx --task sr; asvp profile sr.onnx sr.asvp.onnx")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser)
     for add in SUBCOMMANDS:
         add(sub)
     return p
@@ -285,6 +301,20 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("asvp: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("asvp: error: out of memory (the input or shape is too large for this machine; try a smaller one)",
+              file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file system refusal the checks up front could not foresee (full disk, /proc, ...)
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"asvp: error: {exc.strerror or first_line(exc)}{where}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug or an unforeseen library failure: one line; ASVP_TRACEBACK=1 shows the traceback
+        if os.environ.get("ASVP_TRACEBACK"):
+            raise
+        print(f"asvp: error: internal error, {type(exc).__name__}: {first_line(exc)} "
+              "(set ASVP_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
     return rc or 0
 
 

@@ -276,6 +276,18 @@ class ProfileResult:
         return fig
 
 
+def check_input_fits(shape) -> None:
+    """Refuse an input shape whose float32 tensor alone would not fit in this machine's memory (before allocating)."""
+    need = 4 * int(np.prod([int(d) for d in shape], dtype=object))
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > total // 2:
+        raise AsvpError(f"--shape {'x'.join(map(str, shape))}: the input alone needs {need / 2**30:.1f} GiB, more than "
+                        f"half of this machine's {total / 2**30:.1f} GiB of memory; choose a smaller shape")
+
+
 def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None, *, backend: str = "onnxrt-cpu",
             shape=DEFAULT_SHAPE, warmup: int = DEFAULT_WARMUP, iters: int = DEFAULT_ITERS, seed: int = 0,
             memory: str = "subprocess", out: str | os.PathLike | None = None, progress: bool = True) -> ProfileResult:
@@ -312,6 +324,7 @@ def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None,
             raise AsvpError(f"--shape {'x'.join(map(str, shape))}: the {name} model needs height and width "
                             f"multiples of {mult}")
         del m
+    check_input_fits(shape)
     data = np.random.default_rng(seed).random(shape, dtype=np.float32)
 
     runners, mems, devmem, providers, feeds, method = [], [], [], [], [], ""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from asvp import __version__ as version
 from asvp.errors import AsvpError
-from asvp.io import atomic_output, write_text_atomic
+from asvp.io import atomic_output, check_output_dir, write_text_atomic
 
 REPORT_JSON, REPORT_MD, PARTS_DIR = "report.json", "report.md", "sections"
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -124,6 +124,31 @@ def _load_existing(out: Path) -> dict:
     except (OSError, json.JSONDecodeError):
         return {}  # an unreadable old report is replaced, not merged
     return d if isinstance(d, dict) and isinstance(d.get("sections"), dict) else {}
+
+
+def check_report_dir(out_dir: str | os.PathLike) -> Path:
+    """Refuse, before any work, a report folder that cannot be written or holds a report asvp did not write.
+
+    Reports are composable by design: an existing asvp report folder gets the new sections added (the other
+    sections are kept), so it needs no --force. Refused: a file in the folder's place or above it, a folder
+    without write permission, and a folder holding a report.md or report.json that is not an asvp report
+    (asvp would overwrite someone else's file). Creates nothing."""
+    out = check_output_dir(out_dir, "report folder")
+    md, js = out / REPORT_MD, out / REPORT_JSON
+    if md.exists() or js.exists():
+        ours = False
+        try:
+            d = json.loads(js.read_text())
+            ours = isinstance(d, dict) and "asvp_version" in d and isinstance(d.get("sections"), dict)
+        except (OSError, ValueError):
+            pass
+        if not ours:
+            raise AsvpError(f"report folder {out} holds a {REPORT_MD if md.exists() else REPORT_JSON} that asvp did "
+                            "not write; choose another --out folder")
+    for name in (REPORT_MD, REPORT_JSON, PARTS_DIR):
+        if (out / name).exists() and (out / name).is_dir() != (name == PARTS_DIR):
+            raise AsvpError(f"report folder {out}: {name} is in the way (a {'file' if name == PARTS_DIR else 'folder'})")
+    return out
 
 
 def write_report(out_dir: str | os.PathLike, sections: dict, title: str = "asvp report") -> Path:

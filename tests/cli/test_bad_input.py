@@ -1,0 +1,175 @@
+"""Issue 12: every bad input, CLI-wide, ends in ONE line `asvp: error: ...` on stderr, exit status 2 (3: a missing
+backend), no traceback, and leaves the folder it ran in exactly as it was (no output, no temporary file, no input
+overwritten). Table-driven: add a row for every new error path.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from asvp.cli import main
+
+# (id, argv; {m} = a clean ONNX model, {pth} = a spandrel checkpoint, in the working folder; expected exit status)
+TABLE = [
+    # argparse's own usage errors: one line too
+    ("no-command", [], 2),
+    ("unknown-command", ["bogus"], 2),
+    ("missing-output", ["defend", "{m}"], 2),
+    ("bad-int", ["defend", "{m}", "-o", "x.onnx", "--k", "abc"], 2),
+    ("bad-choice", ["defend", "{m}", "-o", "x.onnx", "--mode", "nope"], 2),
+    # inputs that are not there or not models
+    ("model-missing", ["nodes", "missing.onnx"], 2),
+    ("model-garbage", ["nodes", "garbage.onnx"], 2),
+    ("model-is-dir", ["nodes", "adir"], 2),
+    ("checkpoint-missing", ["export", "missing.pth", "-o", "x.onnx"], 2),
+    ("unknown-source", ["export", "garbage.onnx", "-o", "x.onnx"], 2),
+    ("kwargs-bad-json", ["export", "asvp.tasks.architectures:ResidualCNN", "-o", "x.onnx", "--kwargs", "{"], 2),
+    ("kwargs-bad-arg", ["export", "asvp.tasks.architectures:ResidualCNN", "-o", "x.onnx", "--kwargs", '{"zzz": 1}'], 2),
+    ("class-missing", ["export", "asvp.tasks.architectures:Nope", "-o", "x.onnx"], 2),
+    ("opset-too-high", ["export", "sr", "-o", "x.onnx", "--opset", "99"], 2),
+    # outputs that would destroy an input, or cannot be written
+    ("defend-output-is-input", ["defend", "{m}", "-o", "{m}"], 2),
+    ("defend-output-is-input-via-link", ["defend", "{m}", "-o", "link.onnx"], 2),
+    ("defend-output-exists", ["defend", "{m}", "-o", "existing.onnx"], 2),
+    ("defend-output-is-dir", ["defend", "{m}", "-o", "adir"], 2),
+    ("defend-output-under-file", ["defend", "{m}", "-o", "afile/x.onnx"], 2),
+    ("defend-output-unwritable", ["defend", "{m}", "-o", "/proc/asvp-test/x.onnx"], 2),
+    ("export-output-is-input", ["export", "{pth}", "-o", "{pth}"], 2),
+    ("export-output-exists", ["export", "{pth}", "-o", "existing.onnx"], 2),
+    ("export-output-is-dir", ["export", "sr", "-o", "adir"], 2),
+    ("export-output-unwritable", ["export", "sr", "-o", "/proc/x.onnx"], 2),
+    ("build-output-is-input", ["build", "{m}", "-o", "{m}"], 2),
+    ("build-output-exists", ["build", "{m}", "-o", "existing.onnx"], 2),
+    ("build-no-tensorrt", ["build", "{m}", "-o", "new.engine"], None),  # 3 without TensorRT; 2 (GPU) or 0 never here
+    ("validate-out-is-file", ["validate", "{m}", "{m}", "--out", "afile"], 2),
+    ("validate-out-under-file", ["validate", "{m}", "{m}", "--out", "afile/r"], 2),
+    ("validate-out-unwritable", ["validate", "{m}", "{m}", "--out", "/proc/asvp-report"], 2),
+    ("validate-out-foreign-report", ["validate", "{m}", "{m}", "--out", "foreign"], 2),
+    ("profile-out-under-file", ["profile", "{m}", "--out", "afile/r"], 2),
+    ("profile-huge-shape", ["profile", "{m}", "--shape", "1x3x99999x99999", "--memory", "off"], 2),
+    ("profile-bad-shape", ["profile", "{m}", "--shape", "1x3x0x4"], 2),
+    ("attack-out-is-file", ["attack", "--task", "sr", "--out", "afile"], 2),
+    ("demo-out-is-file", ["demo", "--out", "afile"], 2),
+    # defence choices
+    ("defend-no-such-node", ["defend", "{m}", "-o", "x.onnx", "--nodes", "nope"], 2),
+    ("defend-k-too-large", ["defend", "{m}", "-o", "x.onnx", "--k", "999"], 2),
+    ("defend-non-feature-node", ["defend", "{m}", "-o", "x.onnx", "--nodes", "/upsample/upsample.1/DepthToSpace"], 2),
+    ("nodes-unknown-input", ["nodes", "{m}", "--input", "nope"], 2),
+]
+
+
+def _snapshot(root: Path) -> dict:
+    """Every entry under root (links not followed): kind, size, mtime and content hash."""
+    snap = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        rel = str(p.relative_to(root))
+        if p.is_symlink():
+            snap[rel] = ("link", os.readlink(p))
+        elif p.is_dir():
+            snap[rel] = ("dir",)
+        else:
+            snap[rel] = ("file", st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+    return snap
+
+
+@pytest.fixture(scope="module")
+def workdir(exported, tmp_path_factory):
+    from asvp.exporter.spandrel_loader import import_spandrel
+
+    import_spandrel()
+    from spandrel.architectures.Compact import Compact
+
+    root = tmp_path_factory.mktemp("bad-input")
+    shutil.copy(exported("sr"), root / "m.onnx")
+    torch.manual_seed(0)
+    torch.save(Compact(num_feat=8, num_conv=2, upscale=2).state_dict(), root / "c.pth")
+    (root / "garbage.onnx").write_bytes(b"not a model")
+    (root / "existing.onnx").write_bytes(b"precious")
+    (root / "afile").write_text("a file")
+    (root / "adir").mkdir()
+    (root / "adir" / "keep.txt").write_text("keep")
+    (root / "foreign").mkdir()
+    (root / "foreign" / "report.md").write_text("# someone else's report\n")
+    (root / "link.onnx").symlink_to("m.onnx")
+    return root
+
+
+@pytest.mark.parametrize("argv,expected", [pytest.param(a, e, id=i) for i, a, e in TABLE])
+def test_bad_input_one_line_exit_status_nothing_touched(workdir, monkeypatch, capsys, argv, expected):
+    monkeypatch.chdir(workdir)
+    argv = [a.replace("{m}", "m.onnx").replace("{pth}", "c.pth") for a in argv]
+    before = _snapshot(workdir)
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's usage errors exit through OneLineParser.error
+        rc = e.code
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("asvp: error: ") and "Traceback" not in err, err
+    if expected is not None:
+        assert rc == expected, (rc, err)
+    else:
+        assert rc in (2, 3), (rc, err)
+    assert _snapshot(workdir) == before, "the working folder changed"
+
+
+def test_usage_errors_exit_2_in_one_line(capsys):
+    """argparse errors go through OneLineParser: `asvp: error: SUBCOMMAND: message (see ... --help)`, exit 2."""
+    for argv in ([], ["bogus"], ["defend"], ["defend", "m.onnx", "-o", "x", "--k", "abc"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("asvp: error: "), err
+
+
+@pytest.mark.parametrize("argv", [
+    ["export", "sr", "-o", "x.onnx", "--opset", "99"],
+    ["defend", "m.onnx", "-o", "m.onnx"],
+    ["profile", "m.onnx", "--shape", "1x3x99999x99999", "--memory", "off"],
+])
+def test_bad_input_in_a_real_process(workdir, argv):
+    """The same, as a user runs it: a fresh process, so library warnings printed on stderr would count too."""
+    before = _snapshot(workdir)
+    r = subprocess.run([sys.executable, "-m", "asvp.cli", *argv], cwd=workdir, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("asvp: error: ") and "Traceback" not in r.stderr, r.stderr
+    assert _snapshot(workdir) == before
+
+
+def test_force_overwrites_an_existing_output_but_never_the_input(workdir, tmp_path, capsys):
+    m = workdir / "m.onnx"
+    out = tmp_path / "d.onnx"
+    out.write_bytes(b"old")
+    assert main(["defend", str(m), "-o", str(out)]) == 2
+    assert out.read_bytes() == b"old"
+    assert main(["defend", str(m), "-o", str(out), "--force"]) == 0
+    assert out.read_bytes() != b"old"
+    digest = hashlib.sha256(m.read_bytes()).hexdigest()
+    assert main(["defend", str(m), "-o", str(m), "--force"]) == 2
+    assert hashlib.sha256(m.read_bytes()).hexdigest() == digest
+    capsys.readouterr()
+
+
+def test_report_folders_compose(workdir, tmp_path):
+    """An existing asvp report folder gets sections added (no --force needed); other sections are kept."""
+    from asvp import api
+    from asvp.runtime.evaluation.report import Section
+
+    r = tmp_path / "r"
+    api.write_report(r, {"first": Section("First", {"a": 1})})
+    res = api.profile(workdir / "m.onnx", shape="1x3x16x16", warmup=0, iters=1, memory="off", out=r, progress=False)
+    assert res is not None
+    doc = json.loads((r / "report.json").read_text())
+    assert "first" in doc["sections"] and len(doc["sections"]) == 2

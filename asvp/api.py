@@ -11,7 +11,7 @@ from asvp.exporter import export as ex
 from asvp.exporter.teachers.train import quality_table, train_teacher as _train
 from asvp.graph_passes.defend import defend_file
 from asvp.graph_passes.select import candidates
-from asvp.onnx_utils import image_io, load_model
+from asvp.onnx_utils import image_input, load_model
 from asvp.runtime.attacks.attack import run_attack
 from asvp.runtime.attacks.sweep import run_sweep
 from asvp.runtime.engines.backends import backends_status
@@ -57,11 +57,13 @@ def export(source: str, out: str | os.PathLike, *, weights=None, kwargs=None, ta
                     "package.module:Class, or a .pth/.safetensors checkpoint")
 
 
-def list_nodes(model_path: str | os.PathLike):
-    """Candidate feature nodes of an ONNX image model, for `defend --nodes`."""
+def list_nodes(model_path: str | os.PathLike, *, input_name: str | None = None):
+    """Candidate feature nodes of an ONNX image model, for `defend --nodes` (the rule: graph_passes.candidates).
+
+    input_name: the image input of a model with extra inputs (noise maps, masks); default: detected."""
     model = load_model(model_path)
-    image_io(model)
-    return candidates(model)  # ASVP's own inserted nodes are not candidates
+    image_input(model, input_name)
+    return candidates(model, input_name)  # ASVP's own inserted nodes are not candidates
 
 
 @dataclasses.dataclass
@@ -85,17 +87,21 @@ class DefendResult:
 
 
 def defend(model_path: str | os.PathLike, out_path: str | os.PathLike, *, nodes=None, config=None,
-           mode: str = "subgraph", allow_redefend: bool = False, force: bool = False) -> DefendResult:
+           mode: str = "subgraph", allow_redefend: bool = False, force: bool = False, input_name: str | None = None,
+           force_nodes: bool = False) -> DefendResult:
     """Insert ASVP at feature nodes of an ONNX image model and write the defended model atomically.
 
     nodes: selector strings (exact node name, "re:PATTERN", "OP#I", "auto"; default: the automatic choice,
     see asvp.graph_passes.select). config: AsvpConfig or dict of its fields (default AsvpConfig()).
     mode: "subgraph" (standard ONNX ops, any runtime) or "plugin" (one AsvpPerturb custom node per feature).
     Refuses a node already defended unless allow_redefend. Nothing is written when anything fails. An existing
-    `out_path` is refused unless force; `out_path` equal to `model_path` is always refused.
+    `out_path` is refused unless force; `out_path` equal to `model_path` is always refused. input_name: the image
+    input of a model with extra inputs (default: detected). force_nodes: take an exactly named tensor that is not
+    a feature map (refused otherwise, with the reason).
     """
     check_output(out_path, [model_path], force=force, what="output")
-    info = defend_file(model_path, out_path, nodes=nodes, config=config, mode=mode, allow_redefend=allow_redefend)
+    info = defend_file(model_path, out_path, nodes=nodes, config=config, mode=mode, allow_redefend=allow_redefend,
+                       input_name=input_name, force_nodes=force_nodes)
     return DefendResult(str(out_path), info.mode, info.placement, info.nodes, info.config, info.digest)
 
 

@@ -77,15 +77,60 @@ def _dims(value_info: onnx.ValueInfoProto) -> list:
     return [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else "?") for d in t.shape.dim]
 
 
-def image_io(model: onnx.ModelProto) -> tuple[str, str]:
-    """Names of the model's image input and first output; refuses models that do not take an NCHW image."""
+def graph_inputs(model: onnx.ModelProto) -> list:
+    """The model's real inputs (graph inputs that are not initializers)."""
     inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def _is_image_like(vi) -> bool:
+    """A float rank-4 input whose H and W are not both the constant 1 (those are per-sample values: noise levels)."""
+    dims = _dims(vi)
+    return (vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and len(dims) == 4
+            and not (dims[2] == 1 and dims[3] == 1))
+
+
+def image_input(model: onnx.ModelProto, name: str | None = None):
+    """The ValueInfo of the model's image input: any float32 NCHW image, grey (C=1), RGB, or more channels.
+
+    With extra inputs (noise maps, masks, noise levels), `name` picks the image; without it, the one image-like
+    input (rank 4 float, H and W not both 1) is taken, or else the one of them with 3 channels. Ambiguous or
+    missing: one-line error asking for --input NAME."""
+    inputs = graph_inputs(model)
+    if name is not None:
+        found = [i for i in inputs if i.name == name]
+        if not found:
+            raise AsvpError(f"the model has no input named {name!r}; its inputs are {[i.name for i in inputs]}")
+        vi = found[0]
+        dims = _dims(vi)
+        if len(dims) != 4 or vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            raise AsvpError(f"input {name!r} is not a float32 NCHW image (shape {dims})")
+        return vi
+    images = [i for i in inputs if _is_image_like(i)]
+    if len(images) > 1:
+        rgb = [i for i in images if _dims(i)[1] == 3]
+        images = rgb if len(rgb) == 1 else images
+    if len(images) == 1:
+        return images[0]
+    if not images:
+        raise AsvpError(f"the model has no float32 NCHW image input (inputs: "
+                        f"{', '.join(f'{i.name} {_dims(i)}' for i in inputs) or 'none'}); asvp defends image models")
+    raise AsvpError(f"the model has several image-like inputs ({', '.join(i.name for i in images)}); "
+                    "name the image with --input NAME")
+
+
+def image_io(model: onnx.ModelProto) -> tuple[str, str]:
+    """Names of the image input and first output of a model that takes ONE NCHW RGB image (validate, profile,
+    attack and the exporter feed RGB images). `asvp nodes` and `defend` accept more (see image_input)."""
+    inputs = graph_inputs(model)
     if len(inputs) != 1:
-        raise AsvpError(f"expected exactly one image input, found {len(inputs)}: {[i.name for i in inputs]}")
+        raise AsvpError(f"this command runs models with exactly one input (an NCHW RGB image); the model has "
+                        f"{len(inputs)}: {[i.name for i in inputs]} (`asvp nodes` and `asvp defend` accept extra "
+                        "inputs, with --input NAME)")
     dims = _dims(inputs[0])
     if len(dims) != 4 or dims[1] not in (3, "?") and not isinstance(dims[1], str):
-        raise AsvpError(f"input {inputs[0].name!r} is not an NCHW RGB image (shape {dims}); asvp defends image-to-image models")
+        raise AsvpError(f"input {inputs[0].name!r} is not an NCHW RGB image (shape {dims}); this command feeds RGB "
+                        "images (`asvp nodes` and `asvp defend` accept grey and multi-channel images)")
     if inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
         raise AsvpError(f"input {inputs[0].name!r} must be float32")
     return inputs[0].name, model.graph.output[0].name

@@ -27,7 +27,7 @@ from asvp.errors import AsvpError
 from asvp.graph_passes import plugin_contract, select
 from asvp.graph_passes.metadata import META_NODES, read_defence, write_defence
 from asvp.graph_passes.subgraph import build_asvp
-from asvp.onnx_utils import MAX_IR_VERSION, check_model, image_io, load_model, save_model
+from asvp.onnx_utils import MAX_IR_VERSION, check_model, image_input, load_model, save_model
 
 MODES = ("subgraph", "plugin")
 MIN_OPSET = 13  # ReduceSum/Split/Unsqueeze take axes/sizes as inputs from opset 13
@@ -135,15 +135,19 @@ def _as_config(config) -> AsvpConfig:
 
 
 def defend_model(model: onnx.ModelProto, selectors=None, config: AsvpConfig | dict | None = None,
-                 mode: str = "subgraph", allow_redefend: bool = False) -> tuple[onnx.ModelProto, DefendInfo]:
-    """A defended copy of `model` (the input is not modified) and what was done."""
+                 mode: str = "subgraph", allow_redefend: bool = False, *, input_name: str | None = None,
+                 force_nodes: bool = False) -> tuple[onnx.ModelProto, DefendInfo]:
+    """A defended copy of `model` (the input is not modified) and what was done.
+
+    input_name: the image input of a model with extra inputs (default: detected). force_nodes: take exactly
+    named tensors that are not feature maps (see graph_passes.select)."""
     cfg = _as_config(config).validate()
     _check_mode(mode)
     opset = _opset(model)
     if opset < MIN_OPSET:
         raise AsvpError(f"the model uses opset {opset}; asvp defend needs opset >= {MIN_OPSET} (re-export with a newer opset)")
 
-    features = select.resolve(model, selectors)
+    features = select.resolve(model, selectors, input_name=input_name, force_nodes=force_nodes)
     for f in features:
         select.check_feature(f, cfg.k)
         cfg.validate(f.channels)
@@ -201,12 +205,14 @@ def defend_model(model: onnx.ModelProto, selectors=None, config: AsvpConfig | di
 
 
 def defend_file(model_path: str | os.PathLike, out_path: str | os.PathLike, *, nodes=None, config=None,
-                mode: str = "subgraph", allow_redefend: bool = False) -> DefendInfo:
+                mode: str = "subgraph", allow_redefend: bool = False, input_name: str | None = None,
+                force_nodes: bool = False) -> DefendInfo:
     """Load, defend, check and atomically write; nothing is written if anything fails."""
     _check_mode(mode)
     cfg = _as_config(config).validate()
     model = load_model(model_path)
-    image_io(model)
-    out, info = defend_model(model, nodes, cfg, mode=mode, allow_redefend=allow_redefend)
+    image_input(model, input_name)
+    out, info = defend_model(model, nodes, cfg, mode=mode, allow_redefend=allow_redefend, input_name=input_name,
+                             force_nodes=force_nodes)
     save_model(out, out_path)
     return info

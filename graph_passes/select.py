@@ -9,13 +9,18 @@ Selectors (`--nodes`, `api.defend(nodes=...)`); each selects one or more feature
     OP#I              the I-th candidate (0-based) of operator type OP among the candidates in topological
                       order; negative I counts from the end: Conv#0 = first Conv, Relu#-1 = last Relu
 
-Candidates are the nodes `asvp nodes` lists (graph_passes.candidates: rank-4 float outputs with >= 4 channels,
-ASVP's own nodes excluded). NAME may also name a node whose output is a graph output (inline placement then
-perturbs that output too). The selected feature must be rank 4 with more channels than k.
+Candidates are the nodes `asvp nodes` lists: the model's spatial feature maps (graph_passes.candidates states the
+rule: computed from the image input, [N, C, H', W'] with N the batch, C fixed and >= 4, H'/W' following the
+input's height/width), ASVP's own nodes excluded. NAME may also name a node whose output is a graph output
+(inline placement then perturbs that output too). A NAME that is not a candidate (a weight, an attention tensor,
+a token sequence) is refused with the reason; `force_nodes=True` (`defend --force-nodes`) takes it anyway if it is
+a rank-4 float tensor with a fixed channel count, for experts. The selected feature must have more channels than k.
 
-Automatic default: the LAST candidate (in topological order) among those with the MOST channels, excluding
-graph outputs. That is the end of the widest stage of the trunk: the features every later layer reads and
-the most channels to spread the singular values over. For the bundled teachers: sr /Add (global residual sum
+Automatic default: among the candidates with the MOST channels, those at the COARSEST resolution (smallest
+H'*W' relative to the input), and of these the LAST (in topological order); graph outputs excluded. That is the
+end of the widest, deepest stage of the trunk: the features every later layer reads and the most channels to
+spread the singular values over. (The coarsest-resolution tie-break keeps a U-Net's bottleneck ahead of a skip
+concatenation of the same width.) For the bundled teachers: sr /Add (global residual sum
 before the upsampler, C=32), lowlight /mid/mid.2/Relu (U-Net bottleneck, C=96), underwater /Relu (end of the
 residual body, C=32), dehaze /Concat_2 (the 64-channel concatenation read by the K-estimator, C=64),
 derain /Relu_1 (the ReLU after the dilated body, C=32).
@@ -27,7 +32,7 @@ import re
 import onnx
 
 from asvp.errors import AsvpError
-from asvp.graph_passes.candidates import FeatureNode, MIN_CHANNELS, feature_candidates, symbolic_shapes
+from asvp.graph_passes.candidates import FeatureNode, MIN_CHANNELS, classify, feature_candidates
 from asvp.graph_passes.plugin_contract import PLUGIN_OP, identity_surrogate
 
 ASVP_PREFIX = "asvp/"  # every node asvp inserts is named asvp/<n>/...
@@ -39,9 +44,10 @@ def is_asvp_node(node: onnx.NodeProto) -> bool:
     return node.name.startswith(ASVP_PREFIX) or node.op_type == PLUGIN_OP
 
 
-def candidates(model: onnx.ModelProto) -> list[FeatureNode]:
-    """Feature candidates, without ASVP's own inserted nodes."""
-    return [c for c in feature_candidates(identity_surrogate(model)) if not is_asvp_node(model.graph.node[c.index])]
+def candidates(model: onnx.ModelProto, input_name: str | None = None) -> list[FeatureNode]:
+    """Feature candidates, without ASVP's own inserted nodes. input_name: the image input (default: detected)."""
+    return [c for c in feature_candidates(identity_surrogate(model), input_name=input_name)
+            if not is_asvp_node(model.graph.node[c.index])]
 
 
 def _nodes_hint() -> str:
@@ -50,46 +56,57 @@ def _nodes_hint() -> str:
 
 def automatic(cands: list[FeatureNode]) -> FeatureNode:
     if not cands:
-        raise AsvpError(f"the model has no candidate feature node (rank-4 float output with >= {MIN_CHANNELS} channels)")
+        raise AsvpError(f"the model has no candidate feature map (computed from the image, N,C,H,W with C >= "
+                        f"{MIN_CHANNELS} fixed and H, W following the input's); see `asvp nodes --help`")
     widest = max(c.channels for c in cands)
-    return [c for c in cands if c.channels == widest][-1]
+    wide = [c for c in cands if c.channels == widest]
+    coarsest = min(c.area for c in wide)
+    return [c for c in wide if c.area == coarsest][-1]
 
 
-def _by_name(model: onnx.ModelProto, sel: str, cands: list[FeatureNode], shapes: dict | None) -> tuple[FeatureNode, dict]:
+def _by_name(model: onnx.ModelProto, sel: str, cands: list[FeatureNode], input_name: str | None,
+             force: bool) -> FeatureNode:
     for c in cands:
         if c.name == sel:
-            return c, shapes
+            return c
     for c in cands:
         if c.output == sel:
-            return c, shapes
+            return c
     for i, node in enumerate(model.graph.node):
         if node.name == sel or (node.output and node.output[0] == sel):
             if is_asvp_node(node):
                 raise AsvpError(f"node {node.name!r} is part of an inserted ASVP block, not a feature of the model")
-            shapes = shapes if shapes is not None else symbolic_shapes(identity_surrogate(model))
-            shape = shapes.get(node.output[0])
-            if shape is None:
-                raise AsvpError(f"node {node.name!r} ({node.op_type}) has no float tensor output of known shape; "
-                                f"ASVP needs a rank-4 float32 NCHW feature; {_nodes_hint()}")
-            if len(shape) != 4:
-                raise AsvpError(f"node {node.name!r} ({node.op_type}) outputs a rank-{len(shape)} tensor {list(shape)}; "
-                                f"ASVP needs a rank-4 NCHW feature; {_nodes_hint()}")
-            if not isinstance(shape[1], int):
-                raise AsvpError(f"node {node.name!r} has a dynamic channel dimension ({shape[1]!r}); ASVP needs a fixed C")
-            return FeatureNode(i, node.name, node.op_type, node.output[0], tuple(shape), shape[1]), shapes
+            rows = classify(identity_surrogate(model), input_name=input_name, only={sel})
+            f, problem = next(((c, p) for c, p in rows if c.index == i), (None, "its output is not a float tensor"))
+            shape = tuple(f.shape) if f is not None else ()
+            if problem == "it is a graph output" or (problem and force):
+                if len(shape) != 4:
+                    raise AsvpError(f"node {node.name!r} ({node.op_type}) outputs a rank-{len(shape)} tensor "
+                                    f"{list(shape)}; ASVP needs a rank-4 N,C,H,W tensor; {_nodes_hint()}")
+                if not f.channels:
+                    raise AsvpError(f"node {node.name!r} has no fixed channel count ({shape[1]!r}); ASVP needs a fixed C")
+                return f
+            if problem:
+                raise AsvpError(f"node {node.name!r} ({node.op_type}, {list(shape) or 'shape unknown'}) is not a "
+                                f"feature map: {problem}; perturbing it means nothing. {_nodes_hint()} "
+                                "(--force-nodes takes it anyway, for experts)")
+            return f
     raise AsvpError(f"no node or tensor named {sel!r} in the model; {_nodes_hint()}")
 
 
-def resolve(model: onnx.ModelProto, selectors=None) -> list[FeatureNode]:
-    """The feature nodes the selectors name, in topological order, without duplicates."""
+def resolve(model: onnx.ModelProto, selectors=None, *, input_name: str | None = None,
+            force_nodes: bool = False) -> list[FeatureNode]:
+    """The feature nodes the selectors name, in topological order, without duplicates.
+
+    input_name: the image input (default: detected). force_nodes: take an exactly named non-candidate tensor
+    (rank 4, fixed C) instead of refusing it."""
     if isinstance(selectors, str):
         selectors = [selectors]
     selectors = [s for s in (selectors or []) if s is not None]
-    cands = candidates(model)
+    cands = candidates(model, input_name)
     if not selectors:
         selectors = [AUTO]
     chosen: dict[str, FeatureNode] = {}
-    shapes = None
     for raw in selectors:
         if not isinstance(raw, str) or not raw.strip():
             raise AsvpError(f"empty or invalid node selector {raw!r}; {_nodes_hint()}")
@@ -113,8 +130,7 @@ def resolve(model: onnx.ModelProto, selectors=None) -> list[FeatureNode]:
                 raise AsvpError(f"{sel!r}: there are {len(of_op)} {op} candidates (indices 0..{len(of_op) - 1}); {_nodes_hint()}")
             found = [of_op[idx]]
         else:
-            node, shapes = _by_name(model, sel, cands, shapes)
-            found = [node]
+            found = [_by_name(model, sel, cands, input_name, force_nodes)]
         for f in found:
             chosen.setdefault(f.name or f.output, f)
     return sorted(chosen.values(), key=lambda f: f.index)

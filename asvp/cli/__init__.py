@@ -86,12 +86,26 @@ def add_export(sub):
 
 
 def add_nodes(sub):
-    s = sub.add_parser("nodes", help="list candidate feature nodes where ASVP can be inserted")
+    s = sub.add_parser("nodes", help="list candidate feature nodes where ASVP can be inserted",
+                       description="List the model's spatial feature maps, where ASVP can go. A candidate is a node "
+                                   "output that is (1) computed from the image input (not a weight, a constant, or "
+                                   "something computed only from them), (2) a float tensor [N, C, H', W'] whose "
+                                   "dim 0 is the input's batch, dim 1 a fixed channel count C >= 4, and dims 2 and 3 "
+                                   "follow the input's height and width alone (H, 2*H, H/2, ...), and (3) not a graph "
+                                   "output. Attention tensors (q/k/v, scores, masks: windows, heads and tokens in "
+                                   "their dims) and token sequences are never candidates; in a transformer the "
+                                   "candidates are the N,C,H,W maps around its convolutions and patch (un)embedding. "
+                                   "Dims 0, 2, 3 are checked by running the model (ONNX Runtime, CPU) on three small "
+                                   "inputs of different batch, height and width. Grey, RGB and multi-channel images "
+                                   "are accepted, and models with extra inputs (noise maps, masks): --input names "
+                                   "the image when it cannot be told apart.")
     s.add_argument("model", help="ONNX model")
+    s.add_argument("--input", dest="input_name", metavar="NAME",
+                   help="the image input, for models with several image-like inputs (default: detected)")
     add_groups(s, OutputArgs(quiet=False))
 
     def run(a):
-        nodes = api.list_nodes(a.model)
+        nodes = api.list_nodes(a.model, input_name=a.input_name)
         _print_json([n.to_dict() for n in nodes]) if a.json else print(candidates_table(nodes))
     s.set_defaults(func=run)
 
@@ -107,18 +121,25 @@ def add_defend(sub):
                     "AsvpConfig's defaults.",
         epilog="Node selectors: NAME (exact node or tensor name from `asvp nodes MODEL`), re:PATTERN (every "
                "candidate whose name matches), OP#I (I-th candidate of that op type, 0-based, negative from the "
-               "end, e.g. Conv#3, Relu#-1), auto (default: the last candidate with the most channels).")
+               "end, e.g. Conv#3, Relu#-1), auto (default: the last candidate with the most channels). Candidates "
+               "are the model's spatial feature maps (`asvp nodes --help` states the rule); a NAME that is not one "
+               "(a weight, an attention tensor) is refused unless --force-nodes.")
     s.add_argument("model", help="ONNX image model (e.g. from `asvp export`)")
     s.add_argument("-o", "--output", required=True, help="defended .onnx path (written atomically, only on success)")
     defence = DefenceArgs(nodes="list", mode=True)
     add_groups(s, defence)
     s.add_argument("--allow-redefend", action="store_true", help="allow perturbing a node that is already defended")
+    s.add_argument("--input", dest="input_name", metavar="NAME",
+                   help="the image input, for models with several image-like inputs (default: detected)")
+    s.add_argument("--force-nodes", action="store_true",
+                   help="experts: take a --nodes NAME that is not a feature map (rank 4, fixed C) instead of refusing it")
     s.add_argument("--force", action="store_true", help="overwrite an existing output (never the input)")
     add_groups(s, OutputArgs(quiet=False, json_help="machine-readable result"))
 
     def run(a):
         _show(a, api.defend(a.model, a.output, nodes=a.nodes, config=defence.overrides(a), mode=a.mode,
-                            allow_redefend=a.allow_redefend, force=a.force))
+                            allow_redefend=a.allow_redefend, force=a.force, input_name=a.input_name,
+                            force_nodes=a.force_nodes))
     s.set_defaults(func=run)
 
 

@@ -216,11 +216,12 @@ def test_bad_selectors(exported, sel, msg):
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_automatic_choice_is_the_last_widest_candidate(exported, task):
+def test_automatic_choice_is_the_last_widest_coarsest_candidate(exported, task):
     model = _teacher(exported, task)
     cands = select.candidates(model)
     (auto,) = select.resolve(model, None)
     widest = max(c.channels for c in cands)
     assert auto.channels == widest
-    assert all(c.index < auto.index for c in cands if c.channels == widest and c is not auto and c != auto)
+    rivals = [c for c in cands if c.channels == widest and c != auto]
+    assert all(c.area > auto.area or (c.area == auto.area and c.index < auto.index) for c in rivals)
     assert auto.output not in {o.name for o in model.graph.output}

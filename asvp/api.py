@@ -35,24 +35,34 @@ def teacher_quality(tasks=None) -> list[dict]:
 
 
 def export(source: str, out: str | os.PathLike, *, weights=None, kwargs=None, task: str | None = None,
-           size_multiple: int = 1, opset: int | None = None, force: bool = False):
-    """Export a teacher to ONNX with parity checks.
+           size_multiple: int | None = None, opset: int | None = None, force: bool = False, exporter: str = "auto",
+           static_batch: bool = False, static_size=None):
+    """Export a teacher to ONNX with parity checks at several sizes and batch 2.
 
     source: a bundled task name (sr, lowlight, underwater, dehaze, derain), `package.module:Class`
     (with `weights` and optional JSON `kwargs`), or a spandrel-loadable checkpoint (.pth/.pt/.safetensors).
-    An existing `out` is refused unless force; `out` equal to the checkpoint or weights file is always refused.
+    size_multiple: input H and W must be multiples of this (default: spandrel's requirement, else 1).
+    exporter: "auto" (TorchScript, then dynamo where the trace bakes shapes), "torchscript" or "dynamo".
+    static_batch / static_size ("HxW" or (H, W)): accept a batch of 1 / one input size only, when the model cannot
+    be exported with them dynamic. An existing `out` is refused unless force; `out` equal to the checkpoint or
+    weights file is always refused.
     """
     check_output(out, [source if source not in TASKS and ":" not in source else None, weights], force=force,
                  what="output")
-    kw = {} if opset is None else {"opset": opset}
+    kw = {"exporter": exporter, "static_batch": static_batch, "static_size": static_size}
+    if opset is not None:
+        kw["opset"] = opset
     if source in TASKS:
         if weights is not None:
             raise AsvpError("--weights applies to module:Class sources, not to bundled teachers")
+        if size_multiple is not None:
+            raise AsvpError("--size-multiple applies to user models; a bundled teacher records its own")
         return ex.export_bundled(source, out, **kw)
     if Path(source).suffix in CHECKPOINT_SUFFIXES and ":" not in source:
         return ex.export_spandrel(source, out, task=task or "custom", size_multiple=size_multiple, **kw)
     if ":" in source:
-        return ex.export_user_module(source, out, weights, kwargs, task=task or "custom", size_multiple=size_multiple, **kw)
+        return ex.export_user_module(source, out, weights, kwargs, task=task or "custom",
+                                     size_multiple=size_multiple or 1, **kw)
     raise AsvpError(f"unknown teacher {source!r}: give a bundled task ({', '.join(TASKS)}), "
                     "package.module:Class, or a .pth/.safetensors checkpoint")
 

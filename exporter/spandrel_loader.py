@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import types
+import warnings
 from pathlib import Path
 
 from asvp.errors import AsvpError, MissingDependencyError
@@ -55,11 +56,14 @@ def import_spandrel():
     return spandrel
 
 
-def load_spandrel_model(path: str | Path):
-    """Return (torch module in eval mode, scale, architecture name) for a spandrel-supported checkpoint."""
+def load_spandrel_model(path: str | Path, with_sizes: bool = False):
+    """Return (torch module in eval mode, scale, architecture name) for a spandrel-supported checkpoint; with
+    with_sizes, also spandrel's size requirements as (minimum side, multiple of, square only)."""
     spandrel = import_spandrel()
     try:
-        desc = spandrel.ModelLoader(device="cpu").load_from_file(str(path))
+        with warnings.catch_warnings():  # architectures' own deprecation chatter (torch.meshgrid, ...)
+            warnings.simplefilter("ignore")
+            desc = spandrel.ModelLoader(device="cpu").load_from_file(str(path))
     except spandrel.UnsupportedModelError:
         raise AsvpError(f"{path}: spandrel does not recognise this checkpoint's architecture") from None
     except Exception as exc:
@@ -68,4 +72,8 @@ def load_spandrel_model(path: str | Path):
         raise AsvpError(f"{path}: {desc.architecture.name} is not a single-image restoration model")
     if desc.input_channels != 3 or desc.output_channels != 3:
         raise AsvpError(f"{path}: asvp serves RGB-to-RGB models; this one maps {desc.input_channels} -> {desc.output_channels} channels")
+    if with_sizes:
+        req = desc.size_requirements
+        sizes = (int(req.minimum), int(req.multiple_of), bool(req.square))
+        return desc.model.eval(), int(desc.scale), desc.architecture.name, sizes
     return desc.model.eval(), int(desc.scale), desc.architecture.name

@@ -10,7 +10,11 @@ candidate when it is
      - dim 1 is a fixed channel count C >= 4,
      - dim 2 follows the input's height only and dim 3 its width only (H, 2*H, H/2, H + 2 ...), so it is a
        spatial map;
-  3. not a graph output.
+  3. not a graph output;
+  4. not inside an attention block: a node whose name's scope (the module path torch's exporters write, e.g.
+     /layers.0/blocks.0/attn/...) has a part containing "attn" or "attention". Some blocks lay their q/k/v
+     projections out as N,C,H,W maps (HAT's overlapping cross-attention), which the shape rule alone cannot
+     tell from the trunk's features. Models whose node names carry no scope are judged by rules 1-3 only.
 
 Rule 2 is checked by running the model (ONNX Runtime, CPU) on three small inputs that differ in batch, height
 and width, with every rank-4 tensor computed from the image read out: a candidate's dim 0 must be 1, 2, 1, its
@@ -29,6 +33,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass
 
@@ -38,6 +43,16 @@ from asvp.onnx_utils import image_input
 
 MIN_CHANNELS = 4  # ASVP needs k < C and k >= 1; fewer channels leave nothing worth perturbing
 SHAPE_ONLY_OPS = {"Shape", "Size"}  # their outputs describe the image's size, not its content
+# Rule 4: scopes (module paths in node names, as torch's exporters write them) of attention blocks
+ATTENTION_SCOPE = re.compile(r"attn|attention", re.IGNORECASE)
+
+
+def attention_scope(node_name: str) -> str | None:
+    """The attention module a node lies in, from its name's scope ('/layers.0/blocks.0/attn/Reshape' -> 'attn')."""
+    for part in node_name.split("/")[:-1]:
+        if ATTENTION_SCOPE.search(part):
+            return part
+    return None
 
 
 @dataclass(frozen=True)
@@ -182,14 +197,25 @@ def _meta_int(model: onnx.ModelProto, key: str, default: int) -> int:
     return default
 
 
-def probe_sizes(model: onnx.ModelProto, attempt: int = 0) -> list[tuple[int, int, int]]:
-    """Three (batch, height, width) probes: base, batch 2 with a taller image, a wider image."""
+def _fixed_batch(model: onnx.ModelProto, image: str | None) -> bool:
+    """The image input's batch is fixed (an export with --static-batch): the probes then all use batch 1."""
+    for vi in model.graph.input:
+        if vi.name == image:
+            dims = vi.type.tensor_type.shape.dim
+            return len(dims) == 4 and dims[0].HasField("dim_value")
+    return False
+
+
+def probe_sizes(model: onnx.ModelProto, attempt: int = 0, batch2: bool = True) -> list[tuple[int, int, int]]:
+    """Three (batch, height, width) probes: base, batch 2 (1 if batch2 is False) with a taller image, a wider
+    image."""
     mult = _meta_int(model, "asvp.size_multiple", 1)
     step = max(mult, 8) * (2 ** attempt)
     step = -(-step // mult) * mult
     base = max(32, _meta_int(model, "asvp.min_size", 0))
     base = -(-base // step) * step
-    return [(1, base, base + step), (2, base + 2 * step, base + step), (1, base, base + 3 * step)]
+    # tripled sides: models that pad to a multiple internally (SCUNet: 64) must see the change in their features
+    return [(1, base, base + step), (2 if batch2 else 1, 3 * base, base + step), (1, base, 3 * (base + step))]
 
 
 def _feed(model: onnx.ModelProto, image: str, n: int, h: int, w: int, rng) -> dict:
@@ -224,7 +250,7 @@ def _feed(model: onnx.ModelProto, image: str, n: int, h: int, w: int, rng) -> di
     return feed
 
 
-def probe_shapes(model: onnx.ModelProto, image: str, tensors: list[str]):
+def probe_shapes(model: onnx.ModelProto, image: str, tensors: list[str], batch2: bool = True):
     """tensor -> its shape at each of the probe_sizes, by running the model (CPU); None if it cannot run."""
     import numpy as np
     import onnxruntime as ort
@@ -246,7 +272,7 @@ def probe_shapes(model: onnx.ModelProto, image: str, tensors: list[str]):
         return None, None
     rng = np.random.default_rng(0)
     for attempt in range(3):
-        sizes = probe_sizes(model, attempt)
+        sizes = probe_sizes(model, attempt, batch2)
         try:
             runs = [sess.run(tensors, _feed(m, image, *size, rng)) for size in sizes]
         except Exception:
@@ -266,7 +292,7 @@ def probe_problem(shapes: list[tuple], sizes: list[tuple], min_channels: int = M
         return f"it has {a[1]} channels (fewer than {min_channels})"
     if (a[0], b[0], d[0]) != tuple(s[0] for s in sizes):
         return (f"its dim 0 is {a[0]}, {b[0]}, {d[0]} for batches {', '.join(str(s[0]) for s in sizes)}: not the "
-                "input's batch (attention windows, or a batch fixed at export)")
+                "input's batch (attention windows, or a batch fixed inside the graph)")
     if not (b[2] > a[2] and d[2] == a[2]):
         return "its dim 2 does not follow the input's height alone (tokens, heads or a fixed size)"
     if not (d[3] > a[3] and b[3] == a[3]):
@@ -274,23 +300,25 @@ def probe_problem(shapes: list[tuple], sizes: list[tuple], min_channels: int = M
     return None
 
 
-def _label(shape: tuple, probe: list[tuple] | None, sizes, symbols) -> tuple:
-    """Shape for people: ORT's symbolic dims when they are expressions of the input's N/H/W, else from the probes."""
-    import sympy
+def _ratio_label(dim: int, side: int, sym: str) -> str:
+    if dim == side:
+        return sym
+    r = dim / side
+    if r > 1 and r.is_integer():
+        return f"{int(r)}*{sym}"
+    if r < 1 and (1 / r).is_integer():
+        return f"{sym}/{int(1 / r)}"
+    return f"~{r:.2g}*{sym}"
 
-    names = {s: sympy.Symbol(s) for s in symbols}
-    clean = all(isinstance(d, int) or ((e := _sym(d, names)) is not None and {str(f) for f in e.free_symbols} <= set(symbols))
-                for d in shape)
-    if clean or probe is None:
-        return shape
+
+def _label(shape: tuple, probe: list[tuple] | None, sizes, symbols, batch_fixed: bool) -> tuple:
+    """Shape for people: N (or the fixed batch), C, and H'/W' as ratios of the input's H/W measured by the probes;
+    ONNX Runtime's symbolic dims (with asvp's own stand-in symbols renamed) when there is no probe."""
+    if probe is None:
+        rename = {sym: plain for sym, plain in zip(symbols, _SYMBOLS) if sym.startswith("asvp_")}
+        return tuple(rename.get(d, d) if isinstance(d, str) else d for d in shape)
     a = probe[0]
-    out = ["N", a[1]]
-    for axis, sym in ((2, "H"), (3, "W")):
-        side = sizes[0][1] if axis == 2 else sizes[0][2]
-        ratio = a[axis] / side
-        out.append(sym if a[axis] == side else (f"{ratio:g}*{sym}" if ratio >= 1 and ratio.is_integer()
-                                                else (f"{sym}/{1 / ratio:g}" if (1 / ratio).is_integer() else f"~{ratio:.2g}*{sym}")))
-    return tuple(out)
+    return (1 if batch_fixed else "N", a[1], _ratio_label(a[2], sizes[0][1], "H"), _ratio_label(a[3], sizes[0][2], "W"))
 
 
 def feature_candidates(model: onnx.ModelProto, min_channels: int = MIN_CHANNELS, *,
@@ -310,7 +338,8 @@ def classify(model: onnx.ModelProto, min_channels: int = MIN_CHANNELS, *, input_
     nodes = [(i, n) for i, n in enumerate(model.graph.node) if n.output and n.output[0]
              and (only is None or n.name in only or n.output[0] in only)]
     rank4 = [n.output[0] for _, n in nodes if n.output[0] in reached and len(shapes.get(n.output[0], ())) == 4]
-    probes, sizes = probe_shapes(m, name, rank4)
+    batch_fixed = _fixed_batch(model, name)
+    probes, sizes = probe_shapes(m, name, rank4, batch2=not batch_fixed)
     out = []
     for i, node in nodes:
         t = node.output[0]
@@ -325,8 +354,12 @@ def classify(model: onnx.ModelProto, min_channels: int = MIN_CHANNELS, *, input_
             problem = probe_problem(probes[t], sizes, min_channels)
         else:
             problem = feature_problem(t, shapes, reached, symbols, min_channels)
+        if problem is None and (scope := attention_scope(node.name)):
+            problem = (f"it lies inside the attention block {scope!r} (q/k/v projections and their windows, even "
+                       "when laid out N,C,H,W, are not the network's features)")
         shape = shape if shape is not None else ()
-        label = _label(shape, probes.get(t) if probes else None, sizes, symbols) if len(shape) == 4 else shape
+        label = (_label(shape, probes.get(t) if probes else None, sizes, symbols, batch_fixed)
+                 if len(shape) == 4 and problem is None else shape)
         channels = (probes[t][0][1] if probes and t in probes and len(probes[t][0]) == 4 else
                     (shape[1] if len(shape) == 4 and isinstance(shape[1], int) else 0))
         area = 1.0

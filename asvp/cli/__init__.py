@@ -68,20 +68,32 @@ def add_eval_teachers(sub):
 def add_export(sub):
     s = sub.add_parser("export", help="trace a teacher to ONNX (dynamic N/H/W) and check parity with ONNX Runtime",
                        description="SOURCE is a bundled task name, package.module:Class (with --weights), "
-                                   "or a spandrel-supported checkpoint (.pth/.safetensors).")
+                                   "or a spandrel-supported checkpoint (.pth/.safetensors). The minimum input side "
+                                   "is spandrel's or detected; parity with torch is checked at the trace shape, at "
+                                   "batch 2 and at two non-square sizes (odd multiples of the size multiple). A "
+                                   "failure names the size or batch and the option that accepts a static one.")
     s.add_argument("source")
     s.add_argument("-o", "--output", required=True, help="output .onnx path (written atomically)")
     s.add_argument("--weights", help="state dict for module:Class sources")
     s.add_argument("--kwargs", help="JSON constructor arguments for module:Class sources")
     s.add_argument("--task", help="task label recorded in metadata for user models (default: custom)")
-    s.add_argument("--size-multiple", type=int, default=1, help="input H and W must be multiples of this (user models)")
-    s.add_argument("--opset", type=int, default=None, help="ONNX opset (>= 17, default 17)")
+    s.add_argument("--size-multiple", type=int, default=None,
+                   help="input H and W must be multiples of this (user models; default: spandrel's requirement, else 1)")
+    s.add_argument("--opset", type=int, default=None, help="ONNX opset (17 to 20, default 17)")
+    s.add_argument("--exporter", choices=("auto", "torchscript", "dynamo"), default="auto",
+                   help="auto (default): TorchScript, then torch's dynamo exporter (needs onnxscript) when the trace "
+                        "bakes a shape; the one used is recorded in the model's asvp.exporter metadata")
+    s.add_argument("--static-batch", action="store_true",
+                   help="fix the batch to 1 (for models whose export cannot keep the batch dynamic)")
+    s.add_argument("--static-size", metavar="HxW",
+                   help="fix the input height and width (for models whose export cannot keep them dynamic)")
     s.add_argument("--force", action="store_true", help="overwrite an existing output (never the input)")
     add_groups(s, OutputArgs(quiet=False, json_help="machine-readable result"))
 
     def run(a):
         _show(a, api.export(a.source, a.output, weights=a.weights, kwargs=a.kwargs, task=a.task,
-                            size_multiple=a.size_multiple, opset=a.opset, force=a.force))
+                            size_multiple=a.size_multiple, opset=a.opset, force=a.force, exporter=a.exporter,
+                            static_batch=a.static_batch, static_size=a.static_size))
     s.set_defaults(func=run)
 
 
@@ -92,8 +104,10 @@ def add_nodes(sub):
                                    "something computed only from them), (2) a float tensor [N, C, H', W'] whose "
                                    "dim 0 is the input's batch, dim 1 a fixed channel count C >= 4, and dims 2 and 3 "
                                    "follow the input's height and width alone (H, 2*H, H/2, ...), and (3) not a graph "
-                                   "output. Attention tensors (q/k/v, scores, masks: windows, heads and tokens in "
-                                   "their dims) and token sequences are never candidates; in a transformer the "
+                                   "output, and (4) not inside an attention block (a node whose name's scope has a part "
+                                   "containing 'attn' or 'attention'). Attention tensors (q/k/v, scores, masks: "
+                                   "windows, heads and tokens in their dims) and token sequences are never "
+                                   "candidates; in a transformer the "
                                    "candidates are the N,C,H,W maps around its convolutions and patch (un)embedding. "
                                    "Dims 0, 2, 3 are checked by running the model (ONNX Runtime, CPU) on three small "
                                    "inputs of different batch, height and width. Grey, RGB and multi-channel images "
@@ -322,6 +336,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("asvp: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `asvp nodes m.onnx | head`: the reader left; not an error
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except MemoryError:
         print("asvp: error: out of memory (the input or shape is too large for this machine; try a smaller one)",
               file=sys.stderr)

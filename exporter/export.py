@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+from torch.export import Dim
 
 from asvp.errors import AsvpError, first_line
 from asvp.exporter.spandrel_loader import load_spandrel_model
@@ -167,8 +168,6 @@ def dynamo_available() -> bool:
 
 
 def _dynamo_export(model, dummy, path: Path, opset: int, dynamic: list[str]) -> None:
-    from torch.export import Dim
-
     # Dim.AUTO: dynamic where the model allows it, specialised (silently) where it does not; parity then tells
     dims = {axis: Dim.AUTO for axis, name in ((0, "N"), (2, "H"), (3, "W")) if name in dynamic}
     with _quiet():
@@ -277,7 +276,8 @@ def export_model(model: torch.nn.Module, out: str | os.PathLike, parity_inputs: 
         if bad is None:
             with atomic_output(out) as tmp:
                 onnx.save(proto, str(tmp))
-            return ExportResult(str(out), teacher, task, scale, opset, proto.ir_version, worst, atol, done, name,
+            used = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=opset)
+            return ExportResult(str(out), teacher, task, scale, used, proto.ir_version, worst, atol, done, name,
                                 size_multiple, min_side, dynamic)
         failures.append((name, bad, why))
     raise AsvpError(_failure_message(failures, shapes, static_batch, static_size))

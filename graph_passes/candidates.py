@@ -37,7 +37,10 @@ import re
 import tempfile
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import onnx
+import onnxruntime as ort
+import sympy
 
 from asvp.onnx_utils import image_input
 
@@ -141,8 +144,6 @@ def image_reachable(model: onnx.ModelProto, input_name: str) -> set[str]:
 
 
 def _sym(expr, names: dict):
-    import sympy
-
     if isinstance(expr, int):
         return sympy.Integer(expr)
     try:
@@ -153,8 +154,6 @@ def _sym(expr, names: dict):
 
 def spatial_problem(shape: tuple, symbols: tuple, min_channels: int = MIN_CHANNELS) -> str | None:
     """Why a tensor of `shape` is not a spatial feature map of an input with (N, H, W) `symbols`; None if it is."""
-    import sympy
-
     if len(shape) != 4:
         return f"it is a rank-{len(shape)} tensor, not an N,C,H,W feature map"
     n, h, w = symbols
@@ -219,8 +218,6 @@ def probe_sizes(model: onnx.ModelProto, attempt: int = 0, batch2: bool = True) -
 
 
 def _feed(model: onnx.ModelProto, image: str, n: int, h: int, w: int, rng) -> dict:
-    import numpy as np
-
     feed = {}
     vi_image = next(i for i in model.graph.input if i.name == image)
     idims = vi_image.type.tensor_type.shape.dim
@@ -252,9 +249,6 @@ def _feed(model: onnx.ModelProto, image: str, n: int, h: int, w: int, rng) -> di
 
 def probe_shapes(model: onnx.ModelProto, image: str, tensors: list[str], batch2: bool = True):
     """tensor -> its shape at each of the probe_sizes, by running the model (CPU); None if it cannot run."""
-    import numpy as np
-    import onnxruntime as ort
-
     if not tensors:
         return {}, None
     m = copy.deepcopy(model)

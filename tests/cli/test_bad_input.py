@@ -63,6 +63,11 @@ TABLE = [
     ("defend-k-too-large", ["defend", "{m}", "-o", "x.onnx", "--k", "999"], 2),
     ("defend-non-feature-node", ["defend", "{m}", "-o", "x.onnx", "--nodes", "/upsample/upsample.1/DepthToSpace"], 2),
     ("nodes-unknown-input", ["nodes", "{m}", "--input", "nope"], 2),
+    ("defend-unknown-input", ["defend", "{m}", "-o", "x.onnx", "--input", "nope"], 2),
+    ("export-bad-static-size", ["export", "{pth}", "-o", "x.onnx", "--static-size", "40by48"], 2),
+    ("export-static-size-below-minimum", ["export", "{pth}", "-o", "x.onnx", "--static-size", "0x8"], 2),
+    ("export-bad-exporter", ["export", "{pth}", "-o", "x.onnx", "--exporter", "onnx2"], 2),
+    ("export-size-multiple-for-bundled", ["export", "sr", "-o", "x.onnx", "--size-multiple", "4"], 2),
 ]
 
 

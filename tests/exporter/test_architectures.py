@@ -136,3 +136,16 @@ def test_minimum_size_is_detected(tmp_path):
     assert detect_min_size(model, 16) == 32
     res = export_model(model, tmp_path / "n.onnx", teacher="t")
     assert res.min_size == 24 and get_metadata(onnx.load(res.path))["asvp.min_size"] == "24"
+
+
+def test_dynamo_exporter_on_request(tmp_path):
+    """torch's dynamo exporter (onnxscript) is used when asked, recorded in the metadata, with the same parity."""
+    pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript (pip install 'asvp[dynamo]')")
+    pth = tmp_path / "c.pth"
+    torch.save(_arch("RealESRGAN Compact").state_dict(), pth)
+    res = api.export(str(pth), tmp_path / "c.onnx", exporter="dynamo")
+    m = onnx.load(res.path)
+    assert res.exporter == "dynamo" and get_metadata(m)["asvp.exporter"] == "dynamo"
+    assert res.dynamic == ["N", "H", "W"] and 2 in {s[0] for s in res.parity_inputs}
+    assert res.opset == max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 18
+    assert api.list_nodes(res.path)

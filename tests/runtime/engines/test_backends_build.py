@@ -465,7 +465,7 @@ def test_load_engine_refusals_with_stand_in_tensorrt(fake_tensorrt, model_paths,
         api.load_engine(eng)
     assert fake_tensorrt["order"].count("deserialize") == n_deser, "refused before TensorRT saw the bytes"
     # plugin needed but TensorRT's plugin API cannot register it (no CUDA device for its kernel)
-    api.build_engine(plug, eng)
+    api.build_engine(plug, eng, force=True)  # rebuilt over the tampered engine
     monkeypatch.setattr(plugin_trt, "_REGISTERED", False)
     monkeypatch.setattr(plugin_trt, "cuda_status", lambda: (False, "no CUDA device visible to torch"))
     with pytest.raises(MissingDependencyError, match="runs its kernel through torch on CUDA"):

@@ -149,3 +149,20 @@ def test_dynamo_exporter_on_request(tmp_path):
     assert res.dynamic == ["N", "H", "W"] and 2 in {s[0] for s in res.parity_inputs}
     assert res.opset == max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 18
     assert api.list_nodes(res.path)
+
+
+def test_onnxruntime_failure_in_parity_is_one_line(tmp_path):
+    """DAT with a tiny embedding normalises over zero features in one layer: torch accepts it, ONNX Runtime refuses.
+    The export says so in one line (it used to end in an ONNX Runtime traceback), and writes nothing."""
+    import_spandrel()
+    import spandrel.architectures as A
+
+    torch.manual_seed(0)
+    net = A.DAT.DAT(img_size=16, embed_dim=16, depth=[2], num_heads=[2], split_size=[2, 4], upscale=2,
+                    expansion_factor=2.0)
+    pth = tmp_path / "d.pth"
+    torch.save(net.state_dict(), pth)
+    with pytest.raises(AsvpError, match=r"ONNX Runtime fails.*LayerNormalization.*traced shape itself") as e:
+        api.export(str(pth), tmp_path / "d.onnx", exporter="torchscript", static_batch=True)
+    assert "\n" not in str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.pth"]

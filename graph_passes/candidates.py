@@ -125,6 +125,9 @@ def analysis_copy(model: onnx.ModelProto, input_name: str | None = None) -> tupl
     syms = []
     for axis, default in zip((0, 2, 3), _SYMBOLS):
         d = dims[axis]
+        if axis == 0 and d.HasField("dim_value"):  # a fixed batch (--static-batch) stays what it is
+            syms.append(d.dim_value)
+            continue
         if not d.dim_param:
             d.Clear()
             d.dim_param = f"asvp_{default}"
@@ -157,26 +160,23 @@ def spatial_problem(shape: tuple, symbols: tuple, min_channels: int = MIN_CHANNE
     if len(shape) != 4:
         return f"it is a rank-{len(shape)} tensor, not an N,C,H,W feature map"
     n, h, w = symbols
-    names = {s: sympy.Symbol(s) for s in symbols}
+    names = {s: sympy.Symbol(s) for s in symbols if isinstance(s, str)}
+    plain = {s: p for s, p in zip(symbols, _SYMBOLS) if isinstance(s, str) and s.startswith("asvp_")}
     dim0, dim2, dim3 = (_sym(shape[a], names) for a in (0, 2, 3))
     if not isinstance(shape[1], int):
         return f"its channel dimension {shape[1]!r} is not a fixed number"
     if shape[1] < min_channels:
         return f"it has {shape[1]} channels (fewer than {min_channels})"
-    if dim0 is None or sympy.simplify(dim0 - names[n]) != 0:
-        return f"its dim 0 ({shape[0]}) is not the input's batch {n} (attention windows or a fixed batch)"
+    want = sympy.Integer(n) if isinstance(n, int) else names[n]
+    if dim0 is None or sympy.simplify(dim0 - want) != 0:
+        return (f"its dim 0 ({plain.get(shape[0], shape[0])}) is not the input's batch {plain.get(n, n)} (attention "
+                "windows or a batch fixed inside the graph)")
     for axis, dim, sym in ((2, dim2, h), (3, dim3, w)):
         free = {str(f) for f in dim.free_symbols} if dim is not None else set()
         if free != {sym}:
             return (f"its dim {axis} ({shape[axis]}) is not tied to the input's {'height' if axis == 2 else 'width'} "
-                    f"{sym} (tokens, heads or a fixed size)")
+                    f"{plain.get(sym, sym)} (tokens, heads or a fixed size)")
     return None
-
-
-def analyse(model: onnx.ModelProto, input_name: str | None = None):
-    """(shapes, tensors computed from the image, the image input's (N, H, W) symbols, its name)."""
-    m, name, symbols = analysis_copy(model, input_name)
-    return symbolic_shapes(m), image_reachable(m, name), symbols, name
 
 
 def feature_problem(tensor: str, shapes: dict, reached: set, symbols: tuple, min_channels: int = MIN_CHANNELS):
@@ -309,7 +309,7 @@ def _label(shape: tuple, probe: list[tuple] | None, sizes, symbols, batch_fixed:
     """Shape for people: N (or the fixed batch), C, and H'/W' as ratios of the input's H/W measured by the probes;
     ONNX Runtime's symbolic dims (with asvp's own stand-in symbols renamed) when there is no probe."""
     if probe is None:
-        rename = {sym: plain for sym, plain in zip(symbols, _SYMBOLS) if sym.startswith("asvp_")}
+        rename = {sym: plain for sym, plain in zip(symbols, _SYMBOLS) if isinstance(sym, str) and sym.startswith("asvp_")}
         return tuple(rename.get(d, d) if isinstance(d, str) else d for d in shape)
     a = probe[0]
     return (1 if batch_fixed else "N", a[1], _ratio_label(a[2], sizes[0][1], "H"), _ratio_label(a[3], sizes[0][2], "W"))

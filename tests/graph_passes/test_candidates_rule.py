@@ -155,3 +155,31 @@ def test_noise_level_scalar_input_is_not_the_image(tmp_path):
     path = _export(LevelNet(), tmp_path / "lv.onnx", {"input": torch.rand(1, 3, 16, 16), "level": torch.rand(1, 1, 1, 1)})
     nodes = api.list_nodes(path)
     assert [n.channels for n in nodes] and all(n.channels == 8 for n in nodes)
+
+
+def test_fixed_size_model_falls_back_to_symbolic_shapes(tmp_path):
+    """A model exported at one fixed size, with a constant Reshape inside, cannot run at the probe sizes: the rule is
+    then read from ONNX Runtime's symbolic shapes (the input's fixed N/H/W made symbolic)."""
+    class Fixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 3, padding=1)
+            self.b = nn.Conv2d(8, 3, 3, padding=1)
+
+        def forward(self, x):
+            f = torch.relu(self.a(x))
+            return self.b(f.reshape(1, 8, 16, 16) * 2.0)
+
+    torch.manual_seed(0)
+    path = tmp_path / "fixed.onnx"
+    torch.onnx.export(Fixed().eval(), (torch.rand(1, 3, 16, 16),), str(path), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["out"])  # no dynamic axes at all
+    model = onnx.load(path)
+    from asvp.graph_passes.candidates import analysis_copy, image_reachable, probe_shapes
+
+    m, name, _ = analysis_copy(model)
+    assert probe_shapes(m, name, [model.graph.node[0].output[0]])[0] is None  # cannot run at other sizes
+    rows = {c.name: p for c, p in classify(model)}
+    before = [n for n, p in rows.items() if p is None]
+    assert before and all("Reshape" not in n and "Mul" not in n for n in before), rows
+    assert any(p and "not tied to the input" in p for n, p in rows.items() if "Mul" in n), rows

@@ -1,0 +1,1 @@
+"""asvp.runtime.engines: execution engines for the defended op (GPU kernels)."""

@@ -107,7 +107,8 @@ def _version_tuple(text: str) -> Tuple[int, ...]:
     return tuple(out)
 
 
-def _import_triton():
+def require_triton():
+    """The `triton` module, or a one-line MissingDependencyError saying what to install."""
     try:
         import triton
     except Exception as exc:  # ImportError, or a broken install
@@ -126,7 +127,7 @@ def interpreter_requested() -> bool:
 def triton_status() -> Tuple[bool, str]:
     """(usable, detail): Triton in the supported range, plus a CUDA device or the CPU interpreter."""
     try:
-        triton = _import_triton()
+        triton = require_triton()
     except MissingDependencyError as exc:
         return False, str(exc)
     if interpreter_requested():
@@ -137,9 +138,21 @@ def triton_status() -> Tuple[bool, str]:
                    f"TRITON_INTERPRET is not 1")
 
 
+def usable_for(feat) -> bool:
+    """Whether `asvp_triton` can take this tensor: CUDA, 1..MAX_CHANNELS channels, a supported dtype, Triton there."""
+    if not (isinstance(feat, torch.Tensor) and feat.is_cuda and feat.ndim == 4 and feat.dtype in DTYPES
+            and 1 <= feat.shape[1] <= MAX_CHANNELS):
+        return False
+    try:
+        require_triton()
+    except MissingDependencyError:
+        return False
+    return True
+
+
 def _kernels():
     """The kernels module (imports triton); MissingDependencyError when Triton is missing."""
-    _import_triton()
+    require_triton()
     from asvp.runtime.engines.kernels import triton_asvp_jit
 
     return triton_asvp_jit
@@ -260,7 +273,7 @@ def compile_fused(channels: int, k: int, h: float, tau: float, adaptive: bool, d
     device. Raises MissingDependencyError without Triton, AsvpError when the kernel would need Triton's hidden
     scratch-buffer arguments (TensorRT launches with the visible arguments only).
     """
-    triton = _import_triton()
+    triton = require_triton()
     from triton.backends.compiler import GPUTarget
 
     kernels = _kernels()

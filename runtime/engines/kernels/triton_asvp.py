@@ -46,11 +46,12 @@ INSTALL_TRITON = "pip install 'asvp[kernels]' (triton>=3.5,<3.10; runs on NVIDIA
 MAX_CHANNELS = 128
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 JACOBI_TOL = 1e-6  # stop sweeping once ||offdiag(A)||_F <= 1e-6 ||A||_F (fp32 floor ~1e-7..2e-7 for CP 16..128)
-MAX_SWEEPS = {16: 10, 32: 12, 64: 14, 128: 16}  # Jacobi converges quadratically: 4-10 sweeps seen in practice
+MAX_SWEEPS = {16: 10, 32: 12, 64: 14, 128: 16}  # Jacobi converges quadratically: 4-11 sweeps seen here
 MAX_SPLITS = 256  # Gram partials per sample: bounds what the eig program reads (<= 256 * CP^2 floats)
 # Per CP: (pixels per tile, warps, pipeline stages) of the gram and apply kernels, and warps of the eig kernel.
 # Chosen so that ptxas (sm_90, Triton 3.6) reports no register spills; not tuned for speed (no GPU was available).
-# CP = 128 keeps ~3 KB of spills in the eig kernel at 16 warps (its A, V and rotated copies are 4 x 64 KB).
+# Exceptions: CP = 128 spills ~3 KB in the eig kernel at 16 warps (A, V and their rotated copies are 64 KB each)
+# and ~6.5 KB in the fused kernel; the fused CP = 64 kernel spills 132 bytes.
 TILES = {16: (128, 8, 2), 32: (128, 8, 1), 64: (32, 8, 2), 128: (16, 8, 1)}
 EIG_WARPS = {16: 2, 32: 4, 64: 8, 128: 16}
 FUSED_TILES = {16: (64, 2), 32: (64, 8), 64: (16, 8), 128: (16, 16)}  # (pixels, warps): it also holds Q and G

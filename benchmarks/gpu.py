@@ -1,6 +1,6 @@
 """GPU benchmark of the ASVP defence (issue 11, part 4): what one defended node costs on a CUDA device.
 
-    python benchmarks/gpu.py                      # 5 teachers x 4 shapes, both paths (~3-5 min on one H100)
+    python benchmarks/gpu.py                      # 5 teachers x 4 shapes, both paths (estimated 3-5 min on one H100)
     python benchmarks/gpu.py --quick              # 2 shapes, fewer iterations (a dry run)
     python benchmarks/gpu.py --tasks sr --shapes 1x3x256x256
 

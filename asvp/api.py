@@ -5,19 +5,22 @@ import dataclasses
 import os
 from pathlib import Path
 
+from asvp.config import AsvpConfig
 from asvp.errors import AsvpError
 from asvp.exporter import export as ex
 from asvp.exporter.teachers.train import quality_table, train_teacher as _train
 from asvp.graph_passes.defend import defend_file
-from asvp.graph_passes.select import candidates
-from asvp.onnx_utils import image_io, load_model
-from asvp.runtime.attacks.attack import run_attack
+from asvp.graph_passes.select import automatic, candidates, resolve
+from asvp.onnx_utils import get_metadata, image_io, load_model
+from asvp.runtime.attacks.attack import make_queries, run_attack
 from asvp.runtime.attacks.sweep import run_sweep
 from asvp.runtime.engines.backends import backends_status
 from asvp.runtime.engines.build import build_engine as _build, load_engine as _load
+from asvp.runtime.evaluation import absorbability as _ab
+from asvp.runtime.evaluation.images import load_inputs
 from asvp.runtime.evaluation.profile import profile as _profile
 from asvp.runtime.evaluation.report import write_report as _write
-from asvp.runtime.evaluation.validate import validate as _validate
+from asvp.runtime.evaluation.validate import resolve_task, validate as _validate
 from asvp.tasks import TASKS
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
@@ -58,6 +61,47 @@ def list_nodes(model_path: str | os.PathLike):
     model = load_model(model_path)
     image_io(model)
     return candidates(model)  # ASVP's own inserted nodes are not candidates
+
+
+def absorbability(model_path: str | os.PathLike, *, task: str | None = None, images=None, config=None,
+                  nodes=None, queries: int = _ab.DEFAULT_QUERIES, crop: int = _ab.DEFAULT_CROP, seed: int = 0,
+                  max_side: int = 256, backend: str = "onnxrt-cpu", progress: bool = True):
+    """Absorbability diagnostic (runtime/evaluation/absorbability.py) at the candidate nodes of a CLEAN model.
+
+    Images: the attacker's query crops of `task` (runtime.attacks.attack.make_queries: `queries` crops of side
+    `crop`, seed `seed`; task default: the model's asvp.task metadata), or a folder `images` (DIR/input/* or DIR/*,
+    centre-cropped to at most `max_side`). nodes: selectors as for defend (default: every candidate).
+    config: AsvpConfig or dict (h, k, k_mode, tau; default AsvpConfig()). Returns an AbsorbabilityResult.
+    """
+    model = load_model(model_path)
+    image_io(model)
+    meta = get_metadata(model)
+    cfg = AsvpConfig.from_dict(config) if isinstance(config, dict) else config
+    if images is not None:
+        if task is not None:
+            _, _, _, mult = resolve_task(task, meta, {}, True)
+        else:
+            try:
+                mult = int(meta.get("asvp.size_multiple", "1"))
+            except ValueError:
+                raise AsvpError("the model's asvp.size_multiple metadata is not an integer") from None
+        batch = load_inputs(images, mult, max_side)
+        source = f"{len(batch)} image(s) from {images}"
+    else:
+        task, spec, _, _ = resolve_task(task, meta, {}, False)
+        if spec is None:
+            raise AsvpError(f"task {task!r} has no bundled training images to make queries from; give --images DIR")
+        if not isinstance(queries, int) or queries < 2:
+            raise AsvpError(f"queries must be an integer >= 2, got {queries!r}")
+        if not isinstance(crop, int) or crop < 8:
+            raise AsvpError(f"crop must be an integer >= 8, got {crop!r}")
+        batch = make_queries(task, queries, crop, seed)
+        source = f"task {task}: {queries} attacker query crops (side {crop}, seed {seed})"
+    cands = candidates(model)
+    chosen = resolve(model, nodes) if nodes else cands
+    auto = automatic(cands).name if cands else None
+    return _ab.absorbability(model, chosen, batch, cfg, backend=backend, source=source, automatic=auto,
+                             model_label=str(model_path), progress=progress)
 
 
 @dataclasses.dataclass

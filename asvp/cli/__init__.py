@@ -82,13 +82,30 @@ def add_export(sub):
 
 
 def add_nodes(sub):
-    s = sub.add_parser("nodes", help="list candidate feature nodes where ASVP can be inserted")
-    s.add_argument("model", help="ONNX model")
-    add_groups(s, OutputArgs(quiet=False))
+    s = sub.add_parser("nodes", help="list candidate feature nodes where ASVP can be inserted",
+                       description="List the candidate feature nodes. With --absorbability, also measure at each "
+                                   "node how much of ASVP's change one global 1x1 affine map (an attacker's adapter) "
+                                   "does not explain, and how much the amplified subspace varies across images "
+                                   "(docs/protection.md), on the task's attacker queries or on --images DIR.")
+    s.add_argument("model", help="ONNX model (the clean one, for --absorbability)")
+    s.add_argument("--absorbability", action="store_true",
+                   help="run the absorbability diagnostic at every candidate node")
+    s.add_argument("--task", help=f"queries of this task ({TASKS_HELP}; default: the model's asvp.task metadata)")
+    s.add_argument("--images", metavar="DIR", help="images DIR/input/* or DIR/* instead of the task's queries")
+    s.add_argument("--queries", type=int, default=64, help="number of attacker query crops (default 64)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the query crops (default 0)")
+    defence = DefenceArgs(("h", "k", "k_mode", "tau"), suffix=" (with --absorbability)")
+    add_groups(s, defence, OutputArgs(quiet=False))
 
     def run(a):
-        nodes = api.list_nodes(a.model)
-        _print_json([n.to_dict() for n in nodes]) if a.json else print(candidates_table(nodes))
+        if not a.absorbability:
+            if a.task or a.images:
+                raise AsvpError("--task/--images apply to --absorbability only")
+            nodes = api.list_nodes(a.model)
+            _print_json([n.to_dict() for n in nodes]) if a.json else print(candidates_table(nodes))
+            return
+        _show(a, api.absorbability(a.model, task=a.task, images=a.images, config=defence.config(a),
+                                   queries=a.queries, seed=a.seed, progress=progress(a)))
     s.set_defaults(func=run)
 
 

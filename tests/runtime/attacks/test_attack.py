@@ -128,6 +128,9 @@ def test_tiny_sweep_reports_and_names_the_best_configuration(tmp_path):
     (row,) = res.rows
     assert row["placement"] == "tap" and row["kind"] == "feature"
     assert row["teacher_drop_db"] == 0.0 and math.isfinite(row["student_drop_db"])
+    ab = row["absorbability"]  # the diagnostic at the defended node, on the attacker's queries
+    assert 0.0 <= ab["unexplained"] <= ab["unexplained_heldout"] + 0.05 and 0.0 <= ab["subspace_variation"] <= 1.0
+    assert ab["predicted"] in ("absorbable", "not absorbable")
     assert res.best_per_task["sr"]["h"] == 1.5  # the only configuration, and it keeps the teacher unchanged
     assert res.best is not None and res.best["placement"] == "tap"
     assert (out / "sweep-scatter.png").stat().st_size > 0 and "| sr |" in (out / "report.md").read_text()

@@ -191,7 +191,7 @@ def backends() -> list[dict]:
 
 def attack(task: str | None = None, *, clean=None, defended=None, kind: str = "output", preset: str = "quick",
            seed: int = 0, out=None, config=None, nodes=None, steps: int | None = None, pool: int | None = None,
-           progress: bool = True):
+           progress: bool = True, seeds: int = 1, interval: str = "t"):
     """Distillation attack: students trained only on the served models' answers (ONNX Runtime queries).
 
     task: one bundled task, or None for the preset's tasks ("quick": sr; "full": all five). clean/defended: ONNX
@@ -199,9 +199,13 @@ def attack(task: str | None = None, *, clean=None, defended=None, kind: str = "o
     default AsvpConfig(), and `nodes`) into out/<task>/. kind: "output" | "feature" | "adaptive". steps/pool
     override the preset's training steps / number of queries. Returns an AttackResult; with `out`, a report
     (report.json, report.md, attack-<kind>-drops.png) and per-task resumable results are written there.
+    seeds > 1: paired students (a clean and a defended one per seed seed .. seed+seeds-1, same queries) and the
+    paired drop with a confidence interval (interval "t" or "bootstrap", runtime.evaluation.stats) per task;
+    the claims then count a drop only when its interval excludes 0 and its mean passes 0.1 dB.
     """
     return run_attack(task, clean=clean, defended=defended, kind=kind, preset=preset, seed=seed, out=out,
-                      config=config, nodes=nodes, steps=steps, pool=pool, progress=progress)
+                      config=config, nodes=nodes, steps=steps, pool=pool, progress=progress, seeds=seeds,
+                      interval=interval)
 
 
 def sweep(tasks, *, h=None, k=None, placement=None, nodes=None, preset: str = "quick", seed: int = 0, out=None,

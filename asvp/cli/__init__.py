@@ -235,10 +235,15 @@ def add_attack(sub):
     budget = BudgetArgs("quick (sr, ~1 min) | full (all five tasks)", "report directory (resumable: finished tasks are reused)")
     defence = DefenceArgs(("h", "k", "placement"), nodes="repeat", suffix=" (when defending here)", choices=False)
     add_groups(s, budget, defence, OutputArgs())
+    s.add_argument("--seeds", type=int, default=1,
+                   help="paired seeds: a clean and a defended student share each of seed .. seed+N-1; N > 1 reports "
+                        "the mean drop with a 95%% confidence interval and the claims use it (default 1)")
+    s.add_argument("--interval", default="t", help="confidence interval of the paired drop: t | bootstrap (default t)")
 
     def run(a):
         _show(a, api.attack(a.task, clean=a.clean, defended=a.defended, kind=a.kind, config=defence.config(a),
-                            nodes=a.nodes, progress=progress(a), **budget.kwargs(a)))
+                            nodes=a.nodes, progress=progress(a), seeds=a.seeds, interval=a.interval,
+                            **budget.kwargs(a)))
     s.set_defaults(func=run)
 
 

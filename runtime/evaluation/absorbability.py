@@ -126,7 +126,7 @@ class AbsorbabilityResult:
 
 def table_rows(nodes: list, automatic: str | None = None) -> tuple[list, list]:
     header = ["#", "node", "C", "unexplained %", "unexplained % (held-out)", "subspace variation",
-              "principal angle deg", "mean k", "top-k energy %", "rel. change", "predicted"]
+              "principal angle deg", "mean k", "top-k energy %", "scaling bound %", "rel. change", "predicted"]
     pct = lambda v: fmt(100 * v, ".2f") if v is not None else "-"  # noqa: E731
     body = [[n.index, n.name + (" (auto)" if automatic and n.name == automatic else ""), n.channels,
              pct(n.unexplained), pct(n.unexplained_heldout), fmt(n.subspace_variation, ".3f"),

@@ -95,6 +95,8 @@ def test_every_candidate_of_a_bundled_teacher_gets_a_verdict(sr_result, exported
         assert n.verdict == verdict(n.unexplained_heldout)
         assert n.unexplained <= n.scaling_bound + 1e-9
     assert "(auto)" in res.markdown() and "| /Add (auto) |" in res.markdown()
+    table = [line for line in res.markdown().splitlines() if line.startswith("|")]
+    assert len({line.count(" | ") for line in table if "---" not in line}) == 1  # header and rows have equal width
 
 
 def test_cli_json_and_a_folder_of_images(exported, tmp_path, capsys):

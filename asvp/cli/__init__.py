@@ -231,7 +231,10 @@ def add_attack(sub):
     s.add_argument("--task", help=f"one of {TASKS_HELP} (default: the preset's tasks)")
     s.add_argument("--clean", help="clean ONNX model (default: export the bundled teacher)")
     s.add_argument("--defended", help="defended ONNX model (default: asvp defend the clean one)")
-    s.add_argument("--kind", default="output", help="output | feature | adaptive (default output)")
+    s.add_argument("--kind", default="output",
+                   help="output | feature | adaptive, or a feature rung of the attacker ladder: fitnets-0.1 | "
+                        "fitnets-1 | fitnets-10 (hint weight) | direct (no adapter, width-matched student) | "
+                        "staged (hints first, then outputs) (default output)")
     budget = BudgetArgs("quick (sr, ~1 min) | full (all five tasks)", "report directory (resumable: finished tasks are reused)")
     defence = DefenceArgs(("h", "k", "placement"), nodes="repeat", suffix=" (when defending here)", choices=False)
     add_groups(s, budget, defence, OutputArgs())

@@ -10,6 +10,9 @@ Threat model (docs/protection.md has the long form). The attacker
 
 Kinds:
   output    the student regresses the teacher's outputs (L1).
+  fitnets-0.1, fitnets-1, fitnets-10, direct, staged
+            the attacker ladder's feature rungs (LADDER): `feature` with hint weight 0.1 / 1 / 10; alignment
+            without an adapter by a width-matched student; a feature stage (hints alone) then an output stage.
   feature   also FitNets hints: 1x1 adapters align student layers to the teacher's exposed features (the tap
             outputs of a tap-defended model; for an inline-defended model the perturbed tensors the network
             consumes; for the clean model the same tensors, exposed with onnx-graphsurgeon).
@@ -58,7 +61,16 @@ from asvp.runtime.evaluation.stats import INTERVALS, counts_above, paired_drop
 from asvp.tasks import get_task
 from asvp.tasks.data import TRAIN_IMAGES, random_crops
 
-KINDS = ("output", "feature", "adaptive")
+# The attacker ladder's feature rungs (issue 13): feature distillation with a changed recipe, as named kinds.
+# Each maps to the changes it makes to the preset's TrainBudget (runtime/attacks/students.py).
+LADDER = {
+    "fitnets-0.1": {"hint_weight": 0.1},  # FitNets hints through 1x1 adapters, hint weight 0.1 (= `feature`)
+    "fitnets-1": {"hint_weight": 1.0},
+    "fitnets-10": {"hint_weight": 10.0},
+    "direct": {"hint_weight": 1.0, "adapter": False},  # no adapter: a width-matched student aligned directly
+    "staged": {"hint_weight": 1.0, "feature_stage": 0.5},  # hints alone for half the steps, then outputs alone
+}
+KINDS = ("output", "feature", "adaptive", *LADDER)
 
 
 def kind_for_placement(placement: str) -> str:
@@ -377,7 +389,7 @@ def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, pre
     t0 = time.perf_counter()
     spec = get_task(task)
     placement, feats, expose, cfg = feature_plan(clean_path, defended_path)
-    base_kind = kind if kind != "adaptive" else kind_for_placement(placement)
+    base_kind = "feature" if kind in LADDER else kind if kind != "adaptive" else kind_for_placement(placement)
     use_feats = base_kind == "feature"
     if use_feats and any(f.output is None for f in feats):
         what = "tap output" if placement == "tap" else "perturbed replacement tensor"
@@ -404,6 +416,8 @@ def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, pre
                "query_output_max_abs_diff": float(np.max(np.abs(y_d - y_c)))}
 
     budget = preset.train
+    if kind in LADDER:
+        budget = TrainBudget(**{**asdict(budget), **LADDER[kind]})
     clean_students = {} if clean_students is None else clean_students
 
     def student(name, targets, fs, s):
@@ -414,7 +428,7 @@ def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, pre
 
     def clean_student(s):
         ck = (task, file_digest(clean_path), base_kind, tuple(expose) if use_feats else (), s,
-              json.dumps(preset.to_dict(), sort_keys=True))
+              json.dumps(preset.to_dict(), sort_keys=True), json.dumps(budget.to_dict(), sort_keys=True))
         if ck not in clean_students:
             clean_students[ck] = student("clean", y_c, [f.astype(np.float32) for f in f_c], s)
         return clean_students[ck]
@@ -480,7 +494,7 @@ def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, pre
                    "clean_digest": file_digest(clean_path), "defended_digest": file_digest(defended_path)},
         "queries": {"count": int(len(queries)), "shape": list(queries.shape[1:]), "crop": preset.crop, "seed": seed,
                     "images": "TRAIN_IMAGES (held-out images never queried)"},
-        "student_model": describe_student(task), "budget": budget.to_dict(),
+        "student_model": describe_student(task, wide=not budget.adapter), "budget": budget.to_dict(),
         "hint_layers": records["clean"]["hint_layers"],
         "teacher": teacher, "students": students, "drops": drops,
         "seed_noise_db": noise, "noise_margin_db": noise_margin(noise), "paired": paired, **extra,

@@ -110,7 +110,7 @@ class AbsorbabilityResult:
         head = (f"{self.n_images} image(s) ({self.images}); ASVP h={cfg['h']:g}, k={cfg['k']} {cfg['k_mode']}, "
                 f"tau={cfg['tau']:g} (the shares do not depend on h). Unexplained = share of ||M' - M||^2 that one "
                 f"global 1x1 affine map does not explain (held-out: fitted on half the images, measured on the "
-                f"other half). Predicted absorbable when the held-out share < {self.threshold:g}.\n\n")
+                f"other half). Predicted absorbable when the held-out share < {100 * self.threshold:g} %.\n\n")
         return head + md_table(*table_rows(self.nodes, self.automatic))
 
     def summary_lines(self) -> list[str]:

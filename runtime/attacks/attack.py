@@ -10,9 +10,6 @@ Threat model (docs/protection.md has the long form). The attacker
 
 Kinds:
   output    the student regresses the teacher's outputs (L1).
-  fitnets-0.1, fitnets-1, fitnets-10, direct, staged
-            the attacker ladder's feature rungs (LADDER): `feature` with hint weight 0.1 / 1 / 10; alignment
-            without an adapter by a width-matched student; a feature stage (hints alone) then an output stage.
   feature   also FitNets hints: 1x1 adapters align student layers to the teacher's exposed features (the tap
             outputs of a tap-defended model; for an inline-defended model the perturbed tensors the network
             consumes; for the clean model the same tensors, exposed with onnx-graphsurgeon).
@@ -21,6 +18,9 @@ Kinds:
             with k_n re-derived from the adaptive rule); for inline placement it filters the received outputs
             (super-resolution: back-projection onto the received low-resolution input; other tasks: a light
             Gaussian smoothing of the predicted residual).
+  fitnets-0.1, fitnets-1, fitnets-10, direct, staged
+            the attacker ladder's feature rungs (LADDER): `feature` with hint weight 0.1 / 1 / 10; alignment
+            without an adapter by a width-matched student; a feature stage (hints alone) then an output stage.
 
 Evaluation is done by the harness, not the attacker: held-out images (never queried), PSNR/SSIM against the
 ground truth with asvp.metrics.psnr_ssim, for both teachers and all students.
@@ -466,7 +466,7 @@ def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, pre
 
     paired = None
     if seeds > 1:  # paired students: a clean and a defended one per seed, same queries
-        per_seed = [{"seed": seed, **{k: v for k, v in students.items()}}]
+        per_seed = [{"seed": seed, **students}]
         for s in range(seed + 1, seed + seeds):
             one = {"seed": s, "clean": clean_student(s)[0],
                    "defended": student("defended", y_d, [f.astype(np.float32) for f in f_d], s)[0]}

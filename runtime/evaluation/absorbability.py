@@ -233,17 +233,27 @@ def measure(features, config: AsvpConfig | None = None) -> dict:
 def subspace_variation(bases: list[np.ndarray]) -> tuple[float | None, float | None]:
     """(1 - mean ||U_i^T U_j||_F^2 / min(k_i, k_j), mean principal angle in degrees) over all pairs i < j.
 
-    bases: orthonormal C x k_i matrices. None, None with fewer than two.
+    bases: orthonormal C x k_i matrices. None, None with fewer than two. Batched: the bases are zero-padded to the
+    largest k, and only the min(k_i, k_j) largest cosines of a pair are its principal angles.
     """
-    if len(bases) < 2:
+    n = len(bases)
+    if n < 2:
         return None, None
+    kmax = max(b.shape[1] for b in bases)
+    u = torch.zeros(n, bases[0].shape[0], kmax, dtype=torch.float64)
+    for i, b in enumerate(bases):
+        u[i, :, : b.shape[1]] = torch.from_numpy(np.asarray(b, dtype=np.float64))
+    ks = torch.tensor([b.shape[1] for b in bases])
+    iu, ju = torch.triu_indices(n, n, offset=1)
     overlaps, angles = [], []
-    for i in range(len(bases)):
-        for j in range(i + 1, len(bases)):
-            cos = np.clip(np.linalg.svd(bases[i].T @ bases[j], compute_uv=False), 0.0, 1.0)
-            overlaps.append(float(np.sum(cos**2)) / min(bases[i].shape[1], bases[j].shape[1]))
-            angles.append(float(np.degrees(np.mean(np.arccos(cos)))))
-    return 1.0 - float(np.mean(overlaps)), float(np.mean(angles))
+    for start in range(0, len(iu), 4096):  # pairs in blocks: bounded memory for many images
+        i, j = iu[start : start + 4096], ju[start : start + 4096]
+        cos = torch.linalg.svdvals(u[i].transpose(1, 2) @ u[j]).clamp(0.0, 1.0)  # descending
+        kmin = torch.minimum(ks[i], ks[j])
+        keep = (torch.arange(kmax).reshape(1, -1) < kmin.reshape(-1, 1)).to(cos.dtype)
+        overlaps.append((cos**2 * keep).sum(1) / kmin)
+        angles.append(torch.rad2deg(torch.arccos(cos) * keep).sum(1) / kmin)
+    return 1.0 - float(torch.cat(overlaps).mean()), float(torch.cat(angles).mean())
 
 
 # ---- the diagnostic ---------------------------------------------------------------------------------------------

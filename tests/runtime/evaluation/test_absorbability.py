@@ -71,6 +71,19 @@ def test_the_shares_do_not_depend_on_h():
     assert b["rel_change"] == pytest.approx(a["rel_change"] * 2.0 / 0.1, rel=1e-9)  # the change scales with h - 1
 
 
+def test_subspace_variation_matches_a_pair_by_pair_computation_with_unequal_k():
+    rng = np.random.default_rng(7)
+    bases = [np.linalg.qr(rng.standard_normal((9, k)))[0] for k in (1, 3, 2, 4, 4, 1, 2)]
+    overlaps, angles = [], []
+    for i in range(len(bases)):
+        for j in range(i + 1, len(bases)):
+            cos = np.clip(np.linalg.svd(bases[i].T @ bases[j], compute_uv=False), 0, 1)  # min(k_i, k_j) values
+            overlaps.append(np.sum(cos**2) / len(cos))
+            angles.append(np.degrees(np.mean(np.arccos(cos))))
+    var, ang = subspace_variation(bases)
+    assert var == pytest.approx(1 - np.mean(overlaps), rel=1e-9) and ang == pytest.approx(np.mean(angles), rel=1e-9)
+
+
 def test_subspace_variation_of_orthogonal_and_identical_bases():
     e = np.eye(6)
     assert subspace_variation([e[:, :2], e[:, 2:4]]) == (pytest.approx(1.0), pytest.approx(90.0))

@@ -99,8 +99,8 @@ def add_nodes(sub):
 
     def run(a):
         if not a.absorbability:
-            if a.task or a.images:
-                raise AsvpError("--task/--images apply to --absorbability only")
+            if a.task or a.images or defence.overrides(a):
+                raise AsvpError("--task/--images/--h/--k/--k-mode/--tau apply to --absorbability only")
             nodes = api.list_nodes(a.model)
             _print_json([n.to_dict() for n in nodes]) if a.json else print(candidates_table(nodes))
             return
@@ -238,7 +238,7 @@ def add_attack(sub):
     budget = BudgetArgs("quick (sr, ~1 min) | full (all five tasks)", "report directory (resumable: finished tasks are reused)")
     defence = DefenceArgs(("h", "k", "placement"), nodes="repeat", suffix=" (when defending here)", choices=False)
     add_groups(s, budget, defence, OutputArgs())
-    s.add_argument("--seeds", type=int, default=1,
+    s.add_argument("--seeds", type=int, default=1, metavar="N",
                    help="paired seeds: a clean and a defended student share each of seed .. seed+N-1; N > 1 reports "
                         "the mean drop with a 95%% confidence interval and the claims use it (default 1)")
     s.add_argument("--interval", default="t", help="confidence interval of the paired drop: t | bootstrap (default t)")

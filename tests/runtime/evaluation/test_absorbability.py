@@ -128,6 +128,7 @@ def test_cli_json_and_a_folder_of_images(exported, tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, needle", [
     (["--task", "sr"], "--absorbability only"),
+    (["--k", "2"], "--absorbability only"),
     (["--absorbability", "--images", "/nonexistent/dir"], "not found"),
     (["--absorbability", "--task", "sr", "--queries", "1"], "queries must be"),
     (["--absorbability", "--task", "nope"], "unknown task"),

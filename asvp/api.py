@@ -5,20 +5,23 @@ import dataclasses
 import os
 from pathlib import Path
 
+from asvp.config import AsvpConfig
 from asvp.errors import AsvpError
 from asvp.io import check_output, check_output_dir
 from asvp.exporter import export as ex
 from asvp.exporter.teachers.train import quality_table, train_teacher as _train
 from asvp.graph_passes.defend import defend_file
-from asvp.graph_passes.select import candidates
-from asvp.onnx_utils import image_input, load_model
-from asvp.runtime.attacks.attack import run_attack
+from asvp.graph_passes.select import automatic, candidates, resolve
+from asvp.onnx_utils import get_metadata, image_input, image_io, load_model
+from asvp.runtime.attacks.attack import make_queries, run_attack
 from asvp.runtime.attacks.sweep import run_sweep
 from asvp.runtime.engines.backends import backends_status
 from asvp.runtime.engines.build import build_engine as _build, load_engine as _load, sidecar_path
+from asvp.runtime.evaluation import absorbability as _ab
+from asvp.runtime.evaluation.images import load_inputs
 from asvp.runtime.evaluation.profile import profile as _profile
 from asvp.runtime.evaluation.report import check_report_dir, write_report as _write
-from asvp.runtime.evaluation.validate import validate as _validate
+from asvp.runtime.evaluation.validate import resolve_task, validate as _validate
 from asvp.tasks import TASKS
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
@@ -74,6 +77,47 @@ def list_nodes(model_path: str | os.PathLike, *, input_name: str | None = None):
     model = load_model(model_path)
     image_input(model, input_name)
     return candidates(model, input_name)  # ASVP's own inserted nodes are not candidates
+
+
+def absorbability(model_path: str | os.PathLike, *, task: str | None = None, images=None, config=None,
+                  nodes=None, queries: int = _ab.DEFAULT_QUERIES, crop: int = _ab.DEFAULT_CROP, seed: int = 0,
+                  max_side: int = 256, backend: str = "onnxrt-cpu", progress: bool = True):
+    """Absorbability diagnostic (runtime/evaluation/absorbability.py) at the candidate nodes of a CLEAN model.
+
+    Images: the attacker's query crops of `task` (runtime.attacks.attack.make_queries: `queries` crops of side
+    `crop`, seed `seed`; task default: the model's asvp.task metadata), or a folder `images` (DIR/input/* or DIR/*,
+    centre-cropped to at most `max_side`). nodes: selectors as for defend (default: every candidate).
+    config: AsvpConfig or dict (h, k, k_mode, tau; default AsvpConfig()). Returns an AbsorbabilityResult.
+    """
+    model = load_model(model_path)
+    image_io(model)
+    meta = get_metadata(model)
+    cfg = AsvpConfig.from_dict(config) if isinstance(config, dict) else config
+    if images is not None:
+        if task is not None:
+            _, _, _, mult = resolve_task(task, meta, {}, True)
+        else:
+            try:
+                mult = int(meta.get("asvp.size_multiple", "1"))
+            except ValueError:
+                raise AsvpError("the model's asvp.size_multiple metadata is not an integer") from None
+        batch = load_inputs(images, mult, max_side)
+        source = f"{len(batch)} image(s) from {images}"
+    else:
+        task, spec, _, _ = resolve_task(task, meta, {}, False)
+        if spec is None:
+            raise AsvpError(f"task {task!r} has no bundled training images to make queries from; give --images DIR")
+        if not isinstance(queries, int) or queries < 2:
+            raise AsvpError(f"queries must be an integer >= 2, got {queries!r}")
+        if not isinstance(crop, int) or crop < 8:
+            raise AsvpError(f"crop must be an integer >= 8, got {crop!r}")
+        batch = make_queries(task, queries, crop, seed)
+        source = f"task {task}: {queries} attacker query crops (side {crop}, seed {seed})"
+    cands = candidates(model)
+    chosen = resolve(model, nodes) if nodes else cands
+    auto = automatic(cands).name if cands else None
+    return _ab.absorbability(model, chosen, batch, cfg, backend=backend, source=source, automatic=auto,
+                             model_label=str(model_path), progress=progress)
 
 
 @dataclasses.dataclass
@@ -180,7 +224,7 @@ def backends() -> list[dict]:
 
 def attack(task: str | None = None, *, clean=None, defended=None, kind: str = "output", preset: str = "quick",
            seed: int = 0, out=None, config=None, nodes=None, steps: int | None = None, pool: int | None = None,
-           progress: bool = True):
+           progress: bool = True, seeds: int = 1, interval: str = "t"):
     """Distillation attack: students trained only on the served models' answers (ONNX Runtime queries).
 
     task: one bundled task, or None for the preset's tasks ("quick": sr; "full": all five). clean/defended: ONNX
@@ -188,11 +232,15 @@ def attack(task: str | None = None, *, clean=None, defended=None, kind: str = "o
     default AsvpConfig(), and `nodes`) into out/<task>/. kind: "output" | "feature" | "adaptive". steps/pool
     override the preset's training steps / number of queries. Returns an AttackResult; with `out`, a report
     (report.json, report.md, attack-<kind>-drops.png) and per-task resumable results are written there.
+    seeds > 1: paired students (a clean and a defended one per seed seed .. seed+seeds-1, same queries) and the
+    paired drop with a confidence interval (interval "t" or "bootstrap", runtime.evaluation.stats) per task;
+    the claims then count a drop only when its interval excludes 0 and its mean passes 0.1 dB.
     """
     if out is not None:
         check_report_dir(out)
     return run_attack(task, clean=clean, defended=defended, kind=kind, preset=preset, seed=seed, out=out,
-                      config=config, nodes=nodes, steps=steps, pool=pool, progress=progress)
+                      config=config, nodes=nodes, steps=steps, pool=pool, progress=progress, seeds=seeds,
+                      interval=interval)
 
 
 def sweep(tasks, *, h=None, k=None, placement=None, nodes=None, preset: str = "quick", seed: int = 0, out=None,

@@ -1,4 +1,5 @@
-"""The main job on a bundled teacher: export, defend, validate, profile, attack, one report folder.
+"""The main job on a bundled teacher: export, nodes (with the absorbability diagnostic), defend, validate, profile,
+attack, one report folder.
 
 `make demo` runs `asvp demo`; every step is a call into asvp.api, the same functions the subcommands use. The
 demo sits above the API (asvp.api does not import it): `from asvp.demo import run_demo`.
@@ -29,7 +30,7 @@ def run_demo(task: str = "sr", out: str | Path = "reports/demo", *, config: Asvp
     steps, t0 = [], time.perf_counter()
 
     def step(name: str, fn):
-        log(f"[{len(steps) + 1}/6] {name} ...")
+        log(f"[{len(steps) + 1}/7] {name} ...")
         t = time.perf_counter()
         res = fn()
         steps.append({"step": name, "seconds": round(time.perf_counter() - t, 1)})
@@ -37,6 +38,8 @@ def run_demo(task: str = "sr", out: str | Path = "reports/demo", *, config: Asvp
 
     exp = step("export the bundled teacher to ONNX", lambda: api.export(task, clean, force=True))
     nodes = step("list candidate feature nodes", lambda: api.list_nodes(clean))
+    absorb = step("absorbability diagnostic at the candidate nodes (attacker's queries)",
+                  lambda: api.absorbability(clean, task=task, config=cfg, progress=progress))
     dres = step(f"defend ({cfg.placement}, h={cfg.h}, k={cfg.k} {cfg.k_mode}, tau={cfg.tau})",
                 lambda: api.defend(clean, defended, config=cfg, force=True))
     val = step("validate teacher fidelity on held-out images",
@@ -53,14 +56,23 @@ def run_demo(task: str = "sr", out: str | Path = "reports/demo", *, config: Asvp
         "clean_model": str(clean), "defended_model": str(defended), "candidate_nodes": len(nodes),
         "defended_nodes": dres.nodes, "export_parity_max_abs": exp.parity_max_abs_diff,
         "validation_passed": val.passed, "attack_kind": kind, "steps": steps,
+        "absorbability": {"threshold": absorb.threshold,
+                          "not_absorbable": [n.name for n in absorb.not_absorbable()],
+                          "defended": [n.to_dict() for n in absorb.nodes
+                                       if n.name in {d["node"] for d in dres.nodes}]},
         "seconds": round(time.perf_counter() - t0, 1),
     }
     md = ("The whole product on one bundled teacher. Reproduce with `asvp demo --task "
           f"{task} --out {out}` (or `make demo TASK={task}`).\n\n"
           + md_table(["step", "seconds"], [[s["step"], s["seconds"]] for s in steps])
           + f"\nDefended nodes: {', '.join(n['node'] for n in dres.nodes)}."
-          + f" Validation verdict: **{'PASS' if val.passed else 'FAIL'}**.\n")
-    report = write_report(out, {"demo": Section("Demo: " + spec.title, data=summary, markdown=md)})
+          + f" Validation verdict: **{'PASS' if val.passed else 'FAIL'}**.\n"
+          + "".join(f"\nAbsorbability at {d['name']}: {100 * d['unexplained_heldout']:.2f} % of ASVP's change is not "
+                    f"explained by one 1x1 affine map (held-out), subspace variation {d['subspace_variation']:.3f}: "
+                    f"predicted **{d['verdict']}** (threshold {100 * absorb.threshold:g} %).\n"
+                    for d in summary["absorbability"]["defended"] if d["unexplained_heldout"] is not None))
+    report = write_report(out, {"demo": Section("Demo: " + spec.title, data=summary, markdown=md),
+                                "absorbability": absorb.to_section()})
     summary["report"] = str(report)
     summary["attack"] = att
     summary["profile"] = prof

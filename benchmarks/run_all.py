@@ -22,8 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from asvp import api  # noqa: E402
 from asvp.config import AsvpConfig  # noqa: E402
 from asvp.io import write_text_atomic  # noqa: E402
+from asvp.tasks import TASK_NAMES
 
-TASKS = ("sr", "lowlight", "underwater", "dehaze", "derain")
+TASKS = TASK_NAMES
 
 
 def machine() -> dict:

@@ -112,15 +112,33 @@ def add_nodes(sub):
                                    "Dims 0, 2, 3 are checked by running the model (ONNX Runtime, CPU) on three small "
                                    "inputs of different batch, height and width. Grey, RGB and multi-channel images "
                                    "are accepted, and models with extra inputs (noise maps, masks): --input names "
-                                   "the image when it cannot be told apart.")
-    s.add_argument("model", help="ONNX model")
+                                   "the image when it cannot be told apart. With --absorbability, also measure at each "
+                                   "node how much of ASVP's change one global 1x1 affine map (an attacker's adapter) "
+                                   "does not explain, and how much the amplified subspace varies across images "
+                                   "(docs/protection.md), on the task's attacker queries or on --images DIR.")
+    s.add_argument("model", help="ONNX model (the clean one, for --absorbability)")
     s.add_argument("--input", dest="input_name", metavar="NAME",
                    help="the image input, for models with several image-like inputs (default: detected)")
-    add_groups(s, OutputArgs(quiet=False))
+    s.add_argument("--absorbability", action="store_true",
+                   help="run the absorbability diagnostic at every candidate node")
+    s.add_argument("--task", help=f"queries of this task ({TASKS_HELP}; default: the model's asvp.task metadata)")
+    s.add_argument("--images", metavar="DIR", help="images DIR/input/* or DIR/* instead of the task's queries")
+    s.add_argument("--queries", type=int, default=64, help="number of attacker query crops (default 64)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the query crops (default 0)")
+    defence = DefenceArgs(("h", "k", "k_mode", "tau"), suffix=" (with --absorbability)")
+    add_groups(s, defence, OutputArgs(quiet=False))
 
     def run(a):
-        nodes = api.list_nodes(a.model, input_name=a.input_name)
-        _print_json([n.to_dict() for n in nodes]) if a.json else print(candidates_table(nodes))
+        if not a.absorbability:
+            if a.task or a.images or defence.overrides(a):
+                raise AsvpError("--task/--images/--h/--k/--k-mode/--tau apply to --absorbability only")
+            nodes = api.list_nodes(a.model, input_name=a.input_name)
+            _print_json([n.to_dict() for n in nodes]) if a.json else print(candidates_table(nodes))
+            return
+        if a.input_name:
+            raise AsvpError("--absorbability runs models with one RGB image input; --input applies to listing only")
+        _show(a, api.absorbability(a.model, task=a.task, images=a.images, config=defence.config(a),
+                                   queries=a.queries, seed=a.seed, progress=progress(a)))
     s.set_defaults(func=run)
 
 
@@ -255,14 +273,22 @@ def add_attack(sub):
     s.add_argument("--task", help=f"one of {TASKS_HELP} (default: the preset's tasks)")
     s.add_argument("--clean", help="clean ONNX model (default: export the bundled teacher)")
     s.add_argument("--defended", help="defended ONNX model (default: asvp defend the clean one)")
-    s.add_argument("--kind", default="output", help="output | feature | adaptive (default output)")
+    s.add_argument("--kind", default="output",
+                   help="output | feature | adaptive, or a feature rung of the attacker ladder: fitnets-0.1 | "
+                        "fitnets-1 | fitnets-10 (hint weight) | direct (no adapter, width-matched student) | "
+                        "staged (hints first, then outputs) (default output)")
     budget = BudgetArgs("quick (sr, ~1 min) | full (all five tasks)", "report directory (resumable: finished tasks are reused)")
     defence = DefenceArgs(("h", "k", "placement"), nodes="repeat", suffix=" (when defending here)", choices=False)
     add_groups(s, budget, defence, OutputArgs())
+    s.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="paired seeds: a clean and a defended student share each of seed .. seed+N-1; N > 1 reports "
+                        "the mean drop with a 95%% confidence interval and the claims use it (default 1)")
+    s.add_argument("--interval", default="t", help="confidence interval of the paired drop: t | bootstrap (default t)")
 
     def run(a):
         _show(a, api.attack(a.task, clean=a.clean, defended=a.defended, kind=a.kind, config=defence.config(a),
-                            nodes=a.nodes, progress=progress(a), **budget.kwargs(a)))
+                            nodes=a.nodes, progress=progress(a), seeds=a.seeds, interval=a.interval,
+                            **budget.kwargs(a)))
     s.set_defaults(func=run)
 
 

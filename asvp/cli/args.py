@@ -24,7 +24,8 @@ class OutputArgs:
     def __init__(self, quiet: bool = True, json_help: str = "machine-readable output"):
         self.quiet, self.json_help = quiet, json_help
 
-    def add(self, p: argparse.ArgumentParser) -> None:
+    def add(self, parser: argparse.ArgumentParser) -> None:
+        p = parser.add_argument_group("output")
         p.add_argument("--json", action="store_true", help=self.json_help)
         if self.quiet:
             p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -79,7 +80,8 @@ class DefenceArgs:
         self.fields, self.grid, self.nodes, self.mode, self.suffix = tuple(fields), grid, nodes, mode, suffix
         self.choices = choices
 
-    def add(self, p: argparse.ArgumentParser) -> None:
+    def add(self, parser: argparse.ArgumentParser) -> None:
+        p = parser.add_argument_group("defence settings" + (" (a grid: several values each)" if self.grid else ""))
         for name in self.fields:
             spec = dict(self.SETTINGS[name])
             flag = spec.pop("flag", f"--{name}")
@@ -114,7 +116,8 @@ class BudgetArgs:
     def __init__(self, preset_help: str, out_help: str):
         self.preset_help, self.out_help = preset_help, out_help
 
-    def add(self, p: argparse.ArgumentParser) -> None:
+    def add(self, parser: argparse.ArgumentParser) -> None:
+        p = parser.add_argument_group("attack budget")
         p.add_argument("--preset", default="quick", help=self.preset_help)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--out", help=self.out_help)
@@ -129,7 +132,8 @@ class BudgetArgs:
 class ShapeProfileArgs:
     """--min/--opt/--max: a TensorRT optimisation profile for the image input."""
 
-    def add(self, p: argparse.ArgumentParser) -> None:
+    def add(self, parser: argparse.ArgumentParser) -> None:
+        p = parser.add_argument_group("optimisation profile (TensorRT)")
         p.add_argument("--min", metavar="NxCxHxW", help="smallest input shape (default 1x3x32x32)")
         p.add_argument("--opt", metavar="NxCxHxW", help="shape TensorRT optimises for (default 1x3x256x256)")
         p.add_argument("--max", metavar="NxCxHxW", help="largest input shape (default 4x3x512x512)")

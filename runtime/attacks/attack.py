@@ -18,6 +18,9 @@ Kinds:
             with k_n re-derived from the adaptive rule); for inline placement it filters the received outputs
             (super-resolution: back-projection onto the received low-resolution input; other tasks: a light
             Gaussian smoothing of the predicted residual).
+  fitnets-0.1, fitnets-1, fitnets-10, direct, staged
+            the attacker ladder's feature rungs (LADDER): `feature` with hint weight 0.1 / 1 / 10; alignment
+            without an adapter by a width-matched student; a feature stage (hints alone) then an output stage.
 
 Evaluation is done by the harness, not the attacker: held-out images (never queried), PSNR/SSIM against the
 ground truth with asvp.metrics.psnr_ssim, for both teachers and all students.
@@ -54,10 +57,20 @@ from asvp.onnx_utils import image_io, load_model
 from asvp.runtime.attacks.students import STUDENTS, TrainBudget, describe_student, predict, train_student
 from asvp.runtime.engines.sessions import SessionFromOnnx
 from asvp.runtime.evaluation.report import Section, dumps, fmt, md_table, new_figure, write_report
+from asvp.runtime.evaluation.stats import INTERVALS, counts_above, paired_drop
 from asvp.tasks import get_task
 from asvp.tasks.data import TRAIN_IMAGES, random_crops
 
-KINDS = ("output", "feature", "adaptive")
+# The attacker ladder's feature rungs (issue 13): feature distillation with a changed recipe, as named kinds.
+# Each maps to the changes it makes to the preset's TrainBudget (runtime/attacks/students.py).
+LADDER = {
+    "fitnets-0.1": {"hint_weight": 0.1},  # FitNets hints through 1x1 adapters, hint weight 0.1 (= `feature`)
+    "fitnets-1": {"hint_weight": 1.0},
+    "fitnets-10": {"hint_weight": 10.0},
+    "direct": {"hint_weight": 1.0, "adapter": False},  # no adapter: a width-matched student aligned directly
+    "staged": {"hint_weight": 1.0, "feature_stage": 0.5},  # hints alone for half the steps, then outputs alone
+}
+KINDS = ("output", "feature", "adaptive", *LADDER)
 
 
 def kind_for_placement(placement: str) -> str:
@@ -364,16 +377,19 @@ def prepare_models(task: str, workdir: Path, clean=None, defended=None, config: 
 
 
 def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, preset: Preset, seed: int,
-                workdir: Path | None, progress: bool = True, clean_students: dict | None = None) -> dict:
+                workdir: Path | None, progress: bool = True, clean_students: dict | None = None,
+                seeds: int = 1, interval: str = "t") -> dict:
     """Distil students from the clean and the defended model of one task and evaluate everything.
 
     clean_students: optional cache {key: (metrics, record)} shared across calls (the sweep), so students of the
-    same clean teacher with the same features are trained once.
+    same clean teacher with the same features are trained once. seeds > 1: also students for seeds seed+1 ..
+    seed+seeds-1, a clean and a defended one sharing each seed (same queries), and the paired drop with its
+    confidence interval (runtime.evaluation.stats, `interval` "t" or "bootstrap") under "paired".
     """
     t0 = time.perf_counter()
     spec = get_task(task)
     placement, feats, expose, cfg = feature_plan(clean_path, defended_path)
-    base_kind = kind if kind != "adaptive" else kind_for_placement(placement)
+    base_kind = "feature" if kind in LADDER else kind if kind != "adaptive" else kind_for_placement(placement)
     use_feats = base_kind == "feature"
     if use_feats and any(f.output is None for f in feats):
         what = "tap output" if placement == "tap" else "perturbed replacement tensor"
@@ -400,6 +416,8 @@ def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, pre
                "query_output_max_abs_diff": float(np.max(np.abs(y_d - y_c)))}
 
     budget = preset.train
+    if kind in LADDER:
+        budget = TrainBudget(**{**asdict(budget), **LADDER[kind]})
     clean_students = {} if clean_students is None else clean_students
 
     def student(name, targets, fs, s):
@@ -410,7 +428,7 @@ def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, pre
 
     def clean_student(s):
         ck = (task, file_digest(clean_path), base_kind, tuple(expose) if use_feats else (), s,
-              json.dumps(preset.to_dict(), sort_keys=True))
+              json.dumps(preset.to_dict(), sort_keys=True), json.dumps(budget.to_dict(), sort_keys=True))
         if ck not in clean_students:
             clean_students[ck] = student("clean", y_c, [f.astype(np.float32) for f in f_c], s)
         return clean_students[ck]
@@ -418,6 +436,7 @@ def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, pre
     students, records, extra = {}, {}, {}
     students["clean"], records["clean"] = clean_student(seed)
     students["defended"], records["defended"] = student("defended", y_d, [f.astype(np.float32) for f in f_d], seed)
+    adaptive_data = None  # (name, targets, features) the adaptive student learns from
     if kind == "adaptive":
         if placement == "tap":
             known = cfg or AsvpConfig()
@@ -430,18 +449,37 @@ def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, pre
                                  "rel_err_inverted": rel_err(fa, fc.astype(np.float32)),
                                  "k_used_mean": float(np.mean(ks))}
                                 for ft, fd, fa, fc, (_, ks) in zip(feats, f_d, f_a, f_c, inv)]}
-            students["adaptive"], records["adaptive"] = student("defended+inverted", y_d, f_a, seed)
+            adaptive_data = ("defended+inverted", y_d, f_a)
+            students["adaptive"], records["adaptive"] = student(*adaptive_data, seed)
         else:
             y_a = filter_outputs(task, y_d, queries)
             extra["filter"] = {"rel_err_received": rel_err(y_d, y_c), "rel_err_filtered": rel_err(y_a, y_c),
                                "method": "back-projection x3" if spec.scale > 1 else "residual Gaussian sigma 0.7"}
-            students["adaptive"], records["adaptive"] = student("defended+filtered", y_a, f_d, seed)
+            adaptive_data = ("defended+filtered", y_a, f_d)
+            students["adaptive"], records["adaptive"] = student(*adaptive_data, seed)
     noise = None
     if preset.noise_seeds:
         others = [clean_student(seed + i)[0] for i in range(1, preset.noise_seeds + 1)]
         extra["clean_students_other_seeds"] = others
         psnrs = [students["clean"]["psnr"]] + [o["psnr"] for o in others]
         noise = max(psnrs) - min(psnrs)
+
+    paired = None
+    if seeds > 1:  # paired students: a clean and a defended one per seed, same queries
+        per_seed = [{"seed": seed, **students}]
+        for s in range(seed + 1, seed + seeds):
+            one = {"seed": s, "clean": clean_student(s)[0],
+                   "defended": student("defended", y_d, [f.astype(np.float32) for f in f_d], s)[0]}
+            if adaptive_data is not None:
+                one["adaptive"] = student(*adaptive_data, s)[0]
+            per_seed.append(one)
+        paired = {"seeds": [p["seed"] for p in per_seed], "per_seed": per_seed,
+                  "student": paired_drop([p["clean"]["psnr"] for p in per_seed],
+                                         [p["defended"]["psnr"] for p in per_seed], interval=interval).to_dict()}
+        if adaptive_data is not None:
+            paired["student_adaptive"] = paired_drop([p["clean"]["psnr"] for p in per_seed],
+                                                     [p["adaptive"]["psnr"] for p in per_seed],
+                                                     interval=interval).to_dict()
 
     drops = {"teacher": _drop(teacher["clean"], teacher["defended"]),
              "student": _drop(students["clean"], students["defended"])}
@@ -456,10 +494,10 @@ def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, pre
                    "clean_digest": file_digest(clean_path), "defended_digest": file_digest(defended_path)},
         "queries": {"count": int(len(queries)), "shape": list(queries.shape[1:]), "crop": preset.crop, "seed": seed,
                     "images": "TRAIN_IMAGES (held-out images never queried)"},
-        "student_model": describe_student(task), "budget": budget.to_dict(),
+        "student_model": describe_student(task, wide=not budget.adapter), "budget": budget.to_dict(),
         "hint_layers": records["clean"]["hint_layers"],
         "teacher": teacher, "students": students, "drops": drops,
-        "seed_noise_db": noise, "noise_margin_db": noise_margin(noise), **extra,
+        "seed_noise_db": noise, "noise_margin_db": noise_margin(noise), "paired": paired, **extra,
         "seconds": round(time.perf_counter() - t0, 1),
     }
 
@@ -482,6 +520,8 @@ class AttackResult:
     claims: list = field(default_factory=list)  # [{claim, holds, evidence}]
     out: str | None = None
     seconds: float = 0.0
+    seeds: int = 1  # paired seeds per teacher (seed .. seed + seeds - 1)
+    interval: str = "t"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -492,8 +532,37 @@ class AttackResult:
                 f"\n{len(self.tasks)} task(s) in {self.seconds:.0f} s" + (f"; report in {self.out}" if self.out else "")]
 
 
+def _paired(r: dict, key: str) -> dict | None:
+    p = (r.get("paired") or {}).get(key)
+    return p if p and p.get("n", 1) > 1 else None
+
+
+def drop_counts(r: dict, key: str = "student", level: float = 0.0) -> bool:
+    """Whether a student drop counts (exceeds `level`): with paired seeds, the interval rule of
+    runtime.evaluation.stats (interval excludes level, mean - level >= threshold); otherwise drop > level + noise margin."""
+    p = _paired(r, key)
+    if p is not None:
+        return counts_above(p, level)
+    return r["drops"][key]["db"] > level + r["noise_margin_db"]
+
+
+def mean_drop(r: dict, key: str = "student") -> float:
+    """The paired mean drop when there are paired seeds, else the single-seed drop."""
+    p = _paired(r, key)
+    return p["mean"] if p is not None else r["drops"][key]["db"]
+
+
+def _drop_text(r: dict, key: str = "student") -> str:
+    p = _paired(r, key)
+    if p is not None:
+        return (f"{p['mean']:+.2f} dB [{100 * p['confidence']:g}% CI {p['ci_low']:+.2f}, {p['ci_high']:+.2f}, "
+                f"n={p['n']}]")
+    return f"{r['drops'][key]['db']:+.2f} dB (margin {r['noise_margin_db']:.2f})"
+
+
 def claims(rows: list[dict]) -> list[dict]:
-    """Which of the paper's claims hold in these measurements (computed, thresholds stated)."""
+    """Which of the paper's claims hold in these measurements (computed, thresholds stated). With paired seeds
+    (attack_task's seeds > 1) a drop counts by its confidence interval, otherwise by the seed-noise margin."""
     if not rows:
         return []
     out = []
@@ -502,22 +571,22 @@ def claims(rows: list[dict]) -> list[dict]:
     out.append({"claim": f"the defended teacher's own drop is negligible (<= {TEACHER_DROP_LIMIT_DB} dB PSNR)",
                 "holds": len(ok) == len(td),
                 "evidence": f"{len(ok)}/{len(td)} tasks; teacher drops: " + ", ".join(f"{t} {d:+.2f} dB" for t, d in td)})
-    sd = [(r["task"], r["drops"]["student"]["db"], r["noise_margin_db"]) for r in rows]
-    real = [t for t, d, m in sd if d > m]
+    real = [r["task"] for r in rows if drop_counts(r)]
     out.append({"claim": "students distilled from the defended teacher are worse than from the clean one "
-                         "(drop above seed noise)",
-                "holds": len(real) == len(sd),
-                "evidence": f"{len(real)}/{len(sd)} tasks above their noise margin; student drops: "
-                            + ", ".join(f"{t} {d:+.2f} dB (margin {m:.2f})" for t, d, m in sd)})
-    amp = [(r["task"], r["drops"]["student"]["db"], r["drops"]["teacher"]["db"], r["noise_margin_db"]) for r in rows]
-    more = [t for t, s, d, m in amp if s > d + m]
+                         "(drop above seed noise; with paired seeds: interval excludes 0 and mean >= threshold)",
+                "holds": len(real) == len(rows),
+                "evidence": f"{len(real)}/{len(rows)} tasks count; student drops: "
+                            + ", ".join(f"{r['task']} {_drop_text(r)}" for r in rows)})
+    amp = [(r["task"], mean_drop(r), r["drops"]["teacher"]["db"], r["noise_margin_db"]) for r in rows]
+    more = [r["task"] for r in rows if drop_counts(r, "student", r["drops"]["teacher"]["db"])]
     out.append({"claim": "the defence hurts the distilled copy more than the teacher itself "
-                         "(student drop > teacher drop + noise margin)",
+                         "(student drop > teacher drop + noise margin; with paired seeds: interval above the "
+                         "teacher drop)",
                 "holds": len(more) == len(amp),
                 "evidence": f"{len(more)}/{len(amp)} tasks; student vs teacher drop: "
                             + ", ".join(f"{t} {s:+.2f} vs {d:+.2f} dB" for t, s, d, _ in amp)})
-    best = max(rows, key=lambda r: r["drops"]["student"]["db"])
-    mx = best["drops"]["student"]["db"]
+    best = max(rows, key=mean_drop)
+    mx = mean_drop(best)
     out.append({"claim": f"student PSNR drop of paper scale (up to {PAPER_STUDENT_DB:g} dB; counted as holding "
                          f"if >= {PAPER_STUDENT_DB / 2:g} dB somewhere)",
                 "holds": mx >= PAPER_STUDENT_DB / 2,
@@ -525,15 +594,14 @@ def claims(rows: list[dict]) -> list[dict]:
     ss = max(r["drops"]["student"]["ssim_pct"] for r in rows)
     out.append({"claim": f"student SSIM drop of {PAPER_SSIM_PCT[0]:g}-{PAPER_SSIM_PCT[1]:g}%",
                 "holds": ss >= PAPER_SSIM_PCT[0], "evidence": f"largest student SSIM drop {ss:.1f}%"})
-    both = [r["task"] for r in rows
-            if r["drops"]["teacher"]["db"] <= TEACHER_DROP_LIMIT_DB and r["drops"]["student"]["db"] > r["noise_margin_db"]]
+    both = [r["task"] for r in rows if r["drops"]["teacher"]["db"] <= TEACHER_DROP_LIMIT_DB and drop_counts(r)]
     out.append({"claim": "protection at negligible teacher cost (both of the first two on the same task)",
                 "holds": len(both) == len(rows),
                 "evidence": f"{len(both)}/{len(rows)} tasks" + (f": {', '.join(both)}" if both else "")})
-    ad = [(r["task"], r["drops"]["student_adaptive"]["db"], r["drops"]["student"]["db"], r["noise_margin_db"])
+    ad = [(r["task"], mean_drop(r, "student_adaptive"), mean_drop(r), r["noise_margin_db"])
           for r in rows if "student_adaptive" in r["drops"]]
     if ad:
-        surv = [t for t, a, _, m in ad if a > m]
+        surv = [r["task"] for r in rows if "student_adaptive" in r["drops"] and drop_counts(r, "student_adaptive")]
         out.append({"claim": "the protection survives an adaptive attacker who knows ASVP is present",
                     "holds": len(surv) == len(ad),
                     "evidence": f"{len(surv)}/{len(ad)} tasks keep a drop above noise; adaptive vs naive student drop: "
@@ -552,6 +620,11 @@ def markdown_table(rows: list[dict]) -> str:
               "seed spread dB (3 seeds)"]
     if has_ad:
         header[10:10] = ["student<-defended, adaptive PSNR/SSIM", "adaptive drop dB"]
+    has_paired = any(_paired(r, "student") for r in rows)
+    if has_paired:
+        header.append("paired student drop dB (mean [95% CI], n)")
+        if has_ad:
+            header.append("paired adaptive drop dB (mean [95% CI], n)")
     body = []
     for r in rows:
         t, s, d = r["teacher"], r["students"], r["drops"]
@@ -562,8 +635,19 @@ def markdown_table(rows: list[dict]) -> str:
         if has_ad:
             row[10:10] = [ps(s["adaptive"]) if "adaptive" in s else "-",
                         fmt(d["student_adaptive"]["db"], "+.2f") if "student_adaptive" in d else "-"]
+        if has_paired:
+            row.append(_ci_cell(_paired(r, "student")))
+            if has_ad:
+                row.append(_ci_cell(_paired(r, "student_adaptive")))
         body.append(row)
     return md_table(header, body)
+
+
+def _ci_cell(p: dict | None) -> str:
+    if p is None:
+        return "-"
+    return (f"{p['mean']:+.2f} [{p['ci_low']:+.2f}, {p['ci_high']:+.2f}] n={p['n']}"
+            + (" counts" if p["counts"] else ""))
 
 
 def bar_figure(rows: list[dict]):
@@ -592,20 +676,23 @@ def bar_figure(rows: list[dict]):
     return fig
 
 
-def _result_key(task, clean, defended, kind, preset: Preset, seed) -> str:
-    blob = json.dumps([ATTACK_VERSION, task, file_digest(clean), file_digest(defended), kind, preset.to_dict(), seed],
-                      sort_keys=True)
+def _result_key(task, clean, defended, kind, preset: Preset, seed, seeds: int = 1, interval: str = "t") -> str:
+    parts = [ATTACK_VERSION, task, file_digest(clean), file_digest(defended), kind, preset.to_dict(), seed]
+    if seeds != 1:  # single-seed keys stay as they were, so earlier results are still reused
+        parts += [seeds, interval]
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _attack_one(t, out_dir, stack, clean, defended, config, nodes, kind, p, seed, progress) -> dict:
+def _attack_one(t, out_dir, stack, clean, defended, config, nodes, kind, p, seed, progress, seeds=1,
+                interval="t") -> dict:
     """One task of run_attack, resumable: a result whose key (model digests, kind, preset, seed) matches is reused."""
     if out_dir is not None:
         work = out_dir / t
     else:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="asvp-attack-")))
     c, d, _ = prepare_models(t, work, clean, defended, config, nodes)
-    key = _result_key(t, c, d, kind, p, seed)
+    key = _result_key(t, c, d, kind, p, seed, seeds, interval)
     cached = work / f"result-{kind}.json"
     if out_dir is not None and cached.exists():
         try:
@@ -614,7 +701,8 @@ def _attack_one(t, out_dir, stack, clean, defended, config, nodes, kind, p, seed
             prev = {}
         if prev.get("key") == key:
             return prev["result"]
-    row = attack_task(t, c, d, kind, p, seed, work if out_dir is not None else None, progress)
+    row = attack_task(t, c, d, kind, p, seed, work if out_dir is not None else None, progress, seeds=seeds,
+                      interval=interval)
     if out_dir is not None:
         write_text_atomic(cached, dumps({"key": key, "result": row}))
     return row
@@ -622,9 +710,13 @@ def _attack_one(t, out_dir, stack, clean, defended, config, nodes, kind, p, seed
 
 def run_attack(task: str | None = None, clean=None, defended=None, kind: str = "output", preset: str = "quick",
                seed: int = 0, out=None, config: AsvpConfig | None = None, nodes=None, steps: int | None = None,
-               pool: int | None = None, progress: bool = True) -> AttackResult:
+               pool: int | None = None, progress: bool = True, seeds: int = 1, interval: str = "t") -> AttackResult:
     if kind not in KINDS:
         raise AsvpError(f"unknown attack kind {kind!r}; choose one of: {', '.join(KINDS)}")
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise AsvpError(f"seeds must be an integer >= 1 (paired students per teacher), got {seeds!r}")
+    if interval not in INTERVALS:
+        raise AsvpError(f"unknown interval {interval!r}; choose one of: {', '.join(INTERVALS)}")
     p = get_preset(preset, steps, pool)
     if not isinstance(seed, int) or seed < 0:
         raise AsvpError(f"seed must be a non-negative integer, got {seed!r}")
@@ -645,19 +737,21 @@ def run_attack(task: str | None = None, clean=None, defended=None, kind: str = "
             raise AsvpError("none of the preset's tasks has bundled teacher weights")
     with single_thread(), contextlib.ExitStack() as stack:
         for t in tqdm(tasks, desc=f"attack ({kind}, {p.name})", disable=not progress or len(tasks) == 1):
-            rows.append(_attack_one(t, out_dir, stack, clean, defended, config, nodes, kind, p, seed, progress))
+            rows.append(_attack_one(t, out_dir, stack, clean, defended, config, nodes, kind, p, seed, progress,
+                                    seeds, interval))
     cl = claims(rows)
     res = AttackResult(kind, p.name, seed, rows, skipped, cl, str(out_dir) if out_dir else None,
-                       round(time.perf_counter() - t0, 1))
+                       round(time.perf_counter() - t0, 1), seeds, interval)
     if out_dir:
         md = (f"Preset `{p.name}` (queries {p.pool} x crop {p.crop}, {p.train.steps} steps x batch {p.train.batch}), "
-              f"seed {seed}, kind `{kind}`. Teachers are queried through ONNX Runtime only; students never see ground "
+              f"seed {seed}" + (f" (paired seeds {seed}..{seed + seeds - 1}, {interval} intervals)" if seeds > 1 else "")
+              + f", kind `{kind}`. Teachers are queried through ONNX Runtime only; students never see ground "
               f"truth; PSNR/SSIM on held-out images. Drops = clean-teacher value - defended-teacher value.\n\n"
               + markdown_table(rows)
               + "".join(f"\nSkipped {s['task']}: {s['reason']}.\n" for s in skipped)
               + "\n### Paper's claims, as measured here\n\n" + claims_text(cl) + "\n")
         write_report(out_dir, {f"attack-{kind}": Section(
-            f"Distillation attack: {kind}", data={"preset": p.to_dict(), "seed": seed, "kind": kind, "tasks": rows,
+            f"Distillation attack: {kind}", data={"preset": p.to_dict(), "seed": seed, "seeds": seeds, "interval": interval, "kind": kind, "tasks": rows,
                                                  "skipped": skipped, "claims": cl, "seconds": res.seconds},
             markdown=md, figures={"drops": bar_figure(rows)})})
     return res

@@ -14,6 +14,14 @@ Feature ("hint") distillation follows FitNets: each exposed teacher feature is m
 1x1 convolution (adapter), by the student feature at the same spatial resolution and the nearest relative
 depth. Hint losses are L1 normalised by the mean |feature| the attacker received, so the weight `hint_weight`
 means the same thing for every layer and task.
+
+Two variants of the recipe (the attacker ladder's rungs, runtime/attacks/attack.LADDER):
+  * no adapter (`TrainBudget.adapter=False`): the student layer is aligned to the teacher feature directly, which
+    needs the same width there: these runs use WIDE_STUDENTS, the task's architecture at the teacher's width with
+    the student's depth (lowlight and dehaze have no depth knob: their width-matched student is the teacher's
+    architecture);
+  * feature stage first (`TrainBudget.feature_stage=f`): the first f x steps minimise the hint loss only, the
+    rest the output loss only (one optimizer and one-cycle schedule over all steps).
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from asvp.errors import AsvpError
 from asvp.tasks import get_task
 from asvp.tasks.architectures import ARCHITECTURES, ResBlock
 
@@ -37,20 +46,40 @@ STUDENTS: dict[str, tuple[str, dict]] = {
 }
 
 
+# Width-matched students (same width as the teacher, the student's depth): feature alignment without an adapter.
+WIDE_STUDENTS: dict[str, tuple[str, dict]] = {
+    "sr": ("EDSRLite", {"scale": 2, "ch": 32, "blocks": 2}),
+    "lowlight": ("UNetLite", {"ch": 24}),
+    "underwater": ("ResidualCNN", {"ch": 32, "blocks": 2}),
+    "dehaze": ("AODNetWide", {"ch": 16}),
+    "derain": ("DilatedDerainNet", {"ch": 32, "dilations": (1, 2, 4)}),
+}
+
+
 @dataclass(frozen=True)
 class TrainBudget:
     steps: int = 300
     batch: int = 8
     lr: float = 2e-3
     hint_weight: float = 0.1
+    adapter: bool = True  # False: align student layers to teacher features directly (a width-matched student)
+    feature_stage: float = 0.0  # share of the steps trained on the hint loss alone, before the output stage
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        # The recipe variants are recorded only when used, so the budgets (and cache keys) of the original
+        # recipe stay what they were.
+        if d["adapter"]:
+            del d["adapter"]
+        if not d["feature_stage"]:
+            del d["feature_stage"]
+        return d
 
 
-def build_student(task: str, seed: int) -> nn.Module:
-    """The task's student, initialised from `seed` (identical weights for every teacher it is distilled from)."""
-    arch, kwargs = STUDENTS[get_task(task).name]
+def build_student(task: str, seed: int, wide: bool = False) -> nn.Module:
+    """The task's student (wide: the width-matched one), initialised from `seed` (identical weights for every
+    teacher it is distilled from)."""
+    arch, kwargs = (WIDE_STUDENTS if wide else STUDENTS)[get_task(task).name]
     torch.manual_seed(seed)
     return ARCHITECTURES[arch](**kwargs)
 
@@ -59,11 +88,11 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def describe_student(task: str) -> dict:
+def describe_student(task: str, wide: bool = False) -> dict:
     spec = get_task(task)
-    arch, kwargs = STUDENTS[spec.name]
+    arch, kwargs = (WIDE_STUDENTS if wide else STUDENTS)[spec.name]
     return {"arch": arch, "kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()},
-            "params": n_params(build_student(task, 0)), "teacher_arch": spec.arch,
+            "params": n_params(build_student(task, 0, wide)), "teacher_arch": spec.arch,
             "teacher_kwargs": spec.arch_kwargs, "teacher_params": n_params(spec.build())}
 
 
@@ -92,21 +121,29 @@ def student_points(model: nn.Module, in_shape: tuple) -> list[tuple[str, tuple]]
     return out
 
 
-def match_hints(model: nn.Module, in_shape: tuple, teacher_feats: list[dict]) -> list[str]:
+def match_hints(model: nn.Module, in_shape: tuple, teacher_feats: list[dict], same_width: bool = False) -> list[str]:
     """For each teacher feature {shape (H, W of a query), depth in [0, 1]}, the student point to align.
 
     Same spatial size is required, and the student's full width at that size (so a narrow output projection,
     e.g. the conv before a pixel shuffle, is never forced to carry trunk features); among those, the nearest
-    relative depth wins.
+    relative depth wins. same_width (no adapter): only points whose channel count is the teacher feature's
+    (tf["channels"]).
     """
     points = student_points(model, in_shape)
     chosen = []
     for tf in teacher_feats:
         same = [(i, n, s[1]) for i, (n, s) in enumerate(points) if tuple(s[-2:]) == tuple(tf["hw"])]
+        if same_width:
+            widths = sorted({c for _, _, c in same})
+            same = [p for p in same if p[2] == tf["channels"]]
+            if not same:
+                raise AsvpError(f"direct alignment without an adapter needs a student layer with {tf['channels']} "
+                                 f"channels at spatial size {tuple(tf['hw'])} for teacher feature {tf['name']}; "
+                                 f"the width-matched student has {widths or 'no layer of that size'}")
         widest = max((c for _, _, c in same), default=0)
         same = [(i, n) for i, n, c in same if c == widest]
         if not same:
-            raise ValueError(f"no student layer has the spatial size {tuple(tf['hw'])} of teacher feature {tf['name']}")
+            raise AsvpError(f"no student layer has the spatial size {tuple(tf['hw'])} of teacher feature {tf['name']}")
         depth = lambda i: i / max(len(points) - 1, 1)  # noqa: E731
         chosen.append(min(same, key=lambda p: abs(depth(p[0]) - tf["depth"]))[1])
     return chosen
@@ -133,6 +170,8 @@ class _Capture:
 def train_student(task: str, inputs: np.ndarray, targets: np.ndarray, *, seed: int, budget: TrainBudget,
                   feats: list[np.ndarray] | None = None, feat_meta: list[dict] | None = None,
                   desc: str = "student", progress: bool = True) -> tuple[nn.Module, dict]:
+    # budget.adapter False: the width-matched student (WIDE_STUDENTS) and no adapters;
+    # budget.feature_stage f > 0: hint loss alone for the first f x steps, then the output loss alone.
     """Train a fresh student on (query, answer) pairs; returns (model in eval mode, training record).
 
     inputs [P,3,h,w] float32, targets [P,3,sh,sw]; feats (optional): one array [P,C,fh,fw] per exposed teacher
@@ -140,16 +179,18 @@ def train_student(task: str, inputs: np.ndarray, targets: np.ndarray, *, seed: i
     Same seed -> same initial weights, same batch order: students of clean and defended teachers differ only
     in the answers they learn from.
     """
-    student = build_student(task, seed).train()
+    wide = not budget.adapter
+    student = build_student(task, seed, wide).train()
     params = list(student.parameters())
     hint_names, adapters, scales = [], nn.ModuleList(), []
     if feats:
         in_shape = (1,) + tuple(inputs.shape[1:])
-        hint_names = match_hints(student, in_shape, feat_meta)
+        meta = [{**m, "channels": f.shape[1]} for m, f in zip(feat_meta, feats)]
+        hint_names = match_hints(student, in_shape, meta, same_width=wide)
         points = dict(student_points(student, in_shape))
         torch.manual_seed(seed + 7919)
         for name, f in zip(hint_names, feats):
-            adapters.append(nn.Conv2d(points[name][1], f.shape[1], 1))
+            adapters.append(nn.Conv2d(points[name][1], f.shape[1], 1) if budget.adapter else nn.Identity())
             scales.append(float(np.mean(np.abs(f.astype(np.float32)))) + 1e-8)
         params += list(adapters.parameters())
     opt = torch.optim.Adam(params, lr=budget.lr)
@@ -159,9 +200,10 @@ def train_student(task: str, inputs: np.ndarray, targets: np.ndarray, *, seed: i
     f_all = [torch.from_numpy(f) for f in (feats or [])]
     cap = _Capture(student, hint_names) if hint_names else None
     bar = tqdm(range(budget.steps), desc=desc, disable=not progress, leave=False)
+    feature_steps = int(round(budget.feature_stage * budget.steps)) if cap else 0
     last = {}
     try:
-        for _ in bar:
+        for step in bar:
             idx = torch.randint(len(x_all), (budget.batch,), generator=g)
             if cap:
                 cap.store.clear()
@@ -172,7 +214,12 @@ def train_student(task: str, inputs: np.ndarray, targets: np.ndarray, *, seed: i
             if cap:
                 for name, ad, fa, sc in zip(hint_names, adapters, f_all, scales):
                     hint = hint + F.l1_loss(ad(cap.store[name]), fa[idx].float()) / sc
-                loss = loss + budget.hint_weight * hint
+                if step < feature_steps:  # feature stage: the hints alone
+                    loss = hint
+                elif feature_steps:  # output stage of a staged recipe: the outputs alone
+                    loss = loss_out
+                else:
+                    loss = loss + budget.hint_weight * hint
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -182,7 +229,7 @@ def train_student(task: str, inputs: np.ndarray, targets: np.ndarray, *, seed: i
     finally:
         if cap:
             cap.close()
-    record = {"student": describe_student(task), "budget": budget.to_dict(), "seed": seed,
+    record = {"student": describe_student(task, wide), "budget": budget.to_dict(), "seed": seed,
               "hint_layers": [{"teacher": m["name"], "student": n} for m, n in zip(feat_meta or [], hint_names)],
               "final_loss": last}
     return student.eval(), record

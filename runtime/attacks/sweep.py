@@ -22,8 +22,11 @@ from tqdm import tqdm
 
 from asvp.config import AsvpConfig, PLACEMENTS
 from asvp.errors import AsvpError
+from asvp.graph_passes.select import candidates
+from asvp.onnx_utils import load_model
 from asvp.runtime.attacks.attack import (TEACHER_DROP_LIMIT_DB, attack_task, get_preset, kind_for_placement,
-                                         prepare_models, single_thread)
+                                         make_queries, prepare_models, single_thread)
+from asvp.runtime.evaluation.absorbability import absorbability
 from asvp.runtime.evaluation.report import Section, fmt, md_table, new_figure, write_report
 from asvp.tasks import get_task
 
@@ -87,6 +90,22 @@ def pick_best_overall(rows: list[dict]) -> dict | None:
     return max(cands, key=lambda c: c["mean_student_drop_db"]) if cands else None
 
 
+def absorbability_at(task: str, clean, tensors: list[str], cfg: AsvpConfig, preset, seed: int, cache: dict) -> dict:
+    """The absorbability diagnostic at the defended tensors, on the attacker's queries of this preset and seed; for
+    several nodes, the least absorbable one. The shares do not depend on h, so results are cached without it."""
+    key = (task, str(clean), tuple(tensors), cfg.k, cfg.k_mode, cfg.tau, preset.pool, preset.crop, seed)
+    if key not in cache:
+        nodes = [c for c in candidates(load_model(clean)) if c.output in tensors]
+        res = absorbability(clean, nodes, make_queries(task, preset.pool, preset.crop, seed), cfg, progress=False)
+        rows = [n for n in res.nodes if n.unexplained_heldout is not None]
+        worst = max(rows, key=lambda n: n.unexplained_heldout, default=None)
+        cache[key] = {"unexplained": worst.unexplained if worst else None,
+                      "unexplained_heldout": worst.unexplained_heldout if worst else None,
+                      "subspace_variation": worst.subspace_variation if worst else None,
+                      "predicted": worst.verdict if worst else "n/a"}
+    return cache[key]
+
+
 def run_sweep(tasks, h=None, k=None, placement=None, nodes=None, preset: str = "quick", seed: int = 0, out=None,
               k_mode: str = "adaptive", tau: float = 0.9, steps: int | None = None, pool: int | None = None,
               progress: bool = True) -> SweepResult:
@@ -109,6 +128,7 @@ def run_sweep(tasks, h=None, k=None, placement=None, nodes=None, preset: str = "
         root = out_dir or Path(scratch)
         grid = [(t, cfg, sel) for t in tasks for cfg in configs for sel in sels]
         shared: dict = {}
+        absorb: dict = {}
         bar = tqdm(grid, desc=f"sweep ({p.name})", disable=not progress)
         for t, cfg, sel in bar:
             bar.set_postfix(task=t, h=cfg.h, k=cfg.k, placement=cfg.placement)
@@ -119,6 +139,7 @@ def run_sweep(tasks, h=None, k=None, placement=None, nodes=None, preset: str = "
             r = attack_task(t, clean, defended, kind, p, seed, work if out_dir else None, progress=False,
                             clean_students=shared)
             d = r["drops"]
+            ab = absorbability_at(t, clean, [n["tensor"] for n in r["nodes"]], cfg, p, seed, absorb)
             rows.append({"task": t, "h": cfg.h, "k": cfg.k, "k_mode": cfg.k_mode, "tau": cfg.tau,
                          "placement": cfg.placement, "nodes": sel, "defended_nodes": [n["tensor"] for n in r["nodes"]],
                          "kind": kind, "teacher_clean_psnr": r["teacher"]["clean"]["psnr"],
@@ -128,7 +149,7 @@ def run_sweep(tasks, h=None, k=None, placement=None, nodes=None, preset: str = "
                          "noise_margin_db": r["noise_margin_db"],
                          "above_noise": d["student"]["db"] > r["noise_margin_db"],
                          "teacher_ok": d["teacher"]["db"] <= TEACHER_DROP_LIMIT_DB,
-                         "seconds": r["seconds"]})
+                         "absorbability": ab, "seconds": r["seconds"]})
     per_task = {t: pick_best([r for r in rows if r["task"] == t]) for t in tasks}
     res = SweepResult(tasks, p.name, seed, rows, pick_best_overall(rows), per_task,
                       str(out_dir) if out_dir else None, round(time.perf_counter() - t0, 1))
@@ -145,15 +166,24 @@ def _best_line(b: dict | None, label: str) -> str:
             f"({'above' if b['above_noise'] else 'NOT above'} the noise margin {b['noise_margin_db']:.2f} dB).")
 
 
+def _pct(v) -> str:
+    return fmt(100 * v, ".2f") if v is not None else "-"
+
+
 def sweep_markdown(res: SweepResult) -> str:
     header = ["task", "h", "k", "placement", "nodes", "attack", "teacher drop dB", "student drop dB",
-              "student SSIM drop %", "noise margin dB", "teacher ok", "student drop real"]
+              "student SSIM drop %", "noise margin dB", "teacher ok", "student drop real",
+              "unexplained % (held-out)", "predicted"]
     body = [[r["task"], fmt(r["h"], "g"), r["k"], r["placement"], r["nodes"], r["kind"], fmt(r["teacher_drop_db"], "+.3f"),
              fmt(r["student_drop_db"], "+.2f"), fmt(r["student_ssim_drop_pct"], "+.1f"), fmt(r["noise_margin_db"], ".2f"),
-             "yes" if r["teacher_ok"] else "no", "yes" if r["above_noise"] else "no"] for r in res.rows]
+             "yes" if r["teacher_ok"] else "no", "yes" if r["above_noise"] else "no",
+             _pct(r.get("absorbability", {}).get("unexplained_heldout")),
+             r.get("absorbability", {}).get("predicted", "-")] for r in res.rows]
     lines = [f"Preset `{res.preset}`, seed {res.seed}. Inline configurations are attacked by output distillation, "
              "tap configurations by feature distillation (their outputs are unchanged). Best = largest student drop "
-             f"with teacher drop <= {TEACHER_DROP_LIMIT_DB} dB.", "", md_table(header, body), "### Best configuration", ""]
+             f"with teacher drop <= {TEACHER_DROP_LIMIT_DB} dB. Unexplained / predicted: the absorbability diagnostic "
+             "at the defended node (runtime/evaluation/absorbability.py) on the same queries.", "",
+             md_table(header, body), "### Best configuration", ""]
     for t, b in res.best_per_task.items():
         lines.append(_best_line(b, t))
     b = res.best

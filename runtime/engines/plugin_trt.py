@@ -13,26 +13,38 @@ only a fallback namespace in newer parsers. It then passes the node attributes t
 ONNX INT -> INT32, FLOAT -> FLOAT32. Attributes used by `impl` are serialized into the engine, so
 deserialising needs only `register_asvp_plugin()` first, in the same process.
 
-Everything importing tensorrt is lazy: importing this module never needs TensorRT. The kernel math is
-`run_plugin_kernel`, a plain torch function tested on CPU. This is the JIT (Python) implementation: an engine
-that contains it runs only in a Python process that registered the plugin. See docs/plugin.md for the
-AOT / C++ IPluginV3 route (not implemented here).
+Everything importing tensorrt is lazy: importing this module never needs TensorRT. `run_plugin` is what the
+JIT `impl` runs: the Triton ASVP kernels (asvp.runtime.engines.kernels.triton_asvp, three launches, no host
+sync) when Triton and a CUDA device are there, else `run_plugin_kernel` (torch `asvp_exact`: float64 eigh,
+which synchronises with the host). An engine built with the JIT implementation runs only in a Python process
+that registered the plugin.
+
+AOT route (UNVERIFIED: written against TensorRT's documented `tensorrt.plugin.aot_impl` API, never run; no
+TensorRT or GPU was available): `register_asvp_plugin(aot=True)` also defines `@trtp.aot_impl`, which returns the
+PTX of the single-launch `_asvp_fused_kernel` (one program per sample; grid (N,), arguments (x, H*W, y)) with
+k/h/tau/adaptive compiled in, so the engine embeds the kernel and loads without Python. It covers FP32 linear
+NCHW inputs with a static channel count C <= 128. TensorRT needs a creation preference when a plugin has both
+implementations: build the network with NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS (or
+PREFER_JIT_...). The three-launch kernel sequence cannot be an AOT implementation (one kernel per plugin, no
+workspace), so the AOT engine runs the slower fused kernel. See docs/plugin.md.
 
 NB: no `from __future__ import annotations` in this file: tensorrt.plugin inspects the decorated functions'
 annotations as real objects (issubclass(annotation, TensorDesc)); stringified annotations would break it.
 """
 import threading
-from typing import List, Tuple
+from typing import List, Tuple, Union
 
-from asvp.errors import MissingDependencyError
+from asvp.errors import AsvpError, MissingDependencyError
 from asvp.graph_passes.plugin_contract import PLUGIN_ID, PLUGIN_NAMESPACE, PLUGIN_OP, PLUGIN_VERSION, config_from_attrs
 from asvp.method import asvp_exact
+from asvp.runtime.engines.kernels import triton_asvp
 
 MIN_TRT_VERSION = (10, 8)
 INSTALL_TRT = "pip install 'asvp[tensorrt]' (tensorrt>=10.8,<12: the full builder, which needs an NVIDIA GPU and driver)"
 
 _LOCK = threading.Lock()
 _REGISTERED = False
+_AOT_DEFINED = False
 
 
 def parse_version(text: str) -> Tuple[int, ...]:
@@ -128,10 +140,54 @@ def run_plugin_kernel(inp, out, k: int, h: float, tau: float, adaptive: int) -> 
     out.copy_(asvp_exact(inp, cfg).to(out.dtype))
 
 
+def run_plugin(inp, out, k: int, h: float, tau: float, adaptive: int) -> str:
+    """What the JIT impl runs: the Triton kernel when it takes `inp` (`triton_asvp.usable_for`: CUDA, C <= 128,
+    Triton installed), else `run_plugin_kernel`.
+
+    Returns the path taken, "triton" or "torch". Both follow `config_from_attrs` (h and tau rounded to float32).
+    """
+    if triton_asvp.usable_for(inp):
+        cfg = config_from_attrs(k, h, tau, adaptive)
+        if tuple(inp.shape) != tuple(out.shape):
+            raise ValueError(f"{PLUGIN_OP}: output shape {tuple(out.shape)} differs from input shape {tuple(inp.shape)}")
+        triton_asvp.asvp_triton(inp, *triton_asvp.config_args(cfg), out=out)
+        return "triton"
+    run_plugin_kernel(inp, out, k, h, tau, adaptive)
+    return "torch"
+
+
+def _constant(expr) -> int:
+    """The value of a build-time-constant tensorrt.plugin ShapeExpr (a property or a method, by version)."""
+    if not expr.is_constant:
+        raise AsvpError(f"the {PLUGIN_OP} AOT kernel needs a static channel count; this network's C is dynamic")
+    value = expr.constant_value
+    return int(value() if callable(value) else value)
+
+
+def aot_kernel(trtp, inp0, k: int, h: float, tau: float, adaptive: int, compile_fn=None):
+    """(kernel name, PTX, KernelLaunchParams, SymIntExprs) for `tensorrt.plugin.aot_impl` (UNVERIFIED with TensorRT).
+
+    The fused Triton kernel is compiled for this node's C and attributes (TensorRT does not serialise AOT plugin
+    attributes, so they are compile-time constants); grid (N,), block num_warps * 32, one extra int32 argument
+    H * W between the input and the output pointer: the argument order TensorRT uses.
+    """
+    dims = inp0.shape_expr
+    cfg = config_from_attrs(k, h, tau, adaptive)
+    compile_fn = compile_fn or triton_asvp.compile_fused
+    kern = compile_fn(_constant(dims[1]), *triton_asvp.config_args(cfg), dtype="fp32")
+    params = trtp.KernelLaunchParams()
+    params.grid_x = trtp.SymInt32(dims[0])
+    params.block_x = kern.num_warps * 32
+    params.shared_mem = kern.shared
+    extra = trtp.SymIntExprs(1)
+    extra[0] = trtp.SymInt32(dims[2] * dims[3])
+    return kern.name, kern.ptx, params, extra
+
+
 # ---- registration ------------------------------------------------------------------------------------------
 
 def _define(trtp) -> None:
-    """Register descriptor, autotune and impl with tensorrt.plugin (called once per process)."""
+    """Register descriptor, autotune and the JIT impl with tensorrt.plugin (called once per process)."""
 
     @trtp.register(PLUGIN_ID)
     def asvp_desc(inp0: trtp.TensorDesc, k: int, h: float, tau: float, adaptive: int) -> trtp.TensorDesc:
@@ -150,7 +206,17 @@ def _define(trtp) -> None:
         with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
             x = torch.as_tensor(inp0, device="cuda")
             y = torch.as_tensor(outputs[0], device="cuda")
-            run_plugin_kernel(x, y, k, h, tau, adaptive)
+            run_plugin(x, y, k, h, tau, adaptive)
+
+
+def _define_aot(trtp) -> None:
+    """Add the AOT implementation (TensorRT >= 10.9, where tensorrt.plugin has aot_impl). UNVERIFIED."""
+
+    @trtp.aot_impl(PLUGIN_ID)
+    def asvp_aot_impl(inp0: trtp.TensorDesc, k: int, h: float, tau: float, adaptive: int,
+                      outputs: Tuple[trtp.TensorDesc], tactic: int
+                      ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymIntExprs]:
+        return aot_kernel(trtp, inp0, k, h, tau, adaptive)
 
 
 def plugin_registered() -> bool:
@@ -167,19 +233,28 @@ def plugin_registered() -> bool:
         return False
 
 
-def register_asvp_plugin() -> str:
+def register_asvp_plugin(aot: bool = False) -> str:
     """Register the AsvpPerturb TensorRT plugin (idempotent); returns its id "asvp::AsvpPerturb".
 
     Call before parsing an ONNX model with AsvpPerturb nodes and before deserialising an engine built from one.
-    Raises MissingDependencyError (one line) when TensorRT >= 10.8 is not installed.
+    aot=True also defines the AOT implementation (UNVERIFIED; needs tensorrt.plugin.aot_impl and Triton; build the
+    network with NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS). Raises MissingDependencyError (one
+    line) when TensorRT >= 10.8, or for aot=True the AOT API or Triton, is missing.
     """
-    global _REGISTERED
+    global _REGISTERED, _AOT_DEFINED
     with _LOCK:
-        if _REGISTERED:
-            return PLUGIN_ID
-        _, trtp = import_plugin_api()
-        namespace = getattr(trtp.op, PLUGIN_NAMESPACE, None) if hasattr(trtp, "op") else None
-        if namespace is None or not hasattr(namespace, PLUGIN_OP):  # not defined by an earlier import/reload
-            _define(trtp)
-        _REGISTERED = True
+        if not _REGISTERED:
+            _, trtp = import_plugin_api()
+            namespace = getattr(trtp.op, PLUGIN_NAMESPACE, None) if hasattr(trtp, "op") else None
+            if namespace is None or not hasattr(namespace, PLUGIN_OP):  # not defined by an earlier import/reload
+                _define(trtp)
+            _REGISTERED = True
+        if aot and not _AOT_DEFINED:
+            trt, trtp = import_plugin_api()
+            if not hasattr(trtp, "aot_impl"):
+                raise MissingDependencyError(f"TensorRT {getattr(trt, '__version__', '?')} has no "
+                                             f"tensorrt.plugin.aot_impl (AOT plugins need TensorRT >= 10.9): {INSTALL_TRT}")
+            triton_asvp.require_triton()  # the AOT impl compiles the Triton kernel at build time
+            _define_aot(trtp)
+            _AOT_DEFINED = True
     return PLUGIN_ID

@@ -115,3 +115,31 @@ def check_samples(samples: list[Sample], scale: int, size_multiple: int) -> None
         if (th, tw) != (h * scale, w * scale):
             raise AsvpError(f"target image {s.name!r} is {th}x{tw} but its input is {h}x{w}: "
                             f"for scale x{scale} the target must be {h * scale}x{w * scale}")
+
+
+def load_inputs(images: str | os.PathLike, size_multiple: int = 1, max_side: int | None = None) -> list[np.ndarray]:
+    """Input images only (no targets), for diagnostics that run the model without ground truth.
+
+    Reads DIR/input/* when DIR has an input/ folder (the paired layout above), else DIR/*. Each image is
+    centre-cropped so both sides are multiples of `size_multiple` and at most `max_side`; returns [1, 3, h, w] arrays.
+    """
+    root = Path(images)
+    if not root.is_dir():
+        raise AsvpError(f"image folder not found: {root}")
+    folder = root / "input" if (root / "input").is_dir() else root
+    files = _image_files(folder)
+    if not files:
+        raise AsvpError(f"no images ({', '.join(IMAGE_EXTS)}) in {folder}")
+    out = []
+    for name, path in files.items():
+        img = load_image(path)
+        sides = []
+        for s in img.shape[1:]:
+            s = min(s, max_side) if max_side else s
+            sides.append(s - s % size_multiple)
+        if min(sides) < max(size_multiple, 1) or min(sides) == 0:
+            raise AsvpError(f"image {path} is {img.shape[1]}x{img.shape[2]}: too small for this model "
+                            f"(sides must be multiples of {size_multiple})")
+        top, left = (img.shape[1] - sides[0]) // 2, (img.shape[2] - sides[1]) // 2
+        out.append(np.ascontiguousarray(img[None, :, top : top + sides[0], left : left + sides[1]]))
+    return out

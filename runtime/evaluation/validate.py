@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from polygraphy.comparator import Comparator
+from tqdm import tqdm
 
 from asvp.errors import AsvpError, first_line
 from asvp.graph_passes.metadata import read_defence
@@ -278,29 +280,24 @@ def _psnr_ssim(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
 
 
 
-def validate(clean: str | os.PathLike, defended: str | os.PathLike, *, task: str | None = None,
-             images: str | os.PathLike | None = None, backend: str = "onnxrt-cpu",
-             heldout_size: int = DEFAULT_HELDOUT_SIZE, max_teacher_drop: float | None = DEFAULT_MAX_TEACHER_DROP,
-             max_ssim_drop: float | None = None, min_output_psnr: float | None = None,
-             max_abs_diff: float | None = None, spectrum: bool = True, out: str | os.PathLike | None = None,
-             progress: bool = True) -> ValidationResult:
-    """Run CLEAN and DEFENDED on the same images and judge the quality cost (see the module docstring).
+@dataclass
+class _Plan:
+    """Everything validate decides before any model runs (so bad input fails fast, with nothing written)."""
 
-    Every input is checked before anything runs; `out` (a report directory) is written only at the end.
-    A failed verdict is a result (`.passed` False), not an exception.
-    """
-    from polygraphy.comparator import Comparator
-    from tqdm import tqdm
+    clean_model: object  # onnx.ModelProto
+    io: tuple  # (input name, clean output name, defended output name)
+    info: object  # graph_passes.metadata.DefenceInfo
+    task: str
+    spec: object  # TaskSpec or None
+    scale: int
+    samples: list
+    source: str
+    taps: list  # defended nodes with a tap output
+    feat_nodes: list  # defended nodes whose tensor exists in the clean model
+    notes: list
 
 
-    thresholds = {"max_teacher_drop": _threshold("max_teacher_drop", max_teacher_drop),
-                  "max_ssim_drop": _threshold("max_ssim_drop", max_ssim_drop),
-                  "min_output_psnr": _threshold("min_output_psnr", min_output_psnr),
-                  "max_abs_diff": _threshold("max_abs_diff", max_abs_diff)}
-    if thresholds["max_abs_diff"] is not None and thresholds["max_abs_diff"] < 0:
-        raise AsvpError(f"max_abs_diff must be >= 0, got {max_abs_diff}")
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise AsvpError(f"--out {out} exists and is not a directory")
+def _plan(clean, defended, task, images, heldout_size) -> _Plan:
     for p in (clean, defended):
         if build.is_engine_path(p):
             raise AsvpError(f"{p}: validate takes ONNX models (metadata, node tensors); with --backend tensorrt "
@@ -322,7 +319,7 @@ def validate(clean: str | os.PathLike, defended: str | os.PathLike, *, task: str
 
     notes = []
     d_outputs = [o.name for o in dm.graph.output]
-    taps = [n for n in info.nodes if n.tap_output] if info.placement == "tap" else []
+    taps = info.taps
     for n in taps:
         if n.tap_output not in d_outputs:
             raise AsvpError(f"the defended model's metadata names tap output {n.tap_output!r}, which is not a graph output")
@@ -337,6 +334,105 @@ def validate(clean: str | os.PathLike, defended: str | os.PathLike, *, task: str
         notes.append("the defended model records no asvp.config: spectrum 'after' and reference error not computed")
     if not info.defended:
         notes.append("DEFENDED carries no asvp.defended metadata (not written by `asvp defend`?)")
+    return _Plan(cm, (in_c, out_c, out_d), info, task, spec, scale, samples, source, taps, feat_nodes, notes)
+
+
+def _image_row(smp, oc: np.ndarray, od: np.ndarray, cmp, spec, scale: int) -> dict:
+    """Quality of one image pair: clean, defended and baseline against the target, defended against clean."""
+    cp, cs = _psnr_ssim(oc, smp.target)
+    bp, bs = _psnr_ssim(baseline(spec, scale, smp.input), smp.target)
+    row = {"name": smp.name, "input_shape": list(smp.input.shape), "clean_psnr": cp, "clean_ssim": cs,
+           "baseline_psnr": bp, "baseline_ssim": bs, "defended_psnr": None, "defended_ssim": None,
+           "output_psnr": None, "max_abs_diff": cmp.max_absdiff, "mean_abs_diff": cmp.mean_absdiff,
+           "defended_finite": bool(np.all(np.isfinite(od))), "sq_err": None}
+    if row["defended_finite"]:
+        dp, ds = _psnr_ssim(od, smp.target)
+        op, _ = _psnr_ssim(od, oc)
+        row.update(defended_psnr=dp, defended_ssim=ds, output_psnr=op,
+                   sq_err=float(np.mean((np.clip(od, 0, 1).astype(np.float64) - np.clip(oc, 0, 1)) ** 2)))
+    return row
+
+
+class _FeatureStats:
+    """Tap perturbation (every image) and spectra (first image) at the defended nodes."""
+
+    def __init__(self, plan: _Plan, spectrum: bool):
+        self.plan, self.spectrum = plan, spectrum
+        self.rel = {n.tap_output: [] for n in plan.taps}
+        self.ref_err = {n.tap_output: [] for n in plan.taps}
+        self.entries, self.image = [], None
+
+    def wanted(self, i: int) -> bool:
+        return bool(self.plan.taps) or i == 0
+
+    def add(self, i: int, name: str, feats: dict, defended_out: dict) -> None:
+        cfg = self.plan.info.config
+        tap_outs = {n.tap_output: np.array(defended_out[n.tap_output], dtype=np.float32) for n in self.plan.taps}
+        for n in self.plan.taps:
+            if n.tensor not in feats:
+                continue
+            f, fp = feats[n.tensor], tap_outs[n.tap_output]
+            if fp.shape != f.shape:
+                raise AsvpError(f"tap output {n.tap_output!r} has shape {fp.shape} but tensor {n.tensor!r} has {f.shape}")
+            self.rel[n.tap_output].append(sp.rel_change(fp, f))
+            if cfg is not None:
+                ref = sp.reference_perturb(f, cfg)
+                denom = float(np.linalg.norm(ref - f))
+                self.ref_err[n.tap_output].append(float(np.linalg.norm(fp - ref)) / denom if denom > 0 else math.nan)
+        if i == 0 and self.spectrum:
+            self.image = name
+            for n in self.plan.feat_nodes:
+                tap_feat = tap_outs.get(n.tap_output) if n.tap_output else None
+                self.entries.append(sp.spectrum_entry(n, feats[n.tensor], cfg, tap_feat))
+
+    def tap_rows(self) -> list[dict]:
+        return [{"node": n.node, "tensor": n.tensor, "tap_output": n.tap_output,
+                 "rel_change": sp.tap_stats(self.rel[n.tap_output]),
+                 "reference_rel_error": float(np.nanmax(self.ref_err[n.tap_output])) if self.ref_err[n.tap_output] else None,
+                 "per_image_rel_change": self.rel[n.tap_output]}
+                for n in self.plan.taps if self.rel[n.tap_output]]
+
+
+def _checks(thresholds: dict, finite: bool, drop, sdrop, o_psnr, max_abs: float, poly_pass: bool) -> list[Check]:
+    """The verdict: every threshold given becomes one check (finite outputs are always checked)."""
+    checks = [Check("finite", 1.0 if finite else 0.0, ">=", 1.0, finite, "defended outputs finite")]
+    t = thresholds
+    if t["max_teacher_drop"] is not None:
+        checks.append(Check("max_teacher_drop", drop, "<=", t["max_teacher_drop"],
+                            drop is not None and drop <= t["max_teacher_drop"], "teacher PSNR drop (dB)"))
+    if t["max_ssim_drop"] is not None:
+        checks.append(Check("max_ssim_drop", sdrop, "<=", t["max_ssim_drop"],
+                            sdrop is not None and sdrop <= t["max_ssim_drop"], "teacher SSIM drop"))
+    if t["min_output_psnr"] is not None:
+        checks.append(Check("min_output_psnr", o_psnr, ">=", t["min_output_psnr"],
+                            o_psnr is not None and o_psnr >= t["min_output_psnr"], "defended-vs-clean output PSNR (dB)"))
+    if t["max_abs_diff"] is not None:
+        checks.append(Check("max_abs_diff", max_abs, "<=", t["max_abs_diff"], poly_pass,
+                            "max |defended - clean| (Polygraphy SimpleCompareFunc, atol)"))
+    return checks
+
+
+def validate(clean: str | os.PathLike, defended: str | os.PathLike, *, task: str | None = None,
+             images: str | os.PathLike | None = None, backend: str = "onnxrt-cpu",
+             heldout_size: int = DEFAULT_HELDOUT_SIZE, max_teacher_drop: float | None = DEFAULT_MAX_TEACHER_DROP,
+             max_ssim_drop: float | None = None, min_output_psnr: float | None = None,
+             max_abs_diff: float | None = None, spectrum: bool = True, out: str | os.PathLike | None = None,
+             progress: bool = True) -> ValidationResult:
+    """Run CLEAN and DEFENDED on the same images and judge the quality cost (see the module docstring).
+
+    Every input is checked before anything runs; `out` (a report directory) is written only at the end.
+    A failed verdict is a result (`.passed` False), not an exception.
+    """
+    thresholds = {"max_teacher_drop": _threshold("max_teacher_drop", max_teacher_drop),
+                  "max_ssim_drop": _threshold("max_ssim_drop", max_ssim_drop),
+                  "min_output_psnr": _threshold("min_output_psnr", min_output_psnr),
+                  "max_abs_diff": _threshold("max_abs_diff", max_abs_diff)}
+    if thresholds["max_abs_diff"] is not None and thresholds["max_abs_diff"] < 0:
+        raise AsvpError(f"max_abs_diff must be >= 0, got {max_abs_diff}")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise AsvpError(f"--out {out} exists and is not a directory")
+    plan = _plan(clean, defended, task, images, heldout_size)
+    (in_c, out_c, out_d), samples = plan.io, plan.samples
 
     shapes = {s.input.shape for s in samples}
     fixed = next(iter(shapes)) if len(shapes) == 1 else None  # lets TensorRT build for exactly this shape
@@ -346,18 +442,16 @@ def validate(clean: str | os.PathLike, defended: str | os.PathLike, *, task: str
     feeds = [{in_c: s.input} for s in samples]
     # Clean features at the defended nodes (tap measure on every image, spectrum on the first), from the clean
     # model with those tensors exposed, running beside the two runners: every image is measured and dropped.
-    need_feats = bool(feat_nodes) and (bool(taps) or spectrum)
-    fr = sp.FeatureRunner(cm, [n.tensor for n in feat_nodes], backend, input_shape=fixed) if need_feats else None
+    need_feats = bool(plan.feat_nodes) and (bool(plan.taps) or spectrum)
+    fr = sp.FeatureRunner(plan.clean_model, [n.tensor for n in plan.feat_nodes], backend, input_shape=fixed) \
+        if need_feats else None
+    stats = _FeatureStats(plan, spectrum)
 
-    per_image, cmp_res, sq_err, provider = [], [], [], backend
-    poly_pass = finite = True
-    rel = {n.tap_output: [] for n in taps}
-    ref_err = {n.tap_output: [] for n in taps}
-    spec_entries, spec_image = [], None
+    per_image, cmp_res, provider, poly_pass = [], [], backend, True
     stream = Comparator.run([rc, rd], data_loader=feeds, streaming=True)
     try:
         with fr if fr is not None else contextlib.nullcontext():
-            for i, single in enumerate(tqdm(stream, total=len(feeds), desc=f"validate {task} [{backend}]",
+            for i, single in enumerate(tqdm(stream, total=len(feeds), desc=f"validate {plan.task} [{backend}]",
                                             unit="img", disable=not progress, leave=False)):
                 smp = samples[i]
                 (_, it_c), (_, it_d) = list(single.items())
@@ -376,42 +470,9 @@ def validate(clean: str | os.PathLike, defended: str | os.PathLike, *, task: str
                 r = next(iter(acc[0].values()))[0][out_c]
                 cmp_res.append(r)
                 poly_pass = poly_pass and bool(acc)
-
-                cp, cs = _psnr_ssim(oc, smp.target)
-                bp, bs = _psnr_ssim(baseline(spec, scale, smp.input), smp.target)
-                row = {"name": smp.name, "input_shape": list(smp.input.shape), "clean_psnr": cp, "clean_ssim": cs,
-                       "baseline_psnr": bp, "baseline_ssim": bs, "defended_psnr": None, "defended_ssim": None,
-                       "output_psnr": None, "max_abs_diff": r.max_absdiff, "mean_abs_diff": r.mean_absdiff,
-                       "defended_finite": bool(np.all(np.isfinite(od)))}
-                if row["defended_finite"]:
-                    dp, ds = _psnr_ssim(od, smp.target)
-                    op, _ = _psnr_ssim(od, oc)
-                    row.update(defended_psnr=dp, defended_ssim=ds, output_psnr=op)
-                    sq_err.append(float(np.mean((np.clip(od, 0, 1).astype(np.float64) - np.clip(oc, 0, 1)) ** 2)))
-                else:
-                    finite = False
-                per_image.append(row)
-
-                if fr is not None and (taps or i == 0):
-                    feats = fr.features({in_c: smp.input})
-                    tap_outs = {n.tap_output: np.array(it_d[0][n.tap_output], dtype=np.float32) for n in taps}
-                    for n in taps:
-                        if n.tensor not in feats:
-                            continue
-                        f, fp = feats[n.tensor], tap_outs[n.tap_output]
-                        if fp.shape != f.shape:
-                            raise AsvpError(f"tap output {n.tap_output!r} has shape {fp.shape} but tensor "
-                                            f"{n.tensor!r} has {f.shape}")
-                        rel[n.tap_output].append(sp.rel_change(fp, f))
-                        if info.config is not None:
-                            ref = sp.reference_perturb(f, info.config)
-                            denom = float(np.linalg.norm(ref - f))
-                            ref_err[n.tap_output].append(float(np.linalg.norm(fp - ref)) / denom if denom > 0 else math.nan)
-                    if i == 0 and spectrum:
-                        spec_image = smp.name
-                        for n in feat_nodes:
-                            tap_feat = tap_outs.get(n.tap_output) if n.tap_output else None
-                            spec_entries.append(sp.spectrum_entry(n, feats[n.tensor], info.config, tap_feat))
+                per_image.append(_image_row(smp, oc, od, r, plan.spec, plan.scale))
+                if fr is not None and stats.wanted(i):
+                    stats.add(i, smp.name, fr.features({in_c: smp.input}), it_d[0])
     except AsvpError:
         raise
     except Exception as exc:
@@ -419,6 +480,8 @@ def validate(clean: str | os.PathLike, defended: str | os.PathLike, *, task: str
     finally:
         stream.close()  # deactivates both runners even when we stop early
 
+    finite = all(r["defended_finite"] for r in per_image)
+    notes = list(plan.notes)
     if not finite:
         notes.append("the defended model produced NaN/inf outputs; quality metrics cover finite outputs only")
 
@@ -430,42 +493,23 @@ def validate(clean: str | os.PathLike, defended: str | os.PathLike, *, task: str
     # Output PSNR over the set from the pooled MSE (a per-image mean would be inf as soon as one image is identical).
     o_psnr = None
     if finite:
-        mse = float(np.mean(sq_err))
+        mse = float(np.mean([r["sq_err"] for r in per_image]))
         o_psnr = math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
     drop = (c_psnr - d_psnr) if finite else None
     sdrop = (c_ssim - d_ssim) if finite else None
-    tap_rows = [{"node": n.node, "tensor": n.tensor, "tap_output": n.tap_output,
-                 "rel_change": sp.tap_stats(rel[n.tap_output]),
-                 "reference_rel_error": float(np.nanmax(ref_err[n.tap_output])) if ref_err[n.tap_output] else None,
-                 "per_image_rel_change": rel[n.tap_output]}
-                for n in taps if rel[n.tap_output]]
-
-    # Verdict.
-    checks = [Check("finite", 1.0 if finite else 0.0, ">=", 1.0, finite, "defended outputs finite")]
-    if thresholds["max_teacher_drop"] is not None:
-        t = thresholds["max_teacher_drop"]
-        checks.append(Check("max_teacher_drop", drop, "<=", t, drop is not None and drop <= t, "teacher PSNR drop (dB)"))
-    if thresholds["max_ssim_drop"] is not None:
-        t = thresholds["max_ssim_drop"]
-        checks.append(Check("max_ssim_drop", sdrop, "<=", t, sdrop is not None and sdrop <= t, "teacher SSIM drop"))
-    if thresholds["min_output_psnr"] is not None:
-        t = thresholds["min_output_psnr"]
-        checks.append(Check("min_output_psnr", o_psnr, ">=", t, o_psnr is not None and o_psnr >= t,
-                            "defended-vs-clean output PSNR (dB)"))
     max_abs = float(max(r.max_absdiff for r in cmp_res))
-    if thresholds["max_abs_diff"] is not None:
-        checks.append(Check("max_abs_diff", max_abs, "<=", thresholds["max_abs_diff"], poly_pass,
-                            "max |defended - clean| (Polygraphy SimpleCompareFunc, atol)"))
+    checks = _checks(thresholds, finite, drop, sdrop, o_psnr, max_abs, poly_pass)
+    for r in per_image:
+        del r["sq_err"]
 
     res = ValidationResult(
-        task=task, backend=backend, provider=provider, clean_model=str(clean), defended_model=str(defended),
-        images=source, n_images=len(samples), defence=info.to_dict(), clean_psnr=c_psnr, clean_ssim=c_ssim,
+        task=plan.task, backend=backend, provider=provider, clean_model=str(clean), defended_model=str(defended),
+        images=plan.source, n_images=len(samples), defence=plan.info.to_dict(), clean_psnr=c_psnr, clean_ssim=c_ssim,
         defended_psnr=d_psnr, defended_ssim=d_ssim, teacher_psnr_drop=drop, teacher_ssim_drop=sdrop,
         baseline_psnr=mean("baseline_psnr"), baseline_ssim=mean("baseline_ssim"), output_psnr=o_psnr,
-        output_max_abs_diff=max_abs,
-        output_mean_abs_diff=float(np.mean([r.mean_absdiff for r in cmp_res])), defended_finite=finite,
-        thresholds=thresholds, checks=checks, passed=all(c.passed for c in checks), per_image=per_image,
-        tap=tap_rows, spectrum=spec_entries, spectrum_image=spec_image, notes=notes)
+        output_max_abs_diff=max_abs, output_mean_abs_diff=float(np.mean([r.mean_absdiff for r in cmp_res])),
+        defended_finite=finite, thresholds=thresholds, checks=checks, passed=all(c.passed for c in checks),
+        per_image=per_image, tap=stats.tap_rows(), spectrum=stats.entries, spectrum_image=stats.image, notes=notes)
     if out is not None:
         res.report_dir = str(write_report(out, res.to_sections()))
     return res

@@ -11,10 +11,13 @@ def test_demo_writes_one_report_with_every_section(tmp_path):
     assert res["validation_passed"] is True  # the shipped default (tap) leaves the teacher's output unchanged
     assert res["config"] == AsvpConfig().to_dict()
     report = json.loads((out / "report.json").read_text())
-    for key in ("validate", "profile", "demo"):
+    for key in ("validate", "profile", "demo", "absorbability"):
         assert key in report["sections"], sorted(report["sections"])
     assert any(k.startswith("attack-") for k in report["sections"])
     md = (out / "report.md").read_text()
     assert "Verdict: PASS" in md and "Distillation attack" in md
+    (node,) = res["absorbability"]["defended"]  # the diagnostic at the defended node, with its verdict
+    assert node["name"] == res["defended_nodes"][0]["node"] and node["verdict"] in ("absorbable", "not absorbable")
+    assert f"Absorbability at {node['name']}" in md
     assert list(out.glob("*.png")), "no plots written"
     assert (out / "dehaze.onnx").exists() and (out / "dehaze.asvp.onnx").exists()

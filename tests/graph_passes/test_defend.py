@@ -21,8 +21,9 @@ from asvp.graph_passes.defend import defend_model, verify
 from asvp.graph_passes.metadata import read_defence
 from asvp.method import asvp_reference
 from asvp.exporter.teachers.bundled import weights_path
+from asvp.tasks import TASK_NAMES
 
-TASKS = ("sr", "lowlight", "underwater", "dehaze", "derain")
+TASKS = TASK_NAMES
 TOL = 1e-3  # relative error target of the subgraph against the float64 SVD reference (docs/method.md)
 
 

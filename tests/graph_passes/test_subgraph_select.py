@@ -17,9 +17,10 @@ from asvp.graph_passes import plugin_contract, select
 from asvp.graph_passes.subgraph import build_asvp, emitted_op_types
 from asvp.method import asvp_reference, asvp_subspace
 from asvp.exporter.teachers.bundled import weights_path
+from asvp.tasks import TASK_NAMES
 
 TRT_OPS = Path(__file__).resolve().parents[2] / "graph_passes" / "data" / "trt_onnx_supported_ops.json"
-TASKS = ("sr", "lowlight", "underwater", "dehaze", "derain")
+TASKS = TASK_NAMES
 
 
 def rel_err(out, ref) -> float:

@@ -128,6 +128,67 @@ def test_tiny_sweep_reports_and_names_the_best_configuration(tmp_path):
     (row,) = res.rows
     assert row["placement"] == "tap" and row["kind"] == "feature"
     assert row["teacher_drop_db"] == 0.0 and math.isfinite(row["student_drop_db"])
+    ab = row["absorbability"]  # the diagnostic at the defended node, on the attacker's queries
+    assert 0.0 <= ab["unexplained"] <= ab["unexplained_heldout"] + 0.05 and 0.0 <= ab["subspace_variation"] <= 1.0
+    assert ab["predicted"] in ("absorbable", "not absorbable")
     assert res.best_per_task["sr"]["h"] == 1.5  # the only configuration, and it keeps the teacher unchanged
     assert res.best is not None and res.best["placement"] == "tap"
     assert (out / "sweep-scatter.png").stat().st_size > 0 and "| sr |" in (out / "report.md").read_text()
+
+
+PAIRED = {"steps": 5, "pool": 16, "progress": False}
+
+
+def test_paired_seeds_share_seeds_and_report_an_interval(tap_models):
+    clean, defended = tap_models
+    res = api.attack("sr", clean=clean, defended=defended, kind="feature", seed=1, seeds=3, **PAIRED)
+    (row,) = res.tasks
+    p = row["paired"]
+    assert p["seeds"] == [1, 2, 3] and res.seeds == 3
+    assert p["per_seed"][0]["clean"] == row["students"]["clean"]  # the first pair is the single-seed result
+    assert p["per_seed"][0]["defended"] == row["students"]["defended"]
+    diffs = [q["clean"]["psnr"] - q["defended"]["psnr"] for q in p["per_seed"]]
+    s = p["student"]
+    assert s["n"] == 3 and s["diffs"] == pytest.approx(diffs) and s["mean"] == pytest.approx(np.mean(diffs))
+    assert s["ci_low"] <= s["mean"] <= s["ci_high"]
+    # the noise students (seeds 2, 3) are the clean students of the pairs: trained once, same numbers
+    assert [o["psnr"] for o in row["clean_students_other_seeds"]] == [q["clean"]["psnr"] for q in p["per_seed"][1:]]
+    claim = next(c for c in res.claims if c["claim"].startswith("students distilled"))
+    assert "CI" in claim["evidence"] and "n=3" in claim["evidence"]
+    assert "paired student drop" in "\n".join(res.summary_lines())
+
+
+def test_paired_output_students_of_a_tap_model_are_identical_so_nothing_counts(tap_models):
+    """Tap placement leaves the outputs unchanged: every paired difference of output students is exactly 0."""
+    clean, defended = tap_models
+    res = api.attack("sr", clean=clean, defended=defended, kind="output", seed=0, seeds=2, **PAIRED)
+    s = res.tasks[0]["paired"]["student"]
+    assert s["diffs"] == [0.0, 0.0] and s["ci_low"] == s["ci_high"] == 0.0 and not s["counts"]
+    assert not next(c for c in res.claims if c["claim"].startswith("students distilled"))["holds"]
+
+
+def test_claims_use_the_interval_when_there_are_paired_seeds():
+    from asvp.runtime.attacks.attack import claims
+    from asvp.runtime.evaluation.stats import paired_drop
+
+    def row(single_db, clean, defended):
+        return {"task": "a", "drops": {"teacher": {"db": 0.0, "ssim_pct": 0.0},
+                                       "student": {"db": single_db, "ssim_pct": 0.0}},
+                "noise_margin_db": 0.2, "paired": {"student": paired_drop(clean, defended).to_dict()}}
+
+    # one seed pair looks like a 1 dB drop, but the five pairs straddle 0: does not count
+    noisy = claims([row(1.0, [21.0, 19.2, 20.9, 19.1, 20.4], [20.0] * 5)])
+    assert not noisy[1]["holds"] and not noisy[5]["holds"]
+    # one seed pair shows nothing above the noise margin, but five pairs are consistently 0.15 dB down: counts
+    steady = claims([row(0.1, [20.15, 20.14, 20.16, 20.15, 20.15], [20.0] * 5)])
+    assert steady[1]["holds"] and steady[5]["holds"]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["attack", "--task", "sr", "--seeds", "0"], "seeds must be"),
+    (["attack", "--task", "sr", "--interval", "jackknife"], "unknown interval"),
+])
+def test_bad_paired_options_exit_2_with_one_line(argv, needle, capsys):
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and needle in err

@@ -28,6 +28,7 @@ from asvp.graph_passes import plugin_contract
 from asvp.graph_passes.plugin_contract import PLUGIN_DOMAIN, PLUGIN_NAMESPACE, PLUGIN_OP, PLUGIN_VERSION, config_from_attrs
 from asvp.runtime.engines import sessions
 from asvp.exporter.teachers.bundled import weights_path
+from asvp.tasks import TASK_NAMES
 
 REL_TOL = 1e-5
 TRT_OK, TRT_WHY = plugin_trt.tensorrt_status()
@@ -239,7 +240,7 @@ def insert_plugin_nodes(model: onnx.ModelProto, tensors: dict[str, dict]) -> onn
     return m
 
 
-@pytest.mark.parametrize("task", ["sr", "lowlight", "underwater", "dehaze", "derain"])
+@pytest.mark.parametrize("task", TASK_NAMES)
 def test_bundled_teacher_plugin_nodes_match_reference(task, exported):
     require_teacher(task)
     from asvp.graph_passes.candidates import feature_candidates
@@ -270,7 +271,7 @@ def _defend_available():
 
 
 @pytest.mark.skipif(not _defend_available(), reason="asvp.api.defend (plugin mode) is not there yet")
-@pytest.mark.parametrize("task", ["sr", "lowlight", "underwater", "dehaze", "derain"])
+@pytest.mark.parametrize("task", TASK_NAMES)
 def test_defend_plugin_mode_vs_reference_and_subgraph(task, exported, tmp_path):
     """api.defend(mode="plugin"): the AsvpPerturb node matches asvp_reference on the real feature (REL_TOL); the final
     output agrees with subgraph mode (subspace iteration, 30 steps): relative error <= 2e-2 and <= 10% of the

@@ -10,8 +10,9 @@ from asvp import api, cli
 from asvp.errors import AsvpError, MissingDependencyError
 from asvp.runtime.evaluation import profile as prof
 from asvp.runtime.evaluation.report import Section, jsonable, new_figure, write_report
+from asvp.tasks import TASK_NAMES
 
-TASKS = ("sr", "lowlight", "underwater", "dehaze", "derain")
+TASKS = TASK_NAMES
 
 
 @pytest.fixture(scope="module")

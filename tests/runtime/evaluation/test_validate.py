@@ -18,8 +18,9 @@ import pytest
 from asvp import api, cli
 from asvp.config import AsvpConfig
 from asvp.errors import AsvpError, MissingDependencyError
+from asvp.tasks import TASK_NAMES
 
-TASKS = ("sr", "lowlight", "underwater", "dehaze", "derain")
+TASKS = TASK_NAMES
 SMALL = {"sr": 32, "lowlight": 32, "underwater": 32, "dehaze": 32, "derain": 32}  # held-out crop side (target px)
 
 

@@ -1,0 +1,300 @@
+"""ASVP as a short, fixed sequence of Triton kernels: no host synchronisation, so CUDA-graph capturable.
+
+    asvp_triton(feat, k, h, tau, adaptive, out=None) -> Tensor
+
+computes, per sample n of feat [N, C, H, W] (M = feat[n] as C x H*W):
+
+    M' = M + (h - 1) U_k diag(mask) U_k^T M = (I + Q) M,   Q = U diag((h - 1) mask) U^T
+
+with U, energies = eigenvectors, eigenvalues of the Gram matrix G = M M^T (descending) and the mask of
+`asvp.method.adaptive_k_mask` (adaptive: keep direction j while the energy before it is < tau * total, at most k;
+fixed: the top k). Three launches (triton_asvp_jit.py has the kernels):
+
+    1. gram   grid (N, S)   each program sums M_t M_t^T over a contiguous pixel range into its own fp32 CP x CP
+                            partial (no atomics: the sum order is fixed, so results are deterministic)
+    2. eig    grid (N,)     sums the S partials, normalises G by its trace and diagonalises it on chip with
+                            parallel cyclic Jacobi (CP/2 rotations per round, CP - 1 rounds per sweep, sweeps until
+                            the off-diagonal norm is <= 1e-6 relative or MAX_SWEEPS), then the mask and Q
+    3. apply  grid (N, S)   out tile = M_t + Q M_t in fp32, stored in the input dtype
+
+C is a compile-time constant (padded to CP = next power of two >= 16 inside the kernels; padded rows are zero and
+never rotate), N, H, W are runtime values. fp16/bf16 inputs are read as fp32 (all math is fp32, dots with
+input_precision="ieee"); the output has the input's dtype. `out` may be `feat` itself (the apply pass reads each
+tile before writing it, and the Gram pass has finished by then).
+
+`asvp_triton_fused` runs the same math as one kernel with one program per sample and no workspace: slower (one
+SM streams a whole sample) but a single launch, which is what TensorRT's AOT plugin route can embed
+(`compile_fused`).
+
+Status: numerics verified only in Triton's CPU interpreter (TRITON_INTERPRET=1 with CPU tensors; tests/runtime/
+engines/test_triton_kernel.py) and compilation for sm_90 checked with an explicit target. Nothing here has run on
+a GPU yet: GPU speed and CUDA-graph capture are unverified (benchmarks/gpu.py measures them).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+
+from asvp.config import AsvpConfig
+from asvp.errors import AsvpError, MissingDependencyError
+
+TRITON_MIN, TRITON_MAX = (3, 5), (3, 10)  # pyproject: triton>=3.5,<3.10
+INSTALL_TRITON = "pip install 'asvp[kernels]' (triton>=3.5,<3.10; runs on NVIDIA GPUs, or on CPU with TRITON_INTERPRET=1)"
+MAX_CHANNELS = 128
+DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+JACOBI_TOL = 1e-6  # stop sweeping once ||offdiag(A)||_F <= 1e-6 ||A||_F (fp32 floor ~1e-7..2e-7 for CP 16..128)
+MAX_SWEEPS = {16: 10, 32: 12, 64: 14, 128: 16}  # Jacobi converges quadratically: 4-11 sweeps seen here
+MAX_SPLITS = 256  # Gram partials per sample: bounds what the eig program reads (<= 256 * CP^2 floats)
+# Per CP: (pixels per tile, warps, pipeline stages) of the gram and apply kernels, and warps of the eig kernel.
+# Chosen so that ptxas (sm_90, Triton 3.6) reports no register spills; not tuned for speed (no GPU was available).
+# Exceptions: CP = 128 spills ~3 KB in the eig kernel at 16 warps (A, V and their rotated copies are 64 KB each)
+# and ~6.5 KB in the fused kernel; the fused CP = 64 kernel spills 132 bytes.
+TILES = {16: (128, 8, 2), 32: (128, 8, 1), 64: (32, 8, 2), 128: (16, 8, 1)}
+EIG_WARPS = {16: 2, 32: 4, 64: 8, 128: 16}
+FUSED_TILES = {16: (64, 2), 32: (64, 8), 64: (16, 8), 128: (16, 16)}  # (pixels, warps): it also holds Q and G
+
+
+def padded_channels(channels: int) -> int:
+    """CP: the power of two >= max(channels, 16) the kernels work in (tl.dot needs dimensions >= 16)."""
+    return max(16, 1 << (int(channels) - 1).bit_length())
+
+
+def block_pixels(cp: int) -> int:
+    """Pixels per gram/apply tile for a padded channel count CP (see TILES)."""
+    return TILES[cp][0]
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Grid and compile-time sizes for one feature shape (pure arithmetic: no device query, no sync)."""
+
+    n: int
+    channels: int
+    hw: int
+    cp: int
+    block_p: int
+    iters: int  # tiles per gram/apply program (a power of two, so only a few kernel variants exist)
+    nsplit: int  # gram/apply programs per sample
+
+    @classmethod
+    def for_shape(cls, n: int, channels: int, hw: int) -> "LaunchPlan":
+        cp = padded_channels(channels)
+        block_p = block_pixels(cp)
+        tiles = max(1, -(-hw // block_p))
+        iters = 1
+        while -(-tiles // iters) > MAX_SPLITS:
+            iters *= 2
+        return cls(n, channels, hw, cp, block_p, iters, -(-tiles // iters))
+
+
+class KernelStats(NamedTuple):
+    """Per-sample diagnostics from the eig kernel (device tensors; reading them synchronises, the kernel does not)."""
+
+    energies: torch.Tensor  # [N, C] eigenvalues of G = M M^T, descending (fp32; the reference's s_i^2)
+    kept: torch.Tensor  # [N, C] 1.0 where that direction is amplified (same order as energies)
+    sweeps: torch.Tensor  # [N] Jacobi sweeps used
+
+
+# ---- availability ----------------------------------------------------------------------------------------------
+
+def _version_tuple(text: str) -> Tuple[int, ...]:
+    out = []
+    for piece in str(text).split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        out.append(int(digits) if digits else 0)
+    return tuple(out)
+
+
+def require_triton():
+    """The `triton` module, or a one-line MissingDependencyError saying what to install."""
+    try:
+        import triton
+    except Exception as exc:  # ImportError, or a broken install
+        raise MissingDependencyError(f"Triton is not installed ({type(exc).__name__}): {INSTALL_TRITON}") from None
+    version = _version_tuple(getattr(triton, "__version__", "0"))
+    if not TRITON_MIN <= version < TRITON_MAX:
+        raise MissingDependencyError(f"Triton {triton.__version__} is outside the supported range: {INSTALL_TRITON}")
+    return triton
+
+
+def interpreter_requested() -> bool:
+    """Whether TRITON_INTERPRET=1 is set (Triton reads it when a kernel is defined, i.e. at the kernels' import)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def triton_status() -> Tuple[bool, str]:
+    """(usable, detail): Triton in the supported range, plus a CUDA device or the CPU interpreter."""
+    try:
+        triton = require_triton()
+    except MissingDependencyError as exc:
+        return False, str(exc)
+    if interpreter_requested():
+        return True, f"Triton {triton.__version__} in its CPU interpreter (TRITON_INTERPRET=1; numerics only, slow)"
+    if torch.cuda.is_available():
+        return True, f"Triton {triton.__version__} on CUDA device {torch.cuda.get_device_name(0)}"
+    return False, (f"Triton {triton.__version__} is installed but no CUDA device is visible to torch and "
+                   f"TRITON_INTERPRET is not 1")
+
+
+def usable_for(feat) -> bool:
+    """Whether `asvp_triton` can take this tensor: CUDA, 1..MAX_CHANNELS channels, a supported dtype, Triton there."""
+    if not (isinstance(feat, torch.Tensor) and feat.is_cuda and feat.ndim == 4 and feat.dtype in DTYPES
+            and 1 <= feat.shape[1] <= MAX_CHANNELS):
+        return False
+    try:
+        require_triton()
+    except MissingDependencyError:
+        return False
+    return True
+
+
+def _kernels():
+    """The kernels module (imports triton); MissingDependencyError when Triton is missing."""
+    require_triton()
+    from asvp.runtime.engines.kernels import triton_asvp_jit
+
+    return triton_asvp_jit
+
+
+def _interpreted(kernels) -> bool:
+    return type(kernels._asvp_fused_kernel).__name__ == "InterpretedFunction"
+
+
+# ---- the op ----------------------------------------------------------------------------------------------------
+
+def config_args(cfg: AsvpConfig) -> Tuple[int, float, float, bool]:
+    """(k, h, tau, adaptive) of an AsvpConfig, in `asvp_triton`'s argument order."""
+    return cfg.k, cfg.h, cfg.tau, cfg.k_mode == "adaptive"
+
+
+def _check(feat: torch.Tensor, k: int, h: float, tau: float, out: Optional[torch.Tensor], kernels) -> None:
+    if not isinstance(feat, torch.Tensor) or feat.ndim != 4:
+        shape = tuple(feat.shape) if isinstance(feat, torch.Tensor) else type(feat).__name__
+        raise AsvpError(f"asvp_triton expects a rank-4 NCHW tensor, got {shape}")
+    if feat.dtype not in DTYPES:
+        raise AsvpError(f"asvp_triton supports float32, float16 and bfloat16 features, got {feat.dtype}")
+    if not 1 <= feat.shape[1] <= MAX_CHANNELS:
+        raise AsvpError(f"asvp_triton supports 1..{MAX_CHANNELS} channels, got C={feat.shape[1]}")
+    if int(k) < 1 or not h > 0 or not 0 < tau <= 1:
+        raise AsvpError(f"asvp_triton needs k >= 1, h > 0, 0 < tau <= 1; got k={k}, h={h}, tau={tau}")
+    if out is not None and (out.shape != feat.shape or out.dtype != feat.dtype or out.device != feat.device
+                            or not out.is_contiguous()):
+        raise AsvpError(f"asvp_triton: out must be a contiguous {feat.dtype} tensor of shape {tuple(feat.shape)} on "
+                        f"{feat.device}, got {out.dtype} {tuple(out.shape)} on {out.device}")
+    if feat.device.type == "cpu" and not _interpreted(kernels):
+        raise MissingDependencyError("asvp_triton got CPU tensors, which only Triton's interpreter runs: set "
+                                     "TRITON_INTERPRET=1 before the kernels are imported, or pass CUDA tensors")
+    if feat.device.type not in ("cpu", "cuda"):
+        raise AsvpError(f"asvp_triton runs on CUDA tensors (or CPU ones in the interpreter), got {feat.device}")
+
+
+def _prepare(feat, k, h, tau, out):
+    kernels = _kernels()
+    _check(feat, k, h, tau, out, kernels)
+    x = feat.contiguous()
+    y = torch.empty_like(x) if out is None else out
+    return kernels, x, y
+
+
+def asvp_triton(feat: torch.Tensor, k: int, h: float, tau: float, adaptive: bool, out: Optional[torch.Tensor] = None,
+                *, stats: bool = False):
+    """ASVP of feat [N, C, H, W] through three Triton launches; returns `out` (allocated when None).
+
+    No host synchronisation and no data-dependent shapes: safe inside torch.cuda.graph capture once the kernels
+    have been compiled by a first call outside the capture. With stats=True returns (out, KernelStats).
+    """
+    kernels, x, y = _prepare(feat, k, h, tau, out)
+    n, c, hh, ww = x.shape
+    if x.numel() == 0:
+        return (y, None) if stats else y
+    plan = LaunchPlan.for_shape(n, c, hh * ww)
+    cp = plan.cp
+    part = torch.empty((n, plan.nsplit, cp, cp), dtype=torch.float32, device=x.device)
+    q = torch.empty((n, cp, cp), dtype=torch.float32, device=x.device)
+    aux = torch.empty((n, 3, cp), dtype=torch.float32, device=x.device)
+    _, warps, stages = TILES[cp]
+    kernels._asvp_gram_kernel[(n, plan.nsplit)](x, part, plan.hw, C=c, CP=cp, BLOCK_P=plan.block_p,
+                                                 ITERS=plan.iters, num_warps=warps, num_stages=stages)
+    kernels._asvp_eig_kernel[(n,)](part, plan.nsplit, q, aux, int(k), float(h) - 1.0, float(tau),
+                                   int(bool(adaptive)), CP=cp, MAX_SWEEPS=MAX_SWEEPS[cp], TOL=JACOBI_TOL,
+                                   num_warps=EIG_WARPS[cp])
+    kernels._asvp_apply_kernel[(n, plan.nsplit)](x, q, y, plan.hw, C=c, CP=cp, BLOCK_P=plan.block_p,
+                                                  ITERS=plan.iters, num_warps=warps, num_stages=stages)
+    if not stats:
+        return y
+    return y, KernelStats(aux[:, 0, :c], aux[:, 1, :c], aux[:, 2, 0].to(torch.int32))
+
+
+def asvp_triton_fused(feat: torch.Tensor, k: int, h: float, tau: float, adaptive: bool,
+                      out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The same ASVP as one kernel launch, one program per sample, no workspace (the TensorRT AOT kernel).
+
+    k, h, tau and adaptive are compile-time constants here (TensorRT does not serialise AOT plugin attributes, so
+    they are baked into the PTX); each new combination compiles a new variant.
+    """
+    kernels, x, y = _prepare(feat, k, h, tau, out)
+    n, c, hh, ww = x.shape
+    if x.numel() == 0:
+        return y
+    cp = padded_channels(c)
+    kernels._asvp_fused_kernel[(n,)](x, hh * ww, y, **fused_constants(c, k, h, tau, adaptive),
+                                     num_warps=FUSED_TILES[cp][1])
+    return y
+
+
+def fused_constants(channels: int, k: int, h: float, tau: float, adaptive: bool) -> dict:
+    """The fused kernel's compile-time arguments (shared by the torch launch and the AOT compile)."""
+    cp = padded_channels(channels)
+    return dict(C=int(channels), CP=cp, K=int(k), HM1=float(h) - 1.0, TAU=float(tau), ADAPTIVE=int(bool(adaptive)),
+                BLOCK_P=FUSED_TILES[cp][0], MAX_SWEEPS=MAX_SWEEPS[cp], TOL=JACOBI_TOL)
+
+
+# ---- ahead-of-time compilation (TensorRT's aot_impl) -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class CompiledKernel:
+    """A compiled `_asvp_fused_kernel`: launch it with grid (N,), block (num_warps * 32,), `shared` bytes of
+    dynamic shared memory and arguments (x_ptr, HW as int32, y_ptr)."""
+
+    name: str
+    ptx: str
+    num_warps: int
+    shared: int
+    target: str
+
+
+def compile_fused(channels: int, k: int, h: float, tau: float, adaptive: bool, dtype: str = "fp32",
+                  target: Optional[Tuple[str, int, int]] = None) -> CompiledKernel:
+    """PTX of the fused kernel for one (C, k, h, tau, adaptive, dtype), e.g. for `tensorrt.plugin.aot_impl`.
+
+    target: (backend, arch, warp size), e.g. ("cuda", 90, 32) to compile without a GPU; None uses the current
+    device. Raises MissingDependencyError without Triton, AsvpError when the kernel would need Triton's hidden
+    scratch-buffer arguments (TensorRT launches with the visible arguments only).
+    """
+    triton = require_triton()
+    from triton.backends.compiler import GPUTarget
+
+    kernels = _kernels()
+    if not 1 <= int(channels) <= MAX_CHANNELS:
+        raise AsvpError(f"the fused ASVP kernel supports 1..{MAX_CHANNELS} channels, got C={channels}")
+    if dtype not in DTYPES.values():
+        raise AsvpError(f"dtype must be one of {sorted(DTYPES.values())}, got {dtype!r}")
+    consts = fused_constants(channels, k, h, tau, adaptive)
+    if _interpreted(kernels):
+        raise AsvpError("compile_fused needs the kernels compiled, not interpreted: unset TRITON_INTERPRET")
+    fn = kernels._asvp_fused_kernel
+    signature = {"x_ptr": f"*{dtype}", "HW": "i32", "y_ptr": f"*{dtype}"}
+    signature.update({name: "constexpr" for name in consts})
+    src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=consts)
+    gpu_target = GPUTarget(*target) if target is not None else None
+    warps = FUSED_TILES[consts["CP"]][1]
+    compiled = triton.compile(src, target=gpu_target, options={"num_warps": warps})
+    meta = compiled.metadata
+    if getattr(meta, "global_scratch_size", 0) or getattr(meta, "profile_scratch_size", 0):
+        raise AsvpError("the fused ASVP kernel compiled to a variant that needs Triton's hidden scratch buffers, "
+                        "which a TensorRT AOT launch does not pass")
+    arch = f"{target[0]}:{target[1]}" if target is not None else "current device"
+    return CompiledKernel(meta.name, compiled.asm["ptx"], meta.num_warps, meta.shared, arch)

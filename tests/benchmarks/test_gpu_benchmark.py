@@ -1,0 +1,139 @@
+"""benchmarks/gpu.py without a GPU: arguments, the one-line refusal, result files, and the whole pipeline with
+stand-in timers on CPU (Triton's interpreter runs the kernels). The GPU figures themselves are not tested here."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are imported (see test_triton_kernel.py)
+
+from asvp.errors import AsvpError  # noqa: E402
+from asvp.exporter.teachers.bundled import load_teacher  # noqa: E402
+from asvp.tasks import TASKS  # noqa: E402
+from asvp.graph_passes import select  # noqa: E402
+from asvp.runtime.engines.kernels import triton_asvp  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "gpu.py"
+spec = importlib.util.spec_from_file_location("asvp_gpu_benchmark", SCRIPT)
+gpu = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gpu)
+
+
+def test_arguments():
+    a = gpu.parse_args([])
+    assert a.tasks == list(TASKS) and [gpu.format_shape(s) for s in a.shapes] == list(gpu.SHAPES) and a.iters == 30
+    q = gpu.parse_args(["--quick", "--tasks", "sr,dehaze"])
+    assert q.tasks == ["sr", "dehaze"] and len(q.shapes) == 2 and q.iters == 10
+    for bad, match in [(["--tasks", "sr,nope"], "unknown task"), (["--shapes", "1x3x64"], "NxCxHxW"),
+                       (["--shapes", "1x1x64x64"], "C=3"), (["--tasks", "lowlight", "--shapes", "1x3x66x64"], "multiples of 4"),
+                       (["--iters", "0"], "--iters")]:
+        with pytest.raises(AsvpError, match=match):
+            gpu.parse_args(bad)
+    assert gpu.device_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is visible")
+def test_refuses_without_cuda_in_one_line_and_writes_nothing(tmp_path):
+    res = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out-dir", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 3 and res.stdout == ""
+    assert res.stderr.startswith("gpu.py: error: no CUDA device") and res.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_summarize_events_counts_kernels_and_busy_time():
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+
+    def ev(name, dev, us):
+        return types.SimpleNamespace(name=name, device_type=dev, time_range=types.SimpleNamespace(elapsed_us=lambda: us))
+
+    events = [ev("conv", cuda, 10.0), ev("_asvp_gram_kernel", cuda, 4.0), ev("Memset (Device)", cuda, 1.0),
+              ev("aten::conv2d", cpu, 99.0)] * 2
+    assert gpu.summarize_events(events, reps=2) == {"kernels": 2.0, "memops": 1.0, "busy_us": 14.0}
+
+
+def fake_env():
+    return {"device": "Stand-in GPU", "python": "3", "torch": torch.__version__, "cuda": None, "triton": "x",
+            "date": "today", "capability": "0.0", "sms": 0, "driver": None, "onnxruntime": ort.__version__,
+            "onnx2torch": None}
+
+
+def test_pipeline_with_stand_in_timers(tmp_path, monkeypatch):
+    """run() end to end on CPU: hooks on the real sr teacher, the Triton kernels (interpreted) at the node and their
+    parity, export + defend + a subgraph runner (ONNX Runtime CPU standing in for onnx2torch), result files."""
+    ok, why = triton_asvp.triton_status()
+    if not ok:
+        pytest.skip(why)
+    calls = []
+
+    def fake_measure(fn, iters, warmup):
+        out = fn()
+        assert isinstance(out, torch.Tensor) and torch.isfinite(out).all()
+        calls.append(tuple(out.shape))
+        return {"kernels": 10.0, "memops": 0.0, "busy_us": 100.0, "eager_us": 200.0, "captured": True,
+                "graph_us": 150.0, "error": None}
+
+    class OrtModule:  # stands in for onnx2torch.convert(...): runs the ONNX file with ONNX Runtime on CPU
+        def __init__(self, path):
+            self.sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+        def __call__(self, x):
+            return torch.from_numpy(self.sess.run(None, {self.sess.get_inputs()[0].name: x.numpy()})[0])
+
+    monkeypatch.setattr(gpu, "DEVICE", "cpu")
+    monkeypatch.setattr(gpu, "measure", fake_measure)
+    monkeypatch.setattr(gpu, "require_cuda", lambda: None)
+    monkeypatch.setattr(gpu, "environment", fake_env)
+    monkeypatch.setattr(gpu, "pick_subgraph_runtime", lambda choice: "onnx2torch")
+    monkeypatch.setattr(gpu, "onnx2torch_module", OrtModule)
+    monkeypatch.setattr(gpu, "KERNEL_FEATURE", (1, 32, 16, 16))
+    args = gpu.parse_args(["--tasks", "sr", "--shapes", "1x3x16x16", "--iters", "1", "--out-dir", str(tmp_path)])
+    res = gpu.run(args)
+    assert res["errors"] == [], res["errors"]
+    plugin, sub = [r for r in res["rows"] if r["path"] == "plugin"], [r for r in res["rows"] if r["path"] == "subgraph"]
+    assert len(plugin) == len(sub) == 1 and plugin[0]["channels"] == sub[0]["channels"] == 32
+    assert plugin[0]["node"] == sub[0]["node"] == "/Add" and plugin[0]["ratio"]["busy"] == 1.0
+    assert plugin[0]["kernel_rel_err"] <= 1e-4  # the kernel at the hooked node vs the float64 reference
+    assert [r["rel_err"] <= 1e-4 for r in res["kernel"]] == [True] * 3, res["kernel"]
+    assert calls.count((1, 3, 32, 32)) == 4 and calls.count((1, 32, 16, 16)) == 3  # sr doubles H and W
+    js, md = gpu.write_results(res, tmp_path)
+    assert js.name == "gpu-stand-in-gpu.json" and json.loads(js.read_text())["settings"]["tasks"] == ["sr"]
+    text = md.read_text()
+    for needle in ("# GPU benchmark: Stand-in GPU", "## The kernel alone", "## Plugin path", "## Subgraph path",
+                   "| sr | /Add (32) | 1x3x16x16 | 10 -> 10 | 100.0 | 1.000x | 1.000x | 1.000x | yes / yes |"):
+        assert needle in text, needle
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu-stand-in-gpu.json", "gpu-stand-in-gpu.md"]
+
+
+def test_placements_hook_the_nodes_defend_picks(exported):
+    """PLACEMENTS[task] names the node api.defend picks automatically, and the torch tensor the plugin path's hook
+    sees there is that node's output (ONNX Runtime on the clean export, 1x3x32x32)."""
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for task in TASKS:
+        node, _, _ = gpu.PLACEMENTS[task]
+        model = onnx.load(exported(task))
+        auto = select.automatic(select.candidates(model))
+        assert auto.name == node, (task, auto.name)
+        model.graph.output.append(onnx.helper.make_tensor_value_info(auto.output, onnx.TensorProto.FLOAT, None))
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        want = sess.run([auto.output], {sess.get_inputs()[0].name: x.numpy()})[0]
+        teacher, _ = load_teacher(task)
+        seen = {}
+        handle = gpu.hooked(teacher, task, lambda f: seen.setdefault("f", f))
+        with torch.no_grad():
+            teacher(x)
+        handle.remove()
+        assert np.abs(seen["f"].numpy() - want).max() <= 1e-4 * max(1.0, np.abs(want).max()), task

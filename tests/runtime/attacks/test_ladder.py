@@ -1,0 +1,88 @@
+"""The attacker ladder's feature rungs (`asvp attack --kind fitnets-0.1|fitnets-1|fitnets-10|direct|staged`), on
+quick budgets: each rung runs and records the recipe it used, the staged recipe really trains in two stages, and
+direct alignment really has no adapter. Whether any rung breaks ASVP needs real budgets (docs/protection.md)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from asvp import api
+from asvp.cli import main
+from asvp.config import AsvpConfig
+from asvp.errors import AsvpError
+from asvp.runtime.attacks.attack import LADDER, make_queries
+from asvp.runtime.attacks.students import (STUDENTS, WIDE_STUDENTS, TrainBudget, build_student, n_params,
+                                           train_student)
+
+QUICK = {"steps": 5, "pool": 16, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def tap_models(exported, tmp_path_factory):
+    clean = exported("sr")
+    defended = tmp_path_factory.mktemp("ladder") / "sr.tap.onnx"
+    api.defend(clean, defended, config=AsvpConfig(placement="tap"))
+    return clean, str(defended)
+
+
+@pytest.mark.parametrize("kind", list(LADDER))
+def test_every_rung_runs_and_records_its_recipe(tap_models, kind):
+    clean, defended = tap_models
+    (row,) = api.attack("sr", clean=clean, defended=defended, kind=kind, seed=0, **QUICK).tasks
+    assert row["kind"] == kind and row["base_kind"] == "feature" and row["hint_layers"]
+    for key, value in LADDER[kind].items():
+        assert row["budget"][key] == value
+    assert math.isfinite(row["drops"]["student"]["db"])
+    assert row["teacher"]["query_output_max_abs_diff"] == 0.0  # tap: same outputs, only the features differ
+    wide = LADDER[kind].get("adapter") is False
+    assert row["student_model"]["params"] == n_params(build_student("sr", 0, wide=wide))
+
+
+def test_the_original_recipe_keeps_its_budget_record():
+    """The recipe variants are recorded only when used, so earlier results and cache keys stay valid."""
+    assert TrainBudget().to_dict() == {"steps": 300, "batch": 8, "lr": 2e-3, "hint_weight": 0.1}
+    assert TrainBudget(adapter=False, feature_stage=0.5).to_dict()["feature_stage"] == 0.5
+
+
+def _features(task: str, n: int, channels: int, hw: tuple) -> tuple[np.ndarray, list[dict]]:
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(n, channels, *hw, generator=g).numpy()
+    return f, [{"name": "t", "hw": hw, "depth": 0.5}]
+
+
+def test_staged_recipe_trains_only_on_hints_during_the_feature_stage():
+    """feature_stage=1: every step is a hint step, so the layers after the hint point keep their initial weights."""
+    q = make_queries("sr", 8, 32, 0)
+    y = np.zeros((8, 3, 32, 32), np.float32)
+    f, meta = _features("sr", 8, 32, tuple(q.shape[-2:]))
+    model, rec = train_student("sr", q, y, seed=0, budget=TrainBudget(steps=3, batch=2, feature_stage=1.0),
+                               feats=[f], feat_meta=meta, progress=False)
+    hinted = rec["hint_layers"][0]["student"]
+    fresh = dict(build_student("sr", 0).named_parameters())
+    trained = dict(model.named_parameters())
+    assert not torch.equal(trained["head.weight"], fresh["head.weight"])  # before the hint point: trained
+    tail = [n for n in trained if n.startswith("upsample")]
+    assert tail and all(torch.equal(trained[n], fresh[n]) for n in tail), hinted  # after it: untouched
+    assert rec["final_loss"]["l1"] > 0 and rec["budget"]["feature_stage"] == 1.0
+
+
+def test_direct_alignment_has_no_adapter_and_needs_a_width_matched_layer():
+    q = make_queries("sr", 4, 32, 0)
+    y = np.zeros((4, 3, 32, 32), np.float32)
+    budget = TrainBudget(steps=2, batch=2, adapter=False)
+    f, meta = _features("sr", 4, WIDE_STUDENTS["sr"][1]["ch"], tuple(q.shape[-2:]))
+    model, rec = train_student("sr", q, y, seed=0, budget=budget, feats=[f], feat_meta=meta, progress=False)
+    assert n_params(model) == n_params(build_student("sr", 0, wide=True)) > n_params(build_student("sr", 0))
+    assert rec["student"]["kwargs"]["ch"] == WIDE_STUDENTS["sr"][1]["ch"] != STUDENTS["sr"][1]["ch"]
+    f7, meta7 = _features("sr", 4, 7, tuple(q.shape[-2:]))  # no student layer has 7 channels
+    with pytest.raises(AsvpError, match="without an adapter needs a student layer with 7 channels"):
+        train_student("sr", q, y, seed=0, budget=budget, feats=[f7], feat_meta=meta7, progress=False)
+
+
+def test_unknown_kind_lists_the_ladder(capsys):
+    assert main(["attack", "--task", "sr", "--kind", "fitnets-100"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(k in err for k in LADDER)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from asvp.config import AsvpConfig
 from asvp.errors import AsvpError
-from asvp.io import check_output, check_output_dir
+from asvp.io import check_output
 from asvp.exporter import export as ex
 from asvp.exporter.teachers.train import quality_table, train_teacher as _train
 from asvp.graph_passes.defend import defend_file

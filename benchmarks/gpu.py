@@ -29,7 +29,6 @@ import datetime as dt
 import json
 import platform
 import re
-import statistics
 import sys
 import tempfile
 import time

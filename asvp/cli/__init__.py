@@ -16,7 +16,6 @@ import sys
 from asvp import api, demo
 from asvp.cli.args import (TASKS_HELP, BackendArgs, BudgetArgs, DefenceArgs, OutputArgs, ShapeProfileArgs,
                            add_groups)
-from asvp.config import AsvpConfig
 from asvp.errors import AsvpError, first_line
 from asvp.exporter.teachers.train import DEFAULTS as TRAIN_DEFAULTS
 from asvp.exporter.teachers.train import quality_markdown, record_summary

@@ -34,8 +34,6 @@ def rel_err(out, ref) -> float:
 
 
 def teacher(exported, task) -> str:
-    from asvp.tasks import get_task
-
     if not weights_path(task).exists():
         pytest.skip(f"no bundled weights for {task} yet (asvp train-teacher --task {task})")
     return exported(task)

@@ -184,8 +184,6 @@ def test_plugin_node_contract():
 # ---- selection -------------------------------------------------------------------------------------------
 
 def _teacher(exported, task):
-    from asvp.tasks import get_task
-
     if not weights_path(task).exists():
         pytest.skip(f"no bundled weights for {task} yet")
     return onnx.load(exported(task))

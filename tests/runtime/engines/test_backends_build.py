@@ -209,8 +209,6 @@ def test_plan_build_reads_the_model(model_paths):
 
 
 def test_foreign_custom_ops_are_named_in_build_errors(tmp_path):
-    from asvp.runtime.engines import plugin_ort
-
     m = image_model(True)
     m.graph.node.insert(1, helper.make_node("Mystery", ["f"], ["f2"], domain="com.example"))
     m.graph.node[2].input[0] = "f2"

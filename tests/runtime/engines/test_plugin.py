@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import time
-import types
 
 import numpy as np
 import onnx
@@ -211,8 +210,6 @@ def test_polygraphy_onnxrt_runner_and_comparator_against_reference(tmp_path):
 # ---- the bundled teachers, with plugin nodes inserted --------------------------------------------------------
 
 def require_teacher(task: str) -> None:
-    from asvp.tasks import get_task
-
     path = weights_path(task)
     if not path.exists():
         pytest.skip(f"bundled weights for {task!r} are not there ({path}); run asvp train-teacher --task {task}")
@@ -327,42 +324,12 @@ def test_parse_version():
     assert plugin_trt.parse_version("10.7.0") < plugin_trt.MIN_TRT_VERSION <= plugin_trt.parse_version("10.8.0.43")
 
 
-class _FakeTrtp(types.SimpleNamespace):
-    """Records what plugin_trt hands to tensorrt.plugin, to check it against the API's documented rules."""
-
-
-def _fake_trtp():
-    fake = _FakeTrtp(defs={})
-
-    class TensorDesc:
-        def like(self):
-            return "like"
-
-    class Tensor:
-        pass
-
-    class AutoTuneCombination:
-        def __init__(self, types_, layouts=None):
-            self.types, self.layouts = types_, layouts
-
-    def deco(kind):
-        def outer(plugin_id):
-            def inner(fn):
-                fake.defs[kind] = (plugin_id, fn)
-                return fn
-            return inner
-        return outer
-
-    fake.TensorDesc, fake.Tensor, fake.AutoTuneCombination = TensorDesc, Tensor, AutoTuneCombination
-    fake.register, fake.autotune, fake.impl = deco("register"), deco("autotune"), deco("impl")
-    return fake
-
-
-def test_trt_plugin_definitions_follow_the_tensorrt_plugin_schema():
+def test_trt_plugin_definitions_follow_the_tensorrt_plugin_schema(fake_trtp):
     """Checks the rules tensorrt.plugin enforces (TensorRT's _validate.py), without TensorRT."""
-    fake = _fake_trtp()
+    fake = fake_trtp(with_aot=False)
     plugin_trt._define(fake)
-    assert {pid for pid, _ in fake.defs.values()} == {"asvp::AsvpPerturb"} == {plugin_trt.PLUGIN_ID}
+    assert {pid for defs in fake.defs.values() for pid, _ in defs} == {"asvp::AsvpPerturb"} == {plugin_trt.PLUGIN_ID}
+    fake.defs = {kind: defs[0] for kind, defs in fake.defs.items()}  # one definition of each kind
     reg = inspect.signature(fake.defs["register"][1])
     # real annotation objects (not strings): tensorrt.plugin calls issubclass() on them
     assert list(reg.parameters) == ["inp0", "k", "h", "tau", "adaptive"]

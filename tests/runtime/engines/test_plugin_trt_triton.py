@@ -18,75 +18,10 @@ import pytest
 import torch
 
 from asvp.errors import AsvpError, MissingDependencyError
+from asvp.graph_passes.plugin_contract import config_from_attrs
 from asvp.method import asvp_reference
 from asvp.runtime.engines import plugin_trt
 from asvp.runtime.engines.kernels import triton_asvp
-from asvp.graph_passes.plugin_contract import config_from_attrs
-
-
-class Sym:
-    """Stand-in for tensorrt.plugin ShapeExpr / SymInt32: records the expression it stands for."""
-
-    def __init__(self, value, constant: bool = False):
-        self.value, self.is_constant = value, constant
-
-    def constant_value(self):  # a method in TensorRT 10.8-10.9, a property later: plugin_trt handles both
-        return self.value
-
-    def __mul__(self, other):
-        return Sym(f"({self.value}*{other.value})")
-
-    def __eq__(self, other):
-        return isinstance(other, Sym) and other.value == self.value
-
-
-def fake_trtp(with_aot: bool = True):
-    fake = types.SimpleNamespace(defs={})
-
-    class TensorDesc:
-        def __init__(self, shape_expr=None):
-            self.shape_expr = shape_expr
-
-        def like(self):
-            return "like"
-
-    class Tensor:
-        pass
-
-    class AutoTuneCombination:
-        def __init__(self, types_, layouts=None):
-            self.types, self.layouts = types_, layouts
-
-    class KernelLaunchParams:
-        grid_x = grid_y = grid_z = block_x = block_y = block_z = 1
-        shared_mem = 0
-
-    class SymExprs:
-        pass
-
-    class SymIntExprs(SymExprs, list):
-        def __init__(self, n):
-            list.__init__(self, [None] * n)
-
-    def deco(kind):
-        def outer(plugin_id):
-            def inner(fn):
-                fake.defs.setdefault(kind, []).append((plugin_id, fn))
-                return fn
-            return inner
-        return outer
-
-    fake.TensorDesc, fake.Tensor, fake.AutoTuneCombination = TensorDesc, Tensor, AutoTuneCombination
-    fake.KernelLaunchParams, fake.SymExprs, fake.SymIntExprs = KernelLaunchParams, SymExprs, SymIntExprs
-    fake.SymInt32 = lambda e: ("SymInt32", e.value if isinstance(e, Sym) else e)
-    fake.register, fake.autotune, fake.impl = deco("register"), deco("autotune"), deco("impl")
-    if with_aot:
-        fake.aot_impl = deco("aot_impl")
-    return fake
-
-
-def nchw(channels_constant: bool = True):
-    return [Sym("N"), Sym(32, constant=channels_constant), Sym("H"), Sym("W")]
 
 
 # ---- the JIT impl's dispatch -------------------------------------------------------------------------------------
@@ -119,7 +54,7 @@ def test_usable_for_needs_cuda_and_at_most_128_channels():
 
 # ---- the AOT impl (UNVERIFIED with TensorRT) ---------------------------------------------------------------------
 
-def test_aot_impl_signature_follows_tensorrt_validation_rules():
+def test_aot_impl_signature_follows_tensorrt_validation_rules(fake_trtp):
     """The rules of TensorRT's _validate_aot_impl, restated: attrs as registered, then outputs and tactic; a return
     annotation tuple[str | bytes, str | bytes, KernelLaunchParams, SymExprs subclass]."""
     fake = fake_trtp()
@@ -143,7 +78,7 @@ def test_aot_impl_signature_follows_tensorrt_validation_rules():
     assert params_t is fake.KernelLaunchParams and issubclass(exprs_t, fake.SymExprs)
 
 
-def test_aot_kernel_builds_the_launch_from_shape_expressions():
+def test_aot_kernel_builds_the_launch_from_shape_expressions(fake_trtp, nchw):
     fake = fake_trtp()
     got = {}
 
@@ -164,7 +99,7 @@ def test_aot_kernel_builds_the_launch_from_shape_expressions():
 # ---- registration --------------------------------------------------------------------------------------------------
 
 @pytest.fixture
-def stand_in_tensorrt(monkeypatch):
+def stand_in_tensorrt(monkeypatch, fake_trtp):
     """Install stand-in `tensorrt` / `tensorrt.plugin` modules; reset plugin_trt's registration state."""
 
     def install(version="10.9.0.34", with_aot=True):

@@ -7,8 +7,8 @@
 run the clean model with any basis mark without rebuilding it. The mark replaces the feature for every consumer
 (inline): the outputs carry it.
 
-Metadata (`asvp.fingerprint`, JSON): version, node, tensor, channels, m, eps, basis (W, C x m, public), and the
-measured strength. The key, and anything derived from it alone, is never written.
+Metadata (`asvp.fingerprint`, JSON): version, node, tensor, channels, m, eps, basis (W, C x m, public), the
+measured strength and basis_eps (the verifier's key-free scale). The key, and anything derived from it alone, is never written.
 """
 from __future__ import annotations
 
@@ -42,6 +42,11 @@ class MarkInfo:
     basis: list  # W, C x m (nested lists)
     strength_db: float | None = None  # PSNR of the marked vs the clean output on the calibration probes
     version: int = MARK_VERSION
+    basis_eps: float | None = None  # the verifier's basis-mark scale (calibrated on a public direction, key-free)
+
+    @property
+    def probe_eps(self) -> float:
+        return float(self.basis_eps if self.basis_eps is not None else self.eps)
 
     def w(self) -> np.ndarray:
         return np.asarray(self.basis, np.float64)

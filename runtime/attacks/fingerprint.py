@@ -48,6 +48,7 @@ PROBE_SEED = 4321
 DEFAULT_STRENGTH_DB = 50.0  # PSNR of the marked vs the clean output on the probes (the mark's size)
 KEY_CHECK_MIN_COS = 0.5  # the defended model's own statistic must reach this with the given key
 CHUNK = 4
+CALIBRATION_DIRECTION = "asvp-fingerprint-public-calibration-direction"  # public, key-independent
 
 
 def task_of(model) -> str | None:
@@ -170,15 +171,25 @@ def mark_file(model_path, out_path, key: str, *, node: str | None = None, m: int
     w = principal_directions(f, m)
     probe = ProbeModel(model_path, feat.output, feat.channels)
     base = probe.run(x)
-    eps = 0.05
-    for _ in range(3):  # the output change is ~linear in eps: two corrections reach the target closely
-        got = _psnr_between(probe.run(x, mix_matrix(w, u, eps)), base)
-        if not math.isfinite(got):
-            raise AsvpError(f"the mark at {feat.name} does not change the output; choose another --node")
-        eps *= 10 ** ((got - strength_db) / 20)
+    # Two scales. basis_eps is calibrated on a fixed public direction: the verifier's basis responses use it, so
+    # nothing it computes from the metadata depends on the key (the null stays exact, not only to first order).
+    # eps, the served mark's scale, is calibrated on the key's own direction so that the mark costs the teacher
+    # exactly the requested strength whatever the key (random keys differ by -3..+2 dB at one fixed eps).
+    def calibrated(direction):
+        e = 0.05
+        for _ in range(3):  # the output change is ~linear in eps: two corrections reach the target closely
+            got = _psnr_between(probe.run(x, mix_matrix(w, direction, e)), base)
+            if not math.isfinite(got):
+                raise AsvpError(f"the mark at {feat.name} does not change the output; choose another --node")
+            e *= 10 ** ((got - strength_db) / 20)
+        return e
+
+    basis_eps = calibrated(key_direction(CALIBRATION_DIRECTION, key_dim(m)))
+    eps = calibrated(u)
     mix = mix_matrix(w, u, eps)
     strength = _psnr_between(probe.run(x, mix), base)
-    info = MarkInfo(feat.name, feat.output, int(feat.channels), int(m), float(eps), w.tolist(), round(strength, 2))
+    info = MarkInfo(feat.name, feat.output, int(feat.channels), int(m), float(eps), w.tolist(), round(strength, 2),
+                    basis_eps=float(basis_eps))
     save_model(mark_model(model, info, mix), out_path, check=False)
     return MarkResult(str(out_path), info.public(), key_id(key), key_dim(m), len(x),
                       round(time.perf_counter() - t0, 1))
@@ -191,7 +202,7 @@ def _probe_key(clean_path, info: MarkInfo, x: np.ndarray) -> str:
     h.update(file_digest(clean_path).encode())
     h.update(info.tensor.encode())
     h.update(np.asarray(info.basis, np.float64).tobytes())
-    h.update(repr(float(info.eps)).encode())
+    h.update(repr(float(info.probe_eps)).encode())
     h.update(x.tobytes())
     return h.hexdigest()[:16]
 
@@ -214,7 +225,7 @@ def basis_responses(clean_path, info: MarkInfo, x: np.ndarray, cache=None) -> tu
     probe = ProbeModel(clean_path, info.tensor, info.channels)
     base = probe.run(x)
     w, basis = info.w(), sym_basis(info.m)
-    delta = np.stack([probe.run(x, info.eps * (w @ b @ w.T)) - base for b in basis]).astype(np.float32)
+    delta = np.stack([probe.run(x, info.probe_eps * (w @ b @ w.T)) - base for b in basis]).astype(np.float32)
     if path is not None:
         with atomic_output(path) as tmp:
             with open(tmp, "wb") as fh:
@@ -353,7 +364,7 @@ class Verifier:
         s_out = _query(fn, self.x, f"suspect {name or label}", self.base.shape)
         t = projections(s_out, self.base, self.delta)
         c, p = self.test(t, u, exclude=name or label)
-        du = np.tensordot(u, self.delta.astype(np.float64), axes=1).reshape(-1)
+        du = (self.info.eps / self.info.probe_eps) * np.tensordot(u, self.delta.astype(np.float64), axes=1).reshape(-1)
         nd = float(du @ du)
         r = (s_out.astype(np.float64) - self.base).reshape(-1)
         return FingerprintResult(

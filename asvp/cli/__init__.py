@@ -266,7 +266,7 @@ SUBCOMMANDS = (add_train_teacher, add_eval_teachers, add_export, add_nodes, add_
                add_build, add_backends, add_attack, add_sweep, add_demo)
 
 
-def _fingerprint_key(a) -> str:
+def _fingerprint_key(a, required: bool = True) -> str | None:
     """The secret key: --key, --key-file, or the environment variable ASVP_FINGERPRINT_KEY (keeps it out of `ps`)."""
     if a.key and a.key_file:
         raise AsvpError("give the key once: --key or --key-file, not both")
@@ -276,7 +276,7 @@ def _fingerprint_key(a) -> str:
         except OSError as exc:
             raise AsvpError(f"cannot read the key file {a.key_file}: {exc.strerror or exc}") from None
     key = a.key or os.environ.get(KEY_ENV)
-    if not key:
+    if not key and required:
         raise AsvpError(f"a fingerprint key is required: --key KEY, --key-file FILE or ${KEY_ENV}")
     return key
 
@@ -290,8 +290,8 @@ def add_fingerprint(sub):
                                    "docs/protection.md has the design and the measured power.")
     fs = s.add_subparsers(dest="fingerprint_command", metavar="ACTION", required=True)
 
-    def key_args(p, required=True):
-        p.add_argument("--key", help="the secret key (or --key-file, or $" + KEY_ENV + ")")
+    def key_args(p, what="the secret key"):
+        p.add_argument("--key", help=what + " (or --key-file, or $" + KEY_ENV + ")")
         p.add_argument("--key-file", help="file holding the secret key")
 
     k = fs.add_parser("keygen", help="print a new random key (128 bits)")
@@ -321,10 +321,11 @@ def add_fingerprint(sub):
     c.add_argument("--steps", type=int, default=300, help="training steps per reference student (default 300)")
     c.add_argument("--pool", type=int, default=96, help="queries per reference student (default 96)")
     c.add_argument("--reference", action="append", metavar="ONNX", help="another reference model (repeatable)")
+    key_args(c, "optional: the key, to test each reference against the others' bias")
     add_groups(c, OutputArgs())
     c.set_defaults(func=lambda a: _show(a, api.fingerprint_calibrate(
         a.clean, a.defended, cache=a.cache, task=a.task, seeds=tuple(a.seeds), steps=a.steps, pool=a.pool,
-        references=a.reference, progress=progress(a))))
+        references=a.reference, test_key=_fingerprint_key(a, required=False), progress=progress(a))))
 
     v = fs.add_parser("verify", help="test whether SUSPECT was distilled from the marked model",
                       description="Queries SUSPECT (an ONNX model, black box) on probe images and prints the statistic, "

@@ -398,7 +398,11 @@ class CalibrationResult:
         return asdict(self)
 
     def summary_lines(self) -> list[str]:
-        rows = [f"  {r['name']}: leave-one-out c = {r['c_loo']:+.3f}, p = {r['p_loo']:.3g}" for r in self.references]
+        rows = [f"  {r['name']}" + ("" if math.isnan(r["c_loo"]) else
+                                     f": leave-one-out c = {r['c_loo']:+.3f}, p = {r['p_loo']:.3g}")
+                for r in self.references]
+        if self.references and math.isnan(self.references[0]["c_loo"]):
+            rows.append("  (with the key, each reference is also tested against the bias of the others)")
         return [f"{len(self.references)} reference model(s) stored in {self.cache} (key-independent; reused by "
                 f"`asvp fingerprint verify --cache {self.cache}`)"] + rows
 

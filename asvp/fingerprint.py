@@ -10,15 +10,15 @@ unit vector u in R^D is drawn from the secret key (SHA-256 -> Gaussian -> normal
 the feature inside its dominant (top-m singular) subspace, by a key-chosen pattern: the keyed variant of ASVP's
 "multiply the top singular values by h". The key itself is never stored anywhere in the model.
 
-The test. With T the clean teacher, delta_j(x) = T_{eps B_j}(x) - T(x) the output change of basis mark j (public:
-clean model + W + eps), and r(x) = S(x) - T(x) what a suspect S does differently from the clean teacher on the
+The test. With T the clean teacher, delta_j(x) the output change of the equalised basis mark j (public: clean model + W + R
++ a key-free scale), and r(x) = S(x) - T(x) what a suspect S does differently from the clean teacher on the
 probe images, the verifier forms t_j = <r, delta_j> (summed over probe pixels) and
 
     c = <u, t> / ||t||      (the cosine between the key and what the suspect reproduces)
 
 If the suspect never saw the marked outputs, t does not depend on the key, and u is uniform on the unit sphere
 of R^D independently of t, so c is distributed exactly as one coordinate of a uniform random unit vector:
-P(c >= x) = 1/2 I_{1 - x^2}((D - 1)/2, 1/2) for x >= 0. This p-value is exact for ANY innocent model (any bias,
+P(c >= x) = 1/2 I_{1 - x^2}((D' - 1)/2, 1/2) for x >= 0. This p-value is exact for ANY innocent model (any bias,
 architecture or training data) without reference models: the only assumptions are that the key was drawn at
 random and kept secret. A student of the marked model reproduces delta_u ~ sum_j u_j delta_j, which pushes c
 towards 1. Reference models (students of the clean teacher, models trained on ground truth, other
@@ -39,6 +39,7 @@ KEY_DOMAIN = b"asvp-fingerprint-v1\0"
 MIN_KEY_CHARS = 8
 DEFAULT_M = 8  # principal directions the mark acts in: D = 36 key dimensions
 DEFAULT_ALPHA = 0.01
+RESPONSE_FLOOR = 1e-4  # key directions kept: basis responses >= this x the strongest (response_equalizer)
 KEY_ENV = "ASVP_FINGERPRINT_KEY"
 
 
@@ -83,6 +84,19 @@ def sym_basis(m: int) -> np.ndarray:
 
 def key_dim(m: int) -> int:
     return m * (m + 1) // 2
+
+
+def response_equalizer(gram: np.ndarray, rel_floor: float = RESPONSE_FLOOR) -> np.ndarray:
+    """R [D, D'] with R^T Gamma R = I: the basis marks recombined so that each key direction changes the output by
+    the same amount and orthogonally to the others; directions whose response is below rel_floor x the largest
+    eigenvalue of Gamma (marks the output hardly shows) are dropped. Key-independent (clean model + probes)."""
+    g = np.asarray(gram, np.float64)
+    ev, vec = np.linalg.eigh(g)
+    keep = ev >= rel_floor * ev.max()
+    if keep.sum() < 2:
+        raise AsvpError("the mark's basis changes the output along fewer than 2 directions; choose another --node")
+    ev, vec = ev[keep][::-1], vec[:, keep][:, ::-1]
+    return vec / np.sqrt(ev)
 
 
 def mix_matrix(basis_w: np.ndarray, coeffs: np.ndarray, eps: float) -> np.ndarray:

@@ -2,7 +2,7 @@
 removal attempts. Writes benchmarks/results/fingerprint.json (one entry per task, updated as each task finishes)
 and renders benchmarks/results/fingerprint.md from it.
 
-    python benchmarks/fingerprint_eval.py --task sr [--task lowlight ...] [--profile standard|small]
+    python benchmarks/fingerprint_eval.py --task sr [--task lowlight ...] [--profile standard|small|tiny]
     python benchmarks/fingerprint_eval.py --render            # markdown from the JSON only
 
 Every student is trained here on CPU, one thread, from the models' answers through ONNX Runtime (the attack
@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from asvp.fingerprint import coefficients, key_dim, key_direction, key_statistic
+from asvp.fingerprint import coefficients, key_direction, key_statistic
 from asvp.io import write_text_atomic
 from asvp.metrics import psnr_ssim
 from asvp.runtime.attacks import fingerprint as fp
@@ -146,7 +146,7 @@ def run_task(task: str, profile: str, work: Path, log) -> dict:
         strength += 1
     log(f"{task}: mark {mres.mark['node']} strength {strength} dB, teacher {t_clean:.3f} -> {t_marked:.3f} dB")
     v = fp.Verifier.open(clean, marked, cache=work / "cache", task=task)
-    u = key_direction(KEY, key_dim(v.info.m))
+    u = key_direction(KEY, v.info.key_dim)
     rows = []
 
     def evaluate(name, label, fn, meta):
@@ -162,7 +162,7 @@ def run_task(task: str, profile: str, work: Path, log) -> dict:
         return row
 
     quick, full = BUDGETS["quick"], BUDGETS["full"]
-    small_profile = profile == "small"
+    small_profile = profile in ("small", "tiny")
     with single_thread():
         # reference students of the clean teacher (seeds 100-102, quick): the bias direction verify removes
         for name, fn in fp.train_reference_students(clean, task, (100, 101, 102), quick[1], quick[0]).items():  # noqa: E501
@@ -173,7 +173,9 @@ def run_task(task: str, profile: str, work: Path, log) -> dict:
             return q, get_answers(ServedModel(path), q, None, "a", False)[0]
 
         seeds = (0, 1, 2) if small_profile else (0, 1, 2, 3)
-        plan = [("standard", "quick", s) for s in seeds] + [("standard", "full", s) for s in (0, 1)[: 1 if small_profile else 2]]
+        plan = [("standard", "quick", s) for s in seeds]
+        if profile != "tiny":
+            plan += [("standard", "full", s) for s in (0, 1)[: 1 if small_profile else 2]]
         if not small_profile:
             plan += [("large", "quick", 0), ("large", "quick", 1), ("small", "quick", 0), ("small", "quick", 1)]
         marked_students = {}
@@ -232,9 +234,10 @@ def run_task(task: str, profile: str, work: Path, log) -> dict:
         for _ in range(NULL_KEYS // max(1, sum(x["label"] == "negative" for x in rows))):
             w = rng.standard_normal(len(u))
             null_p.append(key_statistic(a, w / np.linalg.norm(w))[1])
-    return {"task": task, "profile": profile, "key_dim": key_dim(v.info.m), "mark": mres.mark,
+    return {"task": task, "profile": profile, "key_dim": v.info.key_dim, "mark": mres.mark,
             "strength_db": strength, "teacher_psnr": {"clean": t_clean, "marked": t_marked},
-            "teacher_drop_db": t_clean - t_marked, "references": sorted(v.refs), "rows": rows,
+            "teacher_drop_db": t_clean - t_marked, "references": sorted(v.refs),
+            "references_t": {k: np.asarray(t).tolist() for k, t in v.refs.items()}, "rows": rows,
             "null_random_keys": {"count": len(null_p), "fpr_at_0.01": float(np.mean(np.asarray(null_p) < 0.01)),
                                  "fpr_at_0.05": float(np.mean(np.asarray(null_p) < 0.05)),
                                  "ks_max_gap": ks_uniform(null_p)},
@@ -303,7 +306,7 @@ def render(data: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", action="append", default=[])
-    ap.add_argument("--profile", default="standard", choices=("standard", "small"))
+    ap.add_argument("--profile", default="standard", choices=("standard", "small", "tiny"))
     ap.add_argument("--render", action="store_true", help="only render the markdown from the JSON")
     ap.add_argument("--smoke", metavar="JSON", help="tiny budgets, results to this file instead (pipeline check)")
     a = ap.parse_args()

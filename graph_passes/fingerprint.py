@@ -8,7 +8,7 @@ run the clean model with any basis mark without rebuilding it. The mark replaces
 (inline): the outputs carry it.
 
 Metadata (`asvp.fingerprint`, JSON): version, node, tensor, channels, m, eps, basis (W, C x m, public), the
-measured strength and basis_eps (the verifier's key-free scale). The key, and anything derived from it alone, is never written.
+measured strength, basis_eps (the verifier's key-free scale) and the equalizer R (key-free). The key, and anything derived from it alone, is never written.
 """
 from __future__ import annotations
 
@@ -43,6 +43,15 @@ class MarkInfo:
     strength_db: float | None = None  # PSNR of the marked vs the clean output on the calibration probes
     version: int = MARK_VERSION
     basis_eps: float | None = None  # the verifier's basis-mark scale (calibrated on a public direction, key-free)
+    equalizer: list | None = None  # R, D x D' (nested lists): key directions -> symmetric-basis coefficients
+
+    def r(self) -> np.ndarray:
+        d = self.m * (self.m + 1) // 2
+        return np.asarray(self.equalizer, np.float64) if self.equalizer is not None else np.eye(d)
+
+    @property
+    def key_dim(self) -> int:
+        return int(self.r().shape[1])
 
     @property
     def probe_eps(self) -> float:
@@ -55,8 +64,8 @@ class MarkInfo:
         return asdict(self)
 
     def public(self) -> dict:
-        """For reports: everything but the basis matrix."""
-        return {k: v for k, v in asdict(self).items() if k != "basis"}
+        """For reports: everything but the basis matrices."""
+        return {**{k: v for k, v in asdict(self).items() if k not in ("basis", "equalizer")}, "key_dim": self.key_dim}
 
 
 def read_mark(model: onnx.ModelProto) -> MarkInfo | None:
@@ -72,6 +81,9 @@ def read_mark(model: onnx.ModelProto) -> MarkInfo | None:
     if w.shape != (info.channels, info.m):
         raise AsvpError(f"the model's {META_FINGERPRINT} basis has shape {list(w.shape)}, "
                         f"expected [{info.channels}, {info.m}]")
+    d = info.m * (info.m + 1) // 2
+    if info.r().ndim != 2 or info.r().shape[0] != d:
+        raise AsvpError(f"the model's {META_FINGERPRINT} equalizer has shape {list(info.r().shape)}, expected [{d}, D']")
     if info.version != MARK_VERSION:
         raise AsvpError(f"fingerprint mark version {info.version} is not supported (this asvp reads {MARK_VERSION})")
     return info

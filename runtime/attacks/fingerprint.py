@@ -30,7 +30,7 @@ import torch
 
 from asvp.errors import AsvpError
 from asvp.fingerprint import (DEFAULT_ALPHA, DEFAULT_M, check_key, coefficients, key_dim, key_direction, key_id,
-                              key_statistic, mix_matrix, principal_directions, sym_basis)
+                              key_statistic, mix_matrix, principal_directions, response_equalizer, sym_basis)
 from asvp.graph_passes.expose import expose_tensors
 from asvp.graph_passes.fingerprint import MIX_INPUT, MarkInfo, mark_model, probe_model, read_mark, resolve_feature
 from asvp.io import atomic_output
@@ -159,9 +159,11 @@ def mark_file(model_path, out_path, key: str, *, node: str | None = None, m: int
     """Mark a (clean or ASVP-defended) model with `key`: W from the probe features, eps so that the marked
     output differs from the unmarked one by `strength_db` PSNR on the probes; written atomically."""
     t0 = time.perf_counter()
-    u = key_direction(key, key_dim(m) if isinstance(m, int) and m > 0 else 1)
+    check_key(key)
     if not (isinstance(strength_db, (int, float)) and math.isfinite(strength_db) and 20 <= strength_db <= 90):
         raise AsvpError(f"strength must be a PSNR in [20, 90] dB, got {strength_db!r}")
+    if not isinstance(m, int) or m < 1:
+        raise AsvpError(f"m must be an integer >= 1, got {m!r}")
     model = load_model(model_path)
     image_io(model)
     feat = resolve_feature(model, node)
@@ -171,27 +173,31 @@ def mark_file(model_path, out_path, key: str, *, node: str | None = None, m: int
     w = principal_directions(f, m)
     probe = ProbeModel(model_path, feat.output, feat.channels)
     base = probe.run(x)
-    # Two scales. basis_eps is calibrated on a fixed public direction: the verifier's basis responses use it, so
-    # nothing it computes from the metadata depends on the key (the null stays exact, not only to first order).
-    # eps, the served mark's scale, is calibrated on the key's own direction so that the mark costs the teacher
-    # exactly the requested strength whatever the key (random keys differ by -3..+2 dB at one fixed eps).
-    def calibrated(direction):
+
+    def calibrated(coeffs):
         e = 0.05
         for _ in range(3):  # the output change is ~linear in eps: two corrections reach the target closely
-            got = _psnr_between(probe.run(x, mix_matrix(w, direction, e)), base)
+            got = _psnr_between(probe.run(x, mix_matrix(w, coeffs, e)), base)
             if not math.isfinite(got):
                 raise AsvpError(f"the mark at {feat.name} does not change the output; choose another --node")
             e *= 10 ** ((got - strength_db) / 20)
         return e
 
+    # Key-free: the basis scale (calibrated on a fixed public direction), the basis responses on the probes and
+    # the equalizer R built from them. The verifier recomputes the responses from these, so nothing it uses
+    # depends on the key (the null stays exact). Then eps, the served mark's scale, is calibrated on the key's
+    # own coefficients R u so that the mark costs exactly the requested strength whatever the key.
     basis_eps = calibrated(key_direction(CALIBRATION_DIRECTION, key_dim(m)))
-    eps = calibrated(u)
-    mix = mix_matrix(w, u, eps)
+    delta = np.stack([probe.run(x, basis_eps * (w @ b @ w.T)) - base for b in sym_basis(m)])
+    r = response_equalizer(_gram(delta))
+    u = key_direction(key, r.shape[1])
+    eps = calibrated(r @ u)
+    mix = mix_matrix(w, r @ u, eps)
     strength = _psnr_between(probe.run(x, mix), base)
     info = MarkInfo(feat.name, feat.output, int(feat.channels), int(m), float(eps), w.tolist(), round(strength, 2),
-                    basis_eps=float(basis_eps))
+                    basis_eps=float(basis_eps), equalizer=r.tolist())
     save_model(mark_model(model, info, mix), out_path, check=False)
-    return MarkResult(str(out_path), info.public(), key_id(key), key_dim(m), len(x),
+    return MarkResult(str(out_path), info.public(), key_id(key), info.key_dim, len(x),
                       round(time.perf_counter() - t0, 1))
 
 
@@ -203,6 +209,7 @@ def _probe_key(clean_path, info: MarkInfo, x: np.ndarray) -> str:
     h.update(info.tensor.encode())
     h.update(np.asarray(info.basis, np.float64).tobytes())
     h.update(repr(float(info.probe_eps)).encode())
+    h.update(info.r().tobytes())
     h.update(x.tobytes())
     return h.hexdigest()[:16]
 
@@ -211,7 +218,7 @@ _MEMO: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
 
 def basis_responses(clean_path, info: MarkInfo, x: np.ndarray, cache=None) -> tuple[np.ndarray, np.ndarray]:
-    """(T(x), delta [D, ...]): the clean outputs and the D basis marks' output changes on the probes.
+    """(T(x), delta [D', ...]): the clean outputs and the equalised basis marks' output changes on the probes.
 
     Key-independent; memoised in this process and, with `cache` (a directory), on disk."""
     key = _probe_key(clean_path, info, x)
@@ -225,7 +232,8 @@ def basis_responses(clean_path, info: MarkInfo, x: np.ndarray, cache=None) -> tu
     probe = ProbeModel(clean_path, info.tensor, info.channels)
     base = probe.run(x)
     w, basis = info.w(), sym_basis(info.m)
-    delta = np.stack([probe.run(x, info.probe_eps * (w @ b @ w.T)) - base for b in basis]).astype(np.float32)
+    raw = np.stack([probe.run(x, info.probe_eps * (w @ b @ w.T)) - base for b in basis])
+    delta = np.tensordot(info.r().T, raw.astype(np.float64), axes=1).astype(np.float32)  # [D', ...]
     if path is not None:
         with atomic_output(path) as tmp:
             with open(tmp, "wb") as fh:
@@ -354,7 +362,7 @@ class Verifier:
         t0 = time.perf_counter() if t0 is None else t0
         if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
             raise AsvpError(f"alpha must be in (0, 1), got {alpha!r}")
-        u = key_direction(key, key_dim(self.info.m))
+        u = key_direction(key, self.info.key_dim)
         key_check, _ = key_statistic(coefficients(self.project(_as_suspect(self.defended)[0],
                                                                f"defended model {self.defended}"), self.gram), u)
         if key_check < KEY_CHECK_MIN_COS:
@@ -369,7 +377,7 @@ class Verifier:
         r = (s_out.astype(np.float64) - self.base).reshape(-1)
         return FingerprintResult(
             name or label, c, p, float(alpha), bool(p < alpha), float(du @ r / nd) if nd > 0 else math.nan,
-            key_dim(self.info.m), key_id(key), key_check, sorted(k for k in self.refs if k != (name or label)),
+            self.info.key_dim, key_id(key), key_check, sorted(k for k in self.refs if k != (name or label)),
             {"count": int(len(self.x)), "shape": list(self.x.shape[1:]), "seed": PROBE_SEED}, self.info.public(),
             float(np.linalg.norm(r) / math.sqrt(nd)) if nd > 0 else math.nan, round(time.perf_counter() - t0, 1))
 
@@ -443,7 +451,7 @@ def calibrate(clean, defended, *, cache, task: str | None = None, seeds=(100, 10
         for name, fn in train_reference_students(clean, task, seeds, steps, pool, progress=progress).items():
             v.refs[name] = v.project(fn, f"reference {name}")
     save_references(cache, v.probe_key, v.refs)
-    u = key_direction(test_key, key_dim(v.info.m)) if test_key else None
+    u = key_direction(test_key, v.info.key_dim) if test_key else None
     rows = []
     for name, t in v.refs.items():
         c, p = v.test(t, u, exclude=name) if u is not None else (math.nan, math.nan)

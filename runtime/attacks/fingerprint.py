@@ -462,7 +462,7 @@ def calibrate(clean, defended, *, cache, task: str | None = None, seeds=(100, 10
 # ---- the demo's quick check --------------------------------------------------------------------------------------
 
 def quick_check(clean, served, task: str, workdir, *, key: str, steps: int = 300, pool: int = 96,
-                strength_db: float = DEFAULT_STRENGTH_DB, ref_seeds=(100, 101), seed: int = 0,
+                strength_db: float = DEFAULT_STRENGTH_DB, ref_seeds=(100, 101, 102), seed: int = 0,
                 alpha: float = DEFAULT_ALPHA, progress: bool = False) -> dict:
     """Mark `served` with `key`, distil one student from the marked model and one from the clean model (same
     queries, seed and budget), calibrate on reference students of the clean teacher, and verify both.

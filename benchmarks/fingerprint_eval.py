@@ -303,11 +303,29 @@ def render(data: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def posthoc_span(data: dict) -> str:
+    """Exploratory re-analysis of the stored projections (not the shipped test): remove the whole span of the
+    reference models' projections instead of their mean direction (still exact: the span is key-independent)."""
+    out = ["| task | flagged: positives | negatives | removal | positives' p |", "|---|---|---|---|---|"]
+    for task, r in data["tasks"].items():
+        u = key_direction(KEY, r["key_dim"])
+        q, _ = np.linalg.qr(np.asarray(list(r["references_t"].values())).T)  # Gamma' = I: t and a coincide
+        got = {"positive": [], "negative": [], "removal": []}
+        for x in r["rows"]:
+            t = np.asarray(x["t"])
+            got[x["label"]].append(key_statistic(t - q @ (q.T @ t), u)[1])
+        k = {lab: f"{sum(p < 0.01 for p in ps)}/{len(ps)}" for lab, ps in got.items()}
+        out.append(f"| {task} | {k['positive']} | {k['negative']} | {k['removal']} | "
+                   f"{', '.join(f'{p:.1g}' for p in got['positive'])} |")
+    return "\n".join(out) + "\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", action="append", default=[])
     ap.add_argument("--profile", default="standard", choices=("standard", "small", "tiny"))
     ap.add_argument("--render", action="store_true", help="only render the markdown from the JSON")
+    ap.add_argument("--posthoc-span", action="store_true", help="print the exploratory span re-analysis and exit")
     ap.add_argument("--smoke", metavar="JSON", help="tiny budgets, results to this file instead (pipeline check)")
     a = ap.parse_args()
     global RESULTS
@@ -316,6 +334,9 @@ def main() -> int:
         for k in BUDGETS:
             BUDGETS[k] = (16, 3)
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"tasks": {}}
+    if a.posthoc_span:
+        print(posthoc_span(data), end="")
+        return 0
     for task in a.task:
         with tempfile.TemporaryDirectory(prefix="asvp-fp-eval-") as d:
             res = run_task(task, a.profile, Path(d), lambda s: print(s, flush=True))

@@ -16,6 +16,7 @@ from asvp.onnx_utils import get_metadata, load_model
 from asvp.runtime.attacks import fingerprint as fp
 from asvp.runtime.attacks.attack import ServedModel
 from asvp.tasks import get_task
+from asvp.tasks.data import TRAIN_IMAGES, random_crops
 
 KEY_A = "test-key-alpha-0001"
 KEY_B = "test-key-bravo-0002"
@@ -93,7 +94,6 @@ def _ground_truth_model():
     torch.manual_seed(3)
     net = spec.build().eval()
     g = torch.Generator().manual_seed(5)
-    from asvp.tasks.data import TRAIN_IMAGES, random_crops
     x, y = spec.make_pair(random_crops(TRAIN_IMAGES, 8, 32, g), g)
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     for _ in range(10):

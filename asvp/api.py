@@ -7,12 +7,14 @@ from pathlib import Path
 
 from asvp.config import AsvpConfig
 from asvp.errors import AsvpError
-from asvp.io import check_output
 from asvp.exporter import export as ex
 from asvp.exporter.teachers.train import quality_table, train_teacher as _train
+from asvp.fingerprint import new_key
 from asvp.graph_passes.defend import defend_file
 from asvp.graph_passes.select import automatic, candidates, resolve
+from asvp.io import check_output
 from asvp.onnx_utils import get_metadata, image_input, image_io, load_model
+from asvp.runtime.attacks import fingerprint as _fp
 from asvp.runtime.attacks.attack import make_queries, run_attack
 from asvp.runtime.attacks.sweep import run_sweep
 from asvp.runtime.engines.backends import backends_status
@@ -254,3 +256,39 @@ def sweep(tasks, *, h=None, k=None, placement=None, nodes=None, preset: str = "q
     return run_sweep(tasks, h=h, k=k, placement=placement, nodes=nodes, preset=preset, seed=seed, out=out,
                      k_mode=k_mode, tau=tau, steps=steps, pool=pool, progress=progress)
 
+
+
+def fingerprint_new_key() -> str:
+    """A fresh random fingerprint key (128 bits, hex). Keep it secret: it is never stored in a model."""
+    return new_key()
+
+
+def fingerprint_mark(model_path, out_path, key: str, *, node=None, m: int = _fp.DEFAULT_M,
+                     strength_db: float = _fp.DEFAULT_STRENGTH_DB, task: str | None = None):
+    """Mark a clean or ASVP-defended ONNX model with a secret key (a keyed perturbation in the top-m principal
+    subspace of one feature, `strength_db` PSNR away from the unmarked output on the probes). Returns a
+    MarkResult. The key is not stored in the model; keep it (and the marked file) secret."""
+    return _fp.mark_file(model_path, out_path, key, node=node, m=m, strength_db=strength_db, task=task)
+
+
+def fingerprint_calibrate(clean, defended, *, cache, task: str | None = None, seeds=(100, 101, 102),
+                          steps: int = 300, pool: int = 96, references=None, test_key: str | None = None,
+                          progress: bool = True):
+    """Store reference models (students of the clean teacher, and any `references`: ONNX paths or callables that
+    never saw the marked outputs) in `cache`; verify removes their systematic bias. Key-independent."""
+    return _fp.calibrate(clean, defended, cache=cache, task=task, seeds=seeds, steps=steps, pool=pool,
+                         references=references, test_key=test_key, progress=progress)
+
+
+def fingerprint_verify(suspect, *, clean, defended, key: str, alpha: float = _fp.DEFAULT_ALPHA, cache=None,
+                       task: str | None = None, references=None, name: str | None = None):
+    """Was `suspect` (an ONNX file or a callable batch -> outputs, queried as a black box on probe images)
+    distilled from the marked model `defended`? Returns a FingerprintResult: statistic, exact p-value, verdict."""
+    return _fp.verify(suspect, clean, defended, key, alpha=alpha, cache=cache, task=task, references=references,
+                      name=name)
+
+
+def fingerprint_check(clean, served, task: str, workdir, *, key: str, steps: int = 300, pool: int = 96,
+                      progress: bool = False) -> dict:
+    """The demo's quick check: mark `served`, distil a student from it and one from `clean`, verify both."""
+    return _fp.quick_check(clean, served, task, workdir, key=key, steps=steps, pool=pool, progress=progress)

@@ -11,12 +11,15 @@ from pathlib import Path
 
 from asvp import api
 from asvp.config import AsvpConfig
+from asvp.fingerprint import new_key
+from asvp.io import write_text_atomic
 from asvp.runtime.attacks.attack import kind_for_placement
 from asvp.runtime.evaluation.report import Section, check_report_dir, md_table, write_report
 from asvp.tasks import get_task
 
 PROFILE_SHAPE = {"sr": "1x3x128x128"}  # SR input is the low-resolution image: 128 -> 256 output
 DEFAULT_PROFILE_SHAPE = "1x3x256x256"
+N_STEPS = 8
 
 
 def run_demo(task: str = "sr", out: str | Path = "reports/demo", *, config: AsvpConfig | None = None,
@@ -30,7 +33,7 @@ def run_demo(task: str = "sr", out: str | Path = "reports/demo", *, config: Asvp
     steps, t0 = [], time.perf_counter()
 
     def step(name: str, fn):
-        log(f"[{len(steps) + 1}/7] {name} ...")
+        log(f"[{len(steps) + 1}/{N_STEPS}] {name} ...")
         t = time.perf_counter()
         res = fn()
         steps.append({"step": name, "seconds": round(time.perf_counter() - t, 1)})
@@ -51,11 +54,17 @@ def run_demo(task: str = "sr", out: str | Path = "reports/demo", *, config: Asvp
     att = step(f"distillation attack ({kind}, {attack_preset} preset)",
                lambda: api.attack(task, clean=clean, defended=defended, kind=kind, preset=attack_preset,
                                   steps=attack_steps, out=out, progress=progress))
+    key = new_key()  # a fresh secret per run; written beside the report so `asvp fingerprint verify` can be re-run
+    write_text_atomic(out / "fingerprint.key", key + "\n")
+    fpc = step("fingerprint check (mark, distil from marked and from clean, verify both)",
+               lambda: api.fingerprint_check(clean, defended, task, out, key=key, steps=attack_steps or 300,
+                                             progress=progress))
     summary = {
         "task": task, "teacher": spec.teacher_name, "config": cfg.to_dict(), "digest": cfg.digest(),
         "clean_model": str(clean), "defended_model": str(defended), "candidate_nodes": len(nodes),
         "defended_nodes": dres.nodes, "export_parity_max_abs": exp.parity_max_abs_diff,
-        "validation_passed": val.passed, "attack_kind": kind, "steps": steps,
+        "validation_passed": val.passed, "attack_kind": kind, "fingerprint_check_passed": fpc["passed"],
+        "steps": steps,
         "absorbability": {"threshold": absorb.threshold,
                           "not_absorbable": [n.name for n in absorb.not_absorbable()],
                           "defended": [n.to_dict() for n in absorb.nodes
@@ -72,7 +81,8 @@ def run_demo(task: str = "sr", out: str | Path = "reports/demo", *, config: Asvp
                     f"predicted **{d['verdict']}** (threshold {100 * absorb.threshold:g} %).\n"
                     for d in summary["absorbability"]["defended"] if d["unexplained_heldout"] is not None))
     report = write_report(out, {"demo": Section("Demo: " + spec.title, data=summary, markdown=md),
-                                "absorbability": absorb.to_section()})
+                                "absorbability": absorb.to_section(),
+                                "fingerprint": Section("Fingerprint check", data=fpc, markdown=fingerprint_markdown(fpc))})
     summary["report"] = str(report)
     summary["attack"] = att
     summary["profile"] = prof
@@ -82,7 +92,25 @@ def run_demo(task: str = "sr", out: str | Path = "reports/demo", *, config: Asvp
 def summary_line(res: dict) -> str:
     """One line for people from run_demo's result."""
     return (f"demo finished in {res['seconds']} s; validation {'PASS' if res['validation_passed'] else 'FAIL'}; "
-            f"report: {res['report']}")
+            f"fingerprint check {'PASS' if res['fingerprint_check_passed'] else 'FAIL'}; report: {res['report']}")
+
+
+def fingerprint_markdown(fpc: dict) -> str:
+    """The demo report's fingerprint section from api.fingerprint_check's result."""
+    rows = [[r["suspect"], f"{r['statistic']:+.3f}", f"{r['p_value']:.2g}", r["verdict"] if "verdict" in r else
+             ("flagged" if r["flagged"] else "not flagged"), f"{r['beta']:+.2f}"] for r in fpc["results"]]
+    b = fpc["budget"]
+    return (f"The served model was marked with a fresh secret key (id {fpc['key_id']}, file `fingerprint.key`; never "
+            f"stored in the model) at {fpc['mark']['node']} ({fpc['mark']['strength_db']:.1f} dB PSNR between marked "
+            f"and unmarked outputs on the probes). Teacher PSNR on held-out images: clean "
+            f"{fpc['teacher_psnr']['clean']:.3f} dB, marked {fpc['teacher_psnr']['marked']:.3f} dB (drop "
+            f"{fpc['teacher_drop_db']:+.4f} dB). One student was distilled from the marked model and one from the "
+            f"clean model ({b['queries']} queries, {b['steps']} steps, seed {b['seed']}); the bias of "
+            f"{len(b['reference_seeds'])} reference students of the clean teacher (seeds "
+            f"{', '.join(map(str, b['reference_seeds']))}) was removed. Flagged when p < {fpc['alpha']:g} (exact "
+            f"p-value: the key is independent of any model that never saw the marked outputs).\n\n"
+            + md_table(["suspect", "statistic c", "p-value", "verdict", "beta (share of the mark)"], rows)
+            + f"\nCheck **{'PASS' if fpc['passed'] else 'FAIL'}** (expected: the first flagged, the second not).\n")
 
 
 def to_json(res: dict) -> dict:

@@ -12,15 +12,18 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from asvp import api, demo
 from asvp.cli.args import (TASKS_HELP, BackendArgs, BudgetArgs, DefenceArgs, OutputArgs, ShapeProfileArgs,
                            add_groups)
 from asvp.errors import AsvpError, first_line
+from asvp.fingerprint import DEFAULT_ALPHA as FP_DEFAULT_ALPHA, DEFAULT_M as FP_DEFAULT_M, KEY_ENV
 from asvp.exporter.teachers.train import DEFAULTS as TRAIN_DEFAULTS
 from asvp.exporter.teachers.train import quality_markdown, record_summary
 from asvp.graph_passes.candidates import candidates_table
 from asvp.runtime.engines.backends import backends_table
+from asvp.runtime.attacks.fingerprint import DEFAULT_STRENGTH_DB as FP_DEFAULT_STRENGTH_DB
 from asvp.runtime.evaluation.profile import MEMORY_MODES
 
 EXIT_VERDICT_FAILED = 1  # `asvp validate`: the models ran but the defence costs more than the thresholds allow
@@ -326,6 +329,87 @@ def add_demo(sub):
 
 SUBCOMMANDS = (add_train_teacher, add_eval_teachers, add_export, add_nodes, add_defend, add_validate, add_profile,
                add_build, add_backends, add_attack, add_sweep, add_demo)
+
+
+def _fingerprint_key(a, required: bool = True) -> str | None:
+    """The secret key: --key, --key-file, or the environment variable ASVP_FINGERPRINT_KEY (keeps it out of `ps`)."""
+    if a.key and a.key_file:
+        raise AsvpError("give the key once: --key or --key-file, not both")
+    if a.key_file:
+        try:
+            return Path(a.key_file).read_text().strip()
+        except OSError as exc:
+            raise AsvpError(f"cannot read the key file {a.key_file}: {exc.strerror or exc}") from None
+    key = a.key or os.environ.get(KEY_ENV)
+    if not key and required:
+        raise AsvpError(f"a fingerprint key is required: --key KEY, --key-file FILE or ${KEY_ENV}")
+    return key
+
+
+def add_fingerprint(sub):
+    s = sub.add_parser("fingerprint", help="keyed distillation fingerprint: mark a served model, test a suspect",
+                       description="Mark the model you serve with a secret key (a small keyed perturbation inside the "
+                                   "dominant subspace of one feature; the outputs carry it), then test whether a "
+                                   "suspect model was distilled from it. The p-value is exact: under 'the suspect "
+                                   "never saw the marked outputs' the key is independent of the suspect. "
+                                   "docs/protection.md has the design and the measured power.")
+    fs = s.add_subparsers(dest="fingerprint_command", metavar="ACTION", required=True)
+
+    def key_args(p, what="the secret key"):
+        p.add_argument("--key", help=what + " (or --key-file, or $" + KEY_ENV + ")")
+        p.add_argument("--key-file", help="file holding the secret key")
+
+    k = fs.add_parser("keygen", help="print a new random key (128 bits)")
+    k.set_defaults(func=lambda a: print(api.fingerprint_new_key()))
+
+    m = fs.add_parser("mark", help="write a marked copy of a clean or ASVP-defended model")
+    m.add_argument("model", help="ONNX model to mark (the one you serve)")
+    m.add_argument("-o", "--output", required=True, help="marked ONNX model (written atomically)")
+    key_args(m)
+    m.add_argument("--node", help="feature node selector (as for `asvp defend --nodes`; default: auto)")
+    m.add_argument("--m", type=int, default=FP_DEFAULT_M, help=f"principal directions the mark acts in "
+                   f"(key dimensions m(m+1)/2; default {FP_DEFAULT_M})")
+    m.add_argument("--strength", type=float, default=FP_DEFAULT_STRENGTH_DB,
+                   help=f"PSNR in dB between the marked and the unmarked output on the probes (default "
+                        f"{FP_DEFAULT_STRENGTH_DB:g}; higher = weaker mark, cheaper for the teacher)")
+    m.add_argument("--task", help=f"task of the model ({TASKS_HELP}; default: from its metadata)")
+    add_groups(m, OutputArgs(quiet=False))
+    m.set_defaults(func=lambda a: _show(a, api.fingerprint_mark(a.model, a.output, _fingerprint_key(a), node=a.node,
+                                                                  m=a.m, strength_db=a.strength, task=a.task)))
+
+    c = fs.add_parser("calibrate", help="train reference students of the clean teacher and store them in --cache")
+    c.add_argument("--clean", required=True, help="the clean model (before marking)")
+    c.add_argument("--defended", required=True, help="the marked model")
+    c.add_argument("--cache", required=True, metavar="DIR", help="where reference projections are stored")
+    c.add_argument("--task", help=f"task ({TASKS_HELP}; default: from the models' metadata)")
+    c.add_argument("--seeds", type=int, nargs="*", default=[100, 101, 102], help="reference student seeds")
+    c.add_argument("--steps", type=int, default=300, help="training steps per reference student (default 300)")
+    c.add_argument("--pool", type=int, default=96, help="queries per reference student (default 96)")
+    c.add_argument("--reference", action="append", metavar="ONNX", help="another reference model (repeatable)")
+    key_args(c, "optional: the key, to test each reference against the others' bias")
+    add_groups(c, OutputArgs())
+    c.set_defaults(func=lambda a: _show(a, api.fingerprint_calibrate(
+        a.clean, a.defended, cache=a.cache, task=a.task, seeds=tuple(a.seeds), steps=a.steps, pool=a.pool,
+        references=a.reference, test_key=_fingerprint_key(a, required=False), progress=progress(a))))
+
+    v = fs.add_parser("verify", help="test whether SUSPECT was distilled from the marked model",
+                      description="Queries SUSPECT (an ONNX model, black box) on probe images and prints the statistic, "
+                                  "the exact p-value and the verdict (flagged when p < --alpha).")
+    v.add_argument("suspect", help="suspect ONNX model")
+    v.add_argument("--clean", required=True, help="your clean model (before marking)")
+    v.add_argument("--defended", required=True, help="your marked model")
+    key_args(v)
+    v.add_argument("--alpha", type=float, default=FP_DEFAULT_ALPHA, help=f"significance level (default {FP_DEFAULT_ALPHA:g})")
+    v.add_argument("--cache", metavar="DIR", help="reuse basis responses and the reference models stored by calibrate")
+    v.add_argument("--reference", action="append", metavar="ONNX", help="a reference model that never saw the marked outputs (repeatable)")
+    v.add_argument("--task", help=f"task ({TASKS_HELP}; default: from the models' metadata)")
+    add_groups(v, OutputArgs(quiet=False))
+    v.set_defaults(func=lambda a: _show(a, api.fingerprint_verify(
+        a.suspect, clean=a.clean, defended=a.defended, key=_fingerprint_key(a), alpha=a.alpha, cache=a.cache,
+        task=a.task, references=a.reference)))
+
+
+SUBCOMMANDS = SUBCOMMANDS + (add_fingerprint,)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -11,7 +11,7 @@ def test_demo_writes_one_report_with_every_section(tmp_path):
     assert res["validation_passed"] is True  # the shipped default (tap) leaves the teacher's output unchanged
     assert res["config"] == AsvpConfig().to_dict()
     report = json.loads((out / "report.json").read_text())
-    for key in ("validate", "profile", "demo", "absorbability"):
+    for key in ("validate", "profile", "demo", "absorbability", "fingerprint"):
         assert key in report["sections"], sorted(report["sections"])
     assert any(k.startswith("attack-") for k in report["sections"])
     md = (out / "report.md").read_text()
@@ -21,3 +21,10 @@ def test_demo_writes_one_report_with_every_section(tmp_path):
     assert f"Absorbability at {node['name']}" in md
     assert list(out.glob("*.png")), "no plots written"
     assert (out / "dehaze.onnx").exists() and (out / "dehaze.asvp.onnx").exists()
+    # the fingerprint check ran (5 training steps are too few to judge its verdict) and the key stays out of the model
+    assert "Fingerprint check" in md and (out / "dehaze.fp.onnx").exists()
+    fpc = report["sections"]["fingerprint"]
+    fpc = fpc.get("data", fpc)
+    assert len(fpc["results"]) == 2 and all(0.0 <= r["p_value"] <= 1.0 for r in fpc["results"])
+    key = (out / "fingerprint.key").read_text().strip()
+    assert key not in (out / "dehaze.fp.onnx").read_bytes().decode("latin-1")

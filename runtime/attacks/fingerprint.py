@@ -1,0 +1,494 @@
+"""Distillation fingerprint: mark a served model with a secret key, then test whether a suspect was distilled
+from it (`asvp fingerprint mark|verify`). The mark and the exact test are defined in asvp.fingerprint.
+
+    mark_file(clean.onnx, marked.onnx, key)             # calibrate W and eps on probe images, insert, write
+    verify(suspect, clean.onnx, marked.onnx, key)       # -> FingerprintResult: c, p-value, verdict
+
+The suspect is a black box: an ONNX file (queried through ONNX Runtime, one thread) or any callable mapping a
+float32 NCHW batch to its outputs. It is queried only on the probe images (held-out crops, degraded with the
+task's public degradation; never part of the attacker's queries in this project's threat model).
+
+Calibration. The null distribution is exact by construction (the key is uniform on the sphere and independent
+of any model that never saw the marked outputs): p = P(c' >= c) for c' one coordinate of a uniform unit vector
+in R^D. No reference models are needed to compute it; the evaluation (benchmarks/fingerprint_eval.py) checks it
+on students of the clean teacher, models trained on ground truth and other architectures. What is cached is the
+expensive, key-independent part: the clean model's D basis responses on the probes (`cache` directory, keyed by
+the clean model's digest, the mark's tensor, basis and eps, and the probe images), so each further suspect costs
+one pass over the probes.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asvp.errors import AsvpError
+from asvp.fingerprint import (DEFAULT_ALPHA, DEFAULT_M, check_key, coefficients, key_dim, key_direction, key_id,
+                              key_statistic, mix_matrix, principal_directions, response_equalizer, sym_basis)
+from asvp.graph_passes.expose import expose_tensors
+from asvp.graph_passes.fingerprint import MIX_INPUT, MarkInfo, mark_model, probe_model, read_mark, resolve_feature
+from asvp.io import atomic_output
+from asvp.metrics import psnr_ssim
+from asvp.onnx_utils import META_PREFIX, get_metadata, image_io, load_model, save_model
+from asvp.runtime.attacks.attack import THREADS, ServedModel, file_digest, get_answers, make_queries, single_thread
+from asvp.runtime.attacks.students import TrainBudget, predict, train_student
+from asvp.runtime.engines.sessions import SessionFromOnnx
+from asvp.tasks import TASKS, get_task
+from asvp.tasks.data import heldout_crops
+
+PROBE_SIZE = 128  # side of the clean held-out crop a probe is made from
+PROBES_PER_IMAGE = 3  # x 3 held-out images = 9 probes
+PROBE_SEED = 4321
+DEFAULT_STRENGTH_DB = 50.0  # PSNR of the marked vs the clean output on the probes (the mark's size)
+KEY_CHECK_MIN_COS = 0.5  # the defended model's own statistic must reach this with the given key
+CHUNK = 4
+CALIBRATION_DIRECTION = "asvp-fingerprint-public-calibration-direction"  # public, key-independent
+
+
+def task_of(model) -> str | None:
+    t = get_metadata(model).get(META_PREFIX + "task")
+    return t if t in TASKS else None
+
+
+def probe_inputs(task: str | None, size: int = PROBE_SIZE, per_image: int = PROBES_PER_IMAGE) -> np.ndarray:
+    """The verifier's probe images: held-out crops, degraded with the task's degradation (fixed seed); for an
+    unknown task, the clean crops themselves."""
+    clean = heldout_crops(size, per_image)
+    if task is None:
+        return clean.numpy().astype(np.float32)
+    spec = get_task(task)
+    mult = spec.scale * spec.size_multiple
+    if size % mult:
+        raise AsvpError(f"probe size {size} must be a multiple of {mult} for task {task}")
+    inputs, _ = spec.make_pair(clean, torch.Generator().manual_seed(PROBE_SEED))
+    return inputs.numpy().astype(np.float32)
+
+
+def _session(model):
+    return SessionFromOnnx(model, threads=THREADS, inter_op_threads=1)()
+
+
+def _run(session, x: np.ndarray, feeds: dict | None = None, outputs: list | None = None) -> list[np.ndarray]:
+    in_name = [i.name for i in session.get_inputs() if i.name != MIX_INPUT][0]
+    res = []
+    for i in range(0, len(x), CHUNK):
+        res.append(session.run(outputs, {in_name: np.ascontiguousarray(x[i : i + CHUNK]), **(feeds or {})}))
+    return [np.concatenate([r[j] for r in res]) for j in range(len(res[0]))]
+
+
+def _as_suspect(suspect):
+    """A callable batch -> outputs for an ONNX path or a callable."""
+    if callable(suspect):
+        return suspect, getattr(suspect, "__name__", type(suspect).__name__)
+    if isinstance(suspect, (str, os.PathLike)):
+        model = load_model(suspect)
+        image_io(model)
+        sess = _session(model)
+        out_name = sess.get_outputs()[0].name
+        return (lambda x: _run(sess, x, outputs=[out_name])[0]), str(suspect)
+    raise AsvpError(f"the suspect must be an ONNX file or a callable, got {type(suspect).__name__}")
+
+
+def _query(fn, x: np.ndarray, what: str, expect_shape: tuple) -> np.ndarray:
+    try:
+        out = np.concatenate([np.asarray(fn(np.ascontiguousarray(x[i : i + CHUNK])), np.float32)
+                              for i in range(0, len(x), CHUNK)])
+    except AsvpError:
+        raise
+    except Exception as exc:
+        raise AsvpError(f"{what} failed on the probe images: {type(exc).__name__}: "
+                        f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
+    if out.shape != expect_shape:
+        raise AsvpError(f"{what} returns shape {list(out.shape)} on the probes; the clean model returns "
+                        f"{list(expect_shape)} (not the same task or scale)")
+    if not np.all(np.isfinite(out)):
+        raise AsvpError(f"{what} returns non-finite values on the probe images")
+    return out
+
+
+class ProbeModel:
+    """The clean model with the mark's matrix as an input: T(x) and the basis responses delta_j on probes."""
+
+    def __init__(self, clean_path, tensor: str, channels: int):
+        self.path = str(clean_path)
+        self.channels = channels
+        self.tensor = tensor
+        self.session = _session(probe_model(load_model(clean_path), tensor, channels))
+        self.out_name = self.session.get_outputs()[0].name
+
+    def run(self, x: np.ndarray, mix: np.ndarray | None = None) -> np.ndarray:
+        c = self.channels
+        m = np.zeros((c, c), np.float32) if mix is None else np.asarray(mix, np.float32)
+        return _run(self.session, x, {MIX_INPUT: m.reshape(c, c, 1, 1)}, [self.out_name])[0]
+
+
+def _psnr_between(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((np.asarray(a, np.float64) - b) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+# ---- marking -------------------------------------------------------------------------------------------------
+
+@dataclass
+class MarkResult:
+    path: str
+    mark: dict  # MarkInfo.public()
+    key_id: str
+    key_dim: int
+    probes: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary_lines(self) -> list[str]:
+        m = self.mark
+        return [f"wrote {self.path}: keyed fingerprint at {m['node']} (C={m['channels']}, m={m['m']}, "
+                f"{self.key_dim} key dimensions), eps {m['eps']:.4g}, marked vs clean output {m['strength_db']:.1f} dB "
+                f"PSNR on {self.probes} probe(s); key id {self.key_id} (the key is not stored in the model)"]
+
+
+def mark_file(model_path, out_path, key: str, *, node: str | None = None, m: int = DEFAULT_M,
+              strength_db: float = DEFAULT_STRENGTH_DB, task: str | None = None) -> MarkResult:
+    """Mark a (clean or ASVP-defended) model with `key`: W from the probe features, eps so that the marked
+    output differs from the unmarked one by `strength_db` PSNR on the probes; written atomically."""
+    t0 = time.perf_counter()
+    check_key(key)
+    if not (isinstance(strength_db, (int, float)) and math.isfinite(strength_db) and 20 <= strength_db <= 90):
+        raise AsvpError(f"strength must be a PSNR in [20, 90] dB, got {strength_db!r}")
+    if not isinstance(m, int) or m < 1:
+        raise AsvpError(f"m must be an integer >= 1, got {m!r}")
+    model = load_model(model_path)
+    image_io(model)
+    feat = resolve_feature(model, node)
+    task = task or task_of(model)
+    x = probe_inputs(task)
+    f = _run(_session(expose_tensors(model, [feat.output])), x, outputs=[feat.output])[0]
+    w = principal_directions(f, m)
+    probe = ProbeModel(model_path, feat.output, feat.channels)
+    base = probe.run(x)
+
+    def calibrated(coeffs):
+        e = 0.05
+        for _ in range(3):  # the output change is ~linear in eps: two corrections reach the target closely
+            got = _psnr_between(probe.run(x, mix_matrix(w, coeffs, e)), base)
+            if not math.isfinite(got):
+                raise AsvpError(f"the mark at {feat.name} does not change the output; choose another --node")
+            e *= 10 ** ((got - strength_db) / 20)
+        return e
+
+    # Key-free: the basis scale (calibrated on a fixed public direction), the basis responses on the probes and
+    # the equalizer R built from them. The verifier recomputes the responses from these, so nothing it uses
+    # depends on the key (the null stays exact). Then eps, the served mark's scale, is calibrated on the key's
+    # own coefficients R u so that the mark costs exactly the requested strength whatever the key.
+    basis_eps = calibrated(key_direction(CALIBRATION_DIRECTION, key_dim(m)))
+    delta = np.stack([probe.run(x, basis_eps * (w @ b @ w.T)) - base for b in sym_basis(m)])
+    r = response_equalizer(_gram(delta))
+    u = key_direction(key, r.shape[1])
+    eps = calibrated(r @ u)
+    mix = mix_matrix(w, r @ u, eps)
+    strength = _psnr_between(probe.run(x, mix), base)
+    info = MarkInfo(feat.name, feat.output, int(feat.channels), int(m), float(eps), w.tolist(), round(strength, 2),
+                    basis_eps=float(basis_eps), equalizer=r.tolist())
+    save_model(mark_model(model, info, mix), out_path, check=False)
+    return MarkResult(str(out_path), info.public(), key_id(key), info.key_dim, len(x),
+                      round(time.perf_counter() - t0, 1))
+
+
+# ---- verification ---------------------------------------------------------------------------------------------
+
+def _probe_key(clean_path, info: MarkInfo, x: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(file_digest(clean_path).encode())
+    h.update(info.tensor.encode())
+    h.update(np.asarray(info.basis, np.float64).tobytes())
+    h.update(repr(float(info.probe_eps)).encode())
+    h.update(info.r().tobytes())
+    h.update(x.tobytes())
+    return h.hexdigest()[:16]
+
+
+_MEMO: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def basis_responses(clean_path, info: MarkInfo, x: np.ndarray, cache=None) -> tuple[np.ndarray, np.ndarray]:
+    """(T(x), delta [D', ...]): the clean outputs and the equalised basis marks' output changes on the probes.
+
+    Key-independent; memoised in this process and, with `cache` (a directory), on disk."""
+    key = _probe_key(clean_path, info, x)
+    if key in _MEMO:
+        return _MEMO[key]
+    path = Path(cache) / f"fingerprint-basis-{key}.npz" if cache else None
+    if path is not None and path.exists():
+        with np.load(path) as z:
+            _MEMO[key] = (z["clean"], z["delta"])
+            return _MEMO[key]
+    probe = ProbeModel(clean_path, info.tensor, info.channels)
+    base = probe.run(x)
+    w, basis = info.w(), sym_basis(info.m)
+    raw = np.stack([probe.run(x, info.probe_eps * (w @ b @ w.T)) - base for b in basis])
+    delta = np.tensordot(info.r().T, raw.astype(np.float64), axes=1).astype(np.float32)  # [D', ...]
+    if path is not None:
+        with atomic_output(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, clean=base, delta=delta)
+    _MEMO[key] = (base, delta)
+    return base, delta
+
+
+def projections(outputs: np.ndarray, base: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """t_j = <S(x) - T(x), delta_j(x)> over all probe pixels (float64)."""
+    r = (np.asarray(outputs, np.float64) - base).reshape(-1)
+    return delta.reshape(len(delta), -1).astype(np.float64) @ r
+
+
+def _gram(delta: np.ndarray) -> np.ndarray:
+    d = delta.reshape(len(delta), -1).astype(np.float64)
+    return d @ d.T
+
+
+# ---- reference models (the systematic bias of models that never saw the marked outputs) -------------------------
+
+def _refs_path(cache, probe_key: str) -> Path | None:
+    return Path(cache) / f"fingerprint-references-{probe_key}.npz" if cache else None
+
+
+def load_references(cache, probe_key: str) -> dict[str, np.ndarray]:
+    path = _refs_path(cache, probe_key)
+    if path is None or not path.exists():
+        return {}
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def save_references(cache, probe_key: str, refs: dict[str, np.ndarray]) -> None:
+    path = _refs_path(cache, probe_key)
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **refs)
+
+
+@dataclass
+class FingerprintResult:
+    suspect: str
+    statistic: float  # c = cos(u, a), a the suspect's least-squares mark coefficients (reference bias direction removed)
+    p_value: float  # exact, under "the suspect is independent of the key"
+    alpha: float
+    flagged: bool  # p < alpha
+    beta: float  # share of the (linearised) mark the suspect reproduces: <S - T, d_u> / <d_u, d_u>
+    key_dim: int
+    key_id: str
+    key_check: float  # the marked model's own statistic c with this key (must be >= KEY_CHECK_MIN_COS)
+    references: list  # names of the reference models whose mean bias was removed (empty: none)
+    probes: dict
+    mark: dict
+    rel_residual: float  # ||S - T|| / ||d_u||: how far the suspect is from the clean teacher, in mark norms
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def verdict(self) -> str:
+        return "flagged" if self.flagged else "not flagged"
+
+    def summary_lines(self) -> list[str]:
+        what = ("distilled from the marked model: the suspect reproduces the secret mark" if self.flagged
+                else "no evidence of distillation from the marked model")
+        refs = (f"bias direction of {len(self.references)} reference model(s) removed" if self.references
+                else "no reference models (exact but less powerful; see `asvp fingerprint calibrate`)")
+        return [f"suspect {self.suspect}: {self.verdict.upper()} ({what})",
+                f"statistic c = {self.statistic:+.4f} over {self.key_dim} key dimensions, p = {self.p_value:.3g} "
+                f"(alpha {self.alpha:g}; exact null: a key independent of the suspect); {refs}",
+                f"mark reproduced: beta = {self.beta:+.3f}; suspect-vs-clean distance {self.rel_residual:.1f} mark "
+                f"norms; key check on the marked model c = {self.key_check:.3f}; {self.probes['count']} probe(s) "
+                f"{self.probes['shape']}; key id {self.key_id}"]
+
+
+@dataclass
+class Verifier:
+    """Everything key-independent that a verification needs, computed once: the mark's public description,
+    the probes, the clean outputs, the basis responses, their Gram matrix and the reference bias."""
+
+    clean: str
+    defended: str
+    info: MarkInfo
+    x: np.ndarray
+    base: np.ndarray
+    delta: np.ndarray
+    gram: np.ndarray
+    probe_key: str
+    refs: dict
+
+    @classmethod
+    def open(cls, clean, defended, *, cache=None, task: str | None = None, references=None) -> "Verifier":
+        dmodel = load_model(defended)
+        info = read_mark(dmodel)
+        if info is None:
+            raise AsvpError(f"{defended} carries no fingerprint mark (metadata asvp.fingerprint); mark it with "
+                            "`asvp fingerprint mark`")
+        cmodel = load_model(clean)
+        image_io(cmodel)
+        if info.tensor not in {o for n in cmodel.graph.node for o in n.output}:
+            raise AsvpError(f"{clean} has no tensor {info.tensor!r} (where {defended} is marked): not its clean model")
+        x = probe_inputs(task or task_of(cmodel) or task_of(dmodel))
+        base, delta = basis_responses(clean, info, x, cache)
+        pk = _probe_key(clean, info, x)
+        v = cls(str(clean), str(defended), info, x, base, delta, _gram(delta), pk, load_references(cache, pk))
+        if references:
+            for i, ref in enumerate(references):
+                fn, label = _as_suspect(ref)
+                v.refs[label if label not in v.refs else f"{label}#{i}"] = v.project(fn, f"reference {label}")
+        return v
+
+    def project(self, fn, what: str) -> np.ndarray:
+        return projections(_query(fn, self.x, what, self.base.shape), self.base, self.delta)
+
+    def nuisance(self, exclude: str | None = None) -> list:
+        """The reference models' mark coefficients (their systematic bias), leaving out `exclude`."""
+        return [coefficients(t, self.gram) for k, t in self.refs.items() if k != exclude]
+
+    def test(self, t: np.ndarray, u: np.ndarray, exclude: str | None = None) -> tuple[float, float]:
+        return key_statistic(coefficients(t, self.gram, self.nuisance(exclude)), u)
+
+    def verify(self, suspect, key: str, *, alpha: float = DEFAULT_ALPHA, name: str | None = None,
+               t0: float | None = None) -> FingerprintResult:
+        t0 = time.perf_counter() if t0 is None else t0
+        if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
+            raise AsvpError(f"alpha must be in (0, 1), got {alpha!r}")
+        u = key_direction(key, self.info.key_dim)
+        key_check, _ = key_statistic(coefficients(self.project(_as_suspect(self.defended)[0],
+                                                               f"defended model {self.defended}"), self.gram), u)
+        if key_check < KEY_CHECK_MIN_COS:
+            raise AsvpError(f"the key does not reproduce the mark in {self.defended} (c = {key_check:.3f} < "
+                            f"{KEY_CHECK_MIN_COS}): wrong key, or a different clean model")
+        fn, label = _as_suspect(suspect)
+        s_out = _query(fn, self.x, f"suspect {name or label}", self.base.shape)
+        t = projections(s_out, self.base, self.delta)
+        c, p = self.test(t, u, exclude=name or label)
+        du = (self.info.eps / self.info.probe_eps) * np.tensordot(u, self.delta.astype(np.float64), axes=1).reshape(-1)
+        nd = float(du @ du)
+        r = (s_out.astype(np.float64) - self.base).reshape(-1)
+        return FingerprintResult(
+            name or label, c, p, float(alpha), bool(p < alpha), float(du @ r / nd) if nd > 0 else math.nan,
+            self.info.key_dim, key_id(key), key_check, sorted(k for k in self.refs if k != (name or label)),
+            {"count": int(len(self.x)), "shape": list(self.x.shape[1:]), "seed": PROBE_SEED}, self.info.public(),
+            float(np.linalg.norm(r) / math.sqrt(nd)) if nd > 0 else math.nan, round(time.perf_counter() - t0, 1))
+
+
+def verify(suspect, clean, defended, key: str, *, alpha: float = DEFAULT_ALPHA, cache=None,
+           task: str | None = None, references=None, name: str | None = None) -> FingerprintResult:
+    """Test whether `suspect` (ONNX path or callable) was distilled from the marked model `defended`.
+
+    references: extra reference models (ONNX paths or callables) that never saw the marked outputs; with `cache`,
+    the references stored there by `calibrate` are used too. Their mean bias is removed before the test."""
+    t0 = time.perf_counter()
+    check_key(key)
+    v = Verifier.open(clean, defended, cache=cache, task=task, references=references)
+    return v.verify(suspect, key, alpha=alpha, name=name, t0=t0)
+
+
+# ---- calibration: reference students of the clean teacher -------------------------------------------------------
+
+@dataclass
+class CalibrationResult:
+    cache: str
+    references: list  # [{name, c_loo, p_loo}]: each reference tested against the bias of the others
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary_lines(self) -> list[str]:
+        rows = [f"  {r['name']}" + ("" if math.isnan(r["c_loo"]) else
+                                     f": leave-one-out c = {r['c_loo']:+.3f}, p = {r['p_loo']:.3g}")
+                for r in self.references]
+        if self.references and math.isnan(self.references[0]["c_loo"]):
+            rows.append("  (with the key, each reference is also tested against the bias of the others)")
+        return [f"{len(self.references)} reference model(s) stored in {self.cache} (key-independent; reused by "
+                f"`asvp fingerprint verify --cache {self.cache}`)"] + rows
+
+
+def train_reference_students(clean, task: str, seeds=(100, 101, 102), steps: int = 300, pool: int = 96,
+                             crop: int = 64, progress: bool = False) -> dict:
+    """Students distilled from the CLEAN teacher (never from the marked one): name -> callable."""
+    out = {}
+    with single_thread():
+        for s in seeds:
+            q = make_queries(task, pool, crop, s)
+            y, _ = get_answers(ServedModel(clean), q, None, "clean", progress)
+            m, _ = train_student(task, q, y, seed=s, budget=TrainBudget(steps=steps, batch=8),
+                                 desc=f"reference student s{s}", progress=progress)
+            out[f"student-of-clean-s{s}-{steps}x{pool}"] = _student_fn(m)
+    return out
+
+
+def _student_fn(model):
+    return lambda x: predict(model, torch.from_numpy(np.ascontiguousarray(x, np.float32)))
+
+
+def calibrate(clean, defended, *, cache, task: str | None = None, seeds=(100, 101, 102), steps: int = 300,
+              pool: int = 96, references=None, test_key: str | None = None, progress: bool = False) -> CalibrationResult:
+    """Train reference students of the clean teacher (and query any given `references`), store their
+    key-independent projections in `cache` for every later `verify`; report each one's leave-one-out p-value
+    (under a test key if given: a calibration check, not a requirement)."""
+    t0 = time.perf_counter()
+    if not cache:
+        raise AsvpError("calibrate needs a cache directory (--cache DIR) to store the reference models in")
+    if not isinstance(steps, int) or steps < 1 or not isinstance(pool, int) or pool < 2:
+        raise AsvpError(f"steps must be >= 1 and pool >= 2, got steps={steps!r}, pool={pool!r}")
+    v = Verifier.open(clean, defended, cache=cache, task=task, references=references)
+    task = task or task_of(load_model(clean)) or task_of(load_model(defended))
+    if seeds:
+        if task is None:
+            raise AsvpError("reference students need a task (--task): the clean model records none")
+        for name, fn in train_reference_students(clean, task, seeds, steps, pool, progress=progress).items():
+            v.refs[name] = v.project(fn, f"reference {name}")
+    save_references(cache, v.probe_key, v.refs)
+    u = key_direction(test_key, v.info.key_dim) if test_key else None
+    rows = []
+    for name, t in v.refs.items():
+        c, p = v.test(t, u, exclude=name) if u is not None else (math.nan, math.nan)
+        rows.append({"name": name, "c_loo": c, "p_loo": p})
+    return CalibrationResult(str(cache), rows, round(time.perf_counter() - t0, 1))
+
+
+# ---- the demo's quick check --------------------------------------------------------------------------------------
+
+def quick_check(clean, served, task: str, workdir, *, key: str, steps: int = 300, pool: int = 96,
+                strength_db: float = DEFAULT_STRENGTH_DB, ref_seeds=(100, 101, 102), seed: int = 0,
+                alpha: float = DEFAULT_ALPHA, progress: bool = False) -> dict:
+    """Mark `served` with `key`, distil one student from the marked model and one from the clean model (same
+    queries, seed and budget), calibrate on reference students of the clean teacher, and verify both.
+    Expected: the first is flagged, the second is not. Returns a dict (report data)."""
+    t0 = time.perf_counter()
+    workdir = Path(workdir)
+    marked = workdir / f"{task}.fp.onnx"
+    mres = mark_file(served, marked, key, strength_db=strength_db, task=task)
+    spec = get_task(task)
+    h_in, h_tgt = spec.heldout()
+    with single_thread():
+        teach = {n: psnr_ssim(ServedModel(p).query(h_in.numpy(), 2)[0], h_tgt.numpy())[0]
+                 for n, p in (("clean", clean), ("marked", marked))}
+        q = make_queries(task, pool, 64, seed)
+        students = {}
+        for name, path in (("student of the marked model", marked), ("student of the clean model", clean)):
+            y, _ = get_answers(ServedModel(path), q, None, name, progress)
+            mdl, _ = train_student(task, q, y, seed=seed, budget=TrainBudget(steps=steps, batch=8),
+                                   desc=name, progress=progress)
+            students[name] = _student_fn(mdl)
+    v = Verifier.open(clean, marked, cache=None, task=task)
+    for name, fn in train_reference_students(clean, task, ref_seeds, steps, pool, progress=progress).items():
+        v.refs[name] = v.project(fn, f"reference {name}")
+    results = [v.verify(fn, key, alpha=alpha, name=name).to_dict() for name, fn in students.items()]
+    ok = results[0]["flagged"] and not results[1]["flagged"]
+    return {"task": task, "marked_model": str(marked), "key_id": key_id(key), "mark": mres.mark,
+            "teacher_psnr": teach, "teacher_drop_db": teach["clean"] - teach["marked"],
+            "budget": {"queries": pool, "steps": steps, "seed": seed, "reference_seeds": list(ref_seeds)},
+            "alpha": alpha, "results": results, "passed": bool(ok), "seconds": round(time.perf_counter() - t0, 1)}

@@ -1,0 +1,208 @@
+"""The keyed distillation fingerprint: the exact null, the planted case, the key, bad inputs."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from asvp import api
+from asvp.cli import main
+from asvp.errors import AsvpError
+from asvp.fingerprint import (coefficients, cosine_tail, key_dim, key_direction, key_id, key_statistic, mix_matrix,
+                              principal_directions, sym_basis)
+from asvp.graph_passes.fingerprint import META_FINGERPRINT, read_mark
+from asvp.onnx_utils import get_metadata, load_model
+from asvp.runtime.attacks import fingerprint as fp
+from asvp.runtime.attacks.attack import ServedModel
+from asvp.tasks import get_task
+from asvp.tasks.data import TRAIN_IMAGES, random_crops
+
+KEY_A = "test-key-alpha-0001"
+KEY_B = "test-key-bravo-0002"
+
+
+# ---- core: key, basis, exact null ---------------------------------------------------------------------------
+
+def test_key_direction_is_a_deterministic_unit_vector_that_depends_on_the_key():
+    u1, u2, v = key_direction(KEY_A, 36), key_direction(KEY_A, 36), key_direction(KEY_B, 36)
+    assert np.allclose(u1, u2) and math.isclose(np.linalg.norm(u1), 1.0)
+    assert abs(float(u1 @ v)) < 0.9
+    with pytest.raises(AsvpError, match="at least 8 characters"):
+        key_direction("short", 36)
+
+
+def test_symmetric_basis_is_orthonormal_and_the_mix_is_symmetric():
+    b = sym_basis(5).reshape(key_dim(5), -1)
+    assert np.allclose(b @ b.T, np.eye(key_dim(5)))
+    w = principal_directions(np.random.default_rng(0).standard_normal((4, 12, 6, 6)), 5)
+    assert np.allclose(w.T @ w, np.eye(5), atol=1e-9)
+    a = mix_matrix(w, key_direction(KEY_A, key_dim(5)), 0.3)
+    assert np.allclose(a, a.T) and math.isclose(np.linalg.norm(a), 0.3, rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("dim", [2, 3, 10, 36, 37])
+def test_cosine_tail_matches_the_uniform_sphere(dim):
+    rng = np.random.default_rng(dim)
+    u = rng.standard_normal((200_000, dim))
+    c1 = u[:, 0] / np.linalg.norm(u, axis=1)
+    for c in (-0.5, 0.0, 0.2, 0.45, 0.7):
+        emp = float(np.mean(c1 >= c))
+        assert abs(cosine_tail(c, dim) - emp) < 4 * math.sqrt(emp * (1 - emp) / len(c1)) + 1e-4, (dim, c)
+    assert cosine_tail(1.0, dim) == 0.0 and cosine_tail(-1.0, dim) == 1.0
+
+
+def test_cosine_tail_matches_the_incomplete_beta():
+    special = pytest.importorskip("scipy.special")
+    for dim in (5, 36, 64):
+        for c in (0.05, 0.3, 0.6, 0.9, 0.99):
+            ref = 0.5 * special.betainc((dim - 1) / 2, 0.5, 1 - c * c)
+            assert cosine_tail(c, dim) == pytest.approx(ref, rel=1e-6, abs=1e-15)
+
+
+def test_p_values_are_uniform_over_keys_for_a_fixed_suspect_even_with_whitening_and_nuisance():
+    """The null is the key's randomness: for any fixed (biased) suspect, p over random keys is uniform."""
+    rng = np.random.default_rng(7)
+    d = 36
+    delta = rng.standard_normal((d, 400))
+    gram = delta @ delta.T
+    t = gram @ np.full(d, 0.3) + rng.standard_normal(d)  # a strongly biased innocent suspect
+    nuisance = [rng.standard_normal(d) + 1.0 for _ in range(3)]
+    a = coefficients(t, gram, nuisance)
+    ps = np.array([key_statistic(a, key_direction(f"null-key-{i:05d}", d))[1] for i in range(3000)])
+    assert 0.006 < np.mean(ps < 0.01) < 0.017
+    assert 0.04 < np.mean(ps < 0.05) < 0.062
+    assert 0.47 < np.mean(ps < 0.5) < 0.53
+    assert key_statistic(np.zeros(d), key_direction(KEY_A, d)) == (0.0, 1.0)
+
+
+# ---- the planted case on a real teacher ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fp")
+    clean, ma, mb = d / "sr.onnx", d / "sr.fpA.onnx", d / "sr.fpB.onnx"
+    api.export("sr", clean)
+    ra = api.fingerprint_mark(clean, ma, KEY_A)
+    api.fingerprint_mark(clean, mb, KEY_B)
+    return {"dir": d, "clean": clean, "A": ma, "B": mb, "mark_result": ra}
+
+
+def _ground_truth_model():
+    """An independently trained model (never saw any teacher): a tiny EDSR fit to ground truth for a few steps."""
+    spec = get_task("sr")
+    torch.manual_seed(3)
+    net = spec.build().eval()
+    g = torch.Generator().manual_seed(5)
+    x, y = spec.make_pair(random_crops(TRAIN_IMAGES, 8, 32, g), g)
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    for _ in range(10):
+        loss = torch.nn.functional.l1_loss(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def fn(batch):
+        with torch.no_grad():
+            return net(torch.from_numpy(batch)).numpy()
+    return fn
+
+
+def test_mark_is_small_recorded_without_the_key_and_costs_what_it_says(models):
+    res = models["mark_result"]
+    model = load_model(models["A"])
+    meta = get_metadata(model)
+    info = read_mark(model)
+    assert info is not None and info.m == 8 and len(info.basis) == info.channels
+    blob = json.dumps(meta)
+    assert KEY_A not in blob and key_id(KEY_A) not in blob
+    assert res.key_id == key_id(KEY_A) and META_FINGERPRINT in meta
+    x = fp.probe_inputs("sr")
+    diff = ServedModel(models["A"]).query(x)[0] - ServedModel(models["clean"]).query(x)[0]
+    psnr = 10 * math.log10(1 / float(np.mean(diff.astype(np.float64) ** 2)))
+    assert abs(psnr - info.strength_db) < 0.05 and abs(psnr - fp.DEFAULT_STRENGTH_DB) < 0.5
+
+
+def test_verdict_flips_on_the_planted_case(models):
+    c, a = models["clean"], models["A"]
+    hit = api.fingerprint_verify(a, clean=c, defended=a, key=KEY_A)
+    assert hit.flagged and hit.p_value < 1e-9 and hit.statistic > 0.9 and 0.9 < hit.beta < 1.1
+    for name, suspect in (("ground truth", _ground_truth_model()),
+                          ("bicubic", lambda b: get_task("sr").baseline_output(torch.from_numpy(b)).numpy())):
+        miss = api.fingerprint_verify(suspect, clean=c, defended=a, key=KEY_A, name=name)
+        assert not miss.flagged and miss.p_value > 0.01, (name, miss.p_value)
+    same = api.fingerprint_verify(c, clean=c, defended=a, key=KEY_A)
+    assert not same.flagged and same.p_value == 1.0
+
+
+def test_the_key_changes_the_verdict(models):
+    c, a, b = models["clean"], models["A"], models["B"]
+    # the model marked with key A, tested as a suspect by the owner of key B: not flagged
+    other = api.fingerprint_verify(a, clean=c, defended=b, key=KEY_B)
+    assert not other.flagged and other.p_value > 0.01
+    assert api.fingerprint_verify(b, clean=c, defended=b, key=KEY_B).flagged
+    with pytest.raises(AsvpError, match="key does not reproduce the mark"):
+        api.fingerprint_verify(a, clean=c, defended=a, key=KEY_B)
+
+
+def test_reference_bias_is_removed_and_cached(models, tmp_path):
+    c, a = models["clean"], models["A"]
+    bias = lambda b: get_task("sr").baseline_output(torch.from_numpy(b)).numpy()  # noqa: E731
+    cal = api.fingerprint_calibrate(c, a, cache=tmp_path, seeds=(), references=[bias], progress=False)
+    assert len(cal.references) == 1 and list(tmp_path.glob("fingerprint-references-*.npz"))
+    res = api.fingerprint_verify(a, clean=c, defended=a, key=KEY_A, cache=tmp_path)
+    assert res.references and res.flagged
+    # the reference itself, tested against its own bias direction, carries no mark at all
+    same = api.fingerprint_verify(bias, clean=c, defended=a, key=KEY_A, cache=tmp_path, name="other")
+    assert same.references and abs(same.statistic) < 1e-6
+
+
+# ---- bad inputs: one line, exit 2, nothing written ------------------------------------------------------------
+
+def _cli(capsys, *argv):
+    rc = main(list(argv))
+    err = capsys.readouterr().err
+    return rc, err
+
+
+def test_bad_inputs_get_one_line_errors(models, capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("ASVP_FINGERPRINT_KEY", raising=False)
+    c, a = str(models["clean"]), str(models["A"])
+    dehaze = tmp_path / "dehaze.onnx"
+    api.export("dehaze", dehaze)
+    cases = [
+        (("fingerprint", "verify", str(tmp_path / "missing.onnx"), "--clean", c, "--defended", a, "--key", KEY_A),
+         "not found"),
+        (("fingerprint", "verify", a, "--clean", c, "--defended", c, "--key", KEY_A), "carries no fingerprint mark"),
+        (("fingerprint", "verify", a, "--clean", c, "--defended", a), "key is required"),
+        (("fingerprint", "verify", a, "--clean", c, "--defended", a, "--key", "short"), "at least 8 characters"),
+        (("fingerprint", "verify", a, "--clean", c, "--defended", a, "--key", KEY_B), "does not reproduce"),
+        (("fingerprint", "verify", str(dehaze), "--clean", c, "--defended", a, "--key", KEY_A), "returns shape"),
+        (("fingerprint", "verify", a, "--clean", str(dehaze), "--defended", a, "--key", KEY_A), "not its clean model"),
+        (("fingerprint", "verify", a, "--clean", c, "--defended", a, "--key", KEY_A, "--alpha", "2"), "alpha"),
+        (("fingerprint", "verify", a, "--clean", c, "--defended", a, "--key-file", str(tmp_path / "nokey")),
+         "cannot read the key file"),
+        (("fingerprint", "mark", c, "-o", str(tmp_path / "bad.onnx"), "--key", KEY_A, "--m", "32"), "m < channels"),
+        (("fingerprint", "mark", c, "-o", str(tmp_path / "bad.onnx"), "--key", KEY_A, "--strength", "5"), "strength"),
+        (("fingerprint", "mark", a, "-o", str(tmp_path / "bad.onnx"), "--key", KEY_A), "already fingerprinted"),
+        (("fingerprint", "mark", c, "-o", str(tmp_path / "bad.onnx"), "--key", KEY_A, "--node", "nope"), "nope"),
+        (("fingerprint", "calibrate", "--clean", c, "--defended", a, "--cache", str(tmp_path / "cal"), "--steps", "0"),
+         "steps must be"),
+    ]
+    for argv, needle in cases:
+        rc, err = _cli(capsys, *argv)
+        assert rc == 2, (argv, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("asvp: error:") and needle in lines[0], (argv, err)
+        assert "Traceback" not in err
+    assert not (tmp_path / "bad.onnx").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left behind
+
+
+def test_cli_verify_prints_json_and_reads_the_key_from_the_environment(models, capsys, monkeypatch):
+    monkeypatch.setenv("ASVP_FINGERPRINT_KEY", KEY_A)
+    c, a = str(models["clean"]), str(models["A"])
+    assert main(["fingerprint", "verify", a, "--clean", c, "--defended", a, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["flagged"] is True and out["p_value"] < 1e-9 and out["key_id"] == key_id(KEY_A)
+    assert KEY_A not in json.dumps(out)

@@ -79,7 +79,7 @@ def _next_free(names, pattern: re.Pattern) -> int:
     return max(used, default=-1) + 1
 
 
-def _rewire(graph: gs.Graph, x: gs.Variable, y: gs.Variable, block_prefix: str) -> str | None:
+def rewire_consumers(graph: gs.Graph, x: gs.Variable, y: gs.Variable, block_prefix: str) -> str | None:
     """Every consumer of x outside the new block (and the graph outputs) reads y instead.
 
     If x is a graph output, y takes over its name and x is renamed; returns x's new name then, else None."""
@@ -98,7 +98,8 @@ def _rewire(graph: gs.Graph, x: gs.Variable, y: gs.Variable, block_prefix: str) 
     return None
 
 
-def _finalize(out: onnx.ModelProto, original: onnx.ModelProto, plugin: bool) -> None:
+def finalize_like(out: onnx.ModelProto, original: onnx.ModelProto, plugin: bool) -> None:
+    """Give an edited model the original's IR version (capped), producer, doc string, opsets and metadata."""
     out.ir_version = min(original.ir_version, MAX_IR_VERSION)
     out.producer_name = original.producer_name or "asvp"
     out.producer_version = original.producer_version
@@ -184,7 +185,7 @@ def defend_model(model: onnx.ModelProto, selectors=None, config: AsvpConfig | di
             tap += 1
             renamed = None
         else:
-            renamed = _rewire(graph, x, y, prefix)
+            renamed = rewire_consumers(graph, x, y, prefix)
         records.append({"node": f.name, "tensor": f.output, "channels": f.channels, "tap_output": tap_name,
                         "mode": mode, "placement": cfg.placement, "block": prefix.rstrip("/"),
                         "config_digest": cfg.digest()})
@@ -195,7 +196,7 @@ def defend_model(model: onnx.ModelProto, selectors=None, config: AsvpConfig | di
     graph.cleanup().toposort()
     inserted = len(graph.nodes) - before
     out = gs.export_onnx(graph)
-    _finalize(out, model, plugin=mode == "plugin" or any(r.get("mode") == "plugin" for r in previous))
+    finalize_like(out, model, plugin=mode == "plugin" or any(r.get("mode") == "plugin" for r in previous))
 
     all_records = previous + records
     write_defence(out, all_records, cfg, mode)

@@ -22,7 +22,7 @@ import onnx_graphsurgeon as gs
 from asvp.errors import AsvpError
 from asvp.fingerprint import MARK_VERSION
 from asvp.graph_passes import select
-from asvp.graph_passes.defend import _finalize, _rewire, verify
+from asvp.graph_passes.defend import finalize_like, rewire_consumers, verify
 from asvp.onnx_utils import META_PREFIX, get_metadata, set_metadata
 
 META_FINGERPRINT = META_PREFIX + "fingerprint"
@@ -110,12 +110,12 @@ def _insert(model: onnx.ModelProto, tensor: str, weight) -> onnx.ModelProto:
     graph.nodes.append(gs.Node("Conv", PREFIX + "mix", inputs=[x, weight], outputs=[delta],
                                attrs={"kernel_shape": [1, 1]}))
     graph.nodes.append(gs.Node("Add", PREFIX + "add", inputs=[x, delta], outputs=[y]))
-    _rewire(graph, x, y, PREFIX)
+    rewire_consumers(graph, x, y, PREFIX)
     if isinstance(weight, gs.Variable):
         graph.inputs.append(weight)
     graph.cleanup().toposort()
     out = gs.export_onnx(graph)
-    _finalize(out, model, plugin=False)
+    finalize_like(out, model, plugin=False)
     return out
 
 

@@ -128,16 +128,19 @@ def test_every_emitted_op_is_supported_by_tensorrt():
 
 
 def test_tensorrt_constant_inputs_are_initializers():
-    """TensorRT wants ReduceSum axes, CumSum axis, TopK K, Split sizes and Unsqueeze axes as build-time constants."""
-    model = standalone(10, AsvpConfig(k=3))
-    inits = {i.name for i in model.graph.initializer}
-    const_input = {"ReduceSum": 1, "CumSum": 1, "TopK": 1, "Split": 1, "Unsqueeze": 1, "Expand": 1}
-    seen = set()
-    for node in model.graph.node:
-        if node.op_type in const_input:
-            assert node.input[const_input[node.op_type]] in inits, node.name
-            seen.add(node.op_type)
-    assert seen == set(const_input)
+    """TensorRT wants ReduceSum axes, CumSum axis, TopK K, Clip bounds and Expand/Split/Unsqueeze shapes as
+    build-time constants."""
+    const_inputs = {"ReduceSum": [1], "CumSum": [1], "TopK": [1], "Clip": [1, 2], "Expand": [1], "Split": [1],
+                    "Unsqueeze": [1]}
+    for channels, cfg in ((10, AsvpConfig(k=3)), (96, AsvpConfig())):  # dense and low-rank apply
+        model = standalone(channels, cfg)
+        inits = {i.name for i in model.graph.initializer}
+        seen = set()
+        for node in model.graph.node:
+            for i in const_inputs.get(node.op_type, []):
+                assert node.input[i] in inits, node.name
+                seen.add(node.op_type)
+        assert {"ReduceSum", "CumSum", "TopK", "Clip", "Expand"} <= seen
 
 
 def test_names_are_prefixed_and_unique():

@@ -177,6 +177,16 @@ def build_asvp(graph: gs.Graph, x: gs.Variable, cfg: AsvpConfig, channels: int, 
     return y
 
 
+def graph_depth(model) -> tuple[int, int]:
+    """(node count, longest chain of data-dependent nodes) of an ONNX model: the chain bounds how many kernels a
+    GPU must run one after another, whatever the parallelism inside each."""
+    producer = {out: i for i, node in enumerate(model.graph.node) for out in node.output}
+    depth: list[int] = []
+    for node in model.graph.node:  # ONNX graphs are stored topologically sorted
+        depth.append(1 + max((depth[producer[t]] for t in node.input if t in producer), default=0))
+    return len(depth), max(depth, default=0)
+
+
 def emitted_op_types(cfg: AsvpConfig, channels: int) -> set[str]:
     """The operator types build_asvp emits for this configuration (tests check them against TensorRT's list)."""
     graph = gs.Graph(opset=OPSET)

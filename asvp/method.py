@@ -9,8 +9,8 @@ Two exact implementations live here:
   * `asvp_reference`  float64 `torch.linalg.svd`: the ground truth every backend is tested against.
   * `asvp_exact`      eigendecomposition of the C x C Gram matrix M M^T (cheap: C is small, H*W is not),
                       on any device/dtype; the CPU custom op and the TensorRT plugin both run this.
-`asvp_subspace` mirrors, in torch, the standard-ONNX-op subgraph (oversampled subspace iteration with a Jacobi
-Rayleigh-Ritz step), so the approximation can be studied without ONNX.
+`asvp_subspace` mirrors, in torch, the standard-ONNX-op subgraph (sequentially deflated power iteration by repeated
+squaring, then a two-step Jacobi Rayleigh-Ritz), so the approximation can be studied without ONNX.
 """
 from __future__ import annotations
 
@@ -85,98 +85,165 @@ def initial_basis(channels: int, k: int, dtype=np.float32) -> np.ndarray:
 
 
 # ---- the standard-op algorithm -------------------------------------------------------------------------
-# Oversampled subspace iteration + a Jacobi Rayleigh-Ritz step: see docs/method.md for the derivation and the
-# measured error. graph_passes/subgraph.py emits exactly these operations as standard ONNX ops; every constant
-# here is shared with it.
-SUBSPACE_OVERSAMPLE = 4  # block width kb = min(k + 4, C): convergence of the top-k subspace ~ (s_{kb+1}/s_k)^(2*power)
-SUBSPACE_POWER = 3  # each step multiplies by G^3 (G^4 loses the k-th direction below float32 round-off)
-JACOBI_STEPS = 3  # simultaneous Jacobi rotations on the kb x kb Ritz matrix (quadratic convergence)
-EXP_SQUARINGS = 3  # exp(A) = (Taylor_4(A / 2^3))^(2^3), then one Newton-Schulz polar step
-EXP_TAYLOR_DEGREE = 4
+# Sequentially deflated power iteration by repeated squaring + a two-step Jacobi Rayleigh-Ritz: see docs/method.md
+# for the derivation and the measured error. graph_passes/subgraph.py emits exactly these operations as standard
+# ONNX ops; every constant here is shared with it.
+SUBSPACE_OVERSAMPLE = 2  # block width kb = k + 2: Rayleigh-Ritz then resolves s_k ~ s_{k+1} exactly (docs/method.md 5)
+WHOLE_SPACE_MAX_EXTRA = 4  # C <= k + 4: take all C directions (tiny features; the subspace is then exact)
+SHIFT = 1e-4  # G -> G + SHIFT * trace(G) * I: same eigenvectors; keeps every deflated Gram's top eigenvalue well
+#               above float32 round-off of the removed directions (rank-deficient features); removed from the mask
+SIGMA = 1e-30  # absolute guard added to the Gram diagonal before its trace: an all-zero feature gives G ~ I, not 0/0
+TINY = 1e-30  # guards 0/0 in the Jacobi angles for exactly diagonal (and all-zero) Rayleigh-Ritz matrices
+FIRST_NORM_MAX_C = 128  # column 0 squares G (trace sqrt(C)) 4 times before normalising: its values stay in [C^-8, C^8]
 DENSE_APPLY_MAX_C = 64  # C <= 64: apply as one C x C matrix (I + U W U^T) M: fewer passes over M, faster on CPU
-EPS = 1e-12  # trace regulariser (features are float32; trace-normalised G has eigenvalues in [0, 1])
-TINY = 1e-30  # guards 0/0 for all-zero features and exactly diagonal Ritz matrices (a normal float32)
 
 
 def block_width(channels: int, k: int) -> int:
+    """Columns kept for the Rayleigh-Ritz step: k + SUBSPACE_OVERSAMPLE, or all of them for tiny features."""
+    if channels <= k + WHOLE_SPACE_MAX_EXTRA:
+        return channels
     return min(k + SUBSPACE_OVERSAMPLE, channels)
 
 
-def mgs(z: torch.Tensor) -> torch.Tensor:
-    """Modified Gram-Schmidt over the last axis of [N, C, kb]: q_j = z_j / (||z_j|| + TINY), then z -= q_j (q_j^T z)."""
-    cols = []
-    for j in range(z.shape[-1]):
-        zj = z[..., j : j + 1]
-        qj = zj / (torch.linalg.vector_norm(zj, dim=1, keepdim=True) + TINY)
-        cols.append(qj)
-        if j < z.shape[-1] - 1:
-            z = z - qj * (qj * z).sum(dim=1, keepdim=True)
-    return torch.cat(cols, dim=-1)
+def column_squarings(iters: int, kb: int) -> list[int]:
+    """Squarings of each powered column's deflated Gram (the last of the kb columns is not powered on its own).
+
+    Column j is the dominant eigenvector of the Gram deflated by columns 0..j-1, raised to the power 2^s_j by s_j
+    squarings: iters for columns 0 and 1 (the leading directions are the best separated), iters + 1 after. At the
+    default iters = 4: powers 16, 16, 32, 32, 32 (each doubling costs one node per column).
+    """
+    return [iters, iters] + [iters + 1] * max(kb - 3, 0)
 
 
-def jacobi_rotation(b: torch.Tensor) -> torch.Tensor:
-    """One simultaneous Jacobi step for symmetric b [N, kb, kb]: an orthogonal V with V^T b V closer to diagonal.
+def normalise_before(column: int, i: int, channels: int) -> bool:
+    """Whether the column's matrix is rescaled (Frobenius) before its i-th squaring (0-based).
 
-    Every pair (r, c) gets the angle phi_rc = atan(t_rc) of the exact 2 x 2 Jacobi rotation,
-    t = 2 b_rc sign(d_c - d_r) / (|d_c - d_r| + sqrt((d_c - d_r)^2 + 4 b_rc^2)), |phi| <= pi/4. The angles form an
-    antisymmetric A (antisymmetrised: (A - A^T) / 2) and V = exp(A) (orthogonal however large or clustered the
-    angles are): scaling and squaring
-    of a degree-4 Taylor polynomial, then one Newton-Schulz polar step to remove the truncation residue.
+    Deflated Grams can have a tiny spectral radius, so columns >= 1 are rescaled after 2 squarings and then every 3:
+    after a rescale the top eigenvalue is >= ||.||_F / sqrt(C), so 3 squarings keep it above C^-4 (no underflow in
+    float32, nor in the vector norm that follows). Column 0 squares G itself (trace sqrt(C), top eigenvalue in
+    [C^-1/2, C^1/2]) and needs its first rescale only after 4 squarings while C <= FIRST_NORM_MAX_C.
+    """
+    first = 4 if (column == 0 and channels <= FIRST_NORM_MAX_C) else 2
+    return i >= first and (i - first) % 3 == 0
+
+
+def _frobenius(a: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt((a * a).sum(dim=(1, 2), keepdim=True))
+
+
+def deflated_basis(gs: torch.Tensor, x: torch.Tensor, iters: int) -> torch.Tensor:
+    """kb orthonormal columns [N, C, kb] approximating the top eigenvectors of gs (sequential deflation).
+
+    Column j: P_j = I - sum_{i<j} v_i v_i^T, v_j = normalise((P_j G)^(2^s_j) x_j) (x = initial_basis). Deflating
+    *before* powering is what lets the power be 32: within one column the wanted direction is the dominant one, so
+    float32 never has to hold the ratio lambda_1/lambda_j to a high power (subspace iteration of a block does, which
+    capped it at G^3 per orthonormalisation). The last column needs no powers of its own: it is the second direction
+    of the previous column's power, projected twice by its P (the second pass removes the round-off the first leaves
+    when that direction is below float32 precision, i.e. well separated and so not needed for Rayleigh-Ritz).
+    """
+    n, c, _ = gs.shape
+    kb = x.shape[1]
+    eye = torch.eye(c, dtype=gs.dtype)
+    squarings = column_squarings(iters, kb)
+    cols, proj, p = [], None, None
+    for j in range(kb):
+        if j > 0:
+            outer = torch.einsum("nci,ndi->ncd", cols[-1], cols[-1])
+            proj = eye - outer if proj is None else proj - outer
+        if j == kb - 1 and j > 0:
+            y = proj @ (proj @ (p @ x[:, j : j + 1]))
+        else:
+            p = gs if j == 0 else proj @ gs
+            for i in range(squarings[j]):
+                if normalise_before(j, i, c):
+                    p = p / _frobenius(p)
+                p = p @ p
+            y = p @ x[:, j : j + 1]
+        cols.append(y / torch.linalg.vector_norm(y, dim=1, keepdim=True))
+    return torch.cat(cols, dim=2)
+
+
+def jacobi_exp_step(b: torch.Tensor) -> torch.Tensor:
+    """One simultaneous Jacobi step for B [N, kb, kb]: an orthogonal V with V^T B V closer to diagonal.
+
+    Every pair (r, c) gets the angle of its exact 2 x 2 rotation, 2 phi = atan(2 b_rc / (d_c - d_r)) (|phi| <= pi/4;
+    written 2 b (d_c - d_r) / ((d_c - d_r)^2 + TINY) so that exactly diagonal pairs give 0, not 0/0). B is symmetrised
+    first (S = B + B^T): B is symmetric only up to round-off, and for (near-)degenerate pairs the angle is decided by
+    that round-off, so only an exactly antisymmetric angle matrix Phi keeps V orthogonal. V = exp(Phi) as
+    (Taylor_2(Phi / 2))^2 followed by one Newton-Schulz polar step V (1.5 I - 0.5 V^T V); the Taylor polynomial is
+    evaluated halved, T = I / 2 + a (I + a) with a = Phi / 4, which saves a node and is undone in the polar step's
+    constants (T^2 = V / 4, so V (1.5 I - 0.5 V^T V) = T^2 (6 I - 32 (T^2)^T T^2)).
     """
     kb = b.shape[-1]
     eye = torch.eye(kb, dtype=b.dtype)
-    bd = b * eye
-    diff = bd.sum(dim=1, keepdim=True) - bd.sum(dim=2, keepdim=True)  # [r, c] = d_c - d_r
-    off2 = b * (2.0 * (1.0 - eye))  # 2 * off-diagonal part
-    root = torch.sqrt(diff * diff + off2 * off2 + TINY)
-    angle = torch.atan(off2 * torch.sign(diff) / (diff.abs() + root))
-    # Antisymmetrise: b is symmetric only up to round-off, and for (near-)degenerate pairs the angle is decided
-    # by round-off; a non-antisymmetric A would make exp(A) non-orthogonal.
-    x = (angle - angle.transpose(1, 2)) * (0.5 * 0.5**EXP_SQUARINGS)
-    t = eye + x * (1.0 / EXP_TAYLOR_DEGREE)
-    for j in range(EXP_TAYLOR_DEGREE - 1, 0, -1):  # Horner: I + x (I + x/2 (I + x/3 (I + x/4)))
-        t = eye + (x * (1.0 / j)) @ t
-    for _ in range(EXP_SQUARINGS):
-        t = t @ t
-    return t @ (1.5 * eye - 0.5 * (t.transpose(1, 2) @ t))
+    s = b + b.transpose(1, 2)
+    d = (s * (0.5 * eye)).sum(dim=1, keepdim=True)  # diag(B), [N, 1, kb]
+    diff = d - d.transpose(1, 2)  # [r, c] = d_c - d_r
+    a = torch.atan(s * diff / (diff * diff + TINY)) * 0.125  # phi / 4
+    t = 0.5 * eye + a @ (eye + a)  # (I + phi/2 + (phi/2)^2 / 2) / 2
+    t = t @ t
+    return t @ (6.0 * eye - torch.einsum("nij,nik->njk", t, t) * 32.0)
+
+
+def jacobi_polish_step(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The second, first-order Jacobi step (angles are small after jacobi_exp_step) and 2 diag(B).
+
+    phi_rc ~ b_rc / (d_c - d_r), clipped to [-1, 1] (degenerate pairs: any rotation in their plane is right, and the
+    clip keeps V well conditioned), V = column-normalised I + Phi, which is exactly orthogonal for disjoint pairs and
+    orthogonal to O(phi^2) otherwise. Returns V and 2 diag(B) (the Ritz values, doubled; TopK sorts them).
+    """
+    kb = b.shape[-1]
+    eye = torch.eye(kb, dtype=b.dtype)
+    s = b + b.transpose(1, 2)
+    d = (s * eye).sum(dim=1, keepdim=True)  # 2 diag(B)
+    diff = d - d.transpose(1, 2)
+    t = torch.clamp(s * diff / (diff * diff + TINY), -1.0, 1.0)
+    v = eye + t
+    return v / torch.linalg.vector_norm(v, dim=1, keepdim=True), d
 
 
 def asvp_subspace(feat: torch.Tensor, cfg: AsvpConfig) -> torch.Tensor:
     """The standard-op algorithm (what graph_passes emits, operation for operation), in torch, in feat's dtype.
 
-    G = M M^T / trace(M M^T); Q = MGS(G^3 Q) for `cfg.iters` steps from `initial_basis(C, kb)` (kb = k + 4
-    columns: oversampling makes the top-k subspace converge at (s_{kb+1}/s_k)^6 per step, not (s_{k+1}/s_k)^6);
-    Q = MGS(Q); Rayleigh-Ritz on B = Q^T G Q by JACOBI_STEPS simultaneous Jacobi rotations; the k largest Ritz
-    values (TopK) are the trace-normalised energies for the adaptive mask and their Ritz vectors are U_k;
-    M' = M + (h - 1) U_k diag(mask) U_k^T M, as one C x C matrix times M when C <= DENSE_APPLY_MAX_C.
+    Gs = (G + SIGMA I) / (trace / sqrt(C)) + SHIFT sqrt(C) I, G = M M^T (eigenvalues sum to sqrt(C): column 0's
+    powers stay in float32 range without rescaling); Q = deflated_basis(Gs, initial_basis(C, kb), cfg.iters)
+    (kb = block_width(C, k)); Rayleigh-Ritz on B = Q^T Gs Q by jacobi_exp_step then jacobi_polish_step; the k
+    largest Ritz values (TopK) are the energies for the adaptive mask (compared with tau plus the shift, exactly) and
+    their Ritz vectors are U_k; M' = M + (h - 1) U_k diag(mask) U_k^T M, as one C x C matrix times M when
+    C <= DENSE_APPLY_MAX_C.
     """
     m = _as_matrix(feat)
     n, c, _ = m.shape
     k = cfg.k
     kb = block_width(c, k)
-    gram = m @ m.transpose(1, 2)
     eye_c = torch.eye(c, dtype=m.dtype)
-    trace = (gram * eye_c).sum(dim=(1, 2), keepdim=True)
-    g = gram / (trace + EPS)
-    g2 = g @ g
-    gp = g2 @ g
-    q = torch.from_numpy(initial_basis(c, kb)).to(m.dtype)
-    for _ in range(cfg.iters):
-        q = mgs(gp @ q)
-    q = mgs(q)
-    b = q.transpose(1, 2) @ (g @ q)
-    for _ in range(JACOBI_STEPS):
-        v = jacobi_rotation(b)
-        b = v.transpose(1, 2) @ b @ v
-        q = q @ v
-    ritz = (b * torch.eye(kb, dtype=m.dtype)).sum(dim=1)  # [n, kb]
-    energies, idx = torch.topk(ritz, k, dim=1)  # descending, G / trace eigenvalues: total energy 1
-    u = torch.gather(q, 2, idx.unsqueeze(1).expand(n, c, k))
+    gram = m @ m.transpose(1, 2) + SIGMA * eye_c
+    scale = (gram * (eye_c / c**0.5)).sum(dim=(1, 2), keepdim=True)  # trace / sqrt(C)
+    gs = gram / scale + (SHIFT * c**0.5) * eye_c
+    x = torch.from_numpy(initial_basis(c, kb)).to(m.dtype)
+    q = deflated_basis(gs, x, cfg.iters)
+    q = q @ jacobi_exp_step(torch.einsum("nci,ncj->nij", q, gs @ q))
+    v, ritz2 = jacobi_polish_step(torch.einsum("nci,ncj->nij", q, gs @ q))
+    q = q @ v
+    energies2, idx = torch.topk(ritz2, k, dim=2)  # [N, 1, k]: 2 (sqrt(C) lambda_i / trace + shift), descending
+    u = torch.gather(q, 2, idx.expand(n, c, k))
     if cfg.k_mode == "adaptive":
-        mask = ((torch.cumsum(energies, dim=1) - energies) < cfg.tau).to(m.dtype)
+        before = torch.cumsum(energies2, dim=2) - energies2
+        weight = torch.where(before < torch.from_numpy(adaptive_thresholds(c, cfg)).to(m.dtype), cfg.h - 1.0, 0.0)
+        scaled = u * weight
     else:
-        mask = torch.ones_like(energies)
+        scaled = u * (cfg.h - 1.0)
     if c <= DENSE_APPLY_MAX_C:  # same M', as (I + U diag((h - 1) mask) U^T) M
-        p = (u * ((cfg.h - 1.0) * mask).unsqueeze(1)) @ u.transpose(1, 2) + eye_c
+        p = torch.einsum("nck,ndk->ncd", scaled, u) + eye_c
         return (p @ m).reshape(feat.shape)
-    return _apply(m, u, mask, cfg.h).reshape(feat.shape)
+    return (m + scaled @ (u.transpose(1, 2) @ m)).reshape(feat.shape)
+
+
+def adaptive_thresholds(channels: int, cfg: AsvpConfig) -> np.ndarray:
+    """[1, 1, k] thresholds for the exclusive cumulative sum of the doubled, shifted Ritz values.
+
+    Direction j (0-based) is amplified iff sum_{i<j} lambda_i < tau * trace, i.e. (scaled as in asvp_subspace)
+    sum_{i<j} 2 (sqrt(C) lambda_i / trace + SHIFT sqrt(C)) < 2 sqrt(C) (tau + j SHIFT): the shift is removed exactly.
+    """
+    j = np.arange(cfg.k, dtype=np.float64)
+    return (2.0 * channels**0.5 * (cfg.tau + j * SHIFT)).reshape(1, 1, cfg.k).astype(np.float32)

@@ -11,6 +11,10 @@ What it measures (everything on ONNX Runtime's CPU execution provider, float32):
   * the subgraph alone on the defended feature [1, 32, 256, 256] vs torch.linalg.svd (float32, reduced) of the
     same matrix and vs asvp_exact (float64 Gram eigh), each the median of the same repeats;
   * the relative error ||out - ref|| / ||ref|| of the tap output against asvp_reference (float64 SVD) at 256x256;
+  * the size of the subgraph: ONNX nodes and its longest chain of dependent nodes, at C = 16, 32, 64;
+  * the error at EVERY candidate feature of every bundled teacher (held-out images, size 96), both as
+    ||out - ref|| / ||ref|| (what the tests bound by 1e-3) and as ||out - ref|| / ||ref - F|| (relative to the
+    perturbation itself);
   * the error-vs-iterations table on every bundled teacher's automatic node (held-out images, size 96).
 
 `run(out_path, repeats=...)` returns the results dict and writes it as JSON (the `make bench` aggregator calls it).
@@ -30,7 +34,8 @@ import numpy as np
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "graph_passes.json"
 TASKS = ("sr", "lowlight", "underwater", "dehaze", "derain")
 THREE_NODES = ["Conv#1", "Relu#2", "auto"]
-ITERS_GRID = (1, 2, 3, 4, 6, 8)
+ITERS_GRID = (1, 2, 3, 4, 5, 6, 8)
+SIZE_CHANNELS = (16, 32, 64)
 
 
 def _session(model_or_path):
@@ -70,6 +75,69 @@ def _rel_err(out, ref) -> float:
     return float(((out - ref).norm(dim=1) / ref.norm(dim=1)).max())
 
 
+def _rel_to_perturbation(out, ref, feat) -> float:
+    """Worst per-sample ||out - ref|| / ||ref - F||: the error relative to the perturbation ASVP adds."""
+    import torch
+
+    out, ref, feat = (torch.as_tensor(np.asarray(a)).double().flatten(1) for a in (out, ref, feat))
+    return float(((out - ref).norm(dim=1) / (ref - feat).norm(dim=1).clamp_min(1e-300)).max())
+
+
+def graph_size(channels=SIZE_CHANNELS) -> list[dict]:
+    """ONNX nodes and longest dependent chain of the subgraph for one feature, default config and fixed k."""
+    from asvp.config import AsvpConfig
+    from asvp.graph_passes.subgraph import graph_depth
+
+    rows = []
+    for c in channels:
+        for cfg in (AsvpConfig(), AsvpConfig(k_mode="fixed")):
+            nodes, chain = graph_depth(_standalone(c, cfg))
+            rows.append({"channels": c, "k_mode": cfg.k_mode, "k": cfg.k, "nodes": nodes, "longest_chain": chain})
+    return rows
+
+
+def candidate_accuracy(tasks=TASKS, size: int = 96, workdir: Path | None = None) -> list[dict]:
+    """Worst error of the subgraph (ONNX Runtime) vs asvp_reference at every candidate feature of each teacher."""
+    import onnx
+    import torch
+
+    from asvp import api
+    from asvp.config import AsvpConfig
+    from asvp.exporter.teachers.bundled import has_weights
+    from asvp.graph_passes import select
+    from asvp.tasks import get_task
+    from asvp.method import asvp_reference
+
+    cfg = AsvpConfig()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for task in tasks:
+            spec = get_task(task)
+            if not has_weights(task):
+                rows.append({"task": task, "skipped": "no bundled weights"})
+                continue
+            clean = onnx.load(api.export(task, Path(workdir or tmp) / f"{task}.onnx", force=True).path)
+            cands = [c for c in select.candidates(clean) if c.channels > cfg.k]
+            x = spec.heldout(size=size)[0].numpy()
+            sess = _session(_with_outputs(clean, [c.output for c in cands]))
+            feats = sess.run([c.output for c in cands], {sess.get_inputs()[0].name: x})
+            graphs, per_node = {}, []
+            for c, f in zip(cands, feats):
+                if c.channels not in graphs:
+                    graphs[c.channels] = _session(_standalone(c.channels, cfg))
+                out = graphs[c.channels].run(None, {"x": f})[0]
+                ref = asvp_reference(torch.from_numpy(f), cfg)
+                per_node.append({"node": c.name, "channels": c.channels, "rel_err": _rel_err(out, ref),
+                                 "rel_to_perturbation": _rel_to_perturbation(out, ref, f)})
+            worst = max(per_node, key=lambda r: r["rel_err"])
+            rows.append({"task": task, "candidates": len(per_node), "images": int(x.shape[0]),
+                         "worst_rel_err": worst["rel_err"], "worst_node": worst["node"],
+                         "median_rel_err": float(np.median([r["rel_err"] for r in per_node])),
+                         "worst_rel_to_perturbation": max(r["rel_to_perturbation"] for r in per_node),
+                         "nodes": per_node})
+    return rows
+
+
 def _standalone(channels: int, cfg):
     from asvp.graph_passes.subgraph import standalone_model
 
@@ -93,15 +161,16 @@ def accuracy_table(tasks=TASKS, iters_grid=ITERS_GRID, size: int = 96, workdir: 
 
     from asvp import api
     from asvp.config import AsvpConfig
-    from asvp.tasks import get_task
+    from asvp.exporter.teachers.bundled import has_weights
     from asvp.graph_passes import select
+    from asvp.tasks import get_task
     from asvp.method import asvp_reference
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for task in tasks:
             spec = get_task(task)
-            if not spec.weights_path.exists():
+            if not has_weights(task):
                 rows.append({"task": task, "skipped": "no bundled weights"})
                 continue
             path = api.export(task, Path(workdir or tmp) / f"{task}.onnx", force=True).path
@@ -245,7 +314,9 @@ def run(out_path: str | Path = DEFAULT_OUT, repeats: int = 20, size: int = 256, 
         "subgraph_vs_svd": alone_stats["subgraph_ort"]["median_ms"] / alone_stats["torch_svd_f32"]["median_ms"],
         "rel_err_256": node_err,
     }
+    res["graph_size"] = graph_size()
     if accuracy:
+        res["candidate_accuracy"] = candidate_accuracy()
         res["accuracy_vs_iters"] = accuracy_table()
         res["tiny_gap"] = tiny_gap_table()
     out_path = Path(out_path)
@@ -268,6 +339,29 @@ def accuracy_markdown(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def graph_size_markdown(rows: list[dict]) -> str:
+    lines = ["Subgraph size per defended feature (ONNX nodes / longest chain of dependent nodes; k = 4):", "",
+             "| C | adaptive k: nodes | chain | fixed k: nodes | chain |", "|---|---|---|---|---|"]
+    for c in dict.fromkeys(r["channels"] for r in rows):
+        a = next(r for r in rows if r["channels"] == c and r["k_mode"] == "adaptive")
+        f = next(r for r in rows if r["channels"] == c and r["k_mode"] == "fixed")
+        lines.append(f"| {c} | {a['nodes']} | {a['longest_chain']} | {f['nodes']} | {f['longest_chain']} |")
+    return "\n".join(lines)
+
+
+def candidate_accuracy_markdown(rows: list[dict]) -> str:
+    ok = [r for r in rows if "candidates" in r]
+    lines = ["Error at every candidate feature (held-out images, size 96, default config, ONNX Runtime float32 vs "
+             "float64 SVD; worst over the teacher's candidates and images):", "",
+             "| teacher | candidates | worst ||out - ref|| / ||ref|| | at | median | worst ||out - ref|| / ||ref - F|| |",
+             "|---|---|---|---|---|---|"]
+    for r in ok:
+        lines.append(f"| {r['task']} | {r['candidates']} | {r['worst_rel_err']:.1e} | `{r['worst_node']}` | "
+                     f"{r['median_rel_err']:.1e} | {r['worst_rel_to_perturbation']:.1e} |")
+    lines += [f"\n{r['task']}: skipped ({r['skipped']})" for r in rows if "skipped" in r]
+    return "\n".join(lines)
+
+
 def markdown(res: dict) -> str:
     lines = [f"## graph_passes: ASVP subgraph on ONNX Runtime CPU ({res['model']}, input {'x'.join(map(str, res['input_shape']))}, "
              f"{res['repeats']} interleaved repeats)", "",
@@ -282,6 +376,10 @@ def markdown(res: dict) -> str:
               + f"; subgraph / torch.linalg.svd = {res['subgraph_vs_svd']:.3f}.", "",
               "Relative error vs float64 SVD reference at this size: " + ", ".join(
                   f"{e['node']} {e['rel_err']:.1e}" for e in res["rel_err_256"]) + "."]
+    if res.get("graph_size"):
+        lines += ["", graph_size_markdown(res["graph_size"])]
+    if res.get("candidate_accuracy"):
+        lines += ["", candidate_accuracy_markdown(res["candidate_accuracy"])]
     if res.get("accuracy_vs_iters"):
         lines += ["", accuracy_markdown(res["accuracy_vs_iters"])]
     if res.get("tiny_gap"):
@@ -294,10 +392,15 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(DEFAULT_OUT), help="results JSON (default %(default)s)")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--size", type=int, default=256)
-    p.add_argument("--no-accuracy", action="store_true", help="skip the error-vs-iterations table")
-    p.add_argument("--accuracy-only", action="store_true", help="only print the error-vs-iterations table")
+    p.add_argument("--no-accuracy", action="store_true", help="skip the accuracy tables (size table and timings only)")
+    p.add_argument("--accuracy-only", action="store_true",
+                   help="only print the size, every-candidate error, error-vs-iterations and tiny-gap tables")
     a = p.parse_args(argv)
     if a.accuracy_only:
+        print(graph_size_markdown(graph_size()))
+        print()
+        print(candidate_accuracy_markdown(candidate_accuracy()))
+        print()
         print(accuracy_markdown(accuracy_table()))
         print()
         print(tiny_gap_markdown(tiny_gap_table()))

@@ -4,16 +4,21 @@
 ASVP(x) for a rank-4 float32 tensor x [N, C, H, W] (N, H, W dynamic) and returns the output variable. It is,
 operation for operation, `asvp.method.asvp_subspace` (the torch mirror; docs/method.md explains the algorithm):
 
-    M = Reshape(x, [0, C, -1]);  G = M M^T / (trace + eps);  Gp = G^3
-    Q = Q0 (initial_basis(C, kb), kb = min(k + 4, C));  repeat iters:  Q = MGS(Gp Q);   Q = MGS(Q)
-    B = Q^T G Q;  repeat 3:  V = exp(A(B)) (simultaneous Jacobi angles);  B = V^T B V;  Q = Q V
-    energies, idx = TopK(diag B, k);  U = GatherElements(Q, idx);  mask = CumSum(energies) - energies < tau
-    out = Reshape(M + U diag((h - 1) mask) (U^T M), Shape(x))   (as (I + U diag(..) U^T) M when C <= 64)
+    M = Reshape(x, [0, C, -1]);  G = M M^T + SIGMA I;  Gs = G / (trace(G) / sqrt(C)) + SHIFT sqrt(C) I
+    for j < kb - 1 (kb = block_width(C, k)):  P_j = I - sum_{i<j} v_i v_i^T,  A = P_j Gs (A = Gs for j = 0),
+        A -> A^(2^s_j) by s_j MatMul squarings (Frobenius rescale where normalise_before says),
+        v_j = LpNormalization(A x_j)                       (x = initial_basis(C, kb), a constant)
+    v_{kb-1} = LpNormalization(P P A x_{kb-1}) with the last A;  Q = Concat(v)
+    Rayleigh-Ritz: B = Q^T Gs Q, Q = Q jacobi_exp_step(B);  B = Q^T Gs Q, (V, d) = jacobi_polish_step(B), Q = Q V
+    energies, idx = TopK(d, k);  U = GatherElements(Q, idx);  mask = CumSum_exclusive(energies) < thresholds
+    out = Reshape((I + U diag((h - 1) mask) U^T) M, Shape(x))   (as M + U diag(..) (U^T M) when C > 64)
 
 Every node and tensor name starts with `prefix` (e.g. "asvp/0"), unique per insertion. Only operators on
 TensorRT's ONNX-parser support list are emitted (graph_passes/data/trt_onnx_supported_ops.json, checked by
-tests), with the inputs TensorRT requires constant (ReduceSum axes, CumSum axis, TopK K, Slice/Split sizes,
-Unsqueeze axes) as initializers.
+tests), with the inputs TensorRT requires constant (ReduceSum axes, CumSum axis, TopK K, Clip bounds, Expand
+shape) as initializers. The small [N, C, C] and [N, kb, kb] contractions are Einsum (one node instead of a
+Transpose and a MatMul); the two passes over the feature (Gram and apply) stay MatMul, which ONNX Runtime's CPU
+provider runs about twice as fast as the equivalent Einsum.
 """
 from __future__ import annotations
 
@@ -21,8 +26,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from asvp.config import AsvpConfig
-from asvp.method import (DENSE_APPLY_MAX_C, EPS, EXP_SQUARINGS, EXP_TAYLOR_DEGREE, JACOBI_STEPS, TINY, block_width,
-                         initial_basis)
+from asvp.method import (DENSE_APPLY_MAX_C, SHIFT, SIGMA, TINY, adaptive_thresholds, block_width,
+                         column_squarings, initial_basis, normalise_before)
 from asvp.onnx_utils import MAX_IR_VERSION, check_model
 
 OPSET = 17
@@ -73,45 +78,65 @@ class Emitter:
     def matmul(self, a, b):
         return self.op("MatMul", [a, b])
 
+    def einsum(self, equation: str, *inputs):
+        return self.op("Einsum", list(inputs), {"equation": equation})
 
-def mgs(e: Emitter, z, kb: int):
-    """Modified Gram-Schmidt over the columns of z [N, C, kb] (method.mgs)."""
-    cols = []
-    rest = z
+    def lp_normalise(self, x, axis: int = 1):
+        return self.op("LpNormalization", [x], {"axis": axis, "p": 2})
+
+    def eye(self, n: int, scale: float = 1.0) -> gs.Constant:
+        return self.const(f"eye_{n}_x{float(np.float32(scale)):.9g}", scale * np.eye(n, dtype=np.float32))
+
+
+def deflated_basis(e: Emitter, gs_, c: int, kb: int, iters: int):
+    """kb columns by sequentially deflated repeated squaring (method.deflated_basis), concatenated [N, C, kb]."""
+    x = initial_basis(c, kb)
+    squarings = column_squarings(iters, kb)
+    cols, proj, p = [], None, None
     for j in range(kb):
-        if j < kb - 1:
-            zj, rest = e.op("Split", [rest, e.const(f"split_{kb - j}", np.array([1, kb - j - 1], np.int64))],
-                            {"axis": 2}, n_out=2)
+        xj = e.const(f"initial_basis_{j}", x[:, j : j + 1])
+        if j > 0:
+            outer = e.einsum("nci,ndi->ncd", cols[-1], cols[-1])
+            proj = e.op("Sub", [e.eye(c) if proj is None else proj, outer])
+        if j == kb - 1 and j > 0:
+            y = e.matmul(proj, e.matmul(proj, e.matmul(p, xj)))
         else:
-            zj = rest
-        norm = e.reduce_l2(zj, 1)
-        qj = e.op("Div", [zj, e.op("Add", [norm, e.scalar(TINY)])])
-        cols.append(qj)
-        if j < kb - 1:
-            coeff = e.reduce_sum(e.op("Mul", [qj, rest]), 1)
-            rest = e.op("Sub", [rest, e.op("Mul", [qj, coeff])])
-    return e.op("Concat", cols, {"axis": 2})
+            p = gs_ if j == 0 else e.matmul(proj, gs_)
+            for i in range(squarings[j]):
+                if normalise_before(j, i, c):
+                    p = e.op("Div", [p, e.reduce_l2(p, 1, 2)])
+                p = e.matmul(p, p)
+            y = e.matmul(p, xj)
+        cols.append(e.lp_normalise(y, 1))
+    return cols[0] if kb == 1 else e.op("Concat", cols, {"axis": 2})
 
 
-def jacobi_rotation(e: Emitter, b, kb: int):
-    """Orthogonal V = exp(A) from the simultaneous Jacobi angles of symmetric b [N, kb, kb] (method.jacobi_rotation)."""
-    eye = e.const(f"eye_{kb}", np.eye(kb, dtype=np.float32))
-    bd = e.op("Mul", [b, eye])
-    diff = e.op("Sub", [e.reduce_sum(bd, 1), e.reduce_sum(bd, 2)])  # [r, c] = d_c - d_r
-    off2 = e.op("Mul", [b, e.const(f"offdiag2_{kb}", 2.0 * (1.0 - np.eye(kb, dtype=np.float32)))])
-    root = e.op("Sqrt", [e.op("Sum", [e.op("Mul", [diff, diff]), e.op("Mul", [off2, off2]), e.scalar(TINY)])])
-    tangent = e.op("Div", [e.op("Mul", [off2, e.op("Sign", [diff])]), e.op("Add", [e.op("Abs", [diff]), root])])
-    angle = e.op("Atan", [tangent])
-    x = e.op("Mul", [e.op("Sub", [angle, e.transpose(angle)]), e.scalar(0.5 * 0.5**EXP_SQUARINGS)])
-    t = e.op("Add", [eye, e.op("Mul", [x, e.scalar(1.0 / EXP_TAYLOR_DEGREE)])])
-    for j in range(EXP_TAYLOR_DEGREE - 1, 0, -1):
-        xj = x if j == 1 else e.op("Mul", [x, e.scalar(1.0 / j)])
-        t = e.op("Add", [eye, e.matmul(xj, t)])
-    for _ in range(EXP_SQUARINGS):
-        t = e.matmul(t, t)
-    gram = e.matmul(e.transpose(t), t)
-    polar = e.op("Sub", [e.const(f"eye1p5_{kb}", 1.5 * np.eye(kb, dtype=np.float32)), e.op("Mul", [gram, e.scalar(0.5)])])
-    return e.matmul(t, polar)
+def _angles(e: Emitter, b, kb: int, diag_scale: float):
+    """(S, d, S diff / (diff^2 + TINY)) for B: S = B + B^T, d = diag_scale * diag(S) [N, 1, kb], diff = d_c - d_r."""
+    s = e.op("Add", [b, e.transpose(b)])
+    d = e.reduce_sum(e.op("Mul", [s, e.eye(kb, diag_scale)]), 1)
+    diff = e.op("Sub", [d, e.transpose(d)])
+    num = e.op("Mul", [s, diff])
+    den = e.op("Add", [e.op("Mul", [diff, diff]), e.scalar(TINY)])
+    return d, e.op("Div", [num, den])
+
+
+def jacobi_exp_step(e: Emitter, b, kb: int):
+    """Orthogonal V = exp(Phi) from the exact 2 x 2 Jacobi angles of B (method.jacobi_exp_step)."""
+    eye = e.eye(kb)
+    _, tan2phi = _angles(e, b, kb, 0.5)
+    a = e.op("Mul", [e.op("Atan", [tan2phi]), e.scalar(0.125)])  # phi / 4
+    t = e.op("Add", [e.eye(kb, 0.5), e.matmul(a, e.op("Add", [eye, a]))])  # Taylor_2(phi / 2) / 2
+    t = e.matmul(t, t)
+    gram = e.einsum("nij,nik->njk", t, t)
+    return e.matmul(t, e.op("Sub", [e.eye(kb, 6.0), e.op("Mul", [gram, e.scalar(32.0)])]))
+
+
+def jacobi_polish_step(e: Emitter, b, kb: int):
+    """First-order Jacobi rotation V and the doubled Ritz values 2 diag(B) (method.jacobi_polish_step)."""
+    d, phi = _angles(e, b, kb, 1.0)
+    phi = e.op("Clip", [phi, e.const("minus_one", np.array(-1.0, np.float32)), e.const("one", np.array(1.0, np.float32))])
+    return e.lp_normalise(e.op("Add", [e.eye(kb), phi]), 1), d
 
 
 def build_asvp(graph: gs.Graph, x: gs.Variable, cfg: AsvpConfig, channels: int, prefix: str) -> gs.Variable:
@@ -122,42 +147,45 @@ def build_asvp(graph: gs.Graph, x: gs.Variable, cfg: AsvpConfig, channels: int, 
     kb = block_width(c, k)
 
     m = e.op("Reshape", [x, e.const("shape_nc_", np.array([0, c, -1], np.int64))], label="to_matrix")
-    gram = e.matmul(m, e.transpose(m))
-    trace = e.reduce_sum(e.op("Mul", [gram, e.const(f"eye_{c}", np.eye(c, dtype=np.float32))]), 1, 2)
-    g = e.op("Div", [gram, e.op("Add", [trace, e.scalar(EPS)])])
-    gp = e.matmul(e.matmul(g, g), g)
+    gram = e.op("Add", [e.matmul(m, e.transpose(m)), e.eye(c, SIGMA)])
+    scale = e.reduce_sum(e.op("Mul", [gram, e.eye(c, 1.0 / c**0.5)]), 1, 2)  # trace / sqrt(C)
+    gs_ = e.op("Add", [e.op("Div", [gram, scale]), e.eye(c, SHIFT * c**0.5)])
 
-    q = e.const("initial_basis", initial_basis(c, kb))
-    for _ in range(cfg.iters):
-        q = mgs(e, e.matmul(gp, q), kb)
-    q = mgs(e, q, kb)
+    q = deflated_basis(e, gs_, c, kb, cfg.iters)
+    b = e.einsum("nci,ncj->nij", q, e.matmul(gs_, q))
+    q = e.matmul(q, jacobi_exp_step(e, b, kb))
+    b = e.einsum("nci,ncj->nij", q, e.matmul(gs_, q))
+    v, ritz2 = jacobi_polish_step(e, b, kb)
+    q = e.matmul(q, v)
 
-    b = e.matmul(e.transpose(q), e.matmul(g, q))
-    for _ in range(JACOBI_STEPS):
-        v = jacobi_rotation(e, b, kb)
-        b = e.matmul(e.matmul(e.transpose(v), b), v)
-        q = e.matmul(q, v)
-
-    ritz = e.reduce_sum(e.op("Mul", [b, e.const(f"eye_{kb}", np.eye(kb, dtype=np.float32))]), 1, keepdims=0)
-    energies, idx = e.op("TopK", [ritz, e.const("k", np.array([k], np.int64))],
-                         {"axis": 1, "largest": 1, "sorted": 1}, n_out=2)
-    idx = e.op("Expand", [e.op("Unsqueeze", [idx, e.axes(1)]), e.const("expand_c", np.array([1, c, 1], np.int64))])
+    energies, idx = e.op("TopK", [ritz2, e.const("k", np.array([k], np.int64))],
+                         {"axis": 2, "largest": 1, "sorted": 1}, n_out=2)
+    idx = e.op("Expand", [idx, e.const("expand_c", np.array([1, c, 1], np.int64))])
     u = e.op("GatherElements", [q, idx], {"axis": 2})
-
     if cfg.k_mode == "adaptive":
-        before = e.op("Sub", [e.op("CumSum", [energies, e.const("axis_1", np.array(1, np.int64))]), energies])
-        mask = e.op("Cast", [e.op("Less", [before, e.scalar(cfg.tau)])], {"to": 1})  # 1 = FLOAT
-        weight = e.op("Unsqueeze", [e.op("Mul", [mask, e.scalar(cfg.h - 1.0)]), e.axes(1)])
+        before = e.op("CumSum", [energies, e.const("axis_2", np.array(2, np.int64))], {"exclusive": 1})
+        amplified = e.op("Less", [before, e.const("thresholds", adaptive_thresholds(c, cfg))])
+        weight = e.op("Where", [amplified, e.scalar(cfg.h - 1.0), e.scalar(0.0)])
         scaled = e.op("Mul", [u, weight])
     else:
         scaled = e.op("Mul", [u, e.scalar(cfg.h - 1.0)])
     if c <= DENSE_APPLY_MAX_C:  # (I + U W U^T) M: one MatMul over M instead of two plus an Add
-        p = e.op("Add", [e.matmul(scaled, e.transpose(u)), e.const(f"eye_{c}", np.eye(c, dtype=np.float32))])
+        p = e.op("Add", [e.einsum("nck,ndk->ncd", scaled, u), e.eye(c)])
         out = e.matmul(p, m)
     else:  # low rank, O(k C HW)
         out = e.op("Add", [m, e.matmul(scaled, e.matmul(e.transpose(u), m))])
     y = e.op("Reshape", [out, e.op("Shape", [x])], label="to_feature")
     return y
+
+
+def graph_depth(model) -> tuple[int, int]:
+    """(node count, longest chain of data-dependent nodes) of an ONNX model: the chain bounds how many kernels a
+    GPU must run one after another, whatever the parallelism inside each."""
+    producer = {out: i for i, node in enumerate(model.graph.node) for out in node.output}
+    depth: list[int] = []
+    for node in model.graph.node:  # ONNX graphs are stored topologically sorted
+        depth.append(1 + max((depth[producer[t]] for t in node.input if t in producer), default=0))
+    return len(depth), max(depth, default=0)
 
 
 def emitted_op_types(cfg: AsvpConfig, channels: int) -> set[str]:

@@ -112,7 +112,9 @@ def deflated_basis(e: Emitter, gs_, c: int, kb: int, iters: int):
 
 
 def _angles(e: Emitter, b, kb: int, diag_scale: float):
-    """(S, d, S diff / (diff^2 + TINY)) for B: S = B + B^T, d = diag_scale * diag(S) [N, 1, kb], diff = d_c - d_r."""
+    """(d, S diff / (diff^2 + TINY)) for B: S = B + B^T (exactly symmetric), d = diag_scale * diag(S) [N, 1, kb],
+    diff[r, c] = d_c - d_r. With diag_scale 0.5 the ratio is tan(2 phi) = 2 b / (d_c - d_r), with 1 it is the
+    first-order angle b / (d_c - d_r)."""
     s = e.op("Add", [b, e.transpose(b)])
     d = e.reduce_sum(e.op("Mul", [s, e.eye(kb, diag_scale)]), 1)
     diff = e.op("Sub", [d, e.transpose(d)])

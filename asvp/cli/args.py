@@ -62,7 +62,7 @@ class DefenceArgs:
         "tau": dict(type=float, help=f"energy share for the adaptive k, in (0, 1] (default {_D.tau})"),
         "k_mode": dict(flag="--k-mode", choices=K_MODES,
                        help=f"adaptive k per sample or fixed k (default {_D.k_mode})"),
-        "iters": dict(type=int, help=f"subspace-iteration steps of the subgraph (default {_D.iters}; plugin mode is exact)"),
+        "iters": dict(type=int, help=f"power-iteration depth of the subgraph: squarings per basis column (default {_D.iters}; plugin mode is exact)"),
         "placement": dict(choices=PLACEMENTS,
                           help=f"inline: perturbed feature replaces the original; tap: extra output asvp_tap_<i> "
                                f"(default {_D.placement})",

@@ -96,45 +96,56 @@ def graph_size(channels=SIZE_CHANNELS) -> list[dict]:
     return rows
 
 
-def candidate_accuracy(tasks=TASKS, size: int = 96, workdir: Path | None = None) -> list[dict]:
-    """Worst error of the subgraph (ONNX Runtime) vs asvp_reference at every candidate feature of each teacher."""
+def exported_teachers(tasks=TASKS, workdir: Path | None = None):
+    """Yield (task, TaskSpec, clean ModelProto) for each bundled teacher, exported into workdir (default: a
+    temporary directory); a teacher without bundled weights yields (task, None, None)."""
     import onnx
-    import torch
 
     from asvp import api
-    from asvp.config import AsvpConfig
     from asvp.exporter.teachers.bundled import has_weights
-    from asvp.graph_passes import select
     from asvp.tasks import get_task
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for task in tasks:
+            if not has_weights(task):
+                yield task, None, None
+                continue
+            path = api.export(task, Path(workdir or tmp) / f"{task}.onnx", force=True).path
+            yield task, get_task(task), onnx.load(path)
+
+
+def candidate_accuracy(tasks=TASKS, size: int = 96, workdir: Path | None = None) -> list[dict]:
+    """Worst error of the subgraph (ONNX Runtime) vs asvp_reference at every candidate feature of each teacher."""
+    import torch
+
+    from asvp.config import AsvpConfig
+    from asvp.graph_passes import select
     from asvp.method import asvp_reference
 
     cfg = AsvpConfig()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for task in tasks:
-            spec = get_task(task)
-            if not has_weights(task):
-                rows.append({"task": task, "skipped": "no bundled weights"})
-                continue
-            clean = onnx.load(api.export(task, Path(workdir or tmp) / f"{task}.onnx", force=True).path)
-            cands = [c for c in select.candidates(clean) if c.channels > cfg.k]
-            x = spec.heldout(size=size)[0].numpy()
-            sess = _session(_with_outputs(clean, [c.output for c in cands]))
-            feats = sess.run([c.output for c in cands], {sess.get_inputs()[0].name: x})
-            graphs, per_node = {}, []
-            for c, f in zip(cands, feats):
-                if c.channels not in graphs:
-                    graphs[c.channels] = _session(_standalone(c.channels, cfg))
-                out = graphs[c.channels].run(None, {"x": f})[0]
-                ref = asvp_reference(torch.from_numpy(f), cfg)
-                per_node.append({"node": c.name, "channels": c.channels, "rel_err": _rel_err(out, ref),
-                                 "rel_to_perturbation": _rel_to_perturbation(out, ref, f)})
-            worst = max(per_node, key=lambda r: r["rel_err"])
-            rows.append({"task": task, "candidates": len(per_node), "images": int(x.shape[0]),
-                         "worst_rel_err": worst["rel_err"], "worst_node": worst["node"],
-                         "median_rel_err": float(np.median([r["rel_err"] for r in per_node])),
-                         "worst_rel_to_perturbation": max(r["rel_to_perturbation"] for r in per_node),
-                         "nodes": per_node})
+    for task, spec, clean in exported_teachers(tasks, workdir):
+        if clean is None:
+            rows.append({"task": task, "skipped": "no bundled weights"})
+            continue
+        cands = [c for c in select.candidates(clean) if c.channels > cfg.k]
+        x = spec.heldout(size=size)[0].numpy()
+        sess = _session(_with_outputs(clean, [c.output for c in cands]))
+        feats = sess.run([c.output for c in cands], {sess.get_inputs()[0].name: x})
+        graphs, per_node = {}, []
+        for c, f in zip(cands, feats):
+            if c.channels not in graphs:
+                graphs[c.channels] = _session(_standalone(c.channels, cfg))
+            out = graphs[c.channels].run(None, {"x": f})[0]
+            ref = asvp_reference(torch.from_numpy(f), cfg)
+            per_node.append({"node": c.name, "channels": c.channels, "rel_err": _rel_err(out, ref),
+                             "rel_to_perturbation": _rel_to_perturbation(out, ref, f)})
+        worst = max(per_node, key=lambda r: r["rel_err"])
+        rows.append({"task": task, "candidates": len(per_node), "images": int(x.shape[0]),
+                     "worst_rel_err": worst["rel_err"], "worst_node": worst["node"],
+                     "median_rel_err": float(np.median([r["rel_err"] for r in per_node])),
+                     "worst_rel_to_perturbation": max(r["rel_to_perturbation"] for r in per_node),
+                     "nodes": per_node})
     return rows
 
 
@@ -156,41 +167,33 @@ def _with_outputs(model, names):
 
 def accuracy_table(tasks=TASKS, iters_grid=ITERS_GRID, size: int = 96, workdir: Path | None = None) -> list[dict]:
     """Worst per-image relative error of the subgraph (ONNX Runtime) vs asvp_reference, per teacher and iters."""
-    import onnx
     import torch
 
-    from asvp import api
     from asvp.config import AsvpConfig
-    from asvp.exporter.teachers.bundled import has_weights
     from asvp.graph_passes import select
-    from asvp.tasks import get_task
     from asvp.method import asvp_reference
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for task in tasks:
-            spec = get_task(task)
-            if not has_weights(task):
-                rows.append({"task": task, "skipped": "no bundled weights"})
-                continue
-            path = api.export(task, Path(workdir or tmp) / f"{task}.onnx", force=True).path
-            clean = onnx.load(path)
-            (feat,) = select.resolve(clean, None)
-            x = spec.heldout(size=size)[0].numpy()
-            sess = _session(_with_outputs(clean, [feat.output]))
-            f = sess.run([feat.output], {sess.get_inputs()[0].name: x})[0]
-            m = torch.from_numpy(f).double().reshape(f.shape[0], f.shape[1], -1)
-            s = torch.linalg.svdvals(m)
-            row = {"task": task, "node": feat.name, "channels": feat.channels, "shape": list(f.shape),
-                   "s5_over_s4_max": float((s[:, 4] / s[:, 3]).max()), "errors": {}}
-            ref = asvp_reference(torch.from_numpy(f), AsvpConfig())  # iters does not enter the reference
-            for iters in iters_grid:
-                cfg = AsvpConfig(iters=iters)
-                model = _standalone(feat.channels, cfg)
-                out = _session(model).run(None, {"x": f})[0]
-                row["errors"][str(iters)] = _rel_err(out, ref)
-                row.setdefault("nodes", {})[str(iters)] = len(model.graph.node)
-            rows.append(row)
+    for task, spec, clean in exported_teachers(tasks, workdir):
+        if clean is None:
+            rows.append({"task": task, "skipped": "no bundled weights"})
+            continue
+        (feat,) = select.resolve(clean, None)
+        x = spec.heldout(size=size)[0].numpy()
+        sess = _session(_with_outputs(clean, [feat.output]))
+        f = sess.run([feat.output], {sess.get_inputs()[0].name: x})[0]
+        m = torch.from_numpy(f).double().reshape(f.shape[0], f.shape[1], -1)
+        s = torch.linalg.svdvals(m)
+        row = {"task": task, "node": feat.name, "channels": feat.channels, "shape": list(f.shape),
+               "s5_over_s4_max": float((s[:, 4] / s[:, 3]).max()), "errors": {}}
+        ref = asvp_reference(torch.from_numpy(f), AsvpConfig())  # iters does not enter the reference
+        for iters in iters_grid:
+            cfg = AsvpConfig(iters=iters)
+            model = _standalone(feat.channels, cfg)
+            out = _session(model).run(None, {"x": f})[0]
+            row["errors"][str(iters)] = _rel_err(out, ref)
+            row.setdefault("nodes", {})[str(iters)] = len(model.graph.node)
+        rows.append(row)
     return rows
 
 

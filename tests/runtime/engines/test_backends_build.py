@@ -117,6 +117,21 @@ def test_runner_refuses_a_session_that_fell_back():
     assert not runner.is_active
 
 
+def test_actual_provider_of_an_active_runner(model_paths, monkeypatch):
+    clean, _ = model_paths
+    runner = backends.make_runner(clean, "onnxrt-cpu")
+    with runner:
+        assert backends.actual_provider(runner, "onnxrt-cpu") == "CPUExecutionProvider"
+    monkeypatch.setattr(plugin_trt, "describe_tensorrt", lambda: "TensorRT 10.9.0 (fake)")
+    assert backends.actual_provider(object(), "tensorrt") == "TensorRT 10.9.0 (fake)"  # TrtRunner: no attribute
+
+    def broken():
+        raise RuntimeError("no tensorrt")
+
+    monkeypatch.setattr(plugin_trt, "describe_tensorrt", broken)
+    assert backends.actual_provider(object(), "tensorrt") == "tensorrt"  # never raises: falls back to the name
+
+
 def test_run_reports_the_provider_that_ran(model_paths):
     clean, plug = model_paths
     x = np.random.default_rng(0).random((2, 3, 8, 8), dtype=np.float32)

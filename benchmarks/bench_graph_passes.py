@@ -3,6 +3,7 @@ naive exact SVD, and approximation error against the float64 reference.
 
     .venv/bin/python benchmarks/bench_graph_passes.py [--out benchmarks/results/graph_passes.json] [--repeats 20]
     .venv/bin/python benchmarks/bench_graph_passes.py --accuracy-only     # just the error-vs-iterations table
+    .venv/bin/python benchmarks/bench_graph_passes.py --breakdown [--placement inline]   # where the time goes
 
 What it measures (everything on ONNX Runtime's CPU execution provider, float32):
   * latency of the SR teacher at 1x3x256x256, clean vs defended with 1 node (the automatic choice) and with 3
@@ -15,7 +16,10 @@ What it measures (everything on ONNX Runtime's CPU execution provider, float32):
   * the error at EVERY candidate feature of every bundled teacher (held-out images, size 96), both as
     ||out - ref|| / ||ref|| (what the tests bound by 1e-3) and as ||out - ref|| / ||ref - F|| (relative to the
     perturbation itself);
-  * the error-vs-iterations table on every bundled teacher's automatic node (held-out images, size 96).
+  * the error-vs-iterations table on every bundled teacher's automatic node (held-out images, size 96);
+  * where each teacher's extra time goes, one and three defended nodes (cost_breakdown: ONNX Runtime's per-node
+    profile split into the Gram, the apply, the output node, the small ops, layout reorders and the rest).
+Everything runs with THREADS (1) intra-op thread: the machine these figures come from is shared.
 
 `run(out_path, repeats=...)` returns the results dict and writes it as JSON (the `make bench` aggregator calls it).
 """
@@ -36,13 +40,16 @@ TASKS = ("sr", "lowlight", "underwater", "dehaze", "derain")
 THREE_NODES = ["Conv#1", "Relu#2", "auto"]
 ITERS_GRID = (1, 2, 3, 4, 5, 6, 8)
 SIZE_CHANNELS = (16, 32, 64)
+THREADS = 1  # ONNX Runtime intra-op threads (and torch's, for the exact decompositions): the machine is shared
 
 
 def _session(model_or_path):
     import onnxruntime as ort
 
     src = model_or_path.SerializeToString() if hasattr(model_or_path, "SerializeToString") else str(model_or_path)
-    return ort.InferenceSession(src, providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()  # graph optimisation level: ONNX Runtime's default (all), as asvp's own sessions
+    so.intra_op_num_threads, so.inter_op_num_threads = THREADS, 1
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
 
 def _stats(ms: list[float]) -> dict:
@@ -319,12 +326,132 @@ def run(out_path: str | Path = DEFAULT_OUT, repeats: int = 20, size: int = 256, 
     }
     res["graph_size"] = graph_size()
     if accuracy:
+        res["cost_breakdown"] = cost_breakdown(repeats=repeats)
         res["candidate_accuracy"] = candidate_accuracy()
         res["accuracy_vs_iters"] = accuracy_table()
         res["tiny_gap"] = tiny_gap_table()
     out_path = Path(out_path)
     write_text_atomic(out_path, json.dumps(res, indent=2) + "\n")
     return res
+
+
+def spread(names: list[str], count: int) -> list[str]:
+    """`count` candidate nodes spread evenly through the network (first, middle, last ...)."""
+    if count >= len(names):
+        return names
+    return [names[round(i * (len(names) - 1) / (count - 1))] for i in range(count)] if count > 1 else [names[len(names) // 2]]
+
+
+BREAKDOWN_PARTS = ("gram", "apply", "output", "small", "reorder", "rest")
+
+
+def _category(name: str) -> str:
+    """ASVP's parts by the node labels graph_passes.subgraph gives (ONNX Runtime keeps them in fused nodes' names)."""
+    if name.startswith("asvp/"):
+        for part, label in (("gram", "/gram_"), ("apply", "/apply_"), ("output", "/to_feature_")):
+            if label in name:
+                return part
+        return "small"
+    return "reorder" if name.startswith(("ReorderOutput", "ReorderInput")) else "rest"
+
+
+def _kernel_medians(profile_json: str, skip: int) -> dict[str, float]:
+    """node name -> median kernel time (ms) over the profiled runs after the first `skip`."""
+    with open(profile_json) as fh:
+        events = json.load(fh)
+    Path(profile_json).unlink()
+    per: dict[str, list[float]] = {}
+    for ev in events:
+        if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
+            per.setdefault(ev["name"][: -len("_kernel_time")], []).append(ev["dur"] / 1e3)
+    return {n: statistics.median(v[skip:] or v) for n, v in per.items()}
+
+
+def cost_breakdown(tasks=TASKS, counts=(1, 3), placement: str = "tap", size: int = 256, repeats: int = 20,
+                   warmup: int = 3) -> list[dict]:
+    """Where a defended teacher's extra CPU time goes: ONNX Runtime's per-node profile (enable_profiling) of the
+    clean and the defended model, run alternately, medians per node. Parts: the Gram product, the apply (the
+    products over M), the output node (dense: the Reshape, a full copy when it is a graph output; low rank: the
+    Add that writes it), the ~115 small C x C / kb x kb nodes, ONNX Runtime's NCHWc layout reorders (their
+    difference from the clean model: the feature must leave the blocked layout the convolutions use), and the
+    difference in the rest of the network. Times are kernel times; profiling adds overhead per node."""
+    import onnxruntime as ort
+
+    from asvp.config import AsvpConfig
+    from asvp.graph_passes import select
+    from asvp.graph_passes.defend import defend_model
+    from asvp.tasks.data import heldout_crops
+
+    x = heldout_crops(size, per_image=1)[:1].numpy()
+    rows = []
+    for task, _, clean in exported_teachers(tasks):
+        if clean is None:
+            continue
+        cands = [c for c in select.candidates(clean) if c.channels > AsvpConfig().k]
+        for count in counts:
+            selectors = None if count == 1 else spread([c.name for c in cands], count)
+            defended, info = defend_model(clean, selectors, AsvpConfig(placement=placement))
+            sessions, prefixes = {}, {}
+            with tempfile.TemporaryDirectory() as tmp:
+                for name, model in (("clean", clean), ("defended", defended)):
+                    so = ort.SessionOptions()
+                    so.intra_op_num_threads, so.inter_op_num_threads = THREADS, 1
+                    so.enable_profiling, so.profile_file_prefix = True, str(Path(tmp) / name)
+                    sessions[name] = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+                feed = {sessions["clean"].get_inputs()[0].name: x}
+                _interleaved({n: (lambda s=s: s.run(None, feed)) for n, s in sessions.items()}, repeats, warmup)
+                med = {n: _kernel_medians(s.end_profiling(), warmup) for n, s in sessions.items()}
+            parts = dict.fromkeys(BREAKDOWN_PARTS, 0.0)
+            for node, ms in med["defended"].items():
+                part = _category(node)
+                parts[part] += ms - (med["clean"].get(node, 0.0) if part in ("reorder", "rest") else 0.0)
+            for node, ms in med["clean"].items():  # clean nodes the defended model does not run
+                if node not in med["defended"]:
+                    parts[_category(node)] -= ms
+            clean_ms = sum(med["clean"].values())
+            rows.append({"task": task, "nodes": count, "placement": placement, "selectors": [r["node"] for r in info.nodes],
+                         "channels": [r["channels"] for r in info.nodes], "shape": list(x.shape), "repeats": repeats,
+                         "threads": THREADS, "clean_kernel_ms": clean_ms, "defended_kernel_ms": sum(med["defended"].values()),
+                         "parts_ms": parts, "teacher_macs": _conv_macs(clean, x.shape),
+                         "gram_macs": sum(c * c * x.shape[2] * x.shape[3] * a for c, a in
+                                          ((f.channels, f.area) for f in cands if f.name in [r["node"] for r in info.nodes]))})
+    return rows
+
+
+def _conv_macs(model, shape) -> int:
+    """Multiply-accumulates of the model's Conv/ConvTranspose nodes at input `shape` (ONNX shape inference)."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for d, v in zip(m.graph.input[0].type.tensor_type.shape.dim, shape):
+        d.ClearField("dim_param")
+        d.dim_value = int(v)
+    m = onnx.shape_inference.infer_shapes(m, data_prop=True)
+    dims = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+            for vi in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input)}
+    weights = {i.name: list(i.dims) for i in m.graph.initializer}
+    macs = 0
+    for n in m.graph.node:
+        if n.op_type in ("Conv", "ConvTranspose") and n.input[1] in weights:
+            spatial = dims[n.output[0]] if n.op_type == "Conv" else dims[n.input[0]]
+            macs += int(np.prod(spatial)) * int(np.prod(weights[n.input[1]][1:]))
+    return macs
+
+
+def breakdown_markdown(rows: list[dict]) -> str:
+    lines = ["Where the extra time goes (ONNX Runtime per-node profile, kernel times, median of %d alternating runs, "
+             "%d thread, input %s, %s placement; ms, and %% of the clean teacher's kernel time):" % (
+                 rows[0]["repeats"], rows[0]["threads"], "x".join(map(str, rows[0]["shape"])), rows[0]["placement"]), "",
+             "| teacher | nodes (C) | clean ms | Gram | apply | output node | small ops | layout reorders | rest of network | "
+             "total extra | Gram MACs / teacher MACs |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        c, p = r["clean_kernel_ms"], r["parts_ms"]
+        cell = lambda v: f"{v:.2f} ({100 * v / c:.1f}%)"
+        lines.append(f"| {r['task']} | {r['nodes']} ({', '.join(map(str, r['channels']))}) | {c:.1f} | "
+                     + " | ".join(cell(p[k]) for k in BREAKDOWN_PARTS) + f" | {cell(sum(p.values()))} | "
+                     f"{100 * r['gram_macs'] / r['teacher_macs']:.1f}% |")
+    return "\n".join(lines)
 
 
 def accuracy_markdown(table: list[dict]) -> str:
@@ -379,6 +506,8 @@ def markdown(res: dict) -> str:
               + f"; subgraph / torch.linalg.svd = {res['subgraph_vs_svd']:.3f}.", "",
               "Relative error vs float64 SVD reference at this size: " + ", ".join(
                   f"{e['node']} {e['rel_err']:.1e}" for e in res["rel_err_256"]) + "."]
+    if res.get("cost_breakdown"):
+        lines += ["", breakdown_markdown(res["cost_breakdown"])]
     if res.get("graph_size"):
         lines += ["", graph_size_markdown(res["graph_size"])]
     if res.get("candidate_accuracy"):
@@ -398,7 +527,13 @@ def main(argv=None) -> int:
     p.add_argument("--no-accuracy", action="store_true", help="skip the accuracy tables (size table and timings only)")
     p.add_argument("--accuracy-only", action="store_true",
                    help="only print the size, every-candidate error, error-vs-iterations and tiny-gap tables")
+    p.add_argument("--breakdown", action="store_true",
+                   help="only print where each teacher's extra time goes (ONNX Runtime per-node profile, 1 and 3 nodes)")
+    p.add_argument("--placement", choices=("tap", "inline"), default="tap", help="placement for --breakdown")
     a = p.parse_args(argv)
+    if a.breakdown:
+        print(breakdown_markdown(cost_breakdown(placement=a.placement, repeats=a.repeats)))
+        return 0
     if a.accuracy_only:
         print(graph_size_markdown(graph_size()))
         print()

@@ -150,7 +150,7 @@ def build_asvp(graph: gs.Graph, x: gs.Variable, cfg: AsvpConfig, channels: int, 
     kb = block_width(c, k)
 
     m = e.op("Reshape", [x, e.const("shape_nc_", np.array([0, c, -1], np.int64))], label="to_matrix")
-    gram = e.op("Add", [e.matmul(m, e.transpose(m)), e.eye(c, SIGMA)])
+    gram = e.op("Add", [e.op("MatMul", [m, e.transpose(m)], label="gram"), e.eye(c, SIGMA)])
     scale = e.reduce_sum(e.op("Mul", [gram, e.eye(c, 1.0 / c**0.5)]), 1, 2)  # trace / sqrt(C)
     gs_ = e.op("Add", [e.op("Div", [gram, scale]), e.eye(c, SHIFT * c**0.5)])
 
@@ -174,10 +174,11 @@ def build_asvp(graph: gs.Graph, x: gs.Variable, cfg: AsvpConfig, channels: int, 
         scaled = e.op("Mul", [u, e.scalar(cfg.h - 1.0)])
     if c <= DENSE_APPLY_MAX_C:  # (I + U W U^T) M: one MatMul over M instead of two plus an Add
         p = e.op("Add", [e.einsum("nck,ndk->ncd", scaled, u), e.eye(c)])
-        return e.op("Reshape", [e.matmul(p, m), e.op("Shape", [x])], label="to_feature")
+        return e.op("Reshape", [e.op("MatMul", [p, m], label="apply"), e.op("Shape", [x])], label="to_feature")
     # Low rank, O(k C HW). The sum is taken with x itself (4-D), so the Add writes the output tensor directly: a
     # Reshape that produces a graph output (tap placement) is a full copy on ONNX Runtime, a Reshape inside is free.
-    delta = e.op("Reshape", [e.matmul(scaled, e.matmul(e.transpose(u), m)), e.op("Shape", [x])], label="delta")
+    coeffs = e.op("MatMul", [e.transpose(u), m], label="apply")
+    delta = e.op("Reshape", [e.op("MatMul", [scaled, coeffs], label="apply"), e.op("Shape", [x])], label="delta")
     return e.op("Add", [x, delta], label="to_feature")  # the block's output node is always named to_feature
 
 

@@ -132,7 +132,7 @@ def main(argv=None) -> int:
         results["latency"] = latency_ratios(work, a.smoke, repeats=a.repeats, threads=a.threads)
         print("[3/4] subgraph vs exact SVD, approximation error", flush=True)
         results["graph_passes"] = bench_graph_passes.run(work / "graph_passes.json", repeats=2, size=64, accuracy=False) \
-            if a.smoke else bench_graph_passes.run(work / "graph_passes.json", repeats=20)
+            if a.smoke else bench_graph_passes.run(bench_graph_passes.DEFAULT_OUT, repeats=20)
         print("[4/4] distillation attack headline (quick preset)", flush=True)
         from asvp.runtime.attacks.attack import kind_for_placement
 

@@ -71,8 +71,9 @@ def _quantile(values, q: float) -> float:
 def latency_ratios(work: Path, smoke: bool, repeats: int = 40, threads: int = 1) -> list[dict]:
     """Per teacher: clean and every VARIANTS model on ONNX Runtime CPU (asvp's own sessions, default graph
     optimisation = all), interleaved: after a warm-up, each repeat runs every model once in a rotating order, so a
-    shared machine's drifts hit all alike. Ratios: of the medians, and the median (with p25-p75) of the per-repeat
-    paired ratios defended / clean of the same round."""
+    shared machine's drifts hit all alike. Each run's thread CPU time (threads = 1: the inference's own compute,
+    what a shared machine does not distort by time-slicing) and wall-clock time; ratios of the medians, and the
+    median (with p25-p75) of the per-repeat paired ratios defended / clean of the same round."""
     size = 64 if smoke else 256
     repeats, warmup = (3, 1) if smoke else (repeats, 5)
     x = heldout_crops(size, per_image=1)[:1].numpy()  # a real photograph crop (held-out image)
@@ -95,21 +96,22 @@ def latency_ratios(work: Path, smoke: bool, repeats: int = 40, threads: int = 1)
             paths[label] = path
         sessions = {n: ort_session(p, threads=threads, inter_op_threads=1) for n, p in paths.items()}
         feed = {sessions["clean"].get_inputs()[0].name: x}
-        times = bench_graph_passes._interleaved({n: (lambda s=s: s.run(None, feed)) for n, s in sessions.items()},
-                                                repeats, warmup=warmup)
-        c = np.array(times["clean"])
+        cpu: dict = {}
+        wall = bench_graph_passes._interleaved({n: (lambda s=s: s.run(None, feed)) for n, s in sessions.items()},
+                                               repeats, warmup=warmup, cpu=cpu)
         for label, count, placement in VARIANTS:
-            d = np.array(times[label])
-            paired = d / c
-            target = None if count == 0 else TARGETS.get((task, count), TARGET_DEFAULT)
-            rows.append({"task": task, "variant": label, "nodes": count, "placement": placement,
-                         "selectors": selectors[label], "shape": "x".join(map(str, x.shape)), "repeats": repeats,
-                         "threads": threads, "clean_p50_ms": float(np.median(c)), "defended_p50_ms": float(np.median(d)),
-                         "ratio_p50": float(np.median(d) / np.median(c)), "ratio_paired_median": float(np.median(paired)),
-                         "ratio_paired_p25": _quantile(paired, 0.25), "ratio_paired_p75": _quantile(paired, 0.75),
-                         "target": target})
-            print(f"  {task}, {label}: p50 ratio {rows[-1]['ratio_p50']:.3f}, paired median "
-                  f"{rows[-1]['ratio_paired_median']:.3f}", flush=True)
+            row = {"task": task, "variant": label, "nodes": count, "placement": placement, "selectors": selectors[label],
+                   "shape": "x".join(map(str, x.shape)), "repeats": repeats, "threads": threads,
+                   "target": None if count == 0 else TARGETS.get((task, count), TARGET_DEFAULT)}
+            for clock, times in (("cpu", cpu), ("wall", wall)):
+                c, d = np.array(times["clean"]), np.array(times[label])
+                paired = d / c
+                row[clock] = {"clean_p50_ms": float(np.median(c)), "defended_p50_ms": float(np.median(d)),
+                              "ratio_p50": float(np.median(d) / np.median(c)), "ratio_paired_median": float(np.median(paired)),
+                              "ratio_paired_p25": _quantile(paired, 0.25), "ratio_paired_p75": _quantile(paired, 0.75)}
+            rows.append(row)
+            print(f"  {task}, {label}: CPU-time p50 ratio {row['cpu']['ratio_p50']:.3f} (paired "
+                  f"{row['cpu']['ratio_paired_median']:.3f}); wall p50 ratio {row['wall']['ratio_p50']:.3f}", flush=True)
     return rows
 
 

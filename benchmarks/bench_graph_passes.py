@@ -4,6 +4,7 @@ naive exact SVD, and approximation error against the float64 reference.
     .venv/bin/python benchmarks/bench_graph_passes.py [--out benchmarks/results/graph_passes.json] [--repeats 20]
     .venv/bin/python benchmarks/bench_graph_passes.py --accuracy-only     # just the error-vs-iterations table
     .venv/bin/python benchmarks/bench_graph_passes.py --breakdown [--placement inline]   # where the time goes
+    .venv/bin/python benchmarks/bench_graph_passes.py --apply-forms       # dense vs low-rank apply, by C
 
 What it measures (everything on ONNX Runtime's CPU execution provider, float32):
   * latency of the SR teacher at 1x3x256x256, clean vs defended with 1 node (the automatic choice) and with 3
@@ -469,6 +470,67 @@ def breakdown_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+APPLY_FORMS = ("dense", "low rank, 3-D sum", "low rank, 4-D sum")
+
+
+def _apply_model(form: str, channels: int, k: int, placement: str):
+    """The apply step alone: inputs x [N, C, H, W], P = I + U W U^T [N, C, C], U, S = U W [N, C, k]; output the
+    perturbed feature (tap: as a graph output; inline: through a Relu standing for the next layer)."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node
+    shape3 = helper.make_tensor("shape3", TensorProto.INT64, [3], [0, channels, -1])
+    head = [node("Reshape", ["x", "shape3"], ["m"]), node("Shape", ["x"], ["sx"])]
+    if form == "dense":
+        body = [node("MatMul", ["p", "m"], ["pm"]), node("Reshape", ["pm", "sx"], ["y"])]
+    else:
+        body = [node("Transpose", ["u"], ["ut"], perm=[0, 2, 1]), node("MatMul", ["ut", "m"], ["t"]),
+                node("MatMul", ["s", "t"], ["d"])]
+        body += ([node("Add", ["m", "d"], ["o"]), node("Reshape", ["o", "sx"], ["y"])] if form == "low rank, 3-D sum"
+                 else [node("Reshape", ["d", "sx"], ["d4"]), node("Add", ["x", "d4"], ["y"])])
+    out = "y"
+    if placement == "inline":
+        body.append(node("Relu", ["y"], ["z"]))
+        out = "z"
+    f = lambda name, dims: helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
+    inputs = [f("x", ["N", channels, "H", "W"]), f("p", ["N", channels, channels]), f("u", ["N", channels, k]),
+              f("s", ["N", channels, k])]
+    graph = helper.make_graph(head + body, "apply", inputs, [f(out, ["N", channels, "H", "W"])], [shape3])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def apply_forms(shapes=((16, 256), (24, 256), (32, 256), (48, 256), (64, 256), (96, 64)), k: int = 4,
+                repeats: int = 40) -> list[dict]:
+    """CPU time of the apply step's forms, both placements, interleaved per shape (why DENSE_APPLY_MAX_C = 32)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for c, side in shapes:
+        feeds = {"x": rng.random((1, c, side, side), dtype=np.float32),
+                 "p": rng.standard_normal((1, c, c)).astype(np.float32),
+                 "u": rng.standard_normal((1, c, k)).astype(np.float32)}
+        feeds["s"] = feeds["u"] * 0.5
+        sessions = {(form, pl): _session(_apply_model(form, c, k, pl)) for form in APPLY_FORMS for pl in ("tap", "inline")}
+        runners = {key: (lambda s=s: s.run(None, {i.name: feeds[i.name] for i in s.get_inputs()}))
+                   for key, s in sessions.items()}
+        cpu: dict = {}
+        _interleaved(runners, repeats, cpu=cpu)
+        for (form, pl), v in cpu.items():
+            rows.append({"channels": c, "side": side, "form": form, "placement": pl, "cpu_median_ms": statistics.median(v)})
+    return rows
+
+
+def apply_forms_markdown(rows: list[dict]) -> str:
+    lines = ["The apply step alone (median CPU ms, %s): x + U W U^T M as one dense C x C product, or low rank with "
+             "the sum taken on the 3-D matrix or on the 4-D feature:" % f"{THREADS} thread", "",
+             "| C | H x W | " + " | ".join(f"{f}, {pl}" for pl in ("tap", "inline") for f in APPLY_FORMS) + " |",
+             "|---|---|" + "---|" * (2 * len(APPLY_FORMS))]
+    for c, side in dict.fromkeys((r["channels"], r["side"]) for r in rows):
+        v = {(r["form"], r["placement"]): r["cpu_median_ms"] for r in rows if r["channels"] == c and r["side"] == side}
+        lines.append(f"| {c} | {side}x{side} | " + " | ".join(f"{v[(f, pl)]:.2f}" for pl in ("tap", "inline")
+                                                              for f in APPLY_FORMS) + " |")
+    return "\n".join(lines)
+
+
 def accuracy_markdown(table: list[dict]) -> str:
     rows = [r for r in table if "errors" in r]
     grid = list(rows[0]["errors"]) if rows else []
@@ -547,7 +609,12 @@ def main(argv=None) -> int:
     p.add_argument("--breakdown", action="store_true",
                    help="only print where each teacher's extra time goes (ONNX Runtime per-node profile, 1 and 3 nodes)")
     p.add_argument("--placement", choices=("tap", "inline"), default="tap", help="placement for --breakdown")
+    p.add_argument("--apply-forms", action="store_true",
+                   help="only print the CPU time of the apply step's forms (dense / low rank) by C and placement")
     a = p.parse_args(argv)
+    if a.apply_forms:
+        print(apply_forms_markdown(apply_forms(repeats=a.repeats)))
+        return 0
     if a.breakdown:
         print(breakdown_markdown(cost_breakdown(placement=a.placement, repeats=a.repeats)))
         return 0

@@ -19,7 +19,8 @@ What it measures (everything on ONNX Runtime's CPU execution provider, float32):
     perturbation itself);
   * the error-vs-iterations table on every bundled teacher's automatic node (held-out images, size 96);
   * where each teacher's extra time goes, one and three defended nodes (cost_breakdown: ONNX Runtime's per-node
-    profile split into the Gram, the apply, the output node, the small ops, layout reorders and the rest).
+    profile split into the Gram, the apply, the output node, the small ops, layout reorders and the rest);
+  * the apply step's forms alone (dense / low rank) by C and placement (apply_forms: why DENSE_APPLY_MAX_C = 32).
 Everything runs with THREADS (1) intra-op thread: the machine these figures come from is shared.
 
 `run(out_path, repeats=...)` returns the results dict and writes it as JSON (the `make bench` aggregator calls it).
@@ -343,6 +344,7 @@ def run(out_path: str | Path = DEFAULT_OUT, repeats: int = 20, size: int = 256, 
     res["graph_size"] = graph_size()
     if accuracy:
         res["cost_breakdown"] = cost_breakdown(repeats=repeats)
+        res["apply_forms"] = apply_forms(repeats=2 * repeats)
         res["candidate_accuracy"] = candidate_accuracy()
         res["accuracy_vs_iters"] = accuracy_table()
         res["tiny_gap"] = tiny_gap_table()
@@ -371,8 +373,8 @@ def _category(name: str) -> str:
     return "reorder" if name.startswith(("ReorderOutput", "ReorderInput")) else "rest"
 
 
-def _kernel_medians(profile_json: str, skip: int) -> dict[str, float]:
-    """node name -> median kernel time (ms) over the profiled runs after the first `skip`."""
+def _kernel_means(profile_json: str, skip: int) -> dict[str, float]:
+    """node name -> mean kernel wall time (ms) over the profiled runs after the first `skip`."""
     with open(profile_json) as fh:
         events = json.load(fh)
     Path(profile_json).unlink()
@@ -380,17 +382,20 @@ def _kernel_medians(profile_json: str, skip: int) -> dict[str, float]:
     for ev in events:
         if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
             per.setdefault(ev["name"][: -len("_kernel_time")], []).append(ev["dur"] / 1e3)
-    return {n: statistics.median(v[skip:] or v) for n, v in per.items()}
+    return {n: statistics.fmean(v[skip:] or v) for n, v in per.items()}
 
 
 def cost_breakdown(tasks=TASKS, counts=(1, 3), placement: str = "tap", size: int = 256, repeats: int = 20,
                    warmup: int = 3) -> list[dict]:
     """Where a defended teacher's extra CPU time goes: ONNX Runtime's per-node profile (enable_profiling) of the
-    clean and the defended model, run alternately, medians per node. Parts: the Gram product, the apply (the
-    products over M), the output node (dense: the Reshape, a full copy when it is a graph output; low rank: the
-    Add that writes it), the ~115 small C x C / kb x kb nodes, ONNX Runtime's NCHWc layout reorders (their
-    difference from the clean model: the feature must leave the blocked layout the convolutions use), and the
-    difference in the rest of the network. Times are kernel times; profiling adds overhead per node."""
+    clean and the defended model, run alternately. Parts: the Gram product, the apply (the products over M), the
+    output node (dense: the Reshape, a full copy when it is a graph output; low rank: the Add that writes it), the
+    ~115 small C x C / kb x kb nodes, ONNX Runtime's NCHWc layout reorders (their difference from the clean
+    model: the feature must leave the blocked layout the convolutions use), and the difference in the rest of the
+    network. The profiler's kernel times are wall-clock; on a shared machine time-slicing inflates them, in
+    expectation by the same factor for every kernel, so each node's mean time is scaled by its session's measured
+    thread CPU time over its summed mean kernel time (one intra-op thread): the parts are CPU ms. Profiling adds
+    a little per node, which the scaling spreads over the kernels."""
     import onnxruntime as ort
 
     from asvp.config import AsvpConfig
@@ -415,8 +420,13 @@ def cost_breakdown(tasks=TASKS, counts=(1, 3), placement: str = "tap", size: int
                     so.enable_profiling, so.profile_file_prefix = True, str(Path(tmp) / name)
                     sessions[name] = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
                 feed = {sessions["clean"].get_inputs()[0].name: x}
-                _interleaved({n: (lambda s=s: s.run(None, feed)) for n, s in sessions.items()}, repeats, warmup)
-                med = {n: _kernel_medians(s.end_profiling(), warmup) for n, s in sessions.items()}
+                cpu: dict = {}
+                _interleaved({n: (lambda s=s: s.run(None, feed)) for n, s in sessions.items()}, repeats, warmup, cpu=cpu)
+                med = {}
+                for n, sess in sessions.items():  # warm-up runs are profiled too: skip them
+                    wall = _kernel_means(sess.end_profiling(), warmup)
+                    scale = statistics.fmean(cpu[n]) / sum(wall.values())
+                    med[n] = {node: ms * scale for node, ms in wall.items()}
             parts = dict.fromkeys(BREAKDOWN_PARTS, 0.0)
             for node, ms in med["defended"].items():
                 part = _category(node)
@@ -424,10 +434,10 @@ def cost_breakdown(tasks=TASKS, counts=(1, 3), placement: str = "tap", size: int
             for node, ms in med["clean"].items():  # clean nodes the defended model does not run
                 if node not in med["defended"]:
                     parts[_category(node)] -= ms
-            clean_ms = sum(med["clean"].values())
+            clean_ms = statistics.fmean(cpu["clean"])
             rows.append({"task": task, "nodes": count, "placement": placement, "selectors": [r["node"] for r in info.nodes],
                          "channels": [r["channels"] for r in info.nodes], "shape": list(x.shape), "repeats": repeats,
-                         "threads": THREADS, "clean_kernel_ms": clean_ms, "defended_kernel_ms": sum(med["defended"].values()),
+                         "threads": THREADS, "clean_cpu_ms": clean_ms, "defended_cpu_ms": statistics.fmean(cpu["defended"]),
                          "parts_ms": parts, "teacher_macs": _conv_macs(clean, x.shape),
                          "gram_macs": sum(c * c * x.shape[2] * x.shape[3] * a for c, a in
                                           ((f.channels, f.area) for f in cands if f.name in [r["node"] for r in info.nodes]))})
@@ -456,13 +466,14 @@ def _conv_macs(model, shape) -> int:
 
 
 def breakdown_markdown(rows: list[dict]) -> str:
-    lines = ["Where the extra time goes (ONNX Runtime per-node profile, kernel times, median of %d alternating runs, "
-             "%d thread, input %s, %s placement; ms, and %% of the clean teacher's kernel time):" % (
+    lines = ["Where the extra time goes (ONNX Runtime per-node profile of %d alternating runs, %d thread, input %s, "
+             "%s placement; each node's mean kernel time scaled to its session's thread CPU time; CPU ms, and %% of the "
+             "clean teacher's CPU time; profiling itself adds a little per node):" % (
                  rows[0]["repeats"], rows[0]["threads"], "x".join(map(str, rows[0]["shape"])), rows[0]["placement"]), "",
-             "| teacher | nodes (C) | clean ms | Gram | apply | output node | small ops | layout reorders | rest of network | "
+             "| teacher | nodes (C) | clean CPU ms | Gram | apply | output node | small ops | layout reorders | rest of network | "
              "total extra | Gram MACs / teacher MACs |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        c, p = r["clean_kernel_ms"], r["parts_ms"]
+        c, p = r["clean_cpu_ms"], r["parts_ms"]
         cell = lambda v: f"{v:.2f} ({100 * v / c:.1f}%)"
         lines.append(f"| {r['task']} | {r['nodes']} ({', '.join(map(str, r['channels']))}) | {c:.1f} | "
                      + " | ".join(cell(p[k]) for k in BREAKDOWN_PARTS) + f" | {cell(sum(p.values()))} | "
@@ -587,6 +598,8 @@ def markdown(res: dict) -> str:
                   f"{e['node']} {e['rel_err']:.1e}" for e in res["rel_err_256"]) + "."]
     if res.get("cost_breakdown"):
         lines += ["", breakdown_markdown(res["cost_breakdown"])]
+    if res.get("apply_forms"):
+        lines += ["", apply_forms_markdown(res["apply_forms"])]
     if res.get("graph_size"):
         lines += ["", graph_size_markdown(res["graph_size"])]
     if res.get("candidate_accuracy"):

@@ -200,18 +200,20 @@ def write_report(out_dir: str | os.PathLike, sections: dict):
 
 def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *, min_shape=None, opt_shape=None,
                  max_shape=None, fp16: bool = False, int8: bool = False, workspace=None, plugin: bool = True,
-                 force: bool = False):
+                 force: bool = False, aot_plugin: bool = False):
     """Build a TensorRT engine (one dynamic-shape profile) and its `<engine>.json` sidecar, atomically.
 
     Shapes are "NxCxHxW" strings or int sequences (defaults 1x3x32x32 / 1x3x256x256 / 4x3x512x512, adapted to
     the model); workspace is bytes or "2G"/"512M". The AsvpPerturb TensorRT plugin is registered before parsing
     when the model has plugin nodes. MissingDependencyError (exit 3, nothing written) without TensorRT/GPU.
     An existing engine (or sidecar) is refused unless force; the engine path equal to the model is always refused.
+    aot_plugin: embed the plugin's ahead-of-time implementation (Triton PTX) instead of the Python one; UNVERIFIED,
+    never run with a real TensorRT (docs/plugin.md section 5).
     """
     check_output(engine_path, [onnx_path], force=force, what="engine")
     check_output(sidecar_path(engine_path), [onnx_path], force=force, what="engine sidecar")
     return _build(onnx_path, engine_path, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
-                  fp16=fp16, int8=int8, workspace=workspace, plugin=plugin)
+                  fp16=fp16, int8=int8, workspace=workspace, plugin=plugin, aot_plugin=aot_plugin)
 
 
 def load_engine(engine_path: str | os.PathLike):

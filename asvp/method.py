@@ -95,7 +95,8 @@ SHIFT = 1e-4  # G -> G + SHIFT * trace(G) * I: same eigenvectors; keeps every de
 SIGMA = 1e-30  # absolute guard added to the Gram diagonal before its trace: an all-zero feature gives G ~ I, not 0/0
 TINY = 1e-30  # guards 0/0 in the Jacobi angles for exactly diagonal (and all-zero) Rayleigh-Ritz matrices
 FIRST_NORM_MAX_C = 128  # column 0 squares G (trace sqrt(C)) 4 times before normalising: its values stay in [C^-8, C^8]
-DENSE_APPLY_MAX_C = 64  # C <= 64: apply as one C x C matrix (I + U W U^T) M: fewer passes over M, faster on CPU
+DENSE_APPLY_MAX_C = 32  # C <= 32: apply as one C x C matrix (I + U W U^T) M, faster on CPU; above, low rank
+# (the dense product's C^2 HW MACs outgrow the low-rank form's extra passes: docs/method.md sections 3 and 6)
 
 
 def block_width(channels: int, k: int) -> int:
@@ -236,7 +237,7 @@ def asvp_subspace(feat: torch.Tensor, cfg: AsvpConfig) -> torch.Tensor:
     if c <= DENSE_APPLY_MAX_C:  # same M', as (I + U diag((h - 1) mask) U^T) M
         p = torch.einsum("nck,ndk->ncd", scaled, u) + eye_c
         return (p @ m).reshape(feat.shape)
-    return (m + scaled @ (u.transpose(1, 2) @ m)).reshape(feat.shape)
+    return feat + (scaled @ (u.transpose(1, 2) @ m)).reshape(feat.shape)
 
 
 def adaptive_thresholds(channels: int, cfg: AsvpConfig) -> np.ndarray:

@@ -19,10 +19,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+
+import bench_graph_passes  # noqa: E402
 from asvp import api  # noqa: E402
 from asvp.config import AsvpConfig  # noqa: E402
+from asvp.graph_passes import select  # noqa: E402
+from asvp.graph_passes.expose import expose_tensors  # noqa: E402
 from asvp.io import write_text_atomic  # noqa: E402
-from asvp.tasks import TASK_NAMES
+from asvp.runtime.engines.sessions import ort_session  # noqa: E402
+from asvp.tasks import TASK_NAMES  # noqa: E402
+from asvp.tasks.data import heldout_crops  # noqa: E402
 
 TASKS = TASK_NAMES
 
@@ -45,32 +53,65 @@ def machine() -> dict:
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
-def spread(names: list[str], count: int) -> list[str]:
-    """`count` candidate nodes spread evenly through the network (first, middle, last ...)."""
-    if count >= len(names):
-        return names
-    return [names[round(i * (len(names) - 1) / (count - 1))] for i in range(count)] if count > 1 else [names[len(names) // 2]]
+# What the latency section measures per teacher: the clean model and these variants, in one interleaved loop.
+# (label, nodes, placement): nodes 0 = the automatic node's clean feature exposed as a graph output, no ASVP
+# (the floor of the tap placement), 1 = the automatic node, 3 = three candidates spread over the network.
+VARIANTS = (("tap only", 0, "tap"), ("1 node, tap", 1, "tap"), ("1 node, inline", 1, "inline"),
+            ("3 nodes, tap", 3, "tap"), ("3 nodes, inline", 3, "inline"))
+# issue 11: SR one node <= 1.05 (aim 1.03); every teacher, and three nodes, <= 1.10 (default placement).
+TARGETS = {("sr", 1): 1.05}
+TARGET_DEFAULT = 1.10
 
 
-def latency_ratios(work: Path, smoke: bool) -> list[dict]:
+def _quantile(values, q: float) -> float:
+    s = sorted(values)
+    return s[round(q * (len(s) - 1))]
+
+
+def latency_ratios(work: Path, smoke: bool, repeats: int = 40, threads: int = 1) -> list[dict]:
+    """Per teacher: clean and every VARIANTS model on ONNX Runtime CPU (asvp's own sessions, default graph
+    optimisation = all), interleaved: after a warm-up, each repeat runs every model once in a rotating order, so a
+    shared machine's drifts hit all alike. Each run's thread CPU time (threads = 1: the inference's own compute,
+    what a shared machine does not distort by time-slicing) and wall-clock time; ratios of the medians, and the
+    median (with p25-p75) of the per-repeat paired ratios defended / clean of the same round."""
+    size = 64 if smoke else 256
+    repeats, warmup = (3, 1) if smoke else (repeats, 5)
+    x = heldout_crops(size, per_image=1)[:1].numpy()  # a real photograph crop (held-out image)
     rows = []
-    shape = "1x3x64x64" if smoke else "1x3x256x256"
-    iters, warmup = (3, 1) if smoke else (30, 5)
     for task in TASKS[:1] if smoke else TASKS:
         clean = work / f"{task}.onnx"
         api.export(task, clean, force=True)
         cands = [n.name for n in api.list_nodes(clean) if n.channels > AsvpConfig().k]
-        for count in (1, 3):
-            defended = work / f"{task}.n{count}.asvp.onnx"
-            nodes = None if count == 1 else spread(cands, count)
-            api.defend(clean, defended, nodes=nodes, config=AsvpConfig(), force=True)
-            res = api.profile(clean, defended, shape=shape, warmup=warmup, iters=iters, memory="off", progress=False)
-            d = res.to_dict()
-            stats = {m["name"]: m["stats"] for m in d["models"]}
-            rows.append({"task": task, "nodes": count, "selectors": nodes or ["auto"],
-                         "shape": shape, "iters": iters, "clean_p50_ms": stats["clean"]["p50_ms"],
-                         "defended_p50_ms": stats["defended"]["p50_ms"], **{f"ratio_{k}": v for k, v in d["ratio"].items()}})
-            print(f"  {task}, {count} node(s): p50 ratio {d['ratio']['p50']:.3f}", flush=True)
+        paths, selectors = {"clean": clean}, {}
+        for label, count, placement in VARIANTS:
+            path = work / f"{task}.{label.replace(' ', '').replace(',', '.')}.onnx"
+            if count == 0:
+                (feat,) = select.resolve(onnx.load(clean), None)
+                onnx.save(expose_tensors(onnx.load(clean), [feat.output]), path)
+                selectors[label] = [feat.name]
+            else:
+                nodes = None if count == 1 else bench_graph_passes.spread(cands, count)
+                res = api.defend(clean, path, nodes=nodes, config=AsvpConfig(placement=placement), force=True)
+                selectors[label] = [r["node"] for r in res.nodes]
+            paths[label] = path
+        sessions = {n: ort_session(p, threads=threads, inter_op_threads=1) for n, p in paths.items()}
+        feed = {sessions["clean"].get_inputs()[0].name: x}
+        cpu: dict = {}
+        wall = bench_graph_passes._interleaved({n: (lambda s=s: s.run(None, feed)) for n, s in sessions.items()},
+                                               repeats, warmup=warmup, cpu=cpu)
+        for label, count, placement in VARIANTS:
+            row = {"task": task, "variant": label, "nodes": count, "placement": placement, "selectors": selectors[label],
+                   "shape": "x".join(map(str, x.shape)), "repeats": repeats, "threads": threads,
+                   "target": None if count == 0 else TARGETS.get((task, count), TARGET_DEFAULT)}
+            for clock, times in (("cpu", cpu), ("wall", wall)):
+                c, d = np.array(times["clean"]), np.array(times[label])
+                paired = d / c
+                row[clock] = {"clean_p50_ms": float(np.median(c)), "defended_p50_ms": float(np.median(d)),
+                              "ratio_p50": float(np.median(d) / np.median(c)), "ratio_paired_median": float(np.median(paired)),
+                              "ratio_paired_p25": _quantile(paired, 0.25), "ratio_paired_p75": _quantile(paired, 0.75)}
+            rows.append(row)
+            print(f"  {task}, {label}: CPU-time p50 ratio {row['cpu']['ratio_p50']:.3f} (paired "
+                  f"{row['cpu']['ratio_paired_median']:.3f}); wall p50 ratio {row['wall']['ratio_p50']:.3f}", flush=True)
     return rows
 
 
@@ -79,6 +120,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="BENCHMARKS.md")
     ap.add_argument("--json", default=None, help="raw results (default: benchmarks/results/all.json, or beside --out with --smoke)")
     ap.add_argument("--smoke", action="store_true", help="tiny budgets (pipeline check, figures meaningless)")
+    ap.add_argument("--repeats", type=int, default=40, help="interleaved repeats per model in the latency section (default %(default)s)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="ONNX Runtime intra-op threads for the latency section (default %(default)s: the machine is shared)")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     results = {"machine": machine(), "config": AsvpConfig().to_dict(), "smoke": a.smoke, "command": "make bench" if not a.smoke else "benchmarks/run_all.py --smoke"}
@@ -87,12 +131,10 @@ def main(argv=None) -> int:
         print("[1/4] teacher quality", flush=True)
         results["teachers"] = api.teacher_quality()
         print("[2/4] latency: defended / clean, ONNX Runtime CPU, interleaved", flush=True)
-        results["latency"] = latency_ratios(work, a.smoke)
+        results["latency"] = latency_ratios(work, a.smoke, repeats=a.repeats, threads=a.threads)
         print("[3/4] subgraph vs exact SVD, approximation error", flush=True)
-        import bench_graph_passes
-
         results["graph_passes"] = bench_graph_passes.run(work / "graph_passes.json", repeats=2, size=64, accuracy=False) \
-            if a.smoke else bench_graph_passes.run(work / "graph_passes.json", repeats=20)
+            if a.smoke else bench_graph_passes.run(bench_graph_passes.DEFAULT_OUT, repeats=20)
         print("[4/4] distillation attack headline (quick preset)", flush=True)
         from asvp.runtime.attacks.attack import kind_for_placement
 

@@ -11,7 +11,8 @@ operation for operation, `asvp.method.asvp_subspace` (the torch mirror; docs/met
     v_{kb-1} = LpNormalization(P P A x_{kb-1}) with the last A;  Q = Concat(v)
     Rayleigh-Ritz: B = Q^T Gs Q, Q = Q jacobi_exp_step(B);  B = Q^T Gs Q, (V, d) = jacobi_polish_step(B), Q = Q V
     energies, idx = TopK(d, k);  U = GatherElements(Q, idx);  mask = CumSum_exclusive(energies) < thresholds
-    out = Reshape((I + U diag((h - 1) mask) U^T) M, Shape(x))   (as M + U diag(..) (U^T M) when C > 64)
+    out = Reshape((I + U diag((h - 1) mask) U^T) M, Shape(x))   (C <= 32)
+        = x + Reshape(U diag((h - 1) mask) (U^T M), Shape(x))     (C > 32)
 
 Every node and tensor name starts with `prefix` (e.g. "asvp/0"), unique per insertion. Only operators on
 TensorRT's ONNX-parser support list are emitted (graph_passes/data/trt_onnx_supported_ops.json, checked by
@@ -149,7 +150,7 @@ def build_asvp(graph: gs.Graph, x: gs.Variable, cfg: AsvpConfig, channels: int, 
     kb = block_width(c, k)
 
     m = e.op("Reshape", [x, e.const("shape_nc_", np.array([0, c, -1], np.int64))], label="to_matrix")
-    gram = e.op("Add", [e.matmul(m, e.transpose(m)), e.eye(c, SIGMA)])
+    gram = e.op("Add", [e.op("MatMul", [m, e.transpose(m)], label="gram"), e.eye(c, SIGMA)])
     scale = e.reduce_sum(e.op("Mul", [gram, e.eye(c, 1.0 / c**0.5)]), 1, 2)  # trace / sqrt(C)
     gs_ = e.op("Add", [e.op("Div", [gram, scale]), e.eye(c, SHIFT * c**0.5)])
 
@@ -173,11 +174,12 @@ def build_asvp(graph: gs.Graph, x: gs.Variable, cfg: AsvpConfig, channels: int, 
         scaled = e.op("Mul", [u, e.scalar(cfg.h - 1.0)])
     if c <= DENSE_APPLY_MAX_C:  # (I + U W U^T) M: one MatMul over M instead of two plus an Add
         p = e.op("Add", [e.einsum("nck,ndk->ncd", scaled, u), e.eye(c)])
-        out = e.matmul(p, m)
-    else:  # low rank, O(k C HW)
-        out = e.op("Add", [m, e.matmul(scaled, e.matmul(e.transpose(u), m))])
-    y = e.op("Reshape", [out, e.op("Shape", [x])], label="to_feature")
-    return y
+        return e.op("Reshape", [e.op("MatMul", [p, m], label="apply"), e.op("Shape", [x])], label="to_feature")
+    # Low rank, O(k C HW). The sum is taken with x itself (4-D), so the Add writes the output tensor directly: a
+    # Reshape that produces a graph output (tap placement) is a full copy on ONNX Runtime, a Reshape inside is free.
+    coeffs = e.op("MatMul", [e.transpose(u), m], label="apply")
+    delta = e.op("Reshape", [e.op("MatMul", [scaled, coeffs], label="apply"), e.op("Shape", [x])], label="delta")
+    return e.op("Add", [x, delta], label="to_feature")  # the block's output node is always named to_feature
 
 
 def graph_depth(model) -> tuple[int, int]:

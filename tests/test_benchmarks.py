@@ -17,5 +17,5 @@ def test_bench_command_writes_markdown_and_json(tmp_path):
         assert heading in text
     assert "Smoke run" in text  # smoke figures are labelled as such
     raw = json.loads(out.with_suffix(".json").read_text())
-    assert raw["smoke"] is True and raw["latency"][0]["ratio_p50"] > 0
+    assert raw["smoke"] is True and raw["latency"][0]["cpu"]["ratio_p50"] > 0 and raw["latency"][0]["wall"]["ratio_p50"] > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["BENCH.json", "BENCH.md"]  # nothing else left behind

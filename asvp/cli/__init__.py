@@ -246,12 +246,18 @@ def add_build(sub):
     s.add_argument("--workspace", help="workspace memory pool limit, e.g. 2G or 512M (default: TensorRT's)")
     s.add_argument("--no-plugin", action="store_true", help="do not register the AsvpPerturb plugin "
                                                             "(refused for models that contain plugin nodes)")
+    s.add_argument("--aot-plugin", action="store_true",
+                   help="UNVERIFIED (never run with a real TensorRT): embed the AsvpPerturb plugin's ahead-of-time "
+                        "implementation (the fused Triton kernel as PTX, TensorRT's PREFER_AOT_PYTHON_PLUGINS) instead "
+                        "of the Python one, meant for engines loaded without Python (trtexec, Triton Inference Server). "
+                        "Needs plugin nodes, TensorRT >= 10.9 and Triton; see docs/plugin.md section 5")
     s.add_argument("--force", action="store_true", help="overwrite an existing engine and sidecar (never the model)")
     add_groups(s, OutputArgs(quiet=False))
 
     def run(a):
         _show(a, api.build_engine(a.model, a.output, min_shape=a.min, opt_shape=a.opt, max_shape=a.max, fp16=a.fp16,
-                                  int8=a.int8, workspace=a.workspace, plugin=not a.no_plugin, force=a.force))
+                                  int8=a.int8, workspace=a.workspace, plugin=not a.no_plugin, force=a.force,
+                                  aot_plugin=a.aot_plugin))
     s.set_defaults(func=run)
 
 

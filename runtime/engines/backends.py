@@ -5,7 +5,8 @@
         out = runner.infer({input_name: batch})[output_name]
 
 `run_model` is the one-call convenience used by validation, profiling and attacks (returns the outputs);
-`run` returns the same outputs plus what actually ran them (`RunResult.actual_provider`). Sessions and ONNX
+`run` returns the same outputs plus what actually ran them (`RunResult.actual_provider`, from
+`actual_provider(runner, backend)`, which profiling and validation use too). Sessions and ONNX
 Runtime runners come from runtime.engines.sessions, TensorRT engines and runners from runtime.engines.build.
 
 Backends:
@@ -139,6 +140,19 @@ def make_runner(model, backend: str = "onnxrt-cpu", *, input_shape=None, name: s
     return AsvpOnnxrtRunner(SessionFromOnnx(model, providers), expected_provider=providers[0], name=label, backend=backend)
 
 
+def actual_provider(runner, backend: str) -> str:
+    """What really runs an *active* runner: the ONNX Runtime provider, or the TensorRT version."""
+    try:
+        p = getattr(runner, "actual_provider", None)
+        if p:
+            return str(p)
+        if backend == "tensorrt":
+            return plugin_trt.describe_tensorrt()
+    except Exception:
+        pass
+    return backend
+
+
 @dataclass
 class RunResult:
     outputs: dict[str, np.ndarray]
@@ -168,12 +182,9 @@ def run(model, batch: np.ndarray, backend: str = "onnxrt-cpu") -> RunResult:
     with runner:
         feed = {next(iter(runner.get_input_metadata().keys())): batch}
         outputs = {k: np.asarray(v) for k, v in runner.infer(feed).items()}
-        if isinstance(runner, AsvpOnnxrtRunner):
-            actual = runner.actual_provider
-            if n_plugin and actual != "CPUExecutionProvider":
-                notes.append(f"{n_plugin} AsvpPerturb node(s) ran on CPU (onnxruntime-extensions Python custom op)")
-        else:
-            actual = plugin_trt.describe_tensorrt()
+        actual = actual_provider(runner, backend)
+        if isinstance(runner, AsvpOnnxrtRunner) and n_plugin and actual != "CPUExecutionProvider":
+            notes.append(f"{n_plugin} AsvpPerturb node(s) ran on CPU (onnxruntime-extensions Python custom op)")
     if n_plugin:
         notes.insert(0, f"{n_plugin} AsvpPerturb plugin node(s)")
     return RunResult(outputs, backend, actual, n_plugin, notes)

@@ -340,27 +340,71 @@ def _critical_text(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+AOT_IMPLEMENTATION = "tensorrt.plugin AOT (Triton PTX; UNVERIFIED: never built with a real TensorRT)"
+
+
+def _prefer_aot_flag(trt) -> int:
+    """The network-creation bit that makes TensorRT take a Python plugin's AOT implementation (TensorRT >= 10.9)."""
+    flag = getattr(getattr(trt, "NetworkDefinitionCreationFlag", None), "PREFER_AOT_PYTHON_PLUGINS", None)
+    if flag is None:
+        raise MissingDependencyError(f"TensorRT {getattr(trt, '__version__', '?')} has no NetworkDefinitionCreationFlag."
+                                     f"PREFER_AOT_PYTHON_PLUGINS (AOT plugins need TensorRT >= 10.9): {plugin_trt.INSTALL_TRT}")
+    return 1 << int(flag)
+
+
+def _aot_network(trt, onnx_path: str):
+    """A Polygraphy network loader like NetworkFromOnnxPath, but with the network created with
+    PREFER_AOT_PYTHON_PLUGINS (Polygraphy's loaders only set the explicit-batch and strongly-typed flags)."""
+    flags = _prefer_aot_flag(trt)
+
+    def load():
+        from polygraphy.backend.trt import util as trt_util
+
+        logger = trt_util.get_trt_logger()
+        builder = trt.Builder(logger)
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse_from_file(onnx_path):
+            errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+            detail = errors[0].strip().splitlines()[0] if errors and errors[0].strip() else "no detail"
+            raise AsvpError(f"TensorRT's ONNX parser refused {onnx_path}: {detail}")
+        return builder, network, parser
+
+    return load
+
+
 def build_engine(onnx_path, engine_path, *, min_shape=None, opt_shape=None, max_shape=None, fp16: bool = False,
-                 int8: bool = False, workspace=None, plugin: bool = True) -> BuildResult:
+                 int8: bool = False, workspace=None, plugin: bool = True, aot_plugin: bool = False) -> BuildResult:
     """Build a TensorRT engine with one dynamic-shape profile; writes `engine_path` and `engine_path`.json.
 
-    Raises AsvpError (exit 2) for bad input and MissingDependencyError (exit 3) when TensorRT is absent; in
-    either case nothing is written.
+    aot_plugin: embed the AsvpPerturb plugin's AOT implementation (the fused Triton kernel as PTX) instead of the
+    JIT one, so that the engine should load without Python; UNVERIFIED (docs/plugin.md section 5), opt-in. Needs
+    plugin nodes, TensorRT >= 10.9 and Triton. Raises AsvpError (exit 2) for bad input and MissingDependencyError
+    (exit 3) when TensorRT is absent; in either case nothing is written.
     """
     plan = plan_build(onnx_path, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, plugin=plugin)
     ws = parse_size(workspace) if workspace is not None else None
     if Path(engine_path).suffix.lower() == ".onnx":
         raise AsvpError(f"refusing to write an engine to {engine_path} (an .onnx name); use .engine or .plan")
+    if aot_plugin and not plan.plugin_nodes:
+        raise AsvpError(f"--aot-plugin: {plan.onnx_path} has no AsvpPerturb plugin nodes (defend it with --mode plugin)")
     trt = _require_builder()
+    if aot_plugin:
+        _prefer_aot_flag(trt)  # before anything is registered or built
     notes = []
     plugins = []
     if plan.plugin_nodes:
         plugin_trt.require_plugin_runtime()
-        plugin_trt.register_asvp_plugin()
+        plugin_trt.register_asvp_plugin(aot=aot_plugin)
         plugins.append({"namespace": PLUGIN_NAMESPACE, "name": PLUGIN_OP, "version": PLUGIN_VERSION,
-                        "implementation": "tensorrt.plugin JIT (Python)", "nodes": plan.plugin_nodes})
-        notes.append("the engine contains the Python AsvpPerturb plugin: load it with asvp.runtime.engines.build.load_engine "
-                     "(or register_asvp_plugin() first) in a Python process")
+                        "implementation": AOT_IMPLEMENTATION if aot_plugin else "tensorrt.plugin JIT (Python)",
+                        "nodes": plan.plugin_nodes})
+        if aot_plugin:
+            notes.append("AOT AsvpPerturb plugin (PREFER_AOT_PYTHON_PLUGINS): UNVERIFIED, never built or run with a "
+                         "real TensorRT; whether the engine loads without Python has not been tried")
+        else:
+            notes.append("the engine contains the Python AsvpPerturb plugin: load it with "
+                         "asvp.runtime.engines.build.load_engine (or register_asvp_plugin() first) in a Python process")
     if int8:
         notes.append("int8 without a calibrator only applies to explicitly quantized (Q/DQ) layers")
     from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath
@@ -369,8 +413,9 @@ def build_engine(onnx_path, engine_path, *, min_shape=None, opt_shape=None, max_
     config_kw = {"fp16": bool(fp16), "int8": bool(int8), "profiles": [plan.profile.to_polygraphy()]}
     if ws is not None:
         config_kw["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: ws}
+    network = _aot_network(trt, str(plan.onnx_path)) if aot_plugin else NetworkFromOnnxPath(str(plan.onnx_path))
     try:
-        engine_bytes = EngineBytesFromNetwork(NetworkFromOnnxPath(str(plan.onnx_path)), config=CreateConfig(**config_kw))()
+        engine_bytes = EngineBytesFromNetwork(network, config=CreateConfig(**config_kw))()
     except PolygraphyException as exc:
         raise _build_error(plan, exc) from None
     data = bytes(memoryview(engine_bytes))

@@ -42,7 +42,6 @@ from asvp.onnx_utils import get_metadata, image_io, load_model
 from asvp.runtime.engines import backends, build, plugin_ort  # noqa: F401  (plugin_ort: loaded before any memory baseline)
 from asvp.runtime.engines.build import parse_shape as parse_any_rank
 from asvp.runtime.evaluation.report import Section, fmt, jsonable, md_table, new_figure, write_report
-from asvp.runtime.evaluation.validate import actual_provider as _actual_provider
 
 DEFAULT_SHAPE = (1, 3, 256, 256)
 DEFAULT_WARMUP, DEFAULT_ITERS = 10, 50
@@ -340,7 +339,7 @@ def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None,
             mems.append(pm.peak_mb if memory == "inprocess" else None)
             method = pm.method
             devmem.append(_device_memory_mb(r))
-            providers.append(_actual_provider(r, backend))
+            providers.append(backends.actual_provider(r, backend))
         times = [[] for _ in runners]
         total = warmup + iters
         bar = tqdm(range(total), desc=f"profile [{backend}]", unit="it", disable=not progress, leave=False)

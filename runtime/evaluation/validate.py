@@ -33,7 +33,6 @@ from asvp.graph_passes.metadata import read_defence
 from asvp.metrics import psnr_ssim
 from asvp.onnx_utils import get_metadata, image_io, load_model
 from asvp.runtime.engines import backends, build
-from asvp.runtime.engines.plugin_trt import describe_tensorrt
 from asvp.runtime.evaluation import spectrum as sp
 from asvp.runtime.evaluation.images import DEFAULT_HELDOUT_SIZE, check_samples, heldout_samples, load_pairs
 from asvp.runtime.evaluation.report import Section, fmt, jsonable, md_table, new_figure, write_report
@@ -456,7 +455,7 @@ def validate(clean: str | os.PathLike, defended: str | os.PathLike, *, task: str
                 smp = samples[i]
                 (_, it_c), (_, it_d) = list(single.items())
                 if i == 0:
-                    provider = actual_provider(rd, backend)
+                    provider = backends.actual_provider(rd, backend)
                 oc = np.array(it_c[0][out_c], dtype=np.float32)
                 od = np.array(it_d[0][out_d], dtype=np.float32)
                 if oc.shape != smp.target.shape:
@@ -513,19 +512,6 @@ def validate(clean: str | os.PathLike, defended: str | os.PathLike, *, task: str
     if out is not None:
         res.report_dir = str(write_report(out, res.to_sections()))
     return res
-
-
-def actual_provider(runner, backend: str) -> str:
-    """What really runs an *active* runner: the ONNX Runtime provider, or the TensorRT version."""
-    try:
-        p = getattr(runner, "actual_provider", None)
-        if p:
-            return str(p)
-        if backend == "tensorrt":
-            return describe_tensorrt()
-    except Exception:
-        pass
-    return backend
 
 
 def _compare_func(out_c: str, out_d: str, atol: float | None):

@@ -117,6 +117,21 @@ def test_runner_refuses_a_session_that_fell_back():
     assert not runner.is_active
 
 
+def test_actual_provider_of_an_active_runner(model_paths, monkeypatch):
+    clean, _ = model_paths
+    runner = backends.make_runner(clean, "onnxrt-cpu")
+    with runner:
+        assert backends.actual_provider(runner, "onnxrt-cpu") == "CPUExecutionProvider"
+    monkeypatch.setattr(plugin_trt, "describe_tensorrt", lambda: "TensorRT 10.9.0 (fake)")
+    assert backends.actual_provider(object(), "tensorrt") == "TensorRT 10.9.0 (fake)"  # TrtRunner: no attribute
+
+    def broken():
+        raise RuntimeError("no tensorrt")
+
+    monkeypatch.setattr(plugin_trt, "describe_tensorrt", broken)
+    assert backends.actual_provider(object(), "tensorrt") == "tensorrt"  # never raises: falls back to the name
+
+
 def test_run_reports_the_provider_that_ran(model_paths):
     clean, plug = model_paths
     x = np.random.default_rng(0).random((2, 3, 8, 8), dtype=np.float32)
@@ -486,3 +501,80 @@ def test_trt_failure_is_one_line_with_stand_in_tensorrt(fake_tensorrt, model_pat
         api.build_engine(clean, out)
     assert str(e.value) == f"TensorRT could not build {clean}: Invalid Engine. Please ensure the engine was built correctly"
     assert not out.exists() and not build.sidecar_path(out).exists()
+
+
+def test_aot_plugin_build_with_stand_in_tensorrt(fake_tensorrt, model_paths, tmp_path, monkeypatch):
+    """`--aot-plugin` (UNVERIFIED with real TensorRT): the AOT impl is defined, the network is created with
+    PREFER_AOT_PYTHON_PLUGINS and parsed by TensorRT's own parser, the sidecar says AOT; refusals are one line."""
+    import types
+
+    import polygraphy.backend.trt as pg_trt
+    import polygraphy.backend.trt.util as pg_trt_util
+
+    from asvp import cli
+    from asvp.runtime.engines.kernels import triton_asvp
+
+    calls = fake_tensorrt
+    clean, plug = model_paths
+    trt, trtp = sys.modules["tensorrt"], sys.modules["tensorrt.plugin"]
+    trtp.aot_impl = lambda plugin_id: (lambda fn: calls["order"].append("aot_impl") or fn)
+    trtp.KernelLaunchParams, trtp.SymIntExprs = type("KernelLaunchParams", (), {}), type("SymIntExprs", (), {})
+    monkeypatch.setattr(triton_asvp, "require_triton", lambda: None)
+    monkeypatch.setattr(plugin_trt, "_AOT_DEFINED", False)
+
+    # a TensorRT without the flag (< 10.9): exit 3, nothing written
+    with pytest.raises(MissingDependencyError, match="PREFER_AOT_PYTHON_PLUGINS"):
+        api.build_engine(plug, tmp_path / "a.engine", aot_plugin=True)
+    assert not (tmp_path / "a.engine").exists()
+
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1, PREFER_AOT_PYTHON_PLUGINS=2)
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            calls["network_flags"] = flags
+            return "aot-network"
+
+    class OnnxParser:
+        num_errors = 0
+
+        def __init__(self, network, logger):
+            assert network == "aot-network"
+
+        def parse_from_file(self, path):
+            calls["order"].append("parse")
+            calls["parsed"] = path
+            return True
+
+    trt.Builder, trt.OnnxParser = Builder, OnnxParser
+
+    def engine_bytes(network, config):
+        def call():
+            builder, net, parser = network() if callable(network) else (None, network, None)
+            calls["order"].append("build")
+            return b"ENGINE:" + calls["parsed"].encode()
+        return call
+
+    monkeypatch.setattr(pg_trt, "EngineBytesFromNetwork", engine_bytes)
+    monkeypatch.setattr(pg_trt_util, "get_trt_logger", lambda: "logger")
+    eng = tmp_path / "m.engine"
+    res = api.build_engine(plug, eng, aot_plugin=True)
+    assert calls["order"] == ["register", "aot_impl", "parse", "build"]
+    assert calls["network_flags"] == 1 << 2
+    side = build.read_sidecar(eng)
+    assert side["plugins"][0]["implementation"] == build.AOT_IMPLEMENTATION and "UNVERIFIED" in build.AOT_IMPLEMENTATION
+    assert any("UNVERIFIED" in n for n in res.notes)
+    # the CLI flag reaches the same path; a model without plugin nodes is refused (exit 2, nothing written)
+    assert cli.main(["build", str(plug), "-o", str(tmp_path / "cli.engine"), "--aot-plugin", "--json"]) == 0
+    assert build.read_sidecar(tmp_path / "cli.engine")["plugins"][0]["implementation"] == build.AOT_IMPLEMENTATION
+    with pytest.raises(AsvpError, match="no AsvpPerturb plugin nodes"):
+        api.build_engine(clean, tmp_path / "c.engine", aot_plugin=True)
+    assert not (tmp_path / "c.engine").exists()
+    # TensorRT's parser refusing the model: one line, nothing written
+    OnnxParser.parse_from_file = lambda self, path: False
+    OnnxParser.num_errors, OnnxParser.get_error = 1, lambda self, i: "In node 3: unsupported\nmore"
+    with pytest.raises(AsvpError, match="ONNX parser refused .*In node 3: unsupported$"):
+        api.build_engine(plug, tmp_path / "p.engine", aot_plugin=True)
+    assert not (tmp_path / "p.engine").exists()

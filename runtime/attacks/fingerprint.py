@@ -165,9 +165,11 @@ class MarkResult:
                 f"PSNR on {self.probes} probe(s); key id {self.key_id} (the key is not stored in the model)"]
 
 
-def calibration_pairs(task: str, count: int = CAL_CROPS, size: int = CAL_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """The owner's calibration data for the mark's cost: (degraded input, ground truth) crops of the TRAINING
-    images (fixed seed). Never the held-out images, on which the teacher's cost is measured."""
+def calibration_pairs(task: str, count: int | None = None, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The owner's calibration data for the mark's cost: `count` (default CAL_CROPS) (degraded input, ground truth)
+    crops of side `size` (default CAL_SIZE) of the TRAINING images (fixed seed). Never the held-out images, on
+    which the teacher's cost is measured."""
+    count, size = count or CAL_CROPS, size or CAL_SIZE
     spec = get_task(task)
     mult = spec.scale * spec.size_multiple
     size -= size % mult
@@ -266,11 +268,13 @@ def mark_file(model_path, out_path, key: str, *, node: str | None = None, m: int
         target = CAL_MARGIN * max_drop_db
         lin = lambda s: p0 - _pooled_psnr(bc + s * du, yc)  # noqa: E731
         eps = basis_eps * _largest_scale_within(lin, target, 1.0)
-        for _ in range(3):  # measured on the marked model itself (the response is only ~linear in eps)
-            got = p0 - _pooled_psnr(probe.run(xc, mix_matrix(w, r @ u, eps)), yc)
+        measure = lambda e: p0 - _pooled_psnr(probe.run(xc, mix_matrix(w, r @ u, e)), yc)  # noqa: E731
+        got = measure(eps)
+        for _ in range(6):  # measured on the marked model itself (the response is only ~linear in eps)
             if got <= target * 1.02:
                 break
-            eps *= math.sqrt(target / got)
+            eps *= max(0.5, target / got)  # exact if the drop is linear in eps, conservative if quadratic
+            got = measure(eps)
         cost = {"max_drop_db": float(max_drop_db), "target_db": round(target, 4),
                 "calibration_drop_db": round(got, 4), "calibration_images": f"{len(xc)} training crops "
                 f"{list(xc.shape[1:])}, seed {CAL_SEED}", "removed_directions": int(q.shape[0] - q.shape[1])}

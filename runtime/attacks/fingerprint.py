@@ -162,7 +162,11 @@ class MarkResult:
         m = self.mark
         return [f"wrote {self.path}: keyed fingerprint at {m['node']} (C={m['channels']}, m={m['m']}, "
                 f"{self.key_dim} key dimensions), eps {m['eps']:.4g}, marked vs clean output {m['strength_db']:.1f} dB "
-                f"PSNR on {self.probes} probe(s); key id {self.key_id} (the key is not stored in the model)"]
+                f"PSNR on {self.probes} probe(s); key id {self.key_id} (the key is not stored in the model)"] + (
+            [f"strength from the teacher's budget {m['cost']['max_drop_db']:g} dB: drop "
+             f"{m['cost']['calibration_drop_db']:.4f} dB on {m['cost']['calibration_images']} (target "
+             f"{m['cost']['target_db']:g}; {m['cost']['removed_directions']} cost-bearing key directions removed); "
+             "measure the held-out cost with `asvp validate`"] if m.get("cost") else [])
 
 
 def calibration_pairs(task: str, count: int | None = None, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:

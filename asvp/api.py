@@ -266,11 +266,14 @@ def fingerprint_new_key() -> str:
 
 
 def fingerprint_mark(model_path, out_path, key: str, *, node=None, m: int = _fp.DEFAULT_M,
-                     strength_db: float = _fp.DEFAULT_STRENGTH_DB, task: str | None = None):
+                     strength_db: float | None = None, max_drop_db: float = _fp.DEFAULT_MAX_DROP_DB,
+                     task: str | None = None):
     """Mark a clean or ASVP-defended ONNX model with a secret key (a keyed perturbation in the top-m principal
-    subspace of one feature, `strength_db` PSNR away from the unmarked output on the probes). Returns a
-    MarkResult. The key is not stored in the model; keep it (and the marked file) secret."""
-    return _fp.mark_file(model_path, out_path, key, node=node, m=m, strength_db=strength_db, task=task)
+    subspace of one feature). Its size: as strong as the teacher's budget `max_drop_db` allows (calibrated on
+    training crops of the task), or, with `strength_db`, that PSNR away from the unmarked output on the probes.
+    Returns a MarkResult. The key is not stored in the model; keep it (and the marked file) secret."""
+    return _fp.mark_file(model_path, out_path, key, node=node, m=m, strength_db=strength_db,
+                         max_drop_db=max_drop_db, task=task)
 
 
 def fingerprint_calibrate(clean, defended, *, cache, task: str | None = None, seeds=(100, 101, 102),

@@ -95,6 +95,14 @@ def summary_line(res: dict) -> str:
             f"fingerprint check {'PASS' if res['fingerprint_check_passed'] else 'FAIL'}; report: {res['report']}")
 
 
+def _cost_note(mark: dict) -> str:
+    cost = mark.get("cost")
+    if not cost:
+        return ""
+    return (f"; strength derived from the teacher's budget of {cost['max_drop_db']:g} dB: "
+            f"{cost['calibration_drop_db']:.3f} dB drop on {cost['calibration_images']}")
+
+
 def fingerprint_markdown(fpc: dict) -> str:
     """The demo report's fingerprint section from api.fingerprint_check's result."""
     rows = [[r["suspect"], f"{r['statistic']:+.3f}", f"{r['p_value']:.2g}", r["verdict"] if "verdict" in r else
@@ -102,7 +110,7 @@ def fingerprint_markdown(fpc: dict) -> str:
     b = fpc["budget"]
     return (f"The served model was marked with a fresh secret key (id {fpc['key_id']}, file `fingerprint.key`; never "
             f"stored in the model) at {fpc['mark']['node']} ({fpc['mark']['strength_db']:.1f} dB PSNR between marked "
-            f"and unmarked outputs on the probes). Teacher PSNR on held-out images: clean "
+            f"and unmarked outputs on the probes{_cost_note(fpc['mark'])}). Teacher PSNR on held-out images: clean "
             f"{fpc['teacher_psnr']['clean']:.3f} dB, marked {fpc['teacher_psnr']['marked']:.3f} dB (drop "
             f"{fpc['teacher_drop_db']:+.4f} dB). One student was distilled from the marked model and one from the "
             f"clean model ({b['queries']} queries, {b['steps']} steps, seed {b['seed']}); the bias of "

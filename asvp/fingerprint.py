@@ -21,8 +21,12 @@ of R^D independently of t, so c is distributed exactly as one coordinate of a un
 P(c >= x) = 1/2 I_{1 - x^2}((D' - 1)/2, 1/2) for x >= 0. This p-value is exact for ANY innocent model (any bias,
 architecture or training data) without reference models: the only assumptions are that the key was drawn at
 random and kept secret. A student of the marked model reproduces delta_u ~ sum_j u_j delta_j, which pushes c
-towards 1. Reference models (students of the clean teacher, models trained on ground truth, other
-architectures) are used to check the calibration empirically, not to define it.
+towards 1. Reference models (students of the clean teacher) are used for power, not validity: the span of their
+(key-free) coefficient vectors is removed before the test (coefficients). Models trained on ground truth, other
+architectures and baselines check the calibration empirically (benchmarks/fingerprint_eval.py).
+
+The key space can also be restricted, key-free, to the directions that do not change the teacher's error to
+first order on the owner's calibration data (cost_neutral_directions): D' counts what is left.
 """
 from __future__ import annotations
 
@@ -156,25 +160,52 @@ def key_statistic(t: np.ndarray, u: np.ndarray) -> tuple[float, float]:
 
 
 def coefficients(t: np.ndarray, gram: np.ndarray, nuisance: list | None = None, ridge: float = 1e-6) -> np.ndarray:
-    """The suspect's least-squares mark coefficients a = (Gamma + lambda I)^-1 t, with the nuisance direction
-    removed: a <- a - q q^T a, q = the normalised mean of the `nuisance` coefficient vectors.
+    """The suspect's least-squares mark coefficients a = (Gamma + lambda I)^-1 t, with the reference models' bias
+    subspace removed: a <- a - Q Q^T a, Q an orthonormal basis of the span of the `nuisance` coefficient vectors
+    (at most half the dimensions: their leading singular directions).
 
     t: projections <S - T, delta_j> (what asvp.runtime.attacks.fingerprint measures); gram: Gamma_jl =
     <delta_j, delta_l>; nuisance: coefficient vectors of reference models that never saw the marked outputs (their
-    systematic error, e.g. a small student's blur, whatever its scale), or None. Nothing here depends on the key,
-    so the result is a fixed vector for an innocent suspect and key_statistic keeps its exact null; whitening by
-    Gamma and removing the reference bias only make the test more powerful.
+    systematic error, e.g. a small student's blur, whatever its scale and seed), or None. Nothing here depends on
+    the key, so the result is a fixed vector for an innocent suspect and key_statistic keeps its exact null;
+    whitening by Gamma and removing the reference bias subspace only make the test more powerful.
     """
     g = np.asarray(gram, np.float64)
     lam = ridge * float(np.trace(g)) / len(g)
     a = np.linalg.solve(g + lam * np.eye(len(g)), np.asarray(t, np.float64))
-    if nuisance:
-        q = np.mean(np.asarray(nuisance, np.float64), axis=0)
-        n = float(np.linalg.norm(q))
-        if n > 0:
-            q /= n
-            before = float(np.linalg.norm(a))
-            a = a - q * float(q @ a)
-            if float(np.linalg.norm(a)) <= 1e-9 * before:  # exactly the reference's bias: nothing left to test
-                a = np.zeros_like(a)
+    q = nuisance_basis(nuisance, len(a))
+    if q is not None:
+        before = float(np.linalg.norm(a))
+        a = a - q @ (q.T @ a)
+        if float(np.linalg.norm(a)) <= 1e-9 * before:  # exactly in the references' span: nothing left to test
+            a = np.zeros_like(a)
     return a
+
+
+def nuisance_basis(nuisance: list | None, dim: int, max_share: float = 0.5) -> np.ndarray | None:
+    """Orthonormal basis [dim, k] of the span of the reference vectors (k <= max_share x dim: their leading
+    singular directions), or None without references. Key-independent."""
+    if not nuisance:
+        return None
+    v = np.asarray(nuisance, np.float64).reshape(len(nuisance), dim)
+    u, s, vt = np.linalg.svd(v, full_matrices=False)
+    keep = s > 1e-12 * (s.max() if s.size else 0.0)
+    k = min(int(keep.sum()), max(1, int(max_share * dim)))
+    return vt[:k].T if k else None
+
+
+def cost_neutral_directions(cross: np.ndarray, share: float = 0.25) -> np.ndarray:
+    """Q [D', D' - k]: an orthonormal basis of the key directions orthogonal to the k = round(share x D') directions
+    along which the mark most changes the teacher's error, to first order.
+
+    cross [N, D']: per calibration image i, <E_i, delta_j> (E_i = teacher output - ground truth, delta_j the
+    equalised basis marks). Marks in the removed directions would raise or lower the teacher's error linearly in
+    eps; in the rest the cost is second order (||delta||^2 / ||E||^2), so the mark can be stronger for the same
+    budget. Key-independent (clean model + owner's calibration data), so the exact null is untouched."""
+    c = np.asarray(cross, np.float64)
+    d = c.shape[1]
+    k = min(int(round(share * d)), d - 2)
+    if k <= 0:
+        return np.eye(d)
+    _, _, vt = np.linalg.svd(c, full_matrices=True)
+    return vt[k:].T

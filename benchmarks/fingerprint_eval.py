@@ -1,21 +1,25 @@
 """Evaluate the keyed distillation fingerprint (`asvp fingerprint`): teacher cost, TPR, FPR, ROC/AUC, p-values,
-removal attempts. Writes benchmarks/results/fingerprint.json (one entry per task, updated as each task finishes)
-and renders benchmarks/results/fingerprint.md from it.
+removal attempts. Writes benchmarks/results/fingerprint.json (one entry per task, written as each task finishes,
+so a stopped run resumes with the missing tasks) and renders benchmarks/results/fingerprint.md from it.
 
-    python benchmarks/fingerprint_eval.py --task sr [--task lowlight ...] [--profile standard|small|tiny]
+    python benchmarks/fingerprint_eval.py --task sr [--task lowlight ...] [--profile cpu|tiny]
     python benchmarks/fingerprint_eval.py --render            # markdown from the JSON only
 
-Every student is trained here on CPU, one thread, from the models' answers through ONNX Runtime (the attack
-harness: asvp.runtime.attacks.attack.make_queries / get_answers); the suspect is queried only on the verifier's
-probe images. Seeds are fixed and listed in the output.
+Every model is trained here on CPU, one thread, from the served models' answers through ONNX Runtime (the attack
+harness: asvp.runtime.attacks.attack.make_queries / get_answers); a suspect is queried only on the verifier's
+probe images. Seeds are fixed and listed in the output. The mark is calibrated to the teacher's budget
+(fingerprint.mark_file: max drop 0.05 dB, half of it on training-image calibration crops); the teacher's cost is
+measured on the held-out images.
 
-Positives (students of the MARKED model): output distillation at two budgets and three student sizes, plus
-removal attempts: the adaptive rung of `asvp attack` (sr: back-projection; others: residual smoothing of the
-received outputs), post-hoc residual smoothing of the suspect's outputs, fine-tuning on ground truth, and
-training on a 50/50 mix of marked answers and ground-truth pairs.
-Negatives (never saw the marked outputs): students of the clean teacher (seeds, sizes, budgets), students trained
-on ground truth, another architecture, the task's trivial baseline. Reference students (seeds 100-102, quick
-budget) provide the bias direction that verify removes; they are not among the negatives.
+Positives (students of the MARKED model), profile cpu: output distillation at the quick budget (seeds 0-2) and the
+full budget (seed 0); the ladder's feature rungs fitnets-1, direct and staged (asvp.runtime.attacks.attack.LADDER,
+the marked feature exposed to the attacker; seed 0); a smaller and a larger student (half / double width, seed 0).
+Removal attempts: the adaptive rung's output filtering, post-hoc residual smoothing of a marked student's outputs,
+fine-tuning it on ground truth, and training on a 50/50 mix of marked answers and ground-truth pairs.
+Negatives (never saw the marked outputs): students of the clean teacher with the same seeds, budgets, rungs and
+sizes, a model trained on ground truth, another architecture, the task's trivial baseline. Reference students
+(seeds 100-103, quick budget, of the clean teacher) give the bias subspace that verify removes; they are not among
+the negatives.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import math
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +38,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from asvp.errors import AsvpError
+from asvp.exporter.export import export_bundled
 from asvp.fingerprint import coefficients, key_direction, key_statistic
+from asvp.graph_passes.candidates import feature_candidates
+from asvp.graph_passes.fingerprint import PREFIX
 from asvp.io import write_text_atomic
 from asvp.metrics import psnr_ssim
+from asvp.onnx_utils import load_model
 from asvp.runtime.attacks import fingerprint as fp
-from asvp.runtime.attacks.attack import ServedModel, _gauss, filter_outputs, get_answers, make_queries, single_thread
-from asvp.runtime.attacks.students import STUDENTS, predict
-from asvp.exporter.export import export_bundled
+from asvp.runtime.attacks.attack import LADDER, ServedModel, _gauss, filter_outputs, make_queries, single_thread
+from asvp.runtime.attacks.students import STUDENTS, TrainBudget, predict, train_student
 from asvp.tasks import get_task
 from asvp.tasks.architectures import ARCHITECTURES, ResidualCNN
 from asvp.tasks.data import TRAIN_IMAGES, random_crops
@@ -47,12 +56,14 @@ from asvp.tasks.data import TRAIN_IMAGES, random_crops
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "fingerprint.json"
 KEY = "fingerprint-eval-key-0"  # a fixed, public evaluation key (a deployment uses `asvp fingerprint keygen`)
-NULL_KEYS = 2000  # random keys per negative model for the empirical p-value distribution
+NULL_KEYS = 2000  # random keys per task over the negatives: the empirical p-value distribution
 BUDGETS = {"quick": (96, 300), "full": (256, 800)}  # (queries, steps), as the attack presets
+REF_SEEDS = (100, 101, 102, 103)
 OTHER_ARCH = {"sr": ("BicubicResCNN", {"ch": 16, "blocks": 2}), "lowlight": ("ResidualCNN", {"ch": 16, "blocks": 2}),
               "underwater": ("UNetLite", {"ch": 12}), "dehaze": ("ResidualCNN", {"ch": 16, "blocks": 2}),
               "derain": ("UNetLite", {"ch": 12})}
 TEACHER_DROP_BUDGET = 0.05
+ALPHA = 0.01
 
 
 class BicubicResCNN(nn.Module):
@@ -67,6 +78,8 @@ class BicubicResCNN(nn.Module):
 
 
 def build(task: str, size: str, seed: int) -> nn.Module:
+    """The task's student (students.STUDENTS) at the standard width, half (small) or double (large) width, or the
+    task's other architecture."""
     torch.manual_seed(seed)
     if size == "other":
         arch, kw = OTHER_ARCH[task]
@@ -124,99 +137,117 @@ def fn_of(model):
     return lambda x: predict(model, torch.from_numpy(np.ascontiguousarray(x, np.float32)))
 
 
+def teacher_psnr(path, h_in: np.ndarray, h_tgt: np.ndarray) -> float:
+    with single_thread():
+        return psnr_ssim(ServedModel(path).query(h_in, 2)[0], h_tgt)[0]
+
+
+def plan(profile: str) -> tuple[list, list]:
+    """(distilled arms, removal seeds): each arm (kind, size, budget, seed, negative too) is trained from the marked
+    teacher (positive) and, where the flag says so, from the clean teacher (negative) with the same queries and
+    seed."""
+    if profile == "tiny":
+        return [("output", "standard", "quick", s, True) for s in (0, 1)], (0,)
+    arms = [("output", "standard", "quick", s, True) for s in (0, 1, 2)]
+    arms += [("output", "standard", "full", 0, True)]
+    arms += [("fitnets-1", "standard", "quick", 0, True), ("direct", "wide", "quick", 0, False),
+             ("staged", "standard", "quick", 0, False)]
+    arms += [("output", "small", "quick", 0, True), ("output", "large", "quick", 0, True)]
+    return arms, (0,)
+
+
 def run_task(task: str, profile: str, work: Path, log) -> dict:
     t0 = time.perf_counter()
     spec = get_task(task)
     clean = work / f"{task}.onnx"
     export_bundled(task, clean)
-    h_in, h_tgt = spec.heldout()
-    h_in_np, h_tgt_np = h_in.numpy(), h_tgt.numpy()
-    with single_thread():
-        t_clean = psnr_ssim(ServedModel(clean).query(h_in_np, 2)[0], h_tgt_np)[0]
-    # mark: strength starts 21 dB above the teacher's own PSNR (drop ~0.034 dB if the mark were uncorrelated
-    # with the teacher's error) and is weakened in 1 dB steps until the measured held-out drop is <= 0.05 dB
-    strength = round(t_clean + 21.0)
-    while True:
-        marked = work / f"{task}.fp.onnx"
-        mres = fp.mark_file(clean, marked, KEY, strength_db=strength, task=task)
-        with single_thread():
-            t_marked = psnr_ssim(ServedModel(marked).query(h_in_np, 2)[0], h_tgt_np)[0]
-        if t_clean - t_marked <= TEACHER_DROP_BUDGET or strength >= 70:
-            break
-        strength += 1
-    log(f"{task}: mark {mres.mark['node']} strength {strength} dB, teacher {t_clean:.3f} -> {t_marked:.3f} dB")
-    v = fp.Verifier.open(clean, marked, cache=work / "cache", task=task)
+    h_in, h_tgt = (t.numpy() for t in spec.heldout())
+    t_clean = teacher_psnr(clean, h_in, h_tgt)
+    marked = work / f"{task}.fp.onnx"
+    mres = fp.mark_file(clean, marked, KEY, task=task, max_drop_db=TEACHER_DROP_BUDGET)
+    t_marked = teacher_psnr(marked, h_in, h_tgt)
+    log(f"{task}: mark {mres.mark['node']} ({mres.key_dim} key dims) {mres.mark['strength_db']} dB on the probes, "
+        f"teacher {t_clean:.3f} -> {t_marked:.3f} dB held-out ({time.perf_counter() - t0:.0f} s)")
+    v = fp.Verifier.open(clean, marked, task=task)
     u = key_direction(KEY, v.info.key_dim)
     rows = []
 
     def evaluate(name, label, fn, meta):
         res = v.verify(fn, KEY, name=name)
-        out = fn(h_in_np)
-        psnr = psnr_ssim(out, h_tgt_np)[0]
+        psnr = psnr_ssim(fn(h_in), h_tgt)[0]
         t = fp.projections(fn(v.x), v.base, v.delta)
         row = {"name": name, "label": label, **meta, "c": res.statistic, "p": res.p_value, "flagged": res.flagged,
                "beta": res.beta, "psnr": psnr, "t": t.tolist()}
         rows.append(row)
-        log(f"  {label:8s} {name:48s} c={res.statistic:+.3f} p={res.p_value:.2g} beta={res.beta:+.2f} "
+        log(f"  {label:8s} {name:58s} c={res.statistic:+.3f} p={res.p_value:.2g} beta={res.beta:+.2f} "
             f"psnr={psnr:.2f} ({time.perf_counter() - t0:.0f} s)")
         return row
 
-    quick, full = BUDGETS["quick"], BUDGETS["full"]
-    small_profile = profile in ("small", "tiny")
+    # the feature the ladder's feature rungs read: the marked tensor (as the network consumes it) from the marked
+    # model, the same tensor from the clean one
+    cands = [c.output for c in feature_candidates(load_model(clean))]
+    depth = cands.index(v.info.tensor) / max(len(cands) - 1, 1) if v.info.tensor in cands else 0.5
+    arms, rseeds = plan(profile)
+    skipped = []
     with single_thread():
-        # reference students of the clean teacher (seeds 100-102, quick): the bias direction verify removes
-        for name, fn in fp.train_reference_students(clean, task, (100, 101, 102), quick[1], quick[0]).items():  # noqa: E501
+        for name, fn in fp.train_reference_students(clean, task, REF_SEEDS, BUDGETS["quick"][1],
+                                                    BUDGETS["quick"][0]).items():
             v.refs[name] = v.project(fn, name)
-
-        def answers(path, pool, seed):
-            q = make_queries(task, pool, 64, seed)
-            return q, get_answers(ServedModel(path), q, None, "a", False)[0]
-
-        seeds = (0, 1, 2) if small_profile else (0, 1, 2, 3)
-        plan = [("standard", "quick", s) for s in seeds]
-        if profile != "tiny":
-            plan += [("standard", "full", s) for s in (0, 1)[: 1 if small_profile else 2]]
-        if not small_profile:
-            plan += [("large", "quick", 0), ("large", "quick", 1), ("small", "quick", 0), ("small", "quick", 1)]
+        log(f"  {len(v.refs)} reference students ({time.perf_counter() - t0:.0f} s)")
         marked_students = {}
-        for size, bname, s in plan:
+        for kind, size, bname, s, with_negative in arms:
             pool, steps = BUDGETS[bname]
-            for label, path in (("positive", marked), ("negative", clean)):
-                q, y = answers(path, pool, s)
-                m = train(build(task, size, s), q, y, steps, s)
+            q = make_queries(task, pool, 64, s)
+            for label, path in (("positive", marked), ("negative", clean))[: 2 if with_negative else 1]:
                 who = "marked" if label == "positive" else "clean"
-                row = evaluate(f"student of {who}, {size}, {bname}, seed {s}", label, fn_of(m),
-                               {"kind": "distilled", "size": size, "budget": bname, "seed": s})
+                feat = PREFIX + "marked" if label == "positive" else v.info.tensor
+                served = ServedModel(path, expose=[feat] if kind in LADDER else None,
+                                     read=[feat] if kind in LADDER else None)
+                y, fs = served.query(q, 16)
+                t1 = time.perf_counter()
+                try:
+                    if kind in LADDER:
+                        meta = [{"name": v.info.tensor, "hw": tuple(fs[0].shape[-2:]), "depth": depth}]
+                        budget = TrainBudget(**{**asdict(TrainBudget(steps=steps, batch=8)), **LADDER[kind]})
+                        m, _ = train_student(task, q, y, seed=s, budget=budget, feats=[f.astype(np.float32) for f in fs],
+                                             feat_meta=meta, progress=False)
+                    else:
+                        m = train(build(task, size, s), q, y, steps, s)
+                except AsvpError as exc:
+                    skipped.append({"arm": f"{kind}, {size}, {bname}, seed {s}", "why": str(exc)})
+                    log(f"  skipped {kind} {size} {bname} seed {s}: {exc}")
+                    break
+                evaluate(f"student of {who}, {kind}, {size}, {bname}, seed {s}", label, fn_of(m),
+                         {"kind": kind, "size": size, "budget": bname, "seed": s,
+                          "train_s": round(time.perf_counter() - t1, 1)})
                 if label == "positive":
-                    marked_students[(size, bname, s)] = m
+                    marked_students[(kind, size, bname, s)] = (m, q, y)
         # negatives that never saw any teacher answer, or another family
-        for s in ((0,) if small_profile else (0, 1)):
-            xg, yg = gt_pairs(task, quick[0], 500 + s)
-            evaluate(f"trained on ground truth, standard, quick, seed {s}", "negative",
-                     fn_of(train(build(task, "standard", s), xg, yg, quick[1], s)),
-                     {"kind": "ground truth", "size": "standard", "budget": "quick", "seed": s})
-            q, y = answers(clean, quick[0], s)
-            evaluate(f"student of clean, other architecture ({OTHER_ARCH[task][0]}), seed {s}", "negative",
-                     fn_of(train(build(task, "other", s), q, y, quick[1], s)),
-                     {"kind": "other architecture", "size": "other", "budget": "quick", "seed": s})
+        xg, yg = gt_pairs(task, BUDGETS["quick"][0], 500)
+        evaluate("trained on ground truth, standard, quick, seed 0", "negative",
+                 fn_of(train(build(task, "standard", 0), xg, yg, BUDGETS["quick"][1], 0)),
+                 {"kind": "ground truth", "size": "standard", "budget": "quick", "seed": 0})
+        q = make_queries(task, BUDGETS["quick"][0], 64, 0)
+        y = ServedModel(clean).query(q, 16)[0]
+        evaluate(f"student of clean, other architecture ({OTHER_ARCH[task][0]}), seed 0", "negative",
+                 fn_of(train(build(task, "other", 0), q, y, BUDGETS["quick"][1], 0)),
+                 {"kind": "other architecture", "size": "other", "budget": "quick", "seed": 0})
         evaluate(f"trivial baseline ({spec.baseline})", "negative",
                  lambda x: baseline(task, torch.from_numpy(np.asarray(x, np.float32))).numpy(),
                  {"kind": "baseline", "size": "-", "budget": "-", "seed": None})
         # removal attempts on students of the marked model
-        rseeds = (0,) if small_profile else (0, 1)
         for s in rseeds:
-            pool, steps = quick
-            q, y = answers(marked, pool, s)
+            pool, steps = BUDGETS["quick"]
+            base_m, q, y = marked_students[("output", "standard", "quick", s)]
             evaluate(f"adaptive: trained on filtered answers, seed {s}", "removal",
                      fn_of(train(build(task, "standard", s), q, filter_outputs(task, y, q), steps, s)),
                      {"kind": "adaptive filter", "size": "standard", "budget": "quick", "seed": s})
-            base = marked_students[("standard", "quick", s)]
             evaluate(f"output smoothing sigma 1.0 of the marked student, seed {s}", "removal",
-                     smoothed(task, fn_of(base)),
+                     smoothed(task, fn_of(base_m)),
                      {"kind": "output smoothing", "size": "standard", "budget": "quick", "seed": s})
             xg, yg = gt_pairs(task, pool, 600 + s)
             ft = build(task, "standard", s)
-            ft.load_state_dict(base.state_dict())
+            ft.load_state_dict(base_m.state_dict())
             evaluate(f"fine-tuned on ground truth ({steps} steps, lr 1e-3), seed {s}", "removal",
                      fn_of(train(ft, xg, yg, steps, s, lr=1e-3)),
                      {"kind": "fine-tune on ground truth", "size": "standard", "budget": "quick", "seed": s})
@@ -224,20 +255,19 @@ def run_task(task: str, profile: str, work: Path, log) -> dict:
                      fn_of(train(build(task, "standard", s), np.concatenate([q, xg]), np.concatenate([y, yg]),
                                  steps, s)),
                      {"kind": "mix clean data 50%", "size": "standard", "budget": "quick", "seed": s})
-    # empirical null: every negative under NULL_KEYS random keys (the bias direction is key-independent)
+    # empirical null: the negatives under random keys (the reference subspace is key-independent)
     rng = np.random.default_rng(12345)
     null_p = []
-    for r in rows:
-        if r["label"] != "negative":
-            continue
+    negs = [r for r in rows if r["label"] == "negative"]
+    for r in negs:
         a = coefficients(np.asarray(r["t"]), v.gram, v.nuisance(exclude=r["name"]))
-        for _ in range(NULL_KEYS // max(1, sum(x["label"] == "negative" for x in rows))):
+        for _ in range(NULL_KEYS // max(1, len(negs))):
             w = rng.standard_normal(len(u))
             null_p.append(key_statistic(a, w / np.linalg.norm(w))[1])
     return {"task": task, "profile": profile, "key_dim": v.info.key_dim, "mark": mres.mark,
-            "strength_db": strength, "teacher_psnr": {"clean": t_clean, "marked": t_marked},
-            "teacher_drop_db": t_clean - t_marked, "references": sorted(v.refs),
-            "references_t": {k: np.asarray(t).tolist() for k, t in v.refs.items()}, "rows": rows,
+            "teacher_psnr": {"clean": t_clean, "marked": t_marked}, "teacher_drop_db": t_clean - t_marked,
+            "references": sorted(v.refs), "references_t": {k: np.asarray(t).tolist() for k, t in v.refs.items()},
+            "rows": rows, "skipped": skipped,
             "null_random_keys": {"count": len(null_p), "fpr_at_0.01": float(np.mean(np.asarray(null_p) < 0.01)),
                                  "fpr_at_0.05": float(np.mean(np.asarray(null_p) < 0.05)),
                                  "ks_max_gap": ks_uniform(null_p)},
@@ -270,62 +300,82 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, c - h), min(1.0, c + h))
 
 
+def p_quantiles(ps) -> str:
+    if not ps:
+        return "-"
+    q = np.quantile(np.asarray(ps), [0.0, 0.25, 0.5, 0.75, 1.0])
+    return " / ".join(f"{x:.2g}" for x in q)
+
+
+def summarize(r: dict) -> dict:
+    """Rates, AUC and the verdict on the targets for one task's entry."""
+    rows = r["rows"]
+    groups = {lab: [x for x in rows if x["label"] == lab] for lab in ("positive", "negative", "removal")}
+    k = {lab: sum(x["flagged"] for x in g) for lab, g in groups.items()}
+    # AUC on -log10 p (monotone in c for a fixed key dimension)
+    a = auc([x["c"] for x in groups["positive"]], [x["c"] for x in groups["negative"]])
+    fpr_hi = wilson(k["negative"], len(groups["negative"]))[1]
+    met = (a >= 0.99 and k["negative"] / max(1, len(groups["negative"])) <= 0.01
+           and r["teacher_drop_db"] <= TEACHER_DROP_BUDGET)
+    return {"groups": groups, "k": k, "auc": a, "fpr_upper": fpr_hi, "met": met}
+
+
 def render(data: dict) -> str:
     out = ["# Keyed distillation fingerprint: measured\n",
-           f"Written by `python benchmarks/fingerprint_eval.py` ({data.get('written', '?')}); key `{KEY}` (public, for "
-           f"the evaluation only); alpha 0.01; p-values exact under 'the suspect never saw the marked outputs'. "
-           f"Intervals: Wilson 95 %.\n",
-           "| task | profile | mark node | strength dB | teacher clean -> marked dB | teacher drop dB | TPR (distilled) | "
-           "FPR (innocent) | AUC (c) | removal attempts flagged | null: random-key FPR at 0.01 (n) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           f"Written by `python benchmarks/fingerprint_eval.py --task TASK --profile PROFILE` "
+           f"({data.get('written', '?')}; CPU, one thread, on a shared 2-core machine). Key `{KEY}` (public, for the "
+           f"evaluation only); alpha {ALPHA}; p-values exact under 'the suspect never saw the marked outputs' "
+           f"(the key is uniform and independent of the suspect; the reference subspace removed is key-free). "
+           f"Intervals: Wilson 95 %. Targets (issue 14): AUC >= 0.99, FPR <= 1 % at p < 0.01, teacher drop <= "
+           f"{TEACHER_DROP_BUDGET} dB on the held-out images.\n",
+           "| task | profile | mark node (key dims) | mark vs clean on probes dB | teacher clean -> marked dB | "
+           "teacher drop dB | TPR (distilled) | FPR (innocent) | AUC (c) | removal attempts flagged | "
+           "null: random-key FPR at 0.01 (n) | targets |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for task, r in data["tasks"].items():
-        rows = r["rows"]
-        pos = [x for x in rows if x["label"] == "positive"]
-        neg = [x for x in rows if x["label"] == "negative"]
-        rem = [x for x in rows if x["label"] == "removal"]
-        kp, kn, kr = (sum(x["flagged"] for x in g) for g in (pos, neg, rem))
-        lo, hi = wilson(kp, len(pos))
-        flo, fhi = wilson(kn, len(neg))
+        sm = summarize(r)
+        g, k = sm["groups"], sm["k"]
+        lo, hi = wilson(k["positive"], len(g["positive"]))
+        flo, fhi = wilson(k["negative"], len(g["negative"]))
         nk = r["null_random_keys"]
-        out.append(f"| {task} | {r['profile']} | {r['mark']['node']} | {r['strength_db']} | "
+        out.append(f"| {task} | {r['profile']} | {r['mark']['node']} ({r['key_dim']}) | {r['mark']['strength_db']} | "
                    f"{r['teacher_psnr']['clean']:.3f} -> {r['teacher_psnr']['marked']:.3f} | {r['teacher_drop_db']:+.4f} | "
-                   f"{kp}/{len(pos)} [{lo:.2f}, {hi:.2f}] | {kn}/{len(neg)} [{flo:.2f}, {fhi:.2f}] | "
-                   f"{auc([x['c'] for x in pos], [x['c'] for x in neg]):.3f} | {kr}/{len(rem)} | "
-                   f"{nk['fpr_at_0.01']:.4f} ({nk['count']}) |")
+                   f"{k['positive']}/{len(g['positive'])} [{lo:.2f}, {hi:.2f}] | "
+                   f"{k['negative']}/{len(g['negative'])} [{flo:.2f}, {fhi:.2f}] | {sm['auc']:.3f} | "
+                   f"{k['removal']}/{len(g['removal'])} | {nk['fpr_at_0.01']:.4f} ({nk['count']}) | "
+                   f"{'met' if sm['met'] else 'NOT met'} |")
+    out += ["\nA rate's interval is over the few models trained per task: a TPR of 0/n or n/n at n <= 9 is "
+            "weak evidence either way. 'targets met' needs AUC >= 0.99, an observed FPR <= 1 % and the teacher drop "
+            "<= 0.05 dB; with <= 12 innocent models per task the FPR's upper bound stays far above 1 %, so the "
+            "calibration claim rests on the exact null (checked by the random-key column), not on these counts.\n",
+            "p-value quantiles (min / 25 % / median / 75 % / max) per arm:\n",
+            "| task | positives | negatives | removal |", "|---|---|---|---|"]
     for task, r in data["tasks"].items():
+        g = summarize(r)["groups"]
+        out.append(f"| {task} | " + " | ".join(p_quantiles([x["p"] for x in g[lab]])
+                                                for lab in ("positive", "negative", "removal")) + " |")
+    for task, r in data["tasks"].items():
+        cost = r["mark"].get("cost") or {}
         out += [f"\n## {task}\n", f"Mark at `{r['mark']['node']}`, m = {r['mark']['m']} ({r['key_dim']} key "
-                f"dimensions), eps {r['mark']['eps']:.4g}; references: {', '.join(r['references'])}; "
-                f"{r['seconds']:.0f} s.\n",
+                f"dimensions, {cost.get('removed_directions', 0)} cost-bearing directions removed), eps "
+                f"{r['mark']['eps']:.4g}, drop on the calibration crops {cost.get('calibration_drop_db', '?')} dB "
+                f"(target {cost.get('target_db', '?')}); held-out drop {r['teacher_drop_db']:+.4f} dB. References: "
+                f"{', '.join(r['references'])}; {r['seconds']:.0f} s.\n",
                 "| label | model | c | p | flagged | beta | held-out PSNR dB |", "|---|---|---|---|---|---|---|"]
         for x in r["rows"]:
             out.append(f"| {x['label']} | {x['name']} | {x['c']:+.3f} | {x['p']:.2g} | {'yes' if x['flagged'] else 'no'} "
                        f"| {x['beta']:+.2f} | {x['psnr']:.2f} |")
-    return "\n".join(out) + "\n"
-
-
-def posthoc_span(data: dict) -> str:
-    """Exploratory re-analysis of the stored projections (not the shipped test): remove the whole span of the
-    reference models' projections instead of their mean direction (still exact: the span is key-independent)."""
-    out = ["| task | flagged: positives | negatives | removal | positives' p |", "|---|---|---|---|---|"]
-    for task, r in data["tasks"].items():
-        u = key_direction(KEY, r["key_dim"])
-        q, _ = np.linalg.qr(np.asarray(list(r["references_t"].values())).T)  # Gamma' = I: t and a coincide
-        got = {"positive": [], "negative": [], "removal": []}
-        for x in r["rows"]:
-            t = np.asarray(x["t"])
-            got[x["label"]].append(key_statistic(t - q @ (q.T @ t), u)[1])
-        k = {lab: f"{sum(p < 0.01 for p in ps)}/{len(ps)}" for lab, ps in got.items()}
-        out.append(f"| {task} | {k['positive']} | {k['negative']} | {k['removal']} | "
-                   f"{', '.join(f'{p:.1g}' for p in got['positive'])} |")
+        for sk in r.get("skipped", []):
+            out.append(f"\nSkipped: {sk['arm']}: {sk['why']}")
     return "\n".join(out) + "\n"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--task", action="append", default=[])
-    ap.add_argument("--profile", default="standard", choices=("standard", "small", "tiny"))
+    ap.add_argument("--task", action="append", default=[], help="task to evaluate (repeat); results are merged")
+    ap.add_argument("--profile", default="cpu", choices=("cpu", "tiny"),
+                    help="cpu: every arm (about 10-15 min a task on one shared core); tiny: two seeds, quick only")
     ap.add_argument("--render", action="store_true", help="only render the markdown from the JSON")
-    ap.add_argument("--posthoc-span", action="store_true", help="print the exploratory span re-analysis and exit")
     ap.add_argument("--smoke", metavar="JSON", help="tiny budgets, results to this file instead (pipeline check)")
     a = ap.parse_args()
     global RESULTS
@@ -334,9 +384,6 @@ def main() -> int:
         for k in BUDGETS:
             BUDGETS[k] = (16, 3)
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"tasks": {}}
-    if a.posthoc_span:
-        print(posthoc_span(data), end="")
-        return 0
     for task in a.task:
         with tempfile.TemporaryDirectory(prefix="asvp-fp-eval-") as d:
             res = run_task(task, a.profile, Path(d), lambda s: print(s, flush=True))

@@ -23,7 +23,7 @@ from asvp.exporter.teachers.train import DEFAULTS as TRAIN_DEFAULTS
 from asvp.exporter.teachers.train import quality_markdown, record_summary
 from asvp.graph_passes.candidates import candidates_table
 from asvp.runtime.engines.backends import backends_table
-from asvp.runtime.attacks.fingerprint import DEFAULT_STRENGTH_DB as FP_DEFAULT_STRENGTH_DB
+from asvp.runtime.attacks.fingerprint import DEFAULT_MAX_DROP_DB as FP_DEFAULT_MAX_DROP_DB
 from asvp.runtime.evaluation.profile import MEMORY_MODES
 
 EXIT_VERDICT_FAILED = 1  # `asvp validate`: the models ran but the defence costs more than the thresholds allow
@@ -358,7 +358,7 @@ def add_fingerprint(sub):
                                    "dominant subspace of one feature; the outputs carry it), then test whether a "
                                    "suspect model was distilled from it. The p-value is exact: under 'the suspect "
                                    "never saw the marked outputs' the key is independent of the suspect. "
-                                   "docs/protection.md has the design and the measured power.")
+                                   "docs/fingerprint.md has the design and the measured power.")
     fs = s.add_subparsers(dest="fingerprint_command", metavar="ACTION", required=True)
 
     def key_args(p, what="the secret key"):
@@ -375,13 +375,17 @@ def add_fingerprint(sub):
     m.add_argument("--node", help="feature node selector (as for `asvp defend --nodes`; default: auto)")
     m.add_argument("--m", type=int, default=FP_DEFAULT_M, help=f"principal directions the mark acts in "
                    f"(key dimensions m(m+1)/2; default {FP_DEFAULT_M})")
-    m.add_argument("--strength", type=float, default=FP_DEFAULT_STRENGTH_DB,
-                   help=f"PSNR in dB between the marked and the unmarked output on the probes (default "
-                        f"{FP_DEFAULT_STRENGTH_DB:g}; higher = weaker mark, cheaper for the teacher)")
+    m.add_argument("--max-drop", type=float, default=FP_DEFAULT_MAX_DROP_DB,
+                   help=f"the teacher's budget: held-out PSNR in dB the mark may cost (default {FP_DEFAULT_MAX_DROP_DB:g}); "
+                        "the mark is calibrated to half of it on training-image crops of the task")
+    m.add_argument("--strength", type=float, default=None,
+                   help="instead of --max-drop: a fixed PSNR in dB between the marked and the unmarked output on the "
+                        "probes (higher = weaker mark, cheaper for the teacher; no cost calibration)")
     m.add_argument("--task", help=f"task of the model ({TASKS_HELP}; default: from its metadata)")
     add_groups(m, OutputArgs(quiet=False))
     m.set_defaults(func=lambda a: _show(a, api.fingerprint_mark(a.model, a.output, _fingerprint_key(a), node=a.node,
-                                                                  m=a.m, strength_db=a.strength, task=a.task)))
+                                                                  m=a.m, strength_db=a.strength, max_drop_db=a.max_drop,
+                                                                  task=a.task)))
 
     c = fs.add_parser("calibrate", help="train reference students of the clean teacher and store them in --cache")
     c.add_argument("--clean", required=True, help="the clean model (before marking)")

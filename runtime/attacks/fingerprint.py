@@ -8,13 +8,20 @@ The suspect is a black box: an ONNX file (queried through ONNX Runtime, one thre
 float32 NCHW batch to its outputs. It is queried only on the probe images (held-out crops, degraded with the
 task's public degradation; never part of the attacker's queries in this project's threat model).
 
-Calibration. The null distribution is exact by construction (the key is uniform on the sphere and independent
-of any model that never saw the marked outputs): p = P(c' >= c) for c' one coordinate of a uniform unit vector
-in R^D. No reference models are needed to compute it; the evaluation (benchmarks/fingerprint_eval.py) checks it
-on students of the clean teacher, models trained on ground truth and other architectures. What is cached is the
-expensive, key-independent part: the clean model's D basis responses on the probes (`cache` directory, keyed by
-the clean model's digest, the mark's tensor, basis and eps, and the probe images), so each further suspect costs
-one pass over the probes.
+Strength (mark_file). By default the mark is as strong as the teacher's budget allows (--max-drop, 0.05 dB): on
+the owner's calibration data (ground-truth pairs from crops of the TRAINING images, fixed seed; never the held-out
+images on which the cost is reported) the key space drops the directions along which the mark would change the
+teacher's error to first order (asvp.fingerprint.cost_neutral_directions), and eps is the largest for which the
+teacher's pooled PSNR on that data drops by at most half the budget, measured on the marked model itself.
+
+Calibration of the test. The null distribution is exact by construction (the key is uniform on the sphere and
+independent of any model that never saw the marked outputs): p = P(c' >= c) for c' one coordinate of a uniform
+unit vector in R^D'. No reference models are needed for validity; they add power: the span of the reference
+students' coefficient vectors (their systematic bias, key-free) is removed before the test. The evaluation
+(benchmarks/fingerprint_eval.py) checks the null on students of the clean teacher, models trained on ground
+truth, other architectures and baselines. What is cached is the expensive, key-independent part: the clean
+model's D' basis responses on the probes (`cache` directory, keyed by the clean model's digest, the mark's
+tensor, basis and eps, and the probe images), so each further suspect costs one pass over the probes.
 """
 from __future__ import annotations
 
@@ -29,8 +36,9 @@ import numpy as np
 import torch
 
 from asvp.errors import AsvpError
-from asvp.fingerprint import (DEFAULT_ALPHA, DEFAULT_M, check_key, coefficients, key_dim, key_direction, key_id,
-                              key_statistic, mix_matrix, principal_directions, response_equalizer, sym_basis)
+from asvp.fingerprint import (DEFAULT_ALPHA, DEFAULT_M, check_key, coefficients, cost_neutral_directions, key_dim,
+                              key_direction, key_id, key_statistic, mix_matrix, principal_directions,
+                              response_equalizer, sym_basis)
 from asvp.graph_passes.expose import expose_tensors
 from asvp.graph_passes.fingerprint import MIX_INPUT, MarkInfo, mark_model, probe_model, read_mark, resolve_feature
 from asvp.io import atomic_output
@@ -40,12 +48,15 @@ from asvp.runtime.attacks.attack import THREADS, ServedModel, file_digest, get_a
 from asvp.runtime.attacks.students import TrainBudget, predict, train_student
 from asvp.runtime.engines.sessions import SessionFromOnnx
 from asvp.tasks import TASKS, get_task
-from asvp.tasks.data import heldout_crops
+from asvp.tasks.data import TRAIN_IMAGES, heldout_crops, random_crops
 
 PROBE_SIZE = 128  # side of the clean held-out crop a probe is made from
 PROBES_PER_IMAGE = 3  # x 3 held-out images = 9 probes
 PROBE_SEED = 4321
-DEFAULT_STRENGTH_DB = 50.0  # PSNR of the marked vs the clean output on the probes (the mark's size)
+DEFAULT_MAX_DROP_DB = 0.05  # the teacher's budget: held-out PSNR it may lose to the mark
+CAL_MARGIN = 0.5  # eps is calibrated to this share of the budget on the calibration data (held-out is other images)
+CAL_CROPS, CAL_SIZE, CAL_SEED = 16, 96, 2468  # the owner's calibration data (training-image crops)
+BASIS_DB = 50.0  # the verifier's basis marks: this PSNR away from the clean output on the probes (key-free scale)
 KEY_CHECK_MIN_COS = 0.5  # the defended model's own statistic must reach this with the given key
 CHUNK = 4
 CALIBRATION_DIRECTION = "asvp-fingerprint-public-calibration-direction"  # public, key-independent
@@ -151,51 +162,133 @@ class MarkResult:
         m = self.mark
         return [f"wrote {self.path}: keyed fingerprint at {m['node']} (C={m['channels']}, m={m['m']}, "
                 f"{self.key_dim} key dimensions), eps {m['eps']:.4g}, marked vs clean output {m['strength_db']:.1f} dB "
-                f"PSNR on {self.probes} probe(s); key id {self.key_id} (the key is not stored in the model)"]
+                f"PSNR on {self.probes} probe(s); key id {self.key_id} (the key is not stored in the model)"] + (
+            [f"strength from the teacher's budget {m['cost']['max_drop_db']:g} dB: drop "
+             f"{m['cost']['calibration_drop_db']:.4f} dB on {m['cost']['calibration_images']} (target "
+             f"{m['cost']['target_db']:g}; {m['cost']['removed_directions']} cost-bearing key directions removed); "
+             "measure the held-out cost with `asvp validate`"] if m.get("cost") else [])
+
+
+def calibration_pairs(task: str, count: int | None = None, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The owner's calibration data for the mark's cost: `count` (default CAL_CROPS) (degraded input, ground truth)
+    crops of side `size` (default CAL_SIZE) of the TRAINING images (fixed seed). Never the held-out images, on
+    which the teacher's cost is measured."""
+    count, size = count or CAL_CROPS, size or CAL_SIZE
+    spec = get_task(task)
+    mult = spec.scale * spec.size_multiple
+    size -= size % mult
+    g = torch.Generator().manual_seed(CAL_SEED)
+    x, y = spec.make_pair(random_crops(TRAIN_IMAGES, count, size, g), g)
+    return x.numpy().astype(np.float32), y.numpy().astype(np.float32)
+
+
+def _pooled_psnr(out: np.ndarray, target: np.ndarray) -> float:
+    """PSNR of the mean squared error over all calibration crops (outputs clipped to [0, 1], as deployed). Pooled,
+    not the mean of per-crop PSNRs: a nearly flat crop (a teacher error near zero) would otherwise dominate the
+    drop and make the mark needlessly weak."""
+    err = np.clip(np.asarray(out, np.float64), 0, 1) - target
+    return -10 * math.log10(max(float(np.mean(err ** 2)), 1e-12))
+
+
+def _largest_scale_within(drop, target: float, s0: float) -> float:
+    """The largest s > 0 with drop(s) <= target (drop(0) = 0, drop grows ~quadratically for large s)."""
+    hi = s0
+    while drop(hi) <= target and hi < 1e6 * s0:
+        hi *= 2
+    lo = 0.0
+    # the last crossing from below: scan down from hi on a grid, then bisect
+    grid = np.linspace(0, hi, 65)[1:]
+    ok = [g for g in grid if drop(g) <= target]
+    lo = max(ok) if ok else 0.0
+    hi = min([g for g in grid if g > lo], default=hi)
+    for _ in range(30):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if drop(mid) <= target else (lo, mid)
+    return lo
 
 
 def mark_file(model_path, out_path, key: str, *, node: str | None = None, m: int = DEFAULT_M,
-              strength_db: float = DEFAULT_STRENGTH_DB, task: str | None = None) -> MarkResult:
-    """Mark a (clean or ASVP-defended) model with `key`: W from the probe features, eps so that the marked
-    output differs from the unmarked one by `strength_db` PSNR on the probes; written atomically."""
+              strength_db: float | None = None, max_drop_db: float = DEFAULT_MAX_DROP_DB,
+              task: str | None = None) -> MarkResult:
+    """Mark a (clean or ASVP-defended) model with `key`, written atomically.
+
+    W from the probe features. Strength: by default (strength_db None) derived from the teacher's budget: the key
+    space excludes the directions that change the teacher's error to first order on the owner's calibration data
+    (cost_neutral_directions), and eps is the largest for which the teacher's pooled PSNR on that data drops by at most
+    CAL_MARGIN x `max_drop_db` (measured on the marked model itself). With `strength_db`, eps instead makes the
+    marked output `strength_db` PSNR away from the unmarked one on the probes (no cost calibration)."""
     t0 = time.perf_counter()
     check_key(key)
-    if not (isinstance(strength_db, (int, float)) and math.isfinite(strength_db) and 20 <= strength_db <= 90):
+    if strength_db is not None and not (isinstance(strength_db, (int, float)) and math.isfinite(strength_db)
+                                        and 20 <= strength_db <= 90):
         raise AsvpError(f"strength must be a PSNR in [20, 90] dB, got {strength_db!r}")
+    if not (isinstance(max_drop_db, (int, float)) and math.isfinite(max_drop_db) and 0 < max_drop_db <= 1):
+        raise AsvpError(f"max drop must be in (0, 1] dB, got {max_drop_db!r}")
     if not isinstance(m, int) or m < 1:
         raise AsvpError(f"m must be an integer >= 1, got {m!r}")
     model = load_model(model_path)
     image_io(model)
     feat = resolve_feature(model, node)
     task = task or task_of(model)
+    if strength_db is None and task is None:
+        raise AsvpError("calibrating the mark's cost needs the task (--task) for its calibration data, or give a "
+                        "fixed --strength")
     x = probe_inputs(task)
     f = _run(_session(expose_tensors(model, [feat.output])), x, outputs=[feat.output])[0]
     w = principal_directions(f, m)
     probe = ProbeModel(model_path, feat.output, feat.channels)
     base = probe.run(x)
 
-    def calibrated(coeffs):
+    def calibrated(coeffs, target_db):
         e = 0.05
         for _ in range(3):  # the output change is ~linear in eps: two corrections reach the target closely
             got = _psnr_between(probe.run(x, mix_matrix(w, coeffs, e)), base)
             if not math.isfinite(got):
                 raise AsvpError(f"the mark at {feat.name} does not change the output; choose another --node")
-            e *= 10 ** ((got - strength_db) / 20)
+            e *= 10 ** ((got - target_db) / 20)
         return e
 
     # Key-free: the basis scale (calibrated on a fixed public direction), the basis responses on the probes and
-    # the equalizer R built from them. The verifier recomputes the responses from these, so nothing it uses
-    # depends on the key (the null stays exact). Then eps, the served mark's scale, is calibrated on the key's
-    # own coefficients R u so that the mark costs exactly the requested strength whatever the key.
-    basis_eps = calibrated(key_direction(CALIBRATION_DIRECTION, key_dim(m)))
-    delta = np.stack([probe.run(x, basis_eps * (w @ b @ w.T)) - base for b in sym_basis(m)])
+    # the equalizer R built from them (and, with cost calibration, restricted to the cost-neutral directions).
+    # The verifier recomputes the responses from these, so nothing it uses depends on the key (the null stays
+    # exact). Then eps, the served mark's scale, is calibrated on the key's own coefficients R u.
+    basis_eps = calibrated(key_direction(CALIBRATION_DIRECTION, key_dim(m)), BASIS_DB)
+    basis = sym_basis(m)
+    delta = np.stack([probe.run(x, basis_eps * (w @ b @ w.T)) - base for b in basis])
     r = response_equalizer(_gram(delta))
-    u = key_direction(key, r.shape[1])
-    eps = calibrated(r @ u)
+    cost = None
+    if strength_db is None:
+        xc, yc = calibration_pairs(task)
+        bc = probe.run(xc)
+        raw = np.stack([probe.run(xc, basis_eps * (w @ b @ w.T)) - bc for b in basis])
+        dc = np.tensordot(r.T, raw.astype(np.float64), axes=1)  # [D', N, ...] equalised responses
+        err = bc.astype(np.float64) - yc
+        cross = np.einsum("jnp,np->nj", dc.reshape(len(dc), len(xc), -1), err.reshape(len(xc), -1))
+        q = cost_neutral_directions(cross)
+        r = r @ q
+        u = key_direction(key, r.shape[1])
+        du = np.tensordot(q @ u, dc, axes=1)  # the key's mark on the calibration data at eps = basis_eps
+        p0 = _pooled_psnr(bc, yc)
+        target = CAL_MARGIN * max_drop_db
+        lin = lambda s: p0 - _pooled_psnr(bc + s * du, yc)  # noqa: E731
+        eps = basis_eps * _largest_scale_within(lin, target, 1.0)
+        measure = lambda e: p0 - _pooled_psnr(probe.run(xc, mix_matrix(w, r @ u, e)), yc)  # noqa: E731
+        got = measure(eps)
+        for _ in range(6):  # measured on the marked model itself (the response is only ~linear in eps)
+            if got <= target * 1.02:
+                break
+            eps *= max(0.5, target / got)  # exact if the drop is linear in eps, conservative if quadratic
+            got = measure(eps)
+        cost = {"max_drop_db": float(max_drop_db), "target_db": round(target, 4),
+                "calibration_drop_db": round(got, 4), "calibration_images": f"{len(xc)} training crops "
+                f"{list(xc.shape[1:])}, seed {CAL_SEED}", "removed_directions": int(q.shape[0] - q.shape[1])}
+    else:
+        u = key_direction(key, r.shape[1])
+        eps = calibrated(r @ u, strength_db)
     mix = mix_matrix(w, r @ u, eps)
     strength = _psnr_between(probe.run(x, mix), base)
     info = MarkInfo(feat.name, feat.output, int(feat.channels), int(m), float(eps), w.tolist(), round(strength, 2),
-                    basis_eps=float(basis_eps), equalizer=r.tolist())
+                    basis_eps=float(basis_eps), equalizer=r.tolist(), cost=cost)
     save_model(mark_model(model, info, mix), out_path, check=False)
     return MarkResult(str(out_path), info.public(), key_id(key), info.key_dim, len(x),
                       round(time.perf_counter() - t0, 1))
@@ -277,7 +370,7 @@ def save_references(cache, probe_key: str, refs: dict[str, np.ndarray]) -> None:
 @dataclass
 class FingerprintResult:
     suspect: str
-    statistic: float  # c = cos(u, a), a the suspect's least-squares mark coefficients (reference bias direction removed)
+    statistic: float  # c = cos(u, a), a the suspect's least-squares mark coefficients (reference bias span removed)
     p_value: float  # exact, under "the suspect is independent of the key"
     alpha: float
     flagged: bool  # p < alpha
@@ -301,7 +394,7 @@ class FingerprintResult:
     def summary_lines(self) -> list[str]:
         what = ("distilled from the marked model: the suspect reproduces the secret mark" if self.flagged
                 else "no evidence of distillation from the marked model")
-        refs = (f"bias direction of {len(self.references)} reference model(s) removed" if self.references
+        refs = (f"bias subspace of {len(self.references)} reference model(s) removed" if self.references
                 else "no reference models (exact but less powerful; see `asvp fingerprint calibrate`)")
         return [f"suspect {self.suspect}: {self.verdict.upper()} ({what})",
                 f"statistic c = {self.statistic:+.4f} over {self.key_dim} key dimensions, p = {self.p_value:.3g} "
@@ -351,7 +444,8 @@ class Verifier:
         return projections(_query(fn, self.x, what, self.base.shape), self.base, self.delta)
 
     def nuisance(self, exclude: str | None = None) -> list:
-        """The reference models' mark coefficients (their systematic bias), leaving out `exclude`."""
+        """The reference models' mark coefficients (their systematic bias, whose span the test removes), leaving
+        out `exclude`."""
         return [coefficients(t, self.gram) for k, t in self.refs.items() if k != exclude]
 
     def test(self, t: np.ndarray, u: np.ndarray, exclude: str | None = None) -> tuple[float, float]:
@@ -462,7 +556,7 @@ def calibrate(clean, defended, *, cache, task: str | None = None, seeds=(100, 10
 # ---- the demo's quick check --------------------------------------------------------------------------------------
 
 def quick_check(clean, served, task: str, workdir, *, key: str, steps: int = 300, pool: int = 96,
-                strength_db: float = DEFAULT_STRENGTH_DB, ref_seeds=(100, 101, 102), seed: int = 0,
+                strength_db: float | None = None, ref_seeds=(100, 101, 102), seed: int = 0,
                 alpha: float = DEFAULT_ALPHA, progress: bool = False) -> dict:
     """Mark `served` with `key`, distil one student from the marked model and one from the clean model (same
     queries, seed and budget), calibrate on reference students of the clean teacher, and verify both.

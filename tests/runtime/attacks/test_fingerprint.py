@@ -9,8 +9,8 @@ import torch
 from asvp import api
 from asvp.cli import main
 from asvp.errors import AsvpError
-from asvp.fingerprint import (coefficients, cosine_tail, key_dim, key_direction, key_id, key_statistic, mix_matrix,
-                              principal_directions, sym_basis)
+from asvp.fingerprint import (coefficients, cosine_tail, cost_neutral_directions, key_dim, key_direction, key_id,
+                              key_statistic, mix_matrix, nuisance_basis, principal_directions, sym_basis)
 from asvp.graph_passes.fingerprint import META_FINGERPRINT, read_mark
 from asvp.onnx_utils import get_metadata, load_model
 from asvp.runtime.attacks import fingerprint as fp
@@ -76,6 +76,51 @@ def test_p_values_are_uniform_over_keys_for_a_fixed_suspect_even_with_whitening_
     assert key_statistic(np.zeros(d), key_direction(KEY_A, d)) == (0.0, 1.0)
 
 
+def test_reference_span_is_removed_and_capped_at_half_the_dimensions():
+    rng = np.random.default_rng(3)
+    d = 12
+    refs = [rng.standard_normal(d) for _ in range(3)]
+    q = nuisance_basis(refs, d)
+    assert q.shape == (d, 3) and np.allclose(q.T @ q, np.eye(3))
+    inside = 0.7 * refs[0] - 2.0 * refs[2]  # a suspect whose bias lies in the references' span: nothing left
+    assert np.allclose(coefficients(inside, np.eye(d), refs), 0.0)
+    assert nuisance_basis([rng.standard_normal(d) for _ in range(20)], d).shape == (d, d // 2)
+    assert nuisance_basis(None, d) is None
+
+
+def test_cost_neutral_directions_are_orthogonal_to_the_teachers_error_directions():
+    rng = np.random.default_rng(4)
+    d = 16
+    g = rng.standard_normal(d)
+    cross = np.outer(rng.standard_normal(30), g) + 0.01 * rng.standard_normal((30, d))  # one dominant direction
+    q = cost_neutral_directions(cross, share=0.25)
+    assert q.shape == (d, d - 4) and np.allclose(q.T @ q, np.eye(d - 4))
+    assert np.linalg.norm(q.T @ g) < 0.01 * np.linalg.norm(g)  # no key in the span of q changes E to first order
+    assert cost_neutral_directions(cross, share=0.0).shape == (d, d)
+
+
+def test_cost_calibrated_mark_meets_its_drop_budget_on_the_calibration_data(models, tmp_path, monkeypatch):
+    """The default strength: the largest eps whose measured drop on the owner's calibration crops is at most
+    CAL_MARGIN x the budget; the key space loses the cost-bearing directions; nothing key-specific is recorded."""
+    monkeypatch.setattr(fp, "CAL_CROPS", 6)
+    monkeypatch.setattr(fp, "CAL_SIZE", 48)
+    out = tmp_path / "sr.cal.onnx"
+    res = api.fingerprint_mark(models["clean"], out, KEY_A, max_drop_db=0.05)
+    info = read_mark(load_model(out))
+    cost = info.cost
+    assert cost["max_drop_db"] == 0.05 and cost["target_db"] == pytest.approx(0.025)
+    assert cost["removed_directions"] >= 1 and info.key_dim == 36 - cost["removed_directions"]
+    xc, yc = fp.calibration_pairs("sr", 6, 48)
+    drop = fp._pooled_psnr(ServedModel(models["clean"]).query(xc)[0], yc) - fp._pooled_psnr(
+        ServedModel(out).query(xc)[0], yc)
+    assert 0.0 < drop <= 0.025 * 1.05 and drop == pytest.approx(cost["calibration_drop_db"], abs=2e-3)
+    assert KEY_A not in json.dumps(get_metadata(load_model(out))) and res.key_dim == info.key_dim
+    # the marked model is itself flagged under its key, not under another
+    assert api.fingerprint_verify(out, clean=models["clean"], defended=out, key=KEY_A).flagged
+    with pytest.raises(AsvpError, match="budget|max drop"):
+        api.fingerprint_mark(models["clean"], tmp_path / "x.onnx", KEY_A, max_drop_db=0.0)
+
+
 # ---- the planted case on a real teacher ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -83,8 +128,9 @@ def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("fp")
     clean, ma, mb = d / "sr.onnx", d / "sr.fpA.onnx", d / "sr.fpB.onnx"
     api.export("sr", clean)
-    ra = api.fingerprint_mark(clean, ma, KEY_A)
-    api.fingerprint_mark(clean, mb, KEY_B)
+    # a fixed strength keeps the fixture fast; the cost calibration (the default) has its own test below
+    ra = api.fingerprint_mark(clean, ma, KEY_A, strength_db=50.0)
+    api.fingerprint_mark(clean, mb, KEY_B, strength_db=50.0)
     return {"dir": d, "clean": clean, "A": ma, "B": mb, "mark_result": ra}
 
 
@@ -120,7 +166,7 @@ def test_mark_is_small_recorded_without_the_key_and_costs_what_it_says(models):
     x = fp.probe_inputs("sr")
     diff = ServedModel(models["A"]).query(x)[0] - ServedModel(models["clean"]).query(x)[0]
     psnr = 10 * math.log10(1 / float(np.mean(diff.astype(np.float64) ** 2)))
-    assert abs(psnr - info.strength_db) < 0.05 and abs(psnr - fp.DEFAULT_STRENGTH_DB) < 0.5
+    assert abs(psnr - info.strength_db) < 0.05 and abs(psnr - 50.0) < 0.5
 
 
 def test_verdict_flips_on_the_planted_case(models):
@@ -184,7 +230,9 @@ def test_bad_inputs_get_one_line_errors(models, capsys, tmp_path, monkeypatch):
          "cannot read the key file"),
         (("fingerprint", "mark", c, "-o", str(tmp_path / "bad.onnx"), "--key", KEY_A, "--m", "32"), "m < channels"),
         (("fingerprint", "mark", c, "-o", str(tmp_path / "bad.onnx"), "--key", KEY_A, "--strength", "5"), "strength"),
-        (("fingerprint", "mark", a, "-o", str(tmp_path / "bad.onnx"), "--key", KEY_A), "already fingerprinted"),
+        (("fingerprint", "mark", c, "-o", str(tmp_path / "bad.onnx"), "--key", KEY_A, "--max-drop", "-1"), "max drop"),
+        (("fingerprint", "mark", a, "-o", str(tmp_path / "bad.onnx"), "--key", KEY_A, "--strength", "50"),
+         "already fingerprinted"),
         (("fingerprint", "mark", c, "-o", str(tmp_path / "bad.onnx"), "--key", KEY_A, "--node", "nope"), "nope"),
         (("fingerprint", "calibrate", "--clean", c, "--defended", a, "--cache", str(tmp_path / "cal"), "--steps", "0"),
          "steps must be"),

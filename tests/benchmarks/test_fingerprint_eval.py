@@ -1,0 +1,36 @@
+"""benchmarks/fingerprint_eval.py: the verdict on the targets and the rendering are computed, not written in."""
+import importlib.util
+import math
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("fingerprint_eval", ROOT / "benchmarks" / "fingerprint_eval.py")
+fe = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(fe)
+
+
+def _entry(pos_c, neg_c, drop, flagged_neg=0):
+    rows = [{"name": f"p{i}", "label": "positive", "c": c, "p": 1e-5, "flagged": True, "beta": 1.0, "psnr": 28.0}
+            for i, c in enumerate(pos_c)]
+    rows += [{"name": f"n{i}", "label": "negative", "c": c, "p": 0.001 if i < flagged_neg else 0.5,
+              "flagged": i < flagged_neg, "beta": 0.0, "psnr": 28.0} for i, c in enumerate(neg_c)]
+    return {"profile": "cpu", "key_dim": 27, "rows": rows, "skipped": [], "references": ["r"], "seconds": 1.0,
+            "mark": {"node": "/Add", "m": 8, "eps": 0.1, "strength_db": 50.0, "cost": None},
+            "teacher_psnr": {"clean": 29.0, "marked": 29.0 - drop}, "teacher_drop_db": drop,
+            "null_random_keys": {"count": 10, "fpr_at_0.01": 0.0, "fpr_at_0.05": 0.0, "ks_max_gap": 0.1}}
+
+
+def test_targets_need_auc_fpr_and_the_teacher_budget():
+    good = _entry([0.8, 0.7], [0.1, -0.2, 0.0], 0.03)
+    assert fe.summarize(good)["met"] and fe.summarize(good)["auc"] == 1.0
+    assert not fe.summarize(_entry([0.8, 0.7], [0.1, -0.2, 0.0], 0.06))["met"]  # over the teacher's budget
+    assert not fe.summarize(_entry([0.8, 0.05], [0.1, -0.2, 0.0], 0.03))["met"]  # AUC 0.83
+    assert not fe.summarize(_entry([0.8, 0.7], [0.1, -0.2, 0.0], 0.03, flagged_neg=1))["met"]  # a false positive
+    md = fe.render({"tasks": {"sr": good, "dehaze": _entry([0.1], [0.2], 0.03)}, "written": "now"})
+    assert "| sr |" in md and "| met |" in md and "NOT met" in md
+
+
+def test_rates_and_auc():
+    lo, hi = fe.wilson(0, 10)
+    assert lo == 0.0 and 0.25 < hi < 0.32
+    assert fe.auc([1.0], [1.0]) == 0.5 and math.isnan(fe.auc([], [1.0]))

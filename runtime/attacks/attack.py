@@ -677,7 +677,15 @@ def drop_counts(r: dict, key: str = "student", level: float = 0.0) -> bool:
     p = _paired(r, key)
     if p is not None:
         return counts_above(p, level)
+    if inconclusive(r, key):
+        return False
     return r["drops"][key]["db"] > level + r["noise_margin_db"]
+
+
+def inconclusive(r: dict, key: str = "student") -> bool:
+    """One seed pair and no measured seed noise (preset noise_seeds 0): the drop cannot be judged, and does not
+    count. (Students of different seeds differ by tenths of a dB, so a lone pair decides nothing.)"""
+    return _paired(r, key) is None and "seed_noise_db" in r and r["seed_noise_db"] is None
 
 
 def mean_drop(r: dict, key: str = "student") -> float:
@@ -691,6 +699,8 @@ def _drop_text(r: dict, key: str = "student") -> str:
     if p is not None:
         return (f"{p['mean']:+.2f} dB [{100 * p['confidence']:g}% CI {p['ci_low']:+.2f}, {p['ci_high']:+.2f}, "
                 f"n={p['n']}]")
+    if inconclusive(r, key):
+        return f"{r['drops'][key]['db']:+.2f} dB (1 seed, no noise estimate: inconclusive)"
     return f"{r['drops'][key]['db']:+.2f} dB (margin {r['noise_margin_db']:.2f})"
 
 

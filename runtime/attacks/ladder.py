@@ -8,7 +8,7 @@ resumes where it stopped.
 
 Per task x rung the table gives the teacher's drop, the mean paired student drop with its 95 % interval, and the
 verdict (runtime.evaluation.stats: the drop counts when its interval excludes 0 and its mean >= MIN_DROP_DB; one
-seed: "inconclusive"). For the adaptive rung the drop is that of the adaptive student.
+seed: "inconclusive", or the noise-margin rule marked "(margin)" when the preset measures seed noise). For the adaptive rung the drop is that of the adaptive student.
 
 Convergence (preset.convergence = c > 1): the output rung again at c x the steps, with the same seeds; the table
 gives both budgets' clean-student PSNR, their distance to the clean teacher (PSNR of student vs teacher outputs
@@ -33,7 +33,7 @@ from tqdm import tqdm
 from asvp.config import AsvpConfig
 from asvp.errors import AsvpError
 from asvp.exporter.teachers.bundled import has_weights
-from asvp.runtime.attacks.attack import (INTERVALS, LADDER_RUNGS, KINDS, StudentStore, _attack_one, check_seeds,
+from asvp.runtime.attacks.attack import (INTERVALS, LADDER_RUNGS, KINDS, StudentStore, _attack_one, check_seeds, drop_counts,
                                          get_preset, prepare_models, single_thread)
 from asvp.runtime.attacks.students import TrainBudget
 from asvp.runtime.attacks.sweep import absorbability_at
@@ -48,11 +48,14 @@ def rung_drop_key(rung: str) -> str:
 
 
 def verdict(r: dict, key: str = "student") -> str:
-    """"counts" / "no" from the paired interval; "inconclusive" with one seed (no interval: the seed-to-seed
-    spread of students is several tenths of a dB, docs/protection.md, so one pair cannot decide)."""
+    """"counts" / "no" from the paired interval. One seed: with a measured seed noise (preset noise_seeds > 0)
+    the noise-margin rule of attack.drop_counts, marked "(margin)"; without one "inconclusive" (the seed-to-seed
+    spread of students is tenths of a dB, docs/protection.md, so one pair cannot decide)."""
     p = (r.get("paired") or {}).get(key)
     if not p or p.get("n", 1) < 2:
-        return "inconclusive"
+        if r.get("seed_noise_db") is None:
+            return "inconclusive"
+        return ("counts" if drop_counts(r, key) else "no") + " (margin)"
     return "counts" if p["counts"] else "no"
 
 
@@ -171,7 +174,7 @@ def ladder_figure(rows: list[dict]):
         m = np.array([r["mean_drop_db"] for r in rs])
         lo = np.array([r["mean_drop_db"] - r["ci_low"] if r["ci_low"] is not None else 0 for r in rs])
         hi = np.array([r["ci_high"] - r["mean_drop_db"] if r["ci_high"] is not None else 0 for r in rs])
-        colors = ["tab:red" if r["verdict"] == "counts" else "tab:grey" for r in rs]
+        colors = ["tab:red" if r["verdict"].startswith("counts") else "tab:grey" for r in rs]
         ax.bar(x, m, color=colors, yerr=[lo, hi], capsize=3)
         ax.axhline(0, color="k", lw=0.8)
         ax.axhline(MIN_DROP_DB, color="tab:red", lw=0.8, ls=":")
@@ -275,7 +278,7 @@ def _diagnostic(task: str, r: dict, rungs: list, rows: list, p, seed: int, cache
         ab = absorbability_at(task, Path(r["models"]["clean"]), tensors, cfg, p, seed, cache)
     except AsvpError as e:  # the diagnostic is a side result: say why it is missing
         ab = {"unexplained_heldout": None, "predicted": f"n/a ({e})"}
-    counting = [x["rung"] for x in rows if x["task"] == task and x["verdict"] == "counts"]
+    counting = [x["rung"] for x in rows if x["task"] == task and x["verdict"].startswith("counts")]
     judged = any(x["verdict"] != "inconclusive" for x in rows if x["task"] == task)
     pred = ab["predicted"]
     agrees = None

@@ -148,7 +148,11 @@ def test_ladder_verdict_comes_from_the_interval():
     assert verdict(row([20.3, 20.31, 20.29, 20.3, 20.32], [20.0] * 5)) == "counts"  # CI excludes 0, mean 0.3
     assert verdict(row([20.3, 19.8, 20.5, 19.9, 20.1], [20.0] * 5)) == "no"  # same mean size, CI straddles 0
     assert verdict(row([20.05, 20.06, 20.05, 20.04, 20.05], [20.0] * 5)) == "no"  # real but below 0.1 dB
-    assert verdict({"paired": None}) == "inconclusive"  # one seed
+    assert verdict({"paired": None, "seed_noise_db": None}) == "inconclusive"  # one seed, no noise estimate
+    one = {"paired": None, "seed_noise_db": 0.2, "noise_margin_db": 0.3,
+           "drops": {"student": {"db": 0.5, "ssim_pct": 1.0}}}
+    assert verdict(one) == "counts (margin)"  # one seed with measured noise: the margin rule, marked
+    assert verdict({**one, "drops": {"student": {"db": 0.2, "ssim_pct": 0.4}}}) == "no (margin)"
 
 
 def test_single_seed_without_a_noise_estimate_is_inconclusive():

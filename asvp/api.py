@@ -230,10 +230,10 @@ def attack(task: str | None = None, *, clean=None, defended=None, kind: str = "o
            progress: bool = True, seeds: int | None = None, interval: str = "t"):
     """Distillation attack: students trained only on the served models' answers (ONNX Runtime queries).
 
-    task: one bundled task, or None for the preset's tasks ("quick": sr; "standard", "thorough", "full": all five). clean/defended: ONNX
-    paths (one task only); missing ones are exported (bundled teacher) / defended (api.defend with `config`,
-    default AsvpConfig(), and `nodes`) into out/<task>/. kind: one of runtime.attacks.attack.KINDS (output, feature, adaptive, the ladder's rungs
-    fitnets-0.1/1/10, direct, staged, larger) or "ladder". steps/pool
+    task: one bundled task, or None for the preset's tasks ("quick": sr; "standard", "thorough", "full": all five).
+    clean/defended: ONNX paths (one task only); missing ones are exported (bundled teacher) / defended (api.defend
+    with `config`, default AsvpConfig(), and `nodes`) into out/<task>/. kind: one of runtime.attacks.attack.KINDS
+    (output, feature, adaptive, the ladder's rungs fitnets-0.1/1/10, direct, staged, larger) or "ladder". steps/pool
     override the preset's training steps / number of queries. Returns an AttackResult; with `out`, a report
     (report.json, report.md, attack-<kind>-drops.png) and per-task resumable results are written there.
     seeds > 1: paired students (a clean and a defended one per seed seed .. seed+seeds-1, same queries) and the

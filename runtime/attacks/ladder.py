@@ -8,7 +8,8 @@ resumes where it stopped.
 
 Per task x rung the table gives the teacher's drop, the mean paired student drop with its 95 % interval, and the
 verdict (runtime.evaluation.stats: the drop counts when its interval excludes 0 and its mean >= MIN_DROP_DB; one
-seed: "inconclusive", or the noise-margin rule marked "(margin)" when the preset measures seed noise). For the adaptive rung the drop is that of the adaptive student.
+seed: "inconclusive", or the noise-margin rule marked "(margin)" when the preset measures seed noise). For the
+adaptive rung the drop is that of the adaptive student.
 
 Convergence (preset.convergence = c > 1): the output rung again at c x the steps, with the same seeds; the table
 gives both budgets' clean-student PSNR, their distance to the clean teacher (PSNR of student vs teacher outputs

@@ -65,11 +65,13 @@ def ladder_row(r: dict, rung: str) -> dict:
     key = rung_drop_key(rung)
     p = (r.get("paired") or {}).get(key)
     single = r["drops"][key]["db"]
-    per = (r.get("paired") or {}).get("per_seed") or [{"clean": r["students"]["clean"]}]
+    per = (r.get("paired") or {}).get("per_seed") or [{"seed": None, **r["students"]}]
+    dkey = "adaptive" if rung == "adaptive" else "defended"
     return {"task": r["task"], "rung": rung, "placement": r["placement"],
             "teacher_drop_db": r["drops"]["teacher"]["db"],
             "student_params": r["student_model"]["params"], "teacher_params": r["student_model"]["teacher_params"],
             "student_clean_psnr_mean": float(np.mean([s["clean"]["psnr"] for s in per])),
+            "student_defended_psnr_mean": float(np.mean([s[dkey]["psnr"] for s in per])),
             "student_psnr_to_teacher_mean": float(np.mean([s["clean"]["psnr_to_teacher"] for s in per])),
             "mean_drop_db": p["mean"] if p else single, "ci_low": p["ci_low"] if p else None,
             "ci_high": p["ci_high"] if p else None, "n": p["n"] if p else 1,
@@ -85,6 +87,7 @@ class LadderResult:
     interval: str
     rungs: list
     rows: list = field(default_factory=list)  # ladder_row per (task, rung)
+    best: list = field(default_factory=list)  # per task: the best attacker against each teacher (best_attacker)
     convergence: list = field(default_factory=list)  # per task
     diagnostic: list = field(default_factory=list)  # per task: prediction vs measured
     results: dict = field(default_factory=dict)  # task -> rung -> attack_task result
@@ -99,6 +102,28 @@ class LadderResult:
     def summary_lines(self) -> list[str]:
         return [markdown(self), f"\n{len({r['task'] for r in self.rows})} task(s), {len(self.rungs)} rung(s) in "
                 f"{self.seconds:.0f} s" + (f"; report in {self.out}" if self.out else "")]
+
+
+def best_attacker(rows: list[dict], task: str) -> dict:
+    """The attacker who picks the best recipe: the rung whose students of the clean teacher score highest (mean
+    over seeds) against the rung whose students of the defended teacher do. Their difference is what the defence
+    costs a rational attacker (descriptive: the two rungs differ, so it is not a paired difference)."""
+    rs = [r for r in rows if r["task"] == task]
+    bc = max(rs, key=lambda r: r["student_clean_psnr_mean"])
+    bd = max(rs, key=lambda r: r["student_defended_psnr_mean"])
+    return {"task": task, "teacher_drop_db": rs[0]["teacher_drop_db"], "best_rung_clean": bc["rung"],
+            "best_clean_psnr": bc["student_clean_psnr_mean"], "best_rung_defended": bd["rung"],
+            "best_defended_psnr": bd["student_defended_psnr_mean"],
+            "best_attacker_drop_db": bc["student_clean_psnr_mean"] - bd["student_defended_psnr_mean"]}
+
+
+def best_table(best: list[dict]) -> str:
+    header = ["task", "teacher drop dB", "best rung vs clean teacher (PSNR)", "best rung vs defended teacher (PSNR)",
+              "best-attacker drop dB"]
+    body = [[b["task"], fmt(b["teacher_drop_db"], "+.3f"), f"{b['best_rung_clean']} ({b['best_clean_psnr']:.2f})",
+             f"{b['best_rung_defended']} ({b['best_defended_psnr']:.2f})", fmt(b["best_attacker_drop_db"], "+.3f")]
+            for b in best]
+    return md_table(header, body)
 
 
 def _ci(row: dict) -> str:
@@ -154,6 +179,9 @@ def markdown(res: LadderResult) -> str:
             f"\"same answers\": the defended model returns exactly the clean answers to this rung (tap placement, "
             f"output rungs), so its students are the clean ones and the drop is 0 by construction.\n\n")
     md = head + ladder_table(res.rows)
+    if res.best:
+        md += ("\n\n### The best attacker\n\n" + best_table(res.best) + "\n\nMean held-out PSNR over the seeds of the "
+               "best rung's students; the attacker who picks its recipe well loses the best-attacker drop.")
     if res.convergence:
         md += "\n\n### Convergence (output rung)\n\n" + convergence_table(res.convergence) + (
             "\n\nPlateaued: validation L1 (held-out queries vs the served answers) improved by less than 2 % over the "
@@ -249,6 +277,7 @@ def run_ladder(task: str | None = None, clean=None, defended=None, preset: str =
                     _budget(base, p.train.steps) if base else _budget(None, p.train.steps),
                     _budget(long, p2.train.steps)]})
             res.results[t] = got
+            res.best.append(best_attacker(res.rows, t))
             any_r = next(iter(got.values()))
             res.diagnostic.append(_diagnostic(t, any_r, rungs, res.rows, p, seed, absorb))
             if out_dir is not None:  # the partial report after each task (the ladder may be interrupted)

@@ -121,6 +121,8 @@ def test_ladder_runs_every_rung_writes_one_table_and_resumes(tap_models, tmp_pat
     assert all(r["n"] == 2 and r["verdict"] in ("counts", "no") for r in res.rows)
     assert by["output"]["answers_identical"] and by["output"]["mean_drop_db"] == 0.0  # tap: same outputs
     assert by["larger"]["student_params"] == by["larger"]["teacher_params"] > by["output"]["student_params"]
+    (best,) = res.best
+    assert best["best_rung_clean"] in by and math.isfinite(best["best_attacker_drop_db"])
     (conv,) = res.convergence
     assert [b["steps"] for b in conv["budgets"]] == [4, 8] and conv["budgets"][0]["judged"] == 2
     (diag,) = res.diagnostic

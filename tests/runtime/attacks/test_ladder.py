@@ -165,3 +165,15 @@ def test_single_seed_without_a_noise_estimate_is_inconclusive():
     assert not drop_counts(row)
     assert "inconclusive" in claims([row])[1]["evidence"]
     assert drop_counts({**row, "seed_noise_db": 0.2, "noise_margin_db": 0.3})  # measured noise: margin rule
+
+
+def test_device_selection():
+    from asvp.runtime.attacks.students import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(AsvpError, match="unknown device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(AsvpError, match="no CUDA device"):
+            resolve_device("cuda")

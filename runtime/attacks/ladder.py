@@ -79,6 +79,15 @@ def ladder_row(r: dict, rung: str) -> dict:
             "answers_identical": r.get("answers_identical", False), "seconds": r["seconds"]}
 
 
+def na_row(task: str, rung: str, reason: str) -> dict:
+    """The table's row for a rung that does not apply to this task's model (the reason says why)."""
+    return {"task": task, "rung": rung, "verdict": "n/a", "reason": reason, "placement": None,
+            "teacher_drop_db": None, "student_params": None, "teacher_params": None,
+            "student_clean_psnr_mean": None, "student_defended_psnr_mean": None, "student_psnr_to_teacher_mean": None,
+            "mean_drop_db": None, "ci_low": None, "ci_high": None, "n": 0, "ssim_drop_pct": None,
+            "answers_identical": False, "seconds": 0.0}
+
+
 @dataclass
 class LadderResult:
     preset: str
@@ -108,7 +117,7 @@ def best_attacker(rows: list[dict], task: str) -> dict:
     """The attacker who picks the best recipe: the rung whose students of the clean teacher score highest (mean
     over seeds) against the rung whose students of the defended teacher do. Their difference is what the defence
     costs a rational attacker (descriptive: the two rungs differ, so it is not a paired difference)."""
-    rs = [r for r in rows if r["task"] == task]
+    rs = [r for r in rows if r["task"] == task and r["verdict"] != "n/a"]
     bc = max(rs, key=lambda r: r["student_clean_psnr_mean"])
     bd = max(rs, key=lambda r: r["student_defended_psnr_mean"])
     return {"task": task, "teacher_drop_db": rs[0]["teacher_drop_db"], "best_rung_clean": bc["rung"],
@@ -139,7 +148,8 @@ def ladder_table(rows: list[dict]) -> str:
              fmt(r["student_clean_psnr_mean"], ".2f"), fmt(r["student_psnr_to_teacher_mean"], ".2f"),
              fmt(r["mean_drop_db"], "+.3f") + (" (same answers)" if r["answers_identical"] and r["rung"] != "adaptive"
                                                 else ""),
-             _ci(r), r["n"], r["verdict"]] for r in rows]
+             _ci(r), r["n"], r["verdict"]] if r["verdict"] != "n/a" else
+            [r["task"], r["rung"], "-", "-", "-", "-", "-", "-", 0, "n/a: " + r["reason"]] for r in rows]
     return md_table(header, body)
 
 
@@ -198,7 +208,7 @@ def ladder_figure(rows: list[dict]):
     fig = new_figure(max(6.4, 3.2 * len(tasks)), 4.0)
     axes = np.atleast_1d(fig.subplots(1, len(tasks), sharey=True))
     for ax, t in zip(axes, tasks):
-        rs = [r for r in rows if r["task"] == t]
+        rs = [r for r in rows if r["task"] == t and r["verdict"] != "n/a"]
         x = np.arange(len(rs))
         m = np.array([r["mean_drop_db"] for r in rs])
         lo = np.array([r["mean_drop_db"] - r["ci_low"] if r["ci_low"] is not None else 0 for r in rs])
@@ -261,9 +271,12 @@ def run_ladder(task: str | None = None, clean=None, defended=None, preset: str =
             got = {}
             for rung in rungs:
                 bar.set_postfix(task=t, rung=rung)
-                got[rung] = _attack_one(t, root, stack, clean, defended, config, nodes, rung, p, seed, False,
-                                        seeds, interval, store=store, name=f"ladder-{rung}")
-                res.rows.append(ladder_row(got[rung], rung))
+                try:
+                    got[rung] = _attack_one(t, root, stack, clean, defended, config, nodes, rung, p, seed, False,
+                                            seeds, interval, store=store, name=f"ladder-{rung}")
+                    res.rows.append(ladder_row(got[rung], rung))
+                except AsvpError as e:  # a rung that cannot apply to this model (e.g. direct without a
+                    res.rows.append(na_row(t, rung, str(e)))  # width-matched layer): recorded, not fatal
                 bar.update()
             if p.convergence > 1:
                 bar.set_postfix(task=t, rung=f"output x{p.convergence}")
@@ -277,9 +290,10 @@ def run_ladder(task: str | None = None, clean=None, defended=None, preset: str =
                     _budget(base, p.train.steps) if base else _budget(None, p.train.steps),
                     _budget(long, p2.train.steps)]})
             res.results[t] = got
-            res.best.append(best_attacker(res.rows, t))
-            any_r = next(iter(got.values()))
-            res.diagnostic.append(_diagnostic(t, any_r, rungs, res.rows, p, seed, absorb))
+            if got:
+                res.best.append(best_attacker(res.rows, t))
+            if got:
+                res.diagnostic.append(_diagnostic(t, next(iter(got.values())), rungs, res.rows, p, seed, absorb))
             if out_dir is not None:  # the partial report after each task (the ladder may be interrupted)
                 res.seconds = round(time.perf_counter() - t0, 1)
                 _write(res, out_dir)
@@ -309,7 +323,7 @@ def _diagnostic(task: str, r: dict, rungs: list, rows: list, p, seed: int, cache
     except AsvpError as e:  # the diagnostic is a side result: say why it is missing
         ab = {"unexplained_heldout": None, "predicted": f"n/a ({e})"}
     counting = [x["rung"] for x in rows if x["task"] == task and x["verdict"].startswith("counts")]
-    judged = any(x["verdict"] != "inconclusive" for x in rows if x["task"] == task)
+    judged = any(x["verdict"] not in ("inconclusive", "n/a") for x in rows if x["task"] == task)
     pred = ab["predicted"]
     agrees = None
     if judged and pred in ("absorbable", "not absorbable"):

@@ -139,6 +139,19 @@ def test_ladder_runs_every_rung_writes_one_table_and_resumes(tap_models, tmp_pat
     again = api.attack("sr", clean=clean, defended=defended, kind="ladder", preset="tiny", out=out, progress=False)
     assert again.rows == res.rows
 
+    # a rung that cannot apply to a model (dehaze's direct rung: no width-matched layer) is a row, not a crash
+    from asvp.runtime.attacks import ladder as ladder_mod
+    real = ladder_mod._attack_one
+
+    def refuse_fitnets(*a, **k):
+        if a[7] == "fitnets-1":
+            raise AsvpError("no student layer fits")
+        return real(*a, **k)
+    monkeypatch.setattr(ladder_mod, "_attack_one", refuse_fitnets)
+    na = api.attack("sr", clean=clean, defended=defended, kind="ladder", preset="tiny", out=out, progress=False)
+    assert [r["verdict"] for r in na.rows][1] == "n/a" and na.rows[0] == res.rows[0]
+    assert "n/a: no student layer fits" in (out / "report.md").read_text()
+
 
 def test_ladder_verdict_comes_from_the_interval():
     from asvp.runtime.attacks.ladder import verdict

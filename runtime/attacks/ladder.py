@@ -169,10 +169,12 @@ def convergence_table(conv: list[dict]) -> str:
 
 
 def diagnostic_table(diag: list[dict]) -> str:
-    header = ["task", "defended node(s)", "unexplained (held-out)", "predicted", "rungs that count", "agrees"]
+    header = ["task", "defended node(s)", "unexplained (held-out)", "predicted", "rungs that count",
+              "agrees (any rung)", "best-attacker drop dB"]
     body = [[d["task"], ", ".join(d["nodes"]), fmt(100 * d["unexplained_heldout"], ".1f") + " %"
              if d["unexplained_heldout"] is not None else "-", d["predicted"],
-             ", ".join(d["counting_rungs"]) or "none", {True: "yes", False: "no", None: "-"}[d["agrees"]]]
+             ", ".join(d["counting_rungs"]) or "none", {True: "yes", False: "no", None: "-"}[d["agrees"]],
+             fmt(d.get("best_attacker_drop_db"), "+.3f")]
             for d in diag]
     return md_table(header, body)
 
@@ -198,7 +200,9 @@ def markdown(res: LadderResult) -> str:
             "last 30 % of the steps (runtime.evaluation.stats.plateau), counted over the clean students.")
     if res.diagnostic:
         md += ("\n\n### Absorbability diagnostic vs the ladder\n\n" + diagnostic_table(res.diagnostic)
-               + "\n\nAgrees: predicted absorbable and no rung counts, or predicted not absorbable and some rung counts.")
+               + "\n\nAgrees (any rung): predicted absorbable and no rung's drop counts, or predicted not absorbable and "
+               "some rung's drop counts. The best-attacker drop (previous table) is what an attacker who picks its "
+               "recipe well loses.")
     md += "".join(f"\n\nSkipped {s['task']}: {s['reason']}." for s in res.skipped)
     return md + "\n"
 
@@ -292,8 +296,8 @@ def run_ladder(task: str | None = None, clean=None, defended=None, preset: str =
             res.results[t] = got
             if got:
                 res.best.append(best_attacker(res.rows, t))
-            if got:
-                res.diagnostic.append(_diagnostic(t, next(iter(got.values())), rungs, res.rows, p, seed, absorb))
+                res.diagnostic.append({**_diagnostic(t, next(iter(got.values())), rungs, res.rows, p, seed, absorb),
+                                       "best_attacker_drop_db": res.best[-1]["best_attacker_drop_db"]})
             if out_dir is not None:  # the partial report after each task (the ladder may be interrupted)
                 res.seconds = round(time.perf_counter() - t0, 1)
                 _write(res, out_dir)

@@ -182,10 +182,12 @@ def diagnostic_table(diag: list[dict]) -> str:
 def markdown(res: LadderResult) -> str:
     p = res.preset_detail
     tr = p.get("train", {})
-    head = (f"Preset `{res.preset}`: queries {p.get('pool')} x crop {p.get('crop')} "
-            f"({p.get('val_frac', 0):g} of them held out as a validation split), {tr.get('steps')} steps x batch "
-            f"{tr.get('batch')}, paired seeds {res.seed}..{res.seed + res.seeds - 1} ({res.interval} intervals), "
-            f"device {p.get('device')}. Drops = clean-teacher value - defended-teacher value (students: the student "
+    split = (f"{p['val_frac']:g} of them held out as a validation split" if p.get("val_frac")
+             else "no validation split")
+    seeds = (f"paired seeds {res.seed}..{res.seed + res.seeds - 1} ({res.interval} intervals)" if res.seeds > 1
+             else f"one seed ({res.seed}; seed noise from {p.get('noise_seeds', 0)} extra clean students)")
+    head = (f"Preset `{res.preset}`: queries {p.get('pool')} x crop {p.get('crop')} ({split}), {tr.get('steps')} "
+            f"steps x batch {tr.get('batch')}, {seeds}, device {p.get('device')}. Drops = clean-teacher value - defended-teacher value (students: the student "
             f"of the clean teacher minus the student of the defended teacher with the same seed), PSNR on held-out "
             f"images. A drop counts when its 95% interval excludes 0 and its mean >= {MIN_DROP_DB} dB. "
             f"\"same answers\": the defended model returns exactly the clean answers to this rung (tap placement, "

@@ -39,7 +39,7 @@ from asvp.runtime.attacks.attack import (INTERVALS, LADDER_RUNGS, KINDS, Student
 from asvp.runtime.attacks.students import TrainBudget
 from asvp.runtime.attacks.sweep import absorbability_at
 from asvp.runtime.evaluation.report import Section, fmt, md_table, new_figure, write_report
-from asvp.runtime.evaluation.stats import MIN_DROP_DB
+from asvp.runtime.evaluation.stats import MIN_DROP_DB, counts_above
 from asvp.tasks import get_task
 
 
@@ -76,7 +76,9 @@ def ladder_row(r: dict, rung: str) -> dict:
             "mean_drop_db": p["mean"] if p else single, "ci_low": p["ci_low"] if p else None,
             "ci_high": p["ci_high"] if p else None, "n": p["n"] if p else 1,
             "ssim_drop_pct": r["drops"][key]["ssim_pct"], "verdict": verdict(r, key),
-            "answers_identical": r.get("answers_identical", False), "seconds": r["seconds"]}
+            "answers_identical": r.get("answers_identical", False), "seconds": r["seconds"],
+            # the diagnostic's question: does the copy lose more than the teacher? (tap: teacher drop 0)
+            "beyond_teacher": bool(p and counts_above(p, max(r["drops"]["teacher"]["db"], 0.0)))}
 
 
 def na_row(task: str, rung: str, reason: str) -> dict:
@@ -85,7 +87,7 @@ def na_row(task: str, rung: str, reason: str) -> dict:
             "teacher_drop_db": None, "student_params": None, "teacher_params": None,
             "student_clean_psnr_mean": None, "student_defended_psnr_mean": None, "student_psnr_to_teacher_mean": None,
             "mean_drop_db": None, "ci_low": None, "ci_high": None, "n": 0, "ssim_drop_pct": None,
-            "answers_identical": False, "seconds": 0.0}
+            "answers_identical": False, "seconds": 0.0, "beyond_teacher": False}
 
 
 @dataclass
@@ -169,7 +171,7 @@ def convergence_table(conv: list[dict]) -> str:
 
 
 def diagnostic_table(diag: list[dict]) -> str:
-    header = ["task", "defended node(s)", "unexplained (held-out)", "predicted", "rungs that count",
+    header = ["task", "defended node(s)", "unexplained (held-out)", "predicted", "rungs whose drop exceeds the teacher's",
               "agrees (any rung)", "best-attacker drop dB"]
     body = [[d["task"], ", ".join(d["nodes"]), fmt(100 * d["unexplained_heldout"], ".1f") + " %"
              if d["unexplained_heldout"] is not None else "-", d["predicted"],
@@ -202,8 +204,10 @@ def markdown(res: LadderResult) -> str:
             "last 30 % of the steps (runtime.evaluation.stats.plateau), counted over the clean students.")
     if res.diagnostic:
         md += ("\n\n### Absorbability diagnostic vs the ladder\n\n" + diagnostic_table(res.diagnostic)
-               + "\n\nAgrees (any rung): predicted absorbable and no rung's drop counts, or predicted not absorbable and "
-               "some rung's drop counts. The best-attacker drop (previous table) is what an attacker who picks its "
+               + "\n\nA rung's drop exceeds the teacher's when its interval lies above the teacher's drop and the "
+               "difference is >= 0.1 dB (with tap placement the teacher's drop is 0, so this is the plain verdict). "
+               "Agrees (any rung): predicted absorbable and no rung exceeds, or predicted not absorbable and some "
+               "rung does (an absorbed perturbation leaves the copy no worse off than the teacher). The best-attacker drop (previous table) is what an attacker who picks its "
                "recipe well loses.")
     md += "".join(f"\n\nSkipped {s['task']}: {s['reason']}." for s in res.skipped)
     return md + "\n"
@@ -328,7 +332,7 @@ def _diagnostic(task: str, r: dict, rungs: list, rows: list, p, seed: int, cache
         ab = absorbability_at(task, Path(r["models"]["clean"]), tensors, cfg, p, seed, cache)
     except AsvpError as e:  # the diagnostic is a side result: say why it is missing
         ab = {"unexplained_heldout": None, "predicted": f"n/a ({e})"}
-    counting = [x["rung"] for x in rows if x["task"] == task and x["verdict"].startswith("counts")]
+    counting = [x["rung"] for x in rows if x["task"] == task and x.get("beyond_teacher")]
     judged = any(x["verdict"] not in ("inconclusive", "n/a") for x in rows if x["task"] == task)
     pred = ab["predicted"]
     agrees = None

@@ -16,6 +16,7 @@ from asvp.io import check_output
 from asvp.onnx_utils import get_metadata, image_input, image_io, load_model
 from asvp.runtime.attacks import fingerprint as _fp
 from asvp.runtime.attacks.attack import make_queries, run_attack
+from asvp.runtime.attacks.ladder import run_ladder
 from asvp.runtime.attacks.sweep import run_sweep
 from asvp.runtime.engines.backends import backends_status
 from asvp.runtime.engines.build import build_engine as _build, load_engine as _load, sidecar_path
@@ -228,20 +229,28 @@ def backends() -> list[dict]:
 
 def attack(task: str | None = None, *, clean=None, defended=None, kind: str = "output", preset: str = "quick",
            seed: int = 0, out=None, config=None, nodes=None, steps: int | None = None, pool: int | None = None,
-           progress: bool = True, seeds: int = 1, interval: str = "t"):
+           progress: bool = True, seeds: int | None = None, interval: str = "t"):
     """Distillation attack: students trained only on the served models' answers (ONNX Runtime queries).
 
-    task: one bundled task, or None for the preset's tasks ("quick": sr; "full": all five). clean/defended: ONNX
-    paths (one task only); missing ones are exported (bundled teacher) / defended (api.defend with `config`,
-    default AsvpConfig(), and `nodes`) into out/<task>/. kind: "output" | "feature" | "adaptive". steps/pool
+    task: one bundled task, or None for the preset's tasks ("quick": sr; "standard", "thorough", "full": all five).
+    clean/defended: ONNX paths (one task only); missing ones are exported (bundled teacher) / defended (api.defend
+    with `config`, default AsvpConfig(), and `nodes`) into out/<task>/. kind: one of runtime.attacks.attack.KINDS
+    (output, feature, adaptive, the ladder's rungs fitnets-0.1/1/10, direct, staged, larger) or "ladder". steps/pool
     override the preset's training steps / number of queries. Returns an AttackResult; with `out`, a report
     (report.json, report.md, attack-<kind>-drops.png) and per-task resumable results are written there.
     seeds > 1: paired students (a clean and a defended one per seed seed .. seed+seeds-1, same queries) and the
     paired drop with a confidence interval (interval "t" or "bootstrap", runtime.evaluation.stats) per task;
-    the claims then count a drop only when its interval excludes 0 and its mean passes 0.1 dB.
+    the claims then count a drop only when its interval excludes 0 and its mean passes 0.1 dB. seeds None: the
+    preset's (quick and full 1, standard 5, thorough 10).
+    kind "ladder": every rung of the attacker ladder (runtime/attacks/ladder.py; the preset's rungs, all for
+    standard and thorough), with convergence at two budgets and the absorbability diagnostic against the measured
+    drops; returns a LadderResult (report section "ladder", figure ladder-drops.png).
     """
     if out is not None:
         check_report_dir(out)
+    if kind == "ladder":
+        return run_ladder(task, clean=clean, defended=defended, preset=preset, seed=seed, out=out, config=config,
+                          nodes=nodes, steps=steps, pool=pool, progress=progress, seeds=seeds, interval=interval)
     return run_attack(task, clean=clean, defended=defended, kind=kind, preset=preset, seed=seed, out=out,
                       config=config, nodes=nodes, steps=steps, pool=pool, progress=progress, seeds=seeds,
                       interval=interval)

@@ -282,15 +282,25 @@ def add_attack(sub):
     s.add_argument("--clean", help="clean ONNX model (default: export the bundled teacher)")
     s.add_argument("--defended", help="defended ONNX model (default: asvp defend the clean one)")
     s.add_argument("--kind", default="output",
-                   help="output | feature | adaptive, or a feature rung of the attacker ladder: fitnets-0.1 | "
-                        "fitnets-1 | fitnets-10 (hint weight) | direct (no adapter, width-matched student) | "
-                        "staged (hints first, then outputs) (default output)")
-    budget = BudgetArgs("quick (sr, ~1 min) | full (all five tasks)", "report directory (resumable: finished tasks are reused)")
+                   help="output (regress outputs) | feature (plus FitNets hints) | adaptive (undo ASVP first) | "
+                        "a rung of the attacker ladder: fitnets-0.1 | fitnets-1 | fitnets-10 (hint weight) | "
+                        "direct (no adapter, width-matched student) | staged (hints first, then outputs) | "
+                        "larger (the teacher's own architecture and width) | ladder: every rung with paired seeds, "
+                        "convergence at two budgets and the absorbability diagnostic, one table (default output)")
+    budget = BudgetArgs("quick (sr, 1 seed; single kind ~1 min, ladder: output, fitnets-1, direct, larger, "
+                        "~1.5 min) | standard (all five tasks, every rung, 5 paired seeds, validation split, "
+                        "2x-budget output rung; sized for <= 45 min on 2 CPU cores) | thorough (all five, 10 "
+                        "seeds, 2000 steps x 16, 512 queries; students on CUDA when available; hours on CPU) | "
+                        "full (all five, 800 steps, 1 seed: the earlier preset) (default quick; measured times in "
+                        "docs/protection.md)",
+                        "report directory (resumable: finished tasks, rungs and students are reused)")
     defence = DefenceArgs(("h", "k", "placement"), nodes="repeat", suffix=" (when defending here)", choices=False)
     add_groups(s, budget, defence, OutputArgs())
-    s.add_argument("--seeds", type=int, default=1, metavar="N",
+    s.add_argument("--seeds", type=int, default=None, metavar="N",
                    help="paired seeds: a clean and a defended student share each of seed .. seed+N-1; N > 1 reports "
-                        "the mean drop with a 95%% confidence interval and the claims use it (default 1)")
+                        "the mean drop with a 95%% confidence interval and the verdicts use it (a drop counts when "
+                        "the interval excludes 0 and the mean >= 0.1 dB); default: the preset's (quick/full 1, "
+                        "standard 5, thorough 10)")
     s.add_argument("--interval", default="t", help="confidence interval of the paired drop: t | bootstrap (default t)")
 
     def run(a):

@@ -21,6 +21,14 @@ Kinds:
   fitnets-0.1, fitnets-1, fitnets-10, direct, staged
             the attacker ladder's feature rungs (LADDER): `feature` with hint weight 0.1 / 1 / 10; alignment
             without an adapter by a width-matched student; a feature stage (hints alone) then an output stage.
+  larger    `output` with a larger student: the teacher's own architecture and width (students.LARGER).
+`asvp attack --kind ladder` runs every rung (runtime/attacks/ladder.py).
+
+Work is shared: answers are cached per model and queries; students are cached by what determines them (task,
+model digest, answers, kind, budget, seed) in a StudentStore (on disk under the report directory), so a clean
+student whose recipe coincides between rungs (output and adaptive-inline, feature and fitnets-0.1) is trained
+once, and when the defended model's answers equal the clean one's (tap placement, output rungs) the defended
+student IS the clean student (same seed, same data, same deterministic training) and is not retrained.
 
 Evaluation is done by the harness, not the attacker: held-out images (never queried), PSNR/SSIM against the
 ground truth with asvp.metrics.psnr_ssim, for both teachers and all students.
@@ -57,7 +65,7 @@ from asvp.onnx_utils import image_io, load_model
 from asvp.runtime.attacks.students import STUDENTS, TrainBudget, describe_student, predict, train_student
 from asvp.runtime.engines.sessions import SessionFromOnnx
 from asvp.runtime.evaluation.report import Section, dumps, fmt, md_table, new_figure, write_report
-from asvp.runtime.evaluation.stats import INTERVALS, counts_above, paired_drop
+from asvp.runtime.evaluation.stats import INTERVALS, counts_above, paired_drop, plateau
 from asvp.tasks import get_task
 from asvp.tasks.data import TRAIN_IMAGES, random_crops
 
@@ -70,13 +78,15 @@ LADDER = {
     "direct": {"hint_weight": 1.0, "adapter": False},  # no adapter: a width-matched student aligned directly
     "staged": {"hint_weight": 1.0, "feature_stage": 0.5},  # hints alone for half the steps, then outputs alone
 }
-KINDS = ("output", "feature", "adaptive", *LADDER)
+# Rungs that distil outputs with a changed recipe.
+OUTPUT_RUNGS = {"larger": {"student": "larger"}}  # the teacher's own architecture and width
+KINDS = ("output", "feature", "adaptive", *LADDER, *OUTPUT_RUNGS)
 
 
 def kind_for_placement(placement: str) -> str:
     """The distillation that reaches what a placement perturbs: tap -> the exposed features, inline -> outputs."""
     return "feature" if placement == "tap" else "output"
-ATTACK_VERSION = 3  # bump when a change makes cached results stale
+ATTACK_VERSION = 4  # bump when a change makes cached results stale
 TEACHER_DROP_LIMIT_DB = 0.1  # what "negligible" teacher degradation means here (the sweep's constraint too)
 PAPER_STUDENT_DB = 4.0  # "students lose up to 4 dB PSNR"
 PAPER_SSIM_PCT = (60.0, 75.0)  # "and 60-75% SSIM"
@@ -105,15 +115,39 @@ class Preset:
     crop: int  # side of the clean crop a query is made from (the query is its degraded version)
     train: TrainBudget
     noise_seeds: int = 2  # extra clean students (seeds + 1, + 2, ...) that measure seed-to-seed noise
+    seeds: int = 1  # paired seeds when the caller does not say (--seeds)
+    rungs: tuple = ()  # the ladder's rungs for this preset (empty: every rung, LADDER_RUNGS)
+    val_frac: float = 0.0  # share of the queries held out of training: the validation split (convergence)
+    convergence: int = 0  # > 1: the ladder also runs the output rung at this multiple of the steps
+    device: str = "cpu"  # where students train: cpu | cuda | auto (CUDA when available)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["tasks"] = list(self.tasks)
+        d["rungs"] = list(self.rungs)
+        d["train"] = self.train.to_dict()
         return d
 
+    def with_(self, **changes) -> "Preset":
+        return Preset(**{**{f: getattr(self, f) for f in self.__dataclass_fields__}, **changes})
 
+
+# The ladder's rungs, in order (`--kind ladder`).
+LADDER_RUNGS = ("output", "fitnets-0.1", "fitnets-1", "fitnets-10", "direct", "staged", "adaptive", "larger")
+
+# Wall times are measured in benchmarks/results/ladder-*.md (docs/protection.md "Presets").
 PRESETS = {
-    "quick": Preset("quick", ("sr",), pool=96, crop=64, train=TrainBudget(steps=300, batch=8)),
+    # one task, one seed: a smoke test of a single attack (~1 min), or of the ladder's cheap rungs
+    "quick": Preset("quick", ("sr",), pool=96, crop=64, train=TrainBudget(steps=300, batch=8),
+                    rungs=("output", "fitnets-1", "direct", "larger")),
+    # every task and rung with 5 paired seeds, a validation split and a 2x-budget output rung, sized to <= 45 min
+    # on 2 CPU cores
+    "standard": Preset("standard", tuple(STUDENTS), pool=128, crop=48, train=TrainBudget(steps=240, batch=8),
+                       noise_seeds=0, seeds=5, val_frac=0.125, convergence=2),
+    # the long run: more queries, steps and seeds; students on CUDA when torch sees a GPU
+    "thorough": Preset("thorough", tuple(STUDENTS), pool=512, crop=64, train=TrainBudget(steps=2000, batch=16),
+                       noise_seeds=0, seeds=10, val_frac=0.125, convergence=2, device="auto"),
+    # the earlier single-kind preset (kept: results in docs/protection.md were made with it)
     "full": Preset("full", tuple(STUDENTS), pool=256, crop=64, train=TrainBudget(steps=800, batch=8)),
 }
 
@@ -123,14 +157,25 @@ def get_preset(name: str, steps: int | None = None, pool: int | None = None) -> 
         raise AsvpError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     p = PRESETS[name]
     if steps is not None:
-        if steps < 1:
+        if not isinstance(steps, int) or steps < 1:
             raise AsvpError(f"steps must be >= 1, got {steps}")
-        p = Preset(p.name, p.tasks, p.pool, p.crop, TrainBudget(**{**p.train.to_dict(), "steps": steps}), p.noise_seeds)
+        p = p.with_(train=TrainBudget(**{**asdict(p.train), "steps": steps}))
     if pool is not None:
-        if pool < 2:
+        if not isinstance(pool, int) or pool < 2:
             raise AsvpError(f"pool must be >= 2 queries, got {pool}")
-        p = Preset(p.name, p.tasks, pool, p.crop, p.train, p.noise_seeds)
+        p = p.with_(pool=pool)
     return p
+
+
+def split_queries(queries: np.ndarray, val_frac: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """(training queries, validation queries or None): the last round(val_frac x P) queries are held out
+    (at least 1 and leaving at least 2 to train on when val_frac > 0)."""
+    if val_frac <= 0:
+        return queries, None
+    nv = min(max(1, int(round(val_frac * len(queries)))), len(queries) - 2)
+    if nv < 1:
+        return queries, None
+    return queries[:-nv], queries[-nv:]
 
 
 # ---- the served model (black box) -------------------------------------------------------------------------
@@ -376,34 +421,88 @@ def prepare_models(task: str, workdir: Path, clean=None, defended=None, config: 
     return Path(clean), Path(defended), config
 
 
+class StudentStore:
+    """Trained students' results {key: (metrics, record)}, shared across rungs and runs: in memory, and on disk
+    (one JSON file per student under `root`) when a root is given, so an interrupted ladder resumes per student."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root is not None else None
+        self.mem: dict = {}
+
+    @staticmethod
+    def _h(key) -> str:
+        return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+    def _path(self, key) -> Path | None:
+        return self.root / f"student-{self._h(key)}.json" if self.root is not None else None
+
+    def __contains__(self, key) -> bool:
+        if self._h(key) in self.mem:
+            return True
+        path = self._path(key)
+        if path is None or not path.exists():
+            return False
+        try:
+            self.mem[self._h(key)] = tuple(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError, TypeError):
+            return False
+        return True
+
+    def __getitem__(self, key):
+        if key not in self:
+            raise KeyError(key)
+        return self.mem[self._h(key)]
+
+    def __setitem__(self, key, value) -> None:
+        self.mem[self._h(key)] = tuple(value)
+        path = self._path(key)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(path, json.dumps(list(value), default=float))
+
+
+def _psnr_to(pred: np.ndarray, ref: np.ndarray) -> float:
+    """PSNR (dB, [0, 1] range) of pred against a reference image set (here the clean teacher's outputs)."""
+    mse = float(np.mean((np.clip(pred, 0, 1).astype(np.float64) - np.clip(ref, 0, 1).astype(np.float64)) ** 2))
+    return 10 * math.log10(1.0 / mse) if mse > 0 else math.inf
+
+
 def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, preset: Preset, seed: int,
-                workdir: Path | None, progress: bool = True, clean_students: dict | None = None,
+                workdir: Path | None, progress: bool = True, clean_students=None,
                 seeds: int = 1, interval: str = "t") -> dict:
     """Distil students from the clean and the defended model of one task and evaluate everything.
 
-    clean_students: optional cache {key: (metrics, record)} shared across calls (the sweep), so students of the
-    same clean teacher with the same features are trained once. seeds > 1: also students for seeds seed+1 ..
-    seed+seeds-1, a clean and a defended one sharing each seed (same queries), and the paired drop with its
-    confidence interval (runtime.evaluation.stats, `interval` "t" or "bootstrap") under "paired".
+    clean_students: optional store {key: (metrics, record)} shared across calls (the sweep, the ladder: a dict or a
+    StudentStore), so students of the same teacher with the same answers and recipe are trained once. seeds > 1:
+    also students for seeds seed+1 .. seed+seeds-1, a clean and a defended one sharing each seed (same queries),
+    and the paired drop with its confidence interval (runtime.evaluation.stats, `interval` "t" or "bootstrap")
+    under "paired". preset.val_frac > 0: that share of the queries is held out of training, and every student
+    records its validation curve and plateau verdict (stats.plateau). Every student also gets `psnr_to_teacher`:
+    its PSNR against the clean teacher's outputs on the held-out images (how close the copy is).
     """
     t0 = time.perf_counter()
     spec = get_task(task)
     placement, feats, expose, cfg = feature_plan(clean_path, defended_path)
-    base_kind = "feature" if kind in LADDER else kind if kind != "adaptive" else kind_for_placement(placement)
+    base_kind = ("feature" if kind in LADDER else "output" if kind in OUTPUT_RUNGS
+                 else kind if kind != "adaptive" else kind_for_placement(placement))
     use_feats = base_kind == "feature"
     if use_feats and any(f.output is None for f in feats):
         what = "tap output" if placement == "tap" else "perturbed replacement tensor"
         raise AsvpError(f"{defended_path}: cannot find the {what} of node(s) "
                         f"{[f.key for f in feats if f.output is None]} needed by the {kind} attack")
-    queries = make_queries(task, preset.pool, preset.crop, seed)
+    all_queries = make_queries(task, preset.pool, preset.crop, seed)
     cache = workdir / "answers" if workdir is not None else None
 
     clean_model = ServedModel(clean_path, expose=expose if use_feats else None, read=expose if use_feats else None)
     read_def = [f.output for f in feats] if use_feats else None
     def_model = ServedModel(defended_path, read=read_def) if placement == "tap" or not read_def else \
         ServedModel(defended_path, expose=read_def, read=read_def)
-    y_c, f_c = get_answers(clean_model, queries, cache, "clean", progress)
-    y_d, f_d = get_answers(def_model, queries, cache, "defended", progress)
+    y_c_all, f_c_all = get_answers(clean_model, all_queries, cache, "clean", progress)
+    y_d_all, f_d_all = get_answers(def_model, all_queries, cache, "defended", progress)
+    queries, val_q = split_queries(all_queries, preset.val_frac)
+    nt = len(queries)
+    y_c, f_c, y_d, f_d = y_c_all[:nt], [f[:nt] for f in f_c_all], y_d_all[:nt], [f[:nt] for f in f_d_all]
+    identical = bool(np.array_equal(y_c_all, y_d_all) and all(np.array_equal(a, b) for a, b in zip(f_c_all, f_d_all)))
     meta = [{"name": f.key, "hw": tuple(fc.shape[-2:]), "depth": f.depth} for f, fc in zip(feats, f_c)] if f_c else []
 
     # held-out evaluation of the two served teachers (the harness's side, not the attacker's)
@@ -413,30 +512,49 @@ def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, pre
     t_def_out = def_model.query(h_in_np, 2)[0]
     teacher = {"clean": _metrics(t_clean_out, h_tgt_np), "defended": _metrics(t_def_out, h_tgt_np),
                "heldout_output_max_abs_diff": float(np.max(np.abs(t_def_out - t_clean_out))),
-               "query_output_max_abs_diff": float(np.max(np.abs(y_d - y_c)))}
+               "query_output_max_abs_diff": float(np.max(np.abs(y_d_all - y_c_all)))}
 
     budget = preset.train
     if kind in LADDER:
         budget = TrainBudget(**{**asdict(budget), **LADDER[kind]})
-    clean_students = {} if clean_students is None else clean_students
+    elif kind in OUTPUT_RUNGS:
+        budget = TrainBudget(**{**asdict(budget), **OUTPUT_RUNGS[kind]})
+    store = {} if clean_students is None else clean_students
+    base_key = (ATTACK_VERSION, task, base_kind, tuple(expose) if use_feats else (),
+                json.dumps(preset.to_dict(), sort_keys=True), json.dumps(budget.to_dict(), sort_keys=True))
+    val_targets = {"clean": y_c_all[nt:], "defended": y_d_all[nt:]}
 
-    def student(name, targets, fs, s):
+    def student(name, targets, fs, s, val_t):
         m, rec = train_student(task, queries, targets, seed=s, budget=budget, feats=fs if use_feats else None,
                                feat_meta=meta if use_feats else None, desc=f"{task} student<-{name}",
-                               progress=progress)
-        return _metrics(predict(m, h_in), h_tgt_np), rec
+                               progress=progress, val=(val_q, val_t) if val_q is not None else None,
+                               device=preset.device)
+        pred = predict(m, h_in, device=preset.device)
+        met = {**_metrics(pred, h_tgt_np), "psnr_to_teacher": _psnr_to(pred, t_clean_out)}
+        if "val_curve" in rec:
+            met["plateau"] = plateau(rec["val_curve"])
+            met["val_l1_final"] = rec["val_curve"][-1][1] if rec["val_curve"] else None
+        return met, rec
 
     def clean_student(s):
-        ck = (task, file_digest(clean_path), base_kind, tuple(expose) if use_feats else (), s,
-              json.dumps(preset.to_dict(), sort_keys=True), json.dumps(budget.to_dict(), sort_keys=True))
-        if ck not in clean_students:
-            clean_students[ck] = student("clean", y_c, [f.astype(np.float32) for f in f_c], s)
-        return clean_students[ck]
+        ck = base_key + ("clean", file_digest(clean_path), s)
+        if ck not in store:
+            store[ck] = student("clean", y_c, [f.astype(np.float32) for f in f_c], s, val_targets["clean"])
+        return store[ck]
+
+    def defended_student(name, targets, fs, s, val_t):
+        """A student of the defended teacher (or of the attacker's clean-up of its answers, `name`)."""
+        if identical and name == "defended":  # the answers are the clean ones: the same student
+            return clean_student(s)
+        dk = base_key + (name, file_digest(defended_path), s)
+        if dk not in store:
+            store[dk] = student(name, targets, [f.astype(np.float32) for f in fs], s, val_t)
+        return store[dk]
 
     students, records, extra = {}, {}, {}
     students["clean"], records["clean"] = clean_student(seed)
-    students["defended"], records["defended"] = student("defended", y_d, [f.astype(np.float32) for f in f_d], seed)
-    adaptive_data = None  # (name, targets, features) the adaptive student learns from
+    students["defended"], records["defended"] = defended_student("defended", y_d, f_d, seed, val_targets["defended"])
+    adaptive_data = None  # (name, targets, features, validation targets) the adaptive student learns from
     if kind == "adaptive":
         if placement == "tap":
             known = cfg or AsvpConfig()
@@ -449,14 +567,13 @@ def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, pre
                                  "rel_err_inverted": rel_err(fa, fc.astype(np.float32)),
                                  "k_used_mean": float(np.mean(ks))}
                                 for ft, fd, fa, fc, (_, ks) in zip(feats, f_d, f_a, f_c, inv)]}
-            adaptive_data = ("defended+inverted", y_d, f_a)
-            students["adaptive"], records["adaptive"] = student(*adaptive_data, seed)
+            adaptive_data = ("defended+inverted", y_d, f_a, val_targets["defended"])
         else:
-            y_a = filter_outputs(task, y_d, queries)
-            extra["filter"] = {"rel_err_received": rel_err(y_d, y_c), "rel_err_filtered": rel_err(y_a, y_c),
+            y_a = filter_outputs(task, y_d_all, all_queries)
+            extra["filter"] = {"rel_err_received": rel_err(y_d, y_c), "rel_err_filtered": rel_err(y_a[:nt], y_c),
                                "method": "back-projection x3" if spec.scale > 1 else "residual Gaussian sigma 0.7"}
-            adaptive_data = ("defended+filtered", y_a, f_d)
-            students["adaptive"], records["adaptive"] = student(*adaptive_data, seed)
+            adaptive_data = ("defended+filtered", y_a[:nt], f_d, y_a[nt:])
+        students["adaptive"], records["adaptive"] = defended_student(*adaptive_data[:3], seed, adaptive_data[3])
     noise = None
     if preset.noise_seeds:
         others = [clean_student(seed + i)[0] for i in range(1, preset.noise_seeds + 1)]
@@ -469,9 +586,9 @@ def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, pre
         per_seed = [{"seed": seed, **students}]
         for s in range(seed + 1, seed + seeds):
             one = {"seed": s, "clean": clean_student(s)[0],
-                   "defended": student("defended", y_d, [f.astype(np.float32) for f in f_d], s)[0]}
+                   "defended": defended_student("defended", y_d, f_d, s, val_targets["defended"])[0]}
             if adaptive_data is not None:
-                one["adaptive"] = student(*adaptive_data, s)[0]
+                one["adaptive"] = defended_student(*adaptive_data[:3], s, adaptive_data[3])[0]
             per_seed.append(one)
         paired = {"seeds": [p["seed"] for p in per_seed], "per_seed": per_seed,
                   "student": paired_drop([p["clean"]["psnr"] for p in per_seed],
@@ -480,6 +597,8 @@ def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, pre
             paired["student_adaptive"] = paired_drop([p["clean"]["psnr"] for p in per_seed],
                                                      [p["adaptive"]["psnr"] for p in per_seed],
                                                      interval=interval).to_dict()
+    per = paired["per_seed"] if paired else [{"seed": seed, **students}]
+    extra["convergence"] = convergence_summary(per, val_q is not None)
 
     drops = {"teacher": _drop(teacher["clean"], teacher["defended"]),
              "student": _drop(students["clean"], students["defended"])}
@@ -492,14 +611,29 @@ def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, pre
                   for f in feats],
         "models": {"clean": str(clean_path), "defended": str(defended_path),
                    "clean_digest": file_digest(clean_path), "defended_digest": file_digest(defended_path)},
-        "queries": {"count": int(len(queries)), "shape": list(queries.shape[1:]), "crop": preset.crop, "seed": seed,
+        "queries": {"count": int(len(all_queries)), "train": int(nt), "validation": int(len(all_queries) - nt),
+                    "shape": list(all_queries.shape[1:]), "crop": preset.crop, "seed": seed,
                     "images": "TRAIN_IMAGES (held-out images never queried)"},
-        "student_model": describe_student(task, wide=not budget.adapter), "budget": budget.to_dict(),
+        "answers_identical": identical,
+        "student_model": describe_student(task, budget.size), "budget": budget.to_dict(),
         "hint_layers": records["clean"]["hint_layers"],
         "teacher": teacher, "students": students, "drops": drops,
         "seed_noise_db": noise, "noise_margin_db": noise_margin(noise), "paired": paired, **extra,
         "seconds": round(time.perf_counter() - t0, 1),
     }
+
+
+def convergence_summary(per_seed: list[dict], has_val: bool) -> dict:
+    """Over the clean students of all seeds: mean PSNR to the clean teacher (held-out images), and with a
+    validation split how many validation curves plateaued (stats.plateau) and the mean last-stretch improvement."""
+    cl = [p["clean"] for p in per_seed]
+    out = {"clean_psnr_to_teacher_mean": float(np.mean([c["psnr_to_teacher"] for c in cl])),
+           "clean_psnr_mean": float(np.mean([c["psnr"] for c in cl])), "students": len(cl)}
+    if has_val:
+        pl = [c["plateau"] for c in cl if c.get("plateau") and c["plateau"]["plateaued"] is not None]
+        out.update({"plateaued": sum(bool(p["plateaued"]) for p in pl), "judged": len(pl),
+                    "rel_improvement_mean": float(np.mean([p["rel_improvement"] for p in pl])) if pl else None})
+    return out
 
 
 def noise_margin(noise: float | None) -> float:
@@ -543,7 +677,15 @@ def drop_counts(r: dict, key: str = "student", level: float = 0.0) -> bool:
     p = _paired(r, key)
     if p is not None:
         return counts_above(p, level)
+    if inconclusive(r, key):
+        return False
     return r["drops"][key]["db"] > level + r["noise_margin_db"]
+
+
+def inconclusive(r: dict, key: str = "student") -> bool:
+    """One seed pair and no measured seed noise (preset noise_seeds 0): the drop cannot be judged, and does not
+    count. (Students of different seeds differ by tenths of a dB, so a lone pair decides nothing.)"""
+    return _paired(r, key) is None and "seed_noise_db" in r and r["seed_noise_db"] is None
 
 
 def mean_drop(r: dict, key: str = "student") -> float:
@@ -557,6 +699,8 @@ def _drop_text(r: dict, key: str = "student") -> str:
     if p is not None:
         return (f"{p['mean']:+.2f} dB [{100 * p['confidence']:g}% CI {p['ci_low']:+.2f}, {p['ci_high']:+.2f}, "
                 f"n={p['n']}]")
+    if inconclusive(r, key):
+        return f"{r['drops'][key]['db']:+.2f} dB (1 seed, no noise estimate: inconclusive)"
     return f"{r['drops'][key]['db']:+.2f} dB (margin {r['noise_margin_db']:.2f})"
 
 
@@ -685,15 +829,16 @@ def _result_key(task, clean, defended, kind, preset: Preset, seed, seeds: int = 
 
 
 def _attack_one(t, out_dir, stack, clean, defended, config, nodes, kind, p, seed, progress, seeds=1,
-                interval="t") -> dict:
-    """One task of run_attack, resumable: a result whose key (model digests, kind, preset, seed) matches is reused."""
+                interval="t", store=None, name: str | None = None) -> dict:
+    """One task of run_attack (or one rung of the ladder: `name` names its result file), resumable: a result whose
+    key (model digests, kind, preset, seed) matches is reused; `store` shares trained students."""
     if out_dir is not None:
         work = out_dir / t
     else:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="asvp-attack-")))
     c, d, _ = prepare_models(t, work, clean, defended, config, nodes)
     key = _result_key(t, c, d, kind, p, seed, seeds, interval)
-    cached = work / f"result-{kind}.json"
+    cached = work / f"result-{name or kind}.json"
     if out_dir is not None and cached.exists():
         try:
             prev = json.loads(cached.read_text())
@@ -701,23 +846,32 @@ def _attack_one(t, out_dir, stack, clean, defended, config, nodes, kind, p, seed
             prev = {}
         if prev.get("key") == key:
             return prev["result"]
-    row = attack_task(t, c, d, kind, p, seed, work if out_dir is not None else None, progress, seeds=seeds,
+    if store is None:
+        store = StudentStore(work / "students" if out_dir is not None else None)
+    row = attack_task(t, c, d, kind, p, seed, work if out_dir is not None else None, progress, store, seeds=seeds,
                       interval=interval)
     if out_dir is not None:
         write_text_atomic(cached, dumps({"key": key, "result": row}))
     return row
 
 
-def run_attack(task: str | None = None, clean=None, defended=None, kind: str = "output", preset: str = "quick",
-               seed: int = 0, out=None, config: AsvpConfig | None = None, nodes=None, steps: int | None = None,
-               pool: int | None = None, progress: bool = True, seeds: int = 1, interval: str = "t") -> AttackResult:
-    if kind not in KINDS:
-        raise AsvpError(f"unknown attack kind {kind!r}; choose one of: {', '.join(KINDS)}")
+def check_seeds(seeds) -> int:
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise AsvpError(f"seeds must be an integer >= 1 (paired students per teacher), got {seeds!r}")
+    return seeds
+
+
+def run_attack(task: str | None = None, clean=None, defended=None, kind: str = "output", preset: str = "quick",
+               seed: int = 0, out=None, config: AsvpConfig | None = None, nodes=None, steps: int | None = None,
+               pool: int | None = None, progress: bool = True, seeds: int | None = None,
+               interval: str = "t") -> AttackResult:
+    """One attack kind on one task or the preset's tasks (seeds None: the preset's paired seeds)."""
+    if kind not in KINDS:
+        raise AsvpError(f"unknown attack kind {kind!r}; choose one of: {', '.join(KINDS)}, ladder")
+    p = get_preset(preset, steps, pool)
+    seeds = check_seeds(p.seeds if seeds is None else seeds)
     if interval not in INTERVALS:
         raise AsvpError(f"unknown interval {interval!r}; choose one of: {', '.join(INTERVALS)}")
-    p = get_preset(preset, steps, pool)
     if not isinstance(seed, int) or seed < 0:
         raise AsvpError(f"seed must be a non-negative integer, got {seed!r}")
     tasks = [get_task(task).name] if task else list(p.tasks)

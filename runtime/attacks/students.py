@@ -22,6 +22,14 @@ Two variants of the recipe (the attacker ladder's rungs, runtime/attacks/attack.
     architecture);
   * feature stage first (`TrainBudget.feature_stage=f`): the first f x steps minimise the hint loss only, the
     rest the output loss only (one optimizer and one-cycle schedule over all steps).
+And the ladder's `larger` rung (`TrainBudget.student="larger"`): a student with the teacher's own architecture and
+width (LARGER_STUDENTS, 4-6x the default student's parameters), distilled from the outputs.
+
+Convergence: given a validation split (`val`: held-out queries and the answers to them, never trained on),
+train_student records the validation L1 to the served model's answers at VAL_POINTS evenly spaced steps
+(record["val_curve"]); runtime.evaluation.stats.plateau says whether it has flattened.
+Device: students train and predict on `device` ("cpu", "cuda", or "auto" = CUDA when torch sees one); the
+queries and answers stay on the host and batches move to the device.
 """
 from __future__ import annotations
 
@@ -56,6 +64,27 @@ WIDE_STUDENTS: dict[str, tuple[str, dict]] = {
 }
 
 
+# The ladder's `larger` rung: the teacher's own architecture and width (filled from the task specs).
+def larger_student(task: str) -> tuple[str, dict]:
+    spec = get_task(task)
+    return spec.arch, dict(spec.arch_kwargs)
+
+
+SIZES = ("default", "wide", "larger")
+VAL_POINTS = 10  # validation evaluations per training run (when a validation split is given)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """"cpu", "cuda" (error when torch sees no GPU) or "auto"/None (CUDA when available, else CPU)."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise AsvpError(f"unknown device {device!r}; choose cpu, cuda or auto")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise AsvpError("device cuda requested but torch sees no CUDA device")
+    return torch.device(device)
+
+
 @dataclass(frozen=True)
 class TrainBudget:
     steps: int = 300
@@ -64,6 +93,7 @@ class TrainBudget:
     hint_weight: float = 0.1
     adapter: bool = True  # False: align student layers to teacher features directly (a width-matched student)
     feature_stage: float = 0.0  # share of the steps trained on the hint loss alone, before the output stage
+    student: str = "default"  # "larger": the teacher's architecture and width (the ladder's `larger` rung)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -73,13 +103,28 @@ class TrainBudget:
             del d["adapter"]
         if not d["feature_stage"]:
             del d["feature_stage"]
+        if d["student"] == "default":
+            del d["student"]
         return d
 
+    @property
+    def size(self) -> str:
+        """Which student: "larger" (asked for), "wide" (no adapter: width-matched) or "default"."""
+        return "larger" if self.student == "larger" else "wide" if not self.adapter else "default"
 
-def build_student(task: str, seed: int, wide: bool = False) -> nn.Module:
-    """The task's student (wide: the width-matched one), initialised from `seed` (identical weights for every
-    teacher it is distilled from)."""
-    arch, kwargs = (WIDE_STUDENTS if wide else STUDENTS)[get_task(task).name]
+
+def _student_spec(task: str, size) -> tuple[str, dict]:
+    size = "wide" if size is True else "default" if size is False else size
+    if size not in SIZES:
+        raise AsvpError(f"unknown student size {size!r}; choose one of: {', '.join(SIZES)}")
+    name = get_task(task).name
+    return larger_student(name) if size == "larger" else (WIDE_STUDENTS if size == "wide" else STUDENTS)[name]
+
+
+def build_student(task: str, seed: int, wide: bool | str = False) -> nn.Module:
+    """The task's student (wide=True or "wide": the width-matched one; "larger": the teacher's architecture and
+    width), initialised from `seed` (identical weights for every teacher it is distilled from)."""
+    arch, kwargs = _student_spec(task, wide)
     torch.manual_seed(seed)
     return ARCHITECTURES[arch](**kwargs)
 
@@ -88,9 +133,9 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def describe_student(task: str, wide: bool = False) -> dict:
+def describe_student(task: str, wide: bool | str = False) -> dict:
     spec = get_task(task)
-    arch, kwargs = (WIDE_STUDENTS if wide else STUDENTS)[spec.name]
+    arch, kwargs = _student_spec(task, wide)
     return {"arch": arch, "kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()},
             "params": n_params(build_student(task, 0, wide)), "teacher_arch": spec.arch,
             "teacher_kwargs": spec.arch_kwargs, "teacher_params": n_params(spec.build())}
@@ -169,7 +214,8 @@ class _Capture:
 
 def train_student(task: str, inputs: np.ndarray, targets: np.ndarray, *, seed: int, budget: TrainBudget,
                   feats: list[np.ndarray] | None = None, feat_meta: list[dict] | None = None,
-                  desc: str = "student", progress: bool = True) -> tuple[nn.Module, dict]:
+                  desc: str = "student", progress: bool = True, val: tuple | None = None,
+                  device: str | None = "cpu") -> tuple[nn.Module, dict]:
     # budget.adapter False: the width-matched student (WIDE_STUDENTS) and no adapters;
     # budget.feature_stage f > 0: hint loss alone for the first f x steps, then the output loss alone.
     """Train a fresh student on (query, answer) pairs; returns (model in eval mode, training record).
@@ -177,10 +223,12 @@ def train_student(task: str, inputs: np.ndarray, targets: np.ndarray, *, seed: i
     inputs [P,3,h,w] float32, targets [P,3,sh,sw]; feats (optional): one array [P,C,fh,fw] per exposed teacher
     feature, with feat_meta[i] = {name, hw, depth} (hw: the feature's spatial size for these queries).
     Same seed -> same initial weights, same batch order: students of clean and defended teachers differ only
-    in the answers they learn from.
+    in the answers they learn from. val: (inputs, targets) of held-out queries: the validation L1 is recorded
+    at VAL_POINTS steps (record["val_curve"], [[step, loss], ...]). The model is returned on the CPU.
     """
     wide = not budget.adapter
-    student = build_student(task, seed, wide).train()
+    dev = resolve_device(device)
+    student = build_student(task, seed, budget.size).train()
     params = list(student.parameters())
     hint_names, adapters, scales = [], nn.ModuleList(), []
     if feats:
@@ -193,6 +241,8 @@ def train_student(task: str, inputs: np.ndarray, targets: np.ndarray, *, seed: i
             adapters.append(nn.Conv2d(points[name][1], f.shape[1], 1) if budget.adapter else nn.Identity())
             scales.append(float(np.mean(np.abs(f.astype(np.float32)))) + 1e-8)
         params += list(adapters.parameters())
+    student.to(dev)
+    adapters.to(dev)
     opt = torch.optim.Adam(params, lr=budget.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=budget.lr, total_steps=budget.steps, pct_start=0.1)
     g = torch.Generator().manual_seed(seed)
@@ -202,18 +252,20 @@ def train_student(task: str, inputs: np.ndarray, targets: np.ndarray, *, seed: i
     bar = tqdm(range(budget.steps), desc=desc, disable=not progress, leave=False)
     feature_steps = int(round(budget.feature_stage * budget.steps)) if cap else 0
     last = {}
+    checks = sorted({max(1, round(budget.steps * (i + 1) / VAL_POINTS)) for i in range(VAL_POINTS)}) if val else []
+    curve = []
     try:
         for step in bar:
             idx = torch.randint(len(x_all), (budget.batch,), generator=g)
             if cap:
                 cap.store.clear()
-            out = student(x_all[idx])
-            loss_out = F.l1_loss(out, y_all[idx])
+            out = student(x_all[idx].to(dev))
+            loss_out = F.l1_loss(out, y_all[idx].to(dev))
             loss = loss_out
             hint = torch.zeros(())
             if cap:
                 for name, ad, fa, sc in zip(hint_names, adapters, f_all, scales):
-                    hint = hint + F.l1_loss(ad(cap.store[name]), fa[idx].float()) / sc
+                    hint = hint + F.l1_loss(ad(cap.store[name]), fa[idx].to(dev).float()) / sc
                 if step < feature_steps:  # feature stage: the hints alone
                     loss = hint
                 elif feature_steps:  # output stage of a staged recipe: the outputs alone
@@ -226,15 +278,41 @@ def train_student(task: str, inputs: np.ndarray, targets: np.ndarray, *, seed: i
             sched.step()
             last = {"l1": loss_out.item(), "hint": hint.item()}
             bar.set_postfix(l1=f"{last['l1']:.4f}", **({"hint": f"{last['hint']:.3f}"} if cap else {}))
+            if checks and step + 1 == checks[0]:
+                checks.pop(0)
+                if cap:
+                    cap.store.clear()
+                student.eval()
+                curve.append([step + 1, val_loss(student, *val)])
+                student.train()
     finally:
         if cap:
             cap.close()
-    record = {"student": describe_student(task, wide), "budget": budget.to_dict(), "seed": seed,
+    record = {"student": describe_student(task, budget.size), "budget": budget.to_dict(), "seed": seed,
               "hint_layers": [{"teacher": m["name"], "student": n} for m, n in zip(feat_meta or [], hint_names)],
-              "final_loss": last}
-    return student.eval(), record
+              "final_loss": last, "device": dev.type}
+    if val:
+        record["val_curve"] = curve
+        record["val_queries"] = int(len(val[0]))
+    return student.cpu().eval(), record
 
 
 @torch.no_grad()
-def predict(model: nn.Module, inputs: torch.Tensor, chunk: int = 2) -> np.ndarray:
-    return torch.cat([model(inputs[i : i + chunk]) for i in range(0, len(inputs), chunk)]).numpy()
+def val_loss(model: nn.Module, inputs: np.ndarray, targets: np.ndarray, chunk: int = 16) -> float:
+    """Mean L1 between the model's outputs and the answers on held-out queries."""
+    dev = next(model.parameters()).device
+    tot, n = 0.0, 0
+    for i in range(0, len(inputs), chunk):
+        x = torch.from_numpy(np.ascontiguousarray(inputs[i : i + chunk])).to(dev)
+        y = torch.from_numpy(np.ascontiguousarray(targets[i : i + chunk])).to(dev)
+        tot += float(F.l1_loss(model(x), y, reduction="sum"))
+        n += y.numel()
+    return tot / max(n, 1)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, inputs: torch.Tensor, chunk: int = 2, device: str | None = "cpu") -> np.ndarray:
+    """The model's outputs for `inputs`, in chunks, on `device` (returned as a host array)."""
+    dev = resolve_device(device)
+    model = model.to(dev)
+    return torch.cat([model(inputs[i : i + chunk].to(dev)).cpu() for i in range(0, len(inputs), chunk)]).numpy()

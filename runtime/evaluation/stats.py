@@ -90,3 +90,30 @@ def paired_drop(clean, defended, *, threshold: float = MIN_DROP_DB, confidence: 
         lo, hi = (float(q) for q in np.quantile(means, [0.5 - confidence / 2, 0.5 + confidence / 2]))
     res = PairedDrop(n, mean, sd, lo, hi, confidence, interval, threshold, tuple(float(x) for x in diffs), False)
     return PairedDrop(**{**asdict(res), "diffs": res.diffs, "counts": counts_above(res)})
+
+
+# ---- convergence ---------------------------------------------------------------------------------------------
+
+PLATEAU_WINDOW = 0.3  # the last 30 % of the training steps ...
+PLATEAU_TOL = 0.02  # ... improve the best validation loss by less than 2 % (relative): plateaued
+
+
+def plateau(curve, *, window: float = PLATEAU_WINDOW, tol: float = PLATEAU_TOL) -> dict:
+    """Whether a validation-loss curve [[step, loss], ...] has flattened.
+
+    Criterion: the best loss reached in the last `window` of the steps improves on the best loss before it by less
+    than `tol` (relative). A curve with fewer than 3 points, or none before the window, is not judged
+    (plateaued None).
+    """
+    pts = [(float(s), float(v)) for s, v in curve]
+    if len(pts) < 3 or not all(math.isfinite(v) for _, v in pts):
+        return {"plateaued": None, "rel_improvement": None, "window": window, "tol": tol}
+    last = pts[-1][0]
+    cut = last - window * last
+    before = [v for s, v in pts if s <= cut]
+    after = [v for s, v in pts if s > cut]
+    if not before or not after:
+        return {"plateaued": None, "rel_improvement": None, "window": window, "tol": tol}
+    b = min(before)
+    rel = (b - min(after)) / b if b > 0 else 0.0
+    return {"plateaued": bool(rel < tol), "rel_improvement": float(rel), "window": window, "tol": tol}

@@ -57,6 +57,11 @@ TABLE = [
     ("profile-huge-shape", ["profile", "{m}", "--shape", "1x3x99999x99999", "--memory", "off"], 2),
     ("profile-bad-shape", ["profile", "{m}", "--shape", "1x3x0x4"], 2),
     ("attack-out-is-file", ["attack", "--task", "sr", "--out", "afile"], 2),
+    ("attack-unknown-kind", ["attack", "--task", "sr", "--kind", "nope"], 2),
+    ("attack-ladder-unknown-preset", ["attack", "--kind", "ladder", "--preset", "nope"], 2),
+    ("attack-ladder-zero-seeds", ["attack", "--kind", "ladder", "--task", "sr", "--seeds", "0"], 2),
+    ("attack-ladder-bad-interval", ["attack", "--kind", "ladder", "--task", "sr", "--interval", "nope"], 2),
+    ("attack-ladder-zero-steps", ["attack", "--kind", "ladder", "--task", "sr", "--steps", "0"], 2),
     ("demo-out-is-file", ["demo", "--out", "afile"], 2),
     # defence choices
     ("defend-no-such-node", ["defend", "{m}", "-o", "x.onnx", "--nodes", "nope"], 2),

@@ -1,6 +1,8 @@
 """Paired statistics of student drops (runtime/evaluation/stats.py): intervals and the verdict rule."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -63,3 +65,16 @@ def test_t_interval_covers_the_true_mean_about_95_percent_of_the_time():
 def test_bad_input_is_refused(args, kw, needle):
     with pytest.raises(AsvpError, match=needle):
         paired_drop(*args, **kw)
+
+
+def test_plateau_criterion_on_synthetic_curves():
+    from asvp.runtime.evaluation.stats import plateau
+
+    steps = range(10, 110, 10)
+    flat = [[s, 0.05 + 0.1 * math.exp(-s / 5)] for s in steps]  # flattened long before the last 30 %
+    falling = [[s, 0.2 - 0.0015 * s] for s in steps]  # still falling steadily at the end
+    assert plateau(flat)["plateaued"] is True and plateau(flat)["rel_improvement"] < 0.02
+    assert plateau(falling)["plateaued"] is False and plateau(falling)["rel_improvement"] > 0.02
+    assert plateau(falling, tol=0.9)["plateaued"] is True  # the tolerance is what decides
+    assert plateau([[1, 0.1], [2, 0.09]])["plateaued"] is None  # too short to judge
+    assert plateau([[1, 0.1], [2, float("nan")], [3, 0.1]])["plateaued"] is None

@@ -37,8 +37,10 @@ from asvp.config import AsvpConfig
 from asvp.graph_passes import select
 from asvp.io import write_text_atomic
 from asvp.metrics import psnr_ssim
-from asvp.runtime.attacks.attack import (PRESETS, ServedModel, attack_task, get_preset, prepare_models,
+from asvp.method import variant_reference
+from asvp.runtime.attacks.attack import (PRESETS, ServedModel, attack_task, get_preset, make_queries, prepare_models,
                                          single_thread)
+from asvp.runtime.evaluation.absorbability import DEFAULT_CROP, DEFAULT_QUERIES, measure
 from asvp.runtime.evaluation.report import md_table
 from asvp.runtime.evaluation.stats import MIN_DROP_DB, counts_above
 from asvp.tasks import get_task
@@ -111,6 +113,31 @@ def calibrate(task: str, work: Path, name: str, variant: str, nodes_which: str, 
             "field": field, "tried": tried, "kept": kept}
 
 
+def absorbability_rows(cal: dict, work: Path, log) -> list[dict]:
+    """The diagnostic (runtime.evaluation.absorbability.measure with the variant as the perturbation) at each node of a
+    calibrated configuration, on the attacker's DEFAULT_QUERIES query crops (seed 0) of the clean teacher."""
+    task = cal["task"]
+    clean = work / task / "clean.onnx"
+    cfg = config_for(cal["variant"], cal["kept"]["strength"])
+    feats = select.resolve(onnx.load(str(clean)), cal["nodes"])
+    tensors = [f.output for f in feats]
+    queries = make_queries(task, DEFAULT_QUERIES, DEFAULT_CROP, 0)
+    _, got = ServedModel(clean, expose=tensors, read=tensors).query(queries, 16)
+
+    def perturb(m):
+        return variant_reference(m.unsqueeze(-1), cfg).reshape(m.shape)
+
+    out = []
+    for f, x in zip(feats, got):
+        r = measure([x[i : i + 16] for i in range(0, len(x), 16)], cfg, perturb)
+        out.append({"task": task, "defence": cal["defence"], "node": f.name, "channels": f.channels,
+                    "strength": cal["kept"]["strength"], **{k: r[k] for k in ("unexplained", "unexplained_heldout",
+                                                                             "rel_change")}})
+        log(f"  absorbability {task} {cal['defence']} {f.name}: unexplained (held-out) "
+            f"{100 * r['unexplained_heldout']:.2f} %, rel. change {r['rel_change']:.4f}")
+    return out
+
+
 def _paired(row: dict, key: str) -> dict:
     p = row["paired"][key]
     return {k: p[k] for k in ("n", "mean", "sd", "ci_low", "ci_high", "counts")}
@@ -176,6 +203,12 @@ def markdown(result: dict) -> str:
         "## Calibration: teacher held-out PSNR drop (dB) per strength; the strongest within "
         f"{TEACHER_BUDGET_DB} dB is kept", "",
         md_table(["task", "defence", "nodes", "strength", "strength: teacher drop dB", "kept"], cal_rows), "",
+        f"## Absorbability at the kept strength ({DEFAULT_QUERIES} query crops; share of the change M' - M that one "
+        "global 1x1 affine map does not explain, fitted on half the crops, measured on the other half)", "",
+        md_table(["task", "defence", "node", "C", "strength", "unexplained % (held-out)", "rel. change"],
+                 [[r["task"], r["defence"], r["node"], r["channels"], f"{r['strength']:g}",
+                   f"{100 * r['unexplained_heldout']:.2f}", f"{r['rel_change']:.4f}"] for r in result["absorbability"]]),
+        "",
         "## Paired student drops (dB, mean [95 % CI]); counts = CI excludes 0 and mean >= "
         f"{MIN_DROP_DB} dB", "",
         md_table(["task", "defence", "attacker", "teacher drop", "student drop", "counts",
@@ -221,6 +254,13 @@ def main(argv=None) -> int:
                     cals[ck] = calibrate(task, work, name, variant, which, log)
                     write_text_atomic(cal_path, json.dumps(cals, indent=1))
                 calibration.append(cals[ck])
+        absorb = []
+        for cal in [c for c in calibration if c["kept"]]:
+            ak = f"absorb|{cal['task']}|{cal['defence']}|{cal['kept']['strength']}"
+            if ak not in cals:
+                cals[ak] = absorbability_rows(cal, work, log)
+                write_text_atomic(cal_path, json.dumps(cals, indent=1))
+            absorb.extend(cals[ak])
         rows = []
         if not a.calibrate_only:
             cache: dict = {}
@@ -286,6 +326,12 @@ def markdown(result: dict) -> str:
         "## Calibration: teacher held-out PSNR drop (dB) per strength; the strongest within "
         f"{TEACHER_BUDGET_DB} dB is kept", "",
         md_table(["task", "defence", "nodes", "strength", "strength: teacher drop dB", "kept"], cal_rows), "",
+        f"## Absorbability at the kept strength ({DEFAULT_QUERIES} query crops; share of the change M' - M that one "
+        "global 1x1 affine map does not explain, fitted on half the crops, measured on the other half)", "",
+        md_table(["task", "defence", "node", "C", "strength", "unexplained % (held-out)", "rel. change"],
+                 [[r["task"], r["defence"], r["node"], r["channels"], f"{r['strength']:g}",
+                   f"{100 * r['unexplained_heldout']:.2f}", f"{r['rel_change']:.4f}"] for r in result["absorbability"]]),
+        "",
         "## Paired student drops (dB, mean [95 % CI]); counts = CI excludes 0 and mean >= "
         f"{MIN_DROP_DB} dB", "",
         md_table(["task", "defence", "attacker", "teacher drop", "student drop", "counts",
@@ -331,6 +377,13 @@ def main(argv=None) -> int:
                     cals[ck] = calibrate(task, work, name, variant, which, log)
                     write_text_atomic(cal_path, json.dumps(cals, indent=1))
                 calibration.append(cals[ck])
+        absorb = []
+        for cal in [c for c in calibration if c["kept"]]:
+            ak = f"absorb|{cal['task']}|{cal['defence']}|{cal['kept']['strength']}"
+            if ak not in cals:
+                cals[ak] = absorbability_rows(cal, work, log)
+                write_text_atomic(cal_path, json.dumps(cals, indent=1))
+            absorb.extend(cals[ak])
         rows = []
         if not a.calibrate_only:
             cache: dict = {}
@@ -352,7 +405,8 @@ def main(argv=None) -> int:
               "wall_note": "this invocation only; cached steps (calibration, finished rows) are not re-timed: "
                            "see each row's wall_s",
               "preset": PRESETS["quick"].to_dict(), "seeds": list(range(a.seeds)), "interval": "t",
-              "teacher_budget_db": TEACHER_BUDGET_DB, "key": KEY, "calibration": calibration, "rows": rows,
+              "teacher_budget_db": TEACHER_BUDGET_DB, "key": KEY, "calibration": calibration,
+              "absorbability": absorb, "rows": rows,
               "verdicts": verdicts(rows)}
     text = markdown(result)
     print(text)

@@ -223,7 +223,7 @@ def main(argv=None) -> int:
     ap.add_argument("--defences", nargs="+", default=[d[0] for d in DEFENCES], help="names from DEFENCES")
     ap.add_argument("--attackers", nargs="+", default=list(ATTACKERS))
     ap.add_argument("--feature-attackers-on", nargs="*", default=None,
-                    help="defences that get the fitnets-1/direct rungs (default: all)")
+                    help="defences (NAME or TASK:NAME) that get the fitnets-1/direct rungs (default: all)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--work", default="/tmp/asvp-variants", help="cache directory (models, answers, results)")
     ap.add_argument("--calibrate-only", action="store_true")
@@ -267,7 +267,7 @@ def main(argv=None) -> int:
             for kind in a.attackers:  # attacker-major: the output/adaptive rows of every configuration come first
                 for cal in [c for c in calibration if c["kept"]]:
                     if kind != "adaptive" and a.feature_attackers_on is not None \
-                            and cal["defence"] not in a.feature_attackers_on:
+                            and not {cal["defence"], f"{cal['task']}:{cal['defence']}"} & set(a.feature_attackers_on):
                         continue
                     rk = f"{cal['task']}|{cal['defence']}|{kind}|{cal['kept']['strength']}|{a.seeds}"
                     if rk not in done:
@@ -346,7 +346,7 @@ def main(argv=None) -> int:
     ap.add_argument("--defences", nargs="+", default=[d[0] for d in DEFENCES], help="names from DEFENCES")
     ap.add_argument("--attackers", nargs="+", default=list(ATTACKERS))
     ap.add_argument("--feature-attackers-on", nargs="*", default=None,
-                    help="defences that get the fitnets-1/direct rungs (default: all)")
+                    help="defences (NAME or TASK:NAME) that get the fitnets-1/direct rungs (default: all)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--work", default="/tmp/asvp-variants", help="cache directory (models, answers, results)")
     ap.add_argument("--calibrate-only", action="store_true")

@@ -191,7 +191,7 @@ def markdown(result: dict) -> str:
              f"{r['mean']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]", "yes" if r["counts"] else "no",
              f"{np.mean(r['clean_student_psnr']):.2f} / {r['teacher_clean_psnr']:.2f}", f"{r['wall_s']:.0f}"]
             for r in result["rows"]]
-    ver = [[v["task"], v["defence"], f"{v['teacher_drop_db']:+.3f}", v["best_attacker"],
+    ver = [[v["task"], v["defence"], f"{v['teacher_drop_db']:+.3f}", ", ".join(v["attackers"]), v["best_attacker"],
             f"{v['best_mean']:+.3f} [{v['best_ci_low']:+.3f}, {v['best_ci_high']:+.3f}]",
             "**yes**" if v["protects"] else "no"] for v in result["verdicts"]]
     return "\n".join([
@@ -214,7 +214,9 @@ def markdown(result: dict) -> str:
         md_table(["task", "defence", "attacker", "teacher drop", "student drop", "counts",
                   "clean student / clean teacher PSNR", "wall s"], rows), "",
         "## Verdict per configuration (protects = teacher drop <= 0.1 dB and every attacker's drop counts)", "",
-        md_table(["task", "defence", "teacher drop", "best attacker", "its student drop", "protects"], ver), ""])
+        md_table(["task", "defence", "teacher drop", "attackers run", "best attacker", "its student drop",
+                  "protects"], ver), "",
+        "Calibrated but not attacked (time): " + (", ".join(result["skipped"]) or "none") + ".", ""])
 
 
 def main(argv=None) -> int:
@@ -224,6 +226,8 @@ def main(argv=None) -> int:
     ap.add_argument("--attackers", nargs="+", default=list(ATTACKERS))
     ap.add_argument("--feature-attackers-on", nargs="*", default=None,
                     help="defences (NAME or TASK:NAME) that get the fitnets-1/direct rungs (default: all)")
+    ap.add_argument("--skip", nargs="*", default=[], metavar="TASK:NAME",
+                    help="calibrated configurations not to attack (e.g. to fit the time available)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--work", default="/tmp/asvp-variants", help="cache directory (models, answers, results)")
     ap.add_argument("--calibrate-only", action="store_true")
@@ -266,6 +270,8 @@ def main(argv=None) -> int:
             cache: dict = {}
             for kind in a.attackers:  # attacker-major: the output/adaptive rows of every configuration come first
                 for cal in [c for c in calibration if c["kept"]]:
+                    if f"{cal['task']}:{cal['defence']}" in a.skip:
+                        continue
                     if kind != "adaptive" and a.feature_attackers_on is not None \
                             and not {cal["defence"], f"{cal['task']}:{cal['defence']}"} & set(a.feature_attackers_on):
                         continue
@@ -314,7 +320,7 @@ def markdown(result: dict) -> str:
              f"{r['mean']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]", "yes" if r["counts"] else "no",
              f"{np.mean(r['clean_student_psnr']):.2f} / {r['teacher_clean_psnr']:.2f}", f"{r['wall_s']:.0f}"]
             for r in result["rows"]]
-    ver = [[v["task"], v["defence"], f"{v['teacher_drop_db']:+.3f}", v["best_attacker"],
+    ver = [[v["task"], v["defence"], f"{v['teacher_drop_db']:+.3f}", ", ".join(v["attackers"]), v["best_attacker"],
             f"{v['best_mean']:+.3f} [{v['best_ci_low']:+.3f}, {v['best_ci_high']:+.3f}]",
             "**yes**" if v["protects"] else "no"] for v in result["verdicts"]]
     return "\n".join([
@@ -337,7 +343,9 @@ def markdown(result: dict) -> str:
         md_table(["task", "defence", "attacker", "teacher drop", "student drop", "counts",
                   "clean student / clean teacher PSNR", "wall s"], rows), "",
         "## Verdict per configuration (protects = teacher drop <= 0.1 dB and every attacker's drop counts)", "",
-        md_table(["task", "defence", "teacher drop", "best attacker", "its student drop", "protects"], ver), ""])
+        md_table(["task", "defence", "teacher drop", "attackers run", "best attacker", "its student drop",
+                  "protects"], ver), "",
+        "Calibrated but not attacked (time): " + (", ".join(result["skipped"]) or "none") + ".", ""])
 
 
 def main(argv=None) -> int:
@@ -347,6 +355,8 @@ def main(argv=None) -> int:
     ap.add_argument("--attackers", nargs="+", default=list(ATTACKERS))
     ap.add_argument("--feature-attackers-on", nargs="*", default=None,
                     help="defences (NAME or TASK:NAME) that get the fitnets-1/direct rungs (default: all)")
+    ap.add_argument("--skip", nargs="*", default=[], metavar="TASK:NAME",
+                    help="calibrated configurations not to attack (e.g. to fit the time available)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--work", default="/tmp/asvp-variants", help="cache directory (models, answers, results)")
     ap.add_argument("--calibrate-only", action="store_true")
@@ -406,7 +416,7 @@ def main(argv=None) -> int:
                            "see each row's wall_s",
               "preset": PRESETS["quick"].to_dict(), "seeds": list(range(a.seeds)), "interval": "t",
               "teacher_budget_db": TEACHER_BUDGET_DB, "key": KEY, "calibration": calibration,
-              "absorbability": absorb, "rows": rows,
+              "absorbability": absorb, "rows": rows, "skipped": a.skip,
               "verdicts": verdicts(rows)}
     text = markdown(result)
     print(text)

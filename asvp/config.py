@@ -96,6 +96,8 @@ class AsvpConfig:
         else:
             if self.h_max is not None:
                 raise AsvpError("h_max only applies to variant keyed-h")
+            if self.k < 2:
+                raise AsvpError(f"variant keyed-rotation rotates the top directions in pairs: it needs k >= 2, got {self.k}")
             a = self.angle_max
             if a is not None and (not (isinstance(a, (int, float)) and math.isfinite(a)) or not 0 < a <= 180):
                 raise AsvpError(f"angle_max must be in (0, 180] degrees, got {a!r}")

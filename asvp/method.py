@@ -9,10 +9,13 @@ Two exact implementations live here:
   * `asvp_reference`  float64 `torch.linalg.svd`: the ground truth every backend is tested against.
   * `asvp_exact`      eigendecomposition of the C x C Gram matrix M M^T (cheap: C is small, H*W is not),
                       on any device/dtype; the CPU custom op and the TensorRT plugin both run this.
+`variant_reference` is the float64 ground truth of the keyed variants (docs/variants.md; the graph: graph_passes/variants.py).
 `asvp_subspace` mirrors, in torch, the standard-ONNX-op subgraph (sequentially deflated power iteration by repeated
 squaring, then a two-step Jacobi Rayleigh-Ritz), so the approximation can be studied without ONNX.
 """
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import torch
@@ -264,8 +267,6 @@ HASH_FREQ = 400.0  # frequencies |omega| in [HASH_FREQ / 2, HASH_FREQ] radians p
 
 
 def _key_seed(key) -> int:
-    import hashlib
-
     # str(key): the integer 7 and the string "7" (what the command line passes) are the same key
     return int.from_bytes(hashlib.sha256(f"asvp-key:{key}".encode()).digest()[:8], "little")
 

@@ -90,6 +90,7 @@ def test_key_is_never_written():
     (dict(variant="keyed-h", key="x", h_max=1.2, h=1.5), "h_max > h"),
     (dict(variant="keyed-rotation", key="x", angle_max=0.0), "angle_max must be in"),
     (dict(variant="keyed-rotation", key="x", h_max=2.0), "h_max only applies"),
+    (dict(variant="keyed-rotation", key="x", k=1), "needs k >= 2"),
     (dict(h_max=2.0), "only apply to the keyed variants"),
     (dict(key="x"), "only apply to the keyed variants"),
 ])

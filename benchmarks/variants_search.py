@@ -16,7 +16,7 @@ Two phases, both resumable (everything is cached under --work):
              kind and node set and shared by every defence (runtime.attacks.attack.attack_task's cache).
 
 A configuration protects when, at teacher drop <= 0.1 dB, the BEST attacker's student (the smallest paired drop)
-still loses >= 0.1 dB with a 95 % interval excluding 0 (runtime.evaluation.stats.counts_above).
+still loses >= 0.1 dB with a 95 % interval excluding 0 (runtime.evaluation.stats.paired_drop's `counts`).
 
 Writes benchmarks/results/variants.json (every figure, seeds, commands, wall times) and variants.md.
 Single-threaded (the attack harness sets torch and ONNX Runtime to one thread).
@@ -42,7 +42,7 @@ from asvp.runtime.attacks.attack import (PRESETS, ServedModel, attack_task, get_
                                          single_thread)
 from asvp.runtime.evaluation.absorbability import DEFAULT_CROP, DEFAULT_QUERIES, measure
 from asvp.runtime.evaluation.report import md_table
-from asvp.runtime.evaluation.stats import MIN_DROP_DB, counts_above
+from asvp.runtime.evaluation.stats import MIN_DROP_DB
 from asvp.tasks import get_task
 
 TEACHER_BUDGET_DB = 0.1
@@ -176,7 +176,7 @@ def verdicts(rows: list[dict]) -> list[dict]:
         rs = [r for r in rows if (r["task"], r["defence"]) == key]
         best = min(rs, key=lambda r: r["mean"])
         td = rs[0]["teacher_drop_db"]
-        protects = td <= TEACHER_BUDGET_DB and all(counts_above(r, 0.0) for r in rs)
+        protects = td <= TEACHER_BUDGET_DB and all(r["counts"] for r in rs)  # stats.paired_drop's rule, threshold MIN_DROP_DB
         out.append({"task": key[0], "defence": key[1], "teacher_drop_db": td, "attackers": [r["attacker"] for r in rs],
                     "best_attacker": best["attacker"], "best_mean": best["mean"], "best_ci_low": best["ci_low"],
                     "best_ci_high": best["ci_high"], "protects": protects})
@@ -196,8 +196,9 @@ def markdown(result: dict) -> str:
             "**yes**" if v["protects"] else "no"] for v in result["verdicts"]]
     return "\n".join([
         f"# Defence variants searched against the attacker ladder ({result['finished_utc']})", "",
-        f"Command: `{result['command']}` (wall time {result['wall_s'] / 60:.1f} min on the shared 2-core machine, "
-        f"single-threaded). Preset `quick` ({result['preset']['pool']} queries x crop {result['preset']['crop']}, "
+        f"Command: `{result['command']}` (attack runs {result['attack_wall_s'] / 60:.1f} min of wall time in all, "
+        f"the sum of each run's wall time, on the shared 2-core machine (load 4-7 while it ran), single-threaded; "
+        f"calibration and absorbability about 1.5 min more). Preset `quick` ({result['preset']['pool']} queries x crop {result['preset']['crop']}, "
         f"{result['preset']['train']['steps']} steps x batch {result['preset']['train']['batch']}), paired seeds "
         f"{result['seeds']}, 95 % t intervals, inline placement, key `{KEY}` (hidden from the attackers).", "",
         "## Calibration: teacher held-out PSNR drop (dB) per strength; the strongest within "
@@ -288,6 +289,8 @@ def main(argv=None) -> int:
               "preset": PRESETS["quick"].to_dict(), "seeds": list(range(a.seeds)), "interval": "t",
               "teacher_budget_db": TEACHER_BUDGET_DB, "key": KEY, "calibration": calibration,
               "absorbability": absorb, "rows": rows, "skipped": a.skip,
+              "attack_wall_s": round(sum({(r["task"], r["defence"], r["attacker"] in ("output", "adaptive (filter, no key)")
+                                           and "adaptive" or r["attacker"]): r["wall_s"] for r in rows}.values()), 1),
               "verdicts": verdicts(rows)}
     text = markdown(result)
     print(text)

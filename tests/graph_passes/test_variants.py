@@ -215,3 +215,15 @@ def test_defend_cli_variant_flags(exported, tmp_path, capsys, extra, code):
     else:
         assert json.loads(cap.out)["config"]["variant"] == "keyed-rotation"
         assert b"s3cret" not in out.read_bytes()
+
+
+def test_variant_block_finds_the_same_directions_as_the_paper_subgraph(teacher_features):
+    """graph_passes/variants.py repeats build_asvp's basis and mask steps (same helpers and constants): keyed-h with a
+    vanishing h range must give the paper subgraph's output to float32 round-off, so the two cannot drift apart."""
+    from asvp.graph_passes.subgraph import standalone_model
+
+    f = teacher_features("sr")["/Add"]
+    near = KEYED_H.with_(h=1.5, h_max=1.5 + 1e-6)
+    ours = session(standalone_variant_model(f.shape[1], near)).run(None, {"x": f})[0]
+    paper = session(standalone_model(f.shape[1], AsvpConfig(h=1.5))).run(None, {"x": f})[0]
+    assert rel_err(ours, paper).max() < 1e-5

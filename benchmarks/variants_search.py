@@ -143,13 +143,13 @@ def _paired(row: dict, key: str) -> dict:
     return {k: p[k] for k in ("n", "mean", "sd", "ci_low", "ci_high", "counts")}
 
 
-def attack_rows(cal: dict, kind: str, seeds: int, work: Path, cache: dict, log) -> list[dict]:
+def attack_rows(cal: dict, kind: str, seeds: int, work: Path, cache: dict, log, preset: str = "quick") -> list[dict]:
     """Rows (one per attacker: 'adaptive' gives 'output' and 'adaptive') for one calibrated configuration."""
     task = cal["task"]
     clean = work / task / "clean.onnx"
     defended = Path(cal["kept"]["defended"])
     t0 = time.perf_counter()
-    r = attack_task(task, clean, defended, kind, get_preset("quick"), 0, work / task, progress=False,
+    r = attack_task(task, clean, defended, kind, get_preset(preset), 0, work / task, progress=False,
                     clean_students=cache, seeds=seeds, interval="t")
     wall = time.perf_counter() - t0
     base = {"task": task, "defence": cal["defence"], "variant": cal["variant"], "nodes": [n["tensor"] for n in r["nodes"]],
@@ -198,7 +198,7 @@ def markdown(result: dict) -> str:
         f"# Defence variants searched against the attacker ladder ({result['finished_utc']})", "",
         f"Command: `{result['command']}` (attack runs {result['attack_wall_s'] / 60:.1f} min of wall time in all, "
         f"the sum of each run's wall time, on the shared 2-core machine (load 4-7 while it ran), single-threaded; "
-        f"calibration and absorbability about 1.5 min more). Preset `quick` ({result['preset']['pool']} queries x crop {result['preset']['crop']}, "
+        f"calibration and absorbability about 1.5 min more). Preset `{result['preset']['name']}` ({result['preset']['pool']} queries x crop {result['preset']['crop']}, "
         f"{result['preset']['train']['steps']} steps x batch {result['preset']['train']['batch']}), paired seeds "
         f"{result['seeds']}, 95 % t intervals, inline placement, key `{KEY}` (hidden from the attackers).", "",
         "## Calibration: teacher held-out PSNR drop (dB) per strength; the strongest within "
@@ -230,6 +230,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip", nargs="*", default=[], metavar="TASK:NAME",
                     help="calibrated configurations not to attack (e.g. to fit the time available)")
     ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="the students' budget (default quick)")
+    ap.add_argument("--results-name", default="variants", help="benchmarks/results/NAME.{md,json} (default variants)")
     ap.add_argument("--work", default="/tmp/asvp-variants", help="cache directory (models, answers, results)")
     ap.add_argument("--calibrate-only", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="print, do not write benchmarks/results/variants.*")
@@ -276,9 +278,10 @@ def main(argv=None) -> int:
                     if kind != "adaptive" and a.feature_attackers_on is not None \
                             and not {cal["defence"], f"{cal['task']}:{cal['defence']}"} & set(a.feature_attackers_on):
                         continue
-                    rk = f"{cal['task']}|{cal['defence']}|{kind}|{cal['kept']['strength']}|{a.seeds}"
+                    rk = f"{cal['task']}|{cal['defence']}|{kind}|{cal['kept']['strength']}|{a.seeds}" \
+                        + ("" if a.preset == "quick" else f"|{a.preset}")
                     if rk not in done:
-                        done[rk] = attack_rows(cal, kind, a.seeds, work, cache, log)
+                        done[rk] = attack_rows(cal, kind, a.seeds, work, cache, log, a.preset)
                         write_text_atomic(rows_path, json.dumps(done, indent=1))
                     rows.extend(done[rk])
     wall = time.perf_counter() - t0
@@ -286,7 +289,7 @@ def main(argv=None) -> int:
               "finished_utc": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "wall_s": round(wall, 1),
               "wall_note": "this invocation only; cached steps (calibration, finished rows) are not re-timed: "
                            "see each row's wall_s",
-              "preset": PRESETS["quick"].to_dict(), "seeds": list(range(a.seeds)), "interval": "t",
+              "preset": PRESETS[a.preset].to_dict(), "seeds": list(range(a.seeds)), "interval": "t",
               "teacher_budget_db": TEACHER_BUDGET_DB, "key": KEY, "calibration": calibration,
               "absorbability": absorb, "rows": rows, "skipped": a.skip,
               "attack_wall_s": round(sum({(r["task"], r["defence"], r["attacker"] in ("output", "adaptive (filter, no key)")
@@ -296,8 +299,8 @@ def main(argv=None) -> int:
     print(text)
     if not a.no_write:
         RESULTS.mkdir(exist_ok=True)
-        write_text_atomic(RESULTS / "variants.json", json.dumps(result, indent=1, default=float))
-        write_text_atomic(RESULTS / "variants.md", text)
+        write_text_atomic(RESULTS / f"{a.results_name}.json", json.dumps(result, indent=1, default=float))
+        write_text_atomic(RESULTS / f"{a.results_name}.md", text)
     return 0
 
 

@@ -197,7 +197,7 @@ def markdown(result: dict) -> str:
     return "\n".join([
         f"# Defence variants searched against the attacker ladder ({result['finished_utc']})", "",
         f"Command: `{result['command']}` (attack runs {result['attack_wall_s'] / 60:.1f} min of wall time in all, "
-        f"the sum of each run's wall time, on the shared 2-core machine (load 4-7 while it ran), single-threaded; "
+        f"the sum of each run's wall time, on the 2-core machine shared with other jobs, single-threaded; "
         f"calibration and absorbability about 1.5 min more). Preset `{result['preset']['name']}` ({result['preset']['pool']} queries x crop {result['preset']['crop']}, "
         f"{result['preset']['train']['steps']} steps x batch {result['preset']['train']['batch']}), paired seeds "
         f"{result['seeds']}, 95 % t intervals, inline placement, key `{KEY}` (hidden from the attackers).", "",

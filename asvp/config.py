@@ -37,8 +37,8 @@ class AsvpConfig:
                 "keyed-h": per query h_q in [h, h_max], a keyed hash of the query's own feature;
                 "keyed-rotation": the top-k directions are also rotated in pairs by keyed per-query angles in
                 [-angle_max, angle_max] degrees (default DEFAULT_ANGLE_MAX), M' = M + U (R_q H - I) U^T M.
-                Experimental: measured, keyed-h passed the protection criterion narrowly on sr at one budget only,
-                keyed-rotation never (docs/variants.md).
+                Measured, neither protects: averaging the answers to flipped copies of each query defeats keyed-h,
+                and keyed-rotation never hurt students (docs/variants.md).
     h_max:      keyed-h: the upper end of the per-query amplification (> h).
     angle_max:  keyed-rotation: the largest rotation angle, degrees, in (0, 180].
     key:        keyed variants: the secret (int or str) that seeds the hash. It is never written by to_dict, so it

@@ -71,8 +71,9 @@ class DefenceArgs:
                         help="defence variant (docs/variants.md; subgraph mode only): paper = ASVP as published; "
                              "keyed-h = per-query h in [h, h-max] from a keyed hash of the query's feature; "
                              "keyed-rotation = also rotate the top-k directions by keyed per-query angles. "
-                             "Experimental: keyed-h passed the protection criterion narrowly on sr at one budget only, "
-                             "keyed-rotation never (docs/variants.md) (default paper)"),
+                             "Measured, neither protects: an attacker averaging the answers to flipped copies of its "
+                             "queries defeats keyed-h, and keyed-rotation never hurt students (docs/variants.md) "
+                             "(default paper)"),
         "h_max": dict(flag="--h-max", type=float, help="keyed-h: upper end of the per-query h (> --h)"),
         "angle_max": dict(flag="--angle-max", type=float,
                           help=f"keyed-rotation: largest rotation angle in degrees, in (0, 180] "

@@ -4,12 +4,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from asvp.errors import AsvpError
 
 PLACEMENTS = ("inline", "tap")
 K_MODES = ("adaptive", "fixed")
+# Defence variants beyond the paper (docs/variants.md): "paper" is ASVP as published; the keyed ones change the
+# perturbation per query with a hash of the query's own feature, seeded by `key`.
+VARIANTS = ("paper", "keyed-h", "keyed-rotation")
+KEYED_VARIANTS = VARIANTS[1:]
+DEFAULT_ANGLE_MAX = 30.0  # keyed-rotation: per-query angles uniform in [-angle_max, angle_max] degrees
+# The variant fields are written by to_dict only when they differ from these, so configurations without a variant
+# keep the dict and digest they had before variants existed (cached attack results and model metadata stay valid).
+_VARIANT_DEFAULTS = {"variant": "paper", "h_max": None, "angle_max": None}
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,16 @@ class AsvpConfig:
                 first two, iters + 1 after; docs/method.md section 3). The plugin is exact.
     placement:  "inline" (the perturbed feature replaces the original for every consumer) or
                 "tap" (the network runs on clean features; the perturbed feature is an extra output).
+    variant:    "paper" (ASVP as published), or a keyed variant (docs/variants.md; subgraph mode only):
+                "keyed-h": per query h_q in [h, h_max], a keyed hash of the query's own feature;
+                "keyed-rotation": the top-k directions are also rotated in pairs by keyed per-query angles in
+                [-angle_max, angle_max] degrees (default DEFAULT_ANGLE_MAX), M' = M + U (R_q H - I) U^T M.
+                Measured, neither protects: averaging the answers to flipped copies of each query defeats keyed-h,
+                and keyed-rotation never hurt students (docs/variants.md).
+    h_max:      keyed-h: the upper end of the per-query amplification (> h).
+    angle_max:  keyed-rotation: the largest rotation angle, degrees, in (0, 180].
+    key:        keyed variants: the secret (int or str) that seeds the hash. It is never written by to_dict, so it
+                is neither in the digest nor in the defended model's metadata; the graph's constants encode it.
     """
 
     h: float = 1.5
@@ -37,6 +55,10 @@ class AsvpConfig:
     # on underwater and derain). No configuration measured so far gives a student drop above seed noise
     # at that teacher cost: see docs/protection.md.
     placement: str = "tap"
+    variant: str = "paper"
+    h_max: float | None = None
+    angle_max: float | None = None
+    key: int | str | None = field(default=None, repr=False, compare=False)
 
     def validate(self, channels: int | None = None) -> "AsvpConfig":
         if not (isinstance(self.h, (int, float)) and math.isfinite(self.h)):
@@ -55,10 +77,44 @@ class AsvpConfig:
             raise AsvpError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
         if channels is not None and self.k >= channels:
             raise AsvpError(f"k={self.k} must be smaller than the feature's channel count ({channels})")
+        self._validate_variant()
         return self
 
+    def _validate_variant(self) -> None:
+        if self.variant not in VARIANTS:
+            raise AsvpError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.variant == "paper":
+            extra = [f for f in ("h_max", "angle_max", "key") if getattr(self, f) is not None]
+            if extra:
+                raise AsvpError(f"{', '.join(extra)} only apply to the keyed variants ({', '.join(KEYED_VARIANTS)})")
+            return
+        if self.key is None or isinstance(self.key, bool) or not isinstance(self.key, (int, str)) or self.key == "":
+            raise AsvpError(f"variant {self.variant} needs a key (a non-empty string or an integer)")
+        if self.variant == "keyed-h":
+            if self.angle_max is not None:
+                raise AsvpError("angle_max only applies to variant keyed-rotation")
+            if not (isinstance(self.h_max, (int, float)) and math.isfinite(self.h_max)) or self.h_max <= self.h:
+                raise AsvpError(f"variant keyed-h needs h_max > h (= {self.h}), got {self.h_max!r}")
+        else:
+            if self.h_max is not None:
+                raise AsvpError("h_max only applies to variant keyed-h")
+            if self.k < 2:
+                raise AsvpError(f"variant keyed-rotation rotates the top directions in pairs: it needs k >= 2, got {self.k}")
+            a = self.angle_max
+            if a is not None and (not (isinstance(a, (int, float)) and math.isfinite(a)) or not 0 < a <= 180):
+                raise AsvpError(f"angle_max must be in (0, 180] degrees, got {a!r}")
+
+    @property
+    def keyed(self) -> bool:
+        return self.variant in KEYED_VARIANTS
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        del d["key"]  # the secret: never in the digest, the metadata or a report
+        for name, default in _VARIANT_DEFAULTS.items():
+            if d[name] == default:
+                del d[name]
+        return d
 
     def digest(self) -> str:
         """A short stable hash of the configuration, recorded in defended models' metadata."""

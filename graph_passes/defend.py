@@ -26,7 +26,7 @@ from asvp.config import AsvpConfig
 from asvp.errors import AsvpError
 from asvp.graph_passes import plugin_contract, select
 from asvp.graph_passes.metadata import META_NODES, read_defence, write_defence
-from asvp.graph_passes.subgraph import build_asvp
+from asvp.graph_passes.variants import build_defence
 from asvp.onnx_utils import MAX_IR_VERSION, check_model, image_input, load_model, save_model
 
 MODES = ("subgraph", "plugin")
@@ -55,9 +55,11 @@ def previous_records(model: onnx.ModelProto) -> list[dict]:
     return [n.record() for n in read_defence(model).nodes]
 
 
-def _check_mode(mode: str) -> None:
+def _check_mode(mode: str, cfg: AsvpConfig | None = None) -> None:
     if mode not in MODES:
         raise AsvpError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "plugin" and cfg is not None and cfg.variant != "paper":
+        raise AsvpError(f"variant {cfg.variant} exists only in subgraph mode; the plugin computes the paper's ASVP")
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -143,7 +145,7 @@ def defend_model(model: onnx.ModelProto, selectors=None, config: AsvpConfig | di
     input_name: the image input of a model with extra inputs (default: detected). force_nodes: take exactly
     named tensors that are not feature maps (see graph_passes.select)."""
     cfg = _as_config(config).validate()
-    _check_mode(mode)
+    _check_mode(mode, cfg)
     opset = _opset(model)
     if opset < MIN_OPSET:
         raise AsvpError(f"the model uses opset {opset}; asvp defend needs opset >= {MIN_OPSET} (re-export with a newer opset)")
@@ -175,7 +177,7 @@ def defend_model(model: onnx.ModelProto, selectors=None, config: AsvpConfig | di
         tap_name = f"{TAP_PREFIX}{tap}" if cfg.placement == "tap" else None
         dims = _dims(f.shape, tap_name or f"asvp_{block}")
         if mode == "subgraph":
-            y = build_asvp(graph, x, cfg, f.channels, prefix)
+            y = build_defence(graph, x, cfg, f.channels, prefix)  # the paper's subgraph or a keyed variant
         else:
             y = plugin_contract.build_plugin(graph, x, cfg, f.channels, prefix, shape=dims)
         y.dtype, y.shape = np.float32, dims
@@ -209,8 +211,8 @@ def defend_file(model_path: str | os.PathLike, out_path: str | os.PathLike, *, n
                 mode: str = "subgraph", allow_redefend: bool = False, input_name: str | None = None,
                 force_nodes: bool = False) -> DefendInfo:
     """Load, defend, check and atomically write; nothing is written if anything fails."""
-    _check_mode(mode)
     cfg = _as_config(config).validate()
+    _check_mode(mode, cfg)
     model = load_model(model_path)
     image_input(model, input_name)
     out, info = defend_model(model, nodes, cfg, mode=mode, allow_redefend=allow_redefend, input_name=input_name,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from asvp.config import K_MODES, PLACEMENTS, AsvpConfig
+from asvp.config import DEFAULT_ANGLE_MAX, K_MODES, PLACEMENTS, VARIANTS, AsvpConfig
 from asvp.graph_passes.defend import MODES
 from asvp.runtime.engines.backends import BACKENDS
 from asvp.tasks import TASK_NAMES
@@ -67,13 +67,26 @@ class DefenceArgs:
                           help=f"inline: perturbed feature replaces the original; tap: extra output asvp_tap_<i> "
                                f"(default {_D.placement})",
                           grid_help="inline and/or tap (default both)"),
+        "variant": dict(choices=VARIANTS,
+                        help="defence variant (docs/variants.md; subgraph mode only): paper = ASVP as published; "
+                             "keyed-h = per-query h in [h, h-max] from a keyed hash of the query's feature; "
+                             "keyed-rotation = also rotate the top-k directions by keyed per-query angles. "
+                             "Measured, neither protects: an attacker averaging the answers to flipped copies of its "
+                             "queries defeats keyed-h, and keyed-rotation never hurt students (docs/variants.md) "
+                             "(default paper)"),
+        "h_max": dict(flag="--h-max", type=float, help="keyed-h: upper end of the per-query h (> --h)"),
+        "angle_max": dict(flag="--angle-max", type=float,
+                          help=f"keyed-rotation: largest rotation angle in degrees, in (0, 180] "
+                               f"(default {DEFAULT_ANGLE_MAX:g})"),
+        "key": dict(help="keyed variants: the secret that seeds the hash (any string). It is not written to the "
+                         "model's metadata, but the graph's constants encode it"),
     }
     NODES = {
         "list": dict(nargs="+", metavar="SEL", help="feature nodes to defend (default: auto)"),
         "repeat": dict(action="append", metavar="SEL", help="node to defend (repeatable; default: auto)"),
         "sets": dict(nargs="+", help="node sets: 'default' or comma-separated selectors (default: default)"),
     }
-    CONFIG_FIELDS = ("h", "k", "k_mode", "tau", "iters", "placement")
+    CONFIG_FIELDS = ("h", "k", "k_mode", "tau", "iters", "placement", "variant", "h_max", "angle_max", "key")
 
     def __init__(self, fields=CONFIG_FIELDS, *, grid: bool = False, nodes: str | None = None, mode: bool = False,
                  suffix: str = "", choices: bool = True):

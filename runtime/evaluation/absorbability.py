@@ -141,8 +141,8 @@ class _NodeStats:
     """Streaming sufficient statistics of one node: per fold, X X^T, D X^T and ||D||^2 with X = [M; 1]; per image,
     the amplified directions U_i (masked) and their energy share."""
 
-    def __init__(self, channels: int, cfg: AsvpConfig):
-        self.c, self.cfg = channels, cfg
+    def __init__(self, channels: int, cfg: AsvpConfig, perturb=None):
+        self.c, self.cfg, self.perturb = channels, cfg, perturb
         self.k = min(cfg.k, channels)
         self.sxx = np.zeros((2, channels + 1, channels + 1))
         self.sdx = np.zeros((2, channels, channels + 1))
@@ -160,6 +160,8 @@ class _NodeStats:
         uk = u[:, :, : self.k]
         coeff = torch.einsum("nck,ncp->nkp", uk, m) * mask.unsqueeze(-1)
         delta = (self.cfg.h - 1.0) * torch.einsum("nck,nkp->ncp", uk, coeff)  # asvp_reference(M) - M
+        if self.perturb is not None:  # another perturbation (e.g. a keyed variant): its own change, same statistics
+            delta = self.perturb(m) - m
         ones = torch.ones(m.shape[0], 1, m.shape[2], dtype=m.dtype)
         x = torch.cat([m, ones], dim=1)
         folds = (first_index + torch.arange(m.shape[0])) % 2
@@ -213,16 +215,20 @@ class _NodeStats:
         return out
 
 
-def measure(features, config: AsvpConfig | None = None) -> dict:
+def measure(features, config: AsvpConfig | None = None, perturb=None) -> dict:
     """The diagnostic's numbers for one node from its features: an iterable of [n, C, H, W] arrays (images in order;
-    even-numbered images form one fold, odd-numbered the other)."""
+    even-numbered images form one fold, odd-numbered the other).
+
+    perturb: optional function M [n, C, H*W] float64 tensor -> M' of the same shape, whose change M' - M is measured
+    instead of the paper's ASVP with `config` (e.g. a keyed variant, asvp.method.variant_reference; benchmarks/
+    variants_search.py). The subspace statistics stay those of `config`'s amplified directions."""
     cfg = (config or AsvpConfig()).validate()
     stats, seen = None, 0
     for f in features:
         f = np.asarray(f)
         if f.ndim != 4:
             raise AsvpError(f"expected [n, C, H, W] features, got shape {f.shape}")
-        stats = stats or _NodeStats(f.shape[1], cfg)
+        stats = stats or _NodeStats(f.shape[1], cfg, perturb)
         stats.add(f, seen)
         seen += len(f)
     if stats is None:

@@ -331,6 +331,9 @@ def _plan(clean, defended, task, images, heldout_size) -> _Plan:
             notes.append(f"defended node tensor {n.tensor!r} is not in the clean model: no spectrum/tap measure there")
     if info.nodes and info.config is None:
         notes.append("the defended model records no asvp.config: spectrum 'after' and reference error not computed")
+    if info.config is not None and info.config.keyed:
+        notes.append(f"variant {info.config.variant} (docs/variants.md): its reference needs the key, which the model "
+                     "does not record: spectrum 'after' and reference error not computed")
     if not info.defended:
         notes.append("DEFENDED carries no asvp.defended metadata (not written by `asvp defend`?)")
     return _Plan(cm, (in_c, out_c, out_d), info, task, spec, scale, samples, source, taps, feat_nodes, notes)
@@ -366,6 +369,8 @@ class _FeatureStats:
 
     def add(self, i: int, name: str, feats: dict, defended_out: dict) -> None:
         cfg = self.plan.info.config
+        if cfg is not None and cfg.keyed:  # a keyed variant's reference needs the key, which the model does not record
+            cfg = None
         tap_outs = {n.tap_output: np.array(defended_out[n.tap_output], dtype=np.float32) for n in self.plan.taps}
         for n in self.plan.taps:
             if n.tensor not in feats:

@@ -138,3 +138,27 @@ def test_bad_input_is_one_line_and_exit_2(exported, extra, needle, capsys):
     rc = main(["nodes", exported("sr"), *extra])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and needle in err
+
+
+def test_a_given_perturbation_is_measured_instead_of_asvp():
+    """measure(..., perturb=f): the paper's ASVP as f gives the default numbers; one global linear map as f is fully
+    explained; a keyed variant (a per-image h on a shared subspace) is not, although ASVP itself is there."""
+    from asvp.method import variant_reference
+
+    feats = _spiked(16, shared=True, seed=7)
+    cfg = AsvpConfig(h=1.5, k=3, k_mode="fixed")
+    as_matrix = lambda f: (lambda m: f(m.unsqueeze(-1)).reshape(m.shape))  # noqa: E731
+    plain = measure([feats], cfg)
+    same = measure([feats], cfg, perturb=as_matrix(lambda x: asvp_reference(x, cfg)))
+    assert same["unexplained"] == pytest.approx(plain["unexplained"], abs=1e-12)
+    a = torch.from_numpy(np.random.default_rng(0).standard_normal((C, C)))
+    linear = measure([feats], cfg, perturb=lambda m: m + a @ m)
+    assert linear["unexplained_heldout"] < 1e-8
+    # the hash reads each image's Gram matrix: give the images different leading singular values (same subspace)
+    u1 = np.linalg.qr(np.random.default_rng(7).standard_normal((C, C)))[0][:, :1]  # _spiked's first shared direction
+    boost = np.random.default_rng(1).uniform(0.0, 1.0, len(feats))
+    feats = np.stack([((np.eye(C) + b * u1 @ u1.T) @ f.reshape(C, -1)).reshape(f.shape)
+                      for b, f in zip(boost, feats)]).astype(np.float32)
+    keyed = AsvpConfig(variant="keyed-h", h=1.0, h_max=2.0, key="t", k=3, k_mode="fixed")
+    var = measure([feats], keyed, perturb=as_matrix(lambda x: variant_reference(x, keyed)))
+    assert measure([feats], cfg)["unexplained_heldout"] < 1e-8 and var["unexplained_heldout"] > 0.05

@@ -189,6 +189,18 @@ def test_tap_perturbation_is_measured(teacher, tmp_path):
     np.testing.assert_allclose(e["s_after_model"], 1.1 * np.array(e["s_before"]), rtol=1e-4)
 
 
+def test_keyed_variant_skips_the_reference_check(teacher, tmp_path):
+    """A keyed variant's model does not record its key, so the reference (and the spectrum 'after') cannot be
+    computed: validate says so instead of reporting a meaningless reference error."""
+    clean = teacher("sr")
+    dfd = tmp_path / "keyed.onnx"
+    api.defend(clean, dfd, config=AsvpConfig(variant="keyed-h", h=1.0, h_max=1.3, key="x", placement="tap"))
+    res = api.validate(clean, dfd, heldout_size=32, progress=False)
+    (t,) = res.tap
+    assert t["reference_rel_error"] is None and t["rel_change"]["mean"] > 0
+    assert any("needs the key" in n for n in res.notes)
+
+
 # ---- reports -------------------------------------------------------------------------------------------
 
 def test_validate_report_files(teacher, defended, tmp_path):

@@ -142,36 +142,42 @@ def jacobi_polish_step(e: Emitter, b, kb: int):
     return e.lp_normalise(e.op("Add", [e.eye(kb), phi]), 1), d
 
 
-def build_asvp(graph: gs.Graph, x: gs.Variable, cfg: AsvpConfig, channels: int, prefix: str) -> gs.Variable:
-    """Append the ASVP subgraph for x [N, C, H, W] (C == channels) and return its output variable."""
-    cfg.validate(channels)
-    e = Emitter(graph, prefix)
-    c, k = channels, cfg.k
+def top_directions(e: Emitter, gs_, cfg: AsvpConfig, c: int):
+    """U [N, C, k] (the top-k Ritz vectors, descending) and the adaptive mask [N, 1, k] (bool; None for fixed k) from
+    the scaled, shifted Gram matrix gs_: deflated repeated squaring, then two Jacobi Rayleigh-Ritz steps."""
+    k = cfg.k
     kb = block_width(c, k)
-
-    m = e.op("Reshape", [x, e.const("shape_nc_", np.array([0, c, -1], np.int64))], label="to_matrix")
-    gram = e.op("Add", [e.op("MatMul", [m, e.transpose(m)], label="gram"), e.eye(c, SIGMA)])
-    scale = e.reduce_sum(e.op("Mul", [gram, e.eye(c, 1.0 / c**0.5)]), 1, 2)  # trace / sqrt(C)
-    gs_ = e.op("Add", [e.op("Div", [gram, scale]), e.eye(c, SHIFT * c**0.5)])
-
     q = deflated_basis(e, gs_, c, kb, cfg.iters)
     b = e.einsum("nci,ncj->nij", q, e.matmul(gs_, q))
     q = e.matmul(q, jacobi_exp_step(e, b, kb))
     b = e.einsum("nci,ncj->nij", q, e.matmul(gs_, q))
     v, ritz2 = jacobi_polish_step(e, b, kb)
     q = e.matmul(q, v)
-
     energies, idx = e.op("TopK", [ritz2, e.const("k", np.array([k], np.int64))],
                          {"axis": 2, "largest": 1, "sorted": 1}, n_out=2)
     idx = e.op("Expand", [idx, e.const("expand_c", np.array([1, c, 1], np.int64))])
     u = e.op("GatherElements", [q, idx], {"axis": 2})
-    if cfg.k_mode == "adaptive":
-        before = e.op("CumSum", [energies, e.const("axis_2", np.array(2, np.int64))], {"exclusive": 1})
-        amplified = e.op("Less", [before, e.const("thresholds", adaptive_thresholds(c, cfg))])
-        weight = e.op("Where", [amplified, e.scalar(cfg.h - 1.0), e.scalar(0.0)])
-        scaled = e.op("Mul", [u, weight])
-    else:
-        scaled = e.op("Mul", [u, e.scalar(cfg.h - 1.0)])
+    if cfg.k_mode != "adaptive":
+        return u, None
+    before = e.op("CumSum", [energies, e.const("axis_2", np.array(2, np.int64))], {"exclusive": 1})
+    return u, e.op("Less", [before, e.const("thresholds", adaptive_thresholds(c, cfg))])
+
+
+def build_asvp(graph: gs.Graph, x: gs.Variable, cfg: AsvpConfig, channels: int, prefix: str) -> gs.Variable:
+    """Append the ASVP subgraph for x [N, C, H, W] (C == channels) and return its output variable."""
+    cfg.validate(channels)
+    e = Emitter(graph, prefix)
+    c = channels
+
+    m = e.op("Reshape", [x, e.const("shape_nc_", np.array([0, c, -1], np.int64))], label="to_matrix")
+    gram = e.op("Add", [e.op("MatMul", [m, e.transpose(m)], label="gram"), e.eye(c, SIGMA)])
+    scale = e.reduce_sum(e.op("Mul", [gram, e.eye(c, 1.0 / c**0.5)]), 1, 2)  # trace / sqrt(C)
+    gs_ = e.op("Add", [e.op("Div", [gram, scale]), e.eye(c, SHIFT * c**0.5)])
+
+    u, amplified = top_directions(e, gs_, cfg, c)
+    weight = e.scalar(cfg.h - 1.0) if amplified is None else \
+        e.op("Where", [amplified, e.scalar(cfg.h - 1.0), e.scalar(0.0)])
+    scaled = e.op("Mul", [u, weight])
     if c <= DENSE_APPLY_MAX_C:  # (I + U W U^T) M: one MatMul over M instead of two plus an Add
         p = e.op("Add", [e.einsum("nck,ndk->ncd", scaled, u), e.eye(c)])
         return e.op("Reshape", [e.op("MatMul", [p, m], label="apply"), e.op("Shape", [x])], label="to_feature")

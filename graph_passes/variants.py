@@ -20,12 +20,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from asvp.config import AsvpConfig
-from asvp.config import DEFAULT_ANGLE_MAX
-from asvp.method import (DENSE_APPLY_MAX_C, SHIFT, SIGMA, pair_selector, adaptive_thresholds,
-                         block_width, key_constants, rotation_pairs, rotation_sign_pattern)
-from asvp.graph_passes.subgraph import (OPSET, Emitter, build_asvp, deflated_basis, jacobi_exp_step,
-                                        jacobi_polish_step)
+from asvp.config import DEFAULT_ANGLE_MAX, AsvpConfig
+from asvp.method import (DENSE_APPLY_MAX_C, SHIFT, SIGMA, key_constants, pair_selector, rotation_pairs,
+                         rotation_sign_pattern)
+from asvp.graph_passes.subgraph import OPSET, Emitter, build_asvp, top_directions
 from asvp.onnx_utils import MAX_IR_VERSION, check_model
 
 
@@ -54,26 +52,12 @@ def keyed_uniforms(e: Emitter, m, gram, c: int, consts: dict):
 
 def _top_directions(e: Emitter, gram, cfg: AsvpConfig, c: int):
     """U [N, C, k] (descending) and the adaptive mask [N, 1, k] (bool) from the Gram matrix M M^T + SIGMA I, exactly
-    as subgraph.build_asvp finds them."""
-    k = cfg.k
-    kb = block_width(c, k)
+    as subgraph.build_asvp finds them (the same scaling, shift and subgraph.top_directions)."""
     scale = e.reduce_sum(e.op("Mul", [gram, e.eye(c, 1.0 / c**0.5)]), 1, 2)
     gs_ = e.op("Add", [e.op("Div", [gram, scale]), e.eye(c, SHIFT * c**0.5)])
-    q = deflated_basis(e, gs_, c, kb, cfg.iters)
-    b = e.einsum("nci,ncj->nij", q, e.matmul(gs_, q))
-    q = e.matmul(q, jacobi_exp_step(e, b, kb))
-    b = e.einsum("nci,ncj->nij", q, e.matmul(gs_, q))
-    v, ritz2 = jacobi_polish_step(e, b, kb)
-    q = e.matmul(q, v)
-    energies, idx = e.op("TopK", [ritz2, e.const("k", np.array([k], np.int64))],
-                         {"axis": 2, "largest": 1, "sorted": 1}, n_out=2)
-    idx = e.op("Expand", [idx, e.const("expand_c", np.array([1, c, 1], np.int64))])
-    u = e.op("GatherElements", [q, idx], {"axis": 2})
-    if cfg.k_mode == "adaptive":
-        before = e.op("CumSum", [energies, e.const("axis_2", np.array(2, np.int64))], {"exclusive": 1})
-        mask = e.op("Less", [before, e.const("thresholds", adaptive_thresholds(c, cfg))])
-    else:
-        mask = e.const("all_amplified", np.ones((1, 1, k), dtype=bool))
+    u, mask = top_directions(e, gs_, cfg, c)
+    if mask is None:
+        mask = e.const("all_amplified", np.ones((1, 1, cfg.k), dtype=bool))
     return u, mask
 
 

@@ -861,13 +861,11 @@ def check_seeds(seeds) -> int:
     return seeds
 
 
-def run_attack(task: str | None = None, clean=None, defended=None, kind: str = "output", preset: str = "quick",
-               seed: int = 0, out=None, config: AsvpConfig | None = None, nodes=None, steps: int | None = None,
-               pool: int | None = None, progress: bool = True, seeds: int | None = None,
-               interval: str = "t") -> AttackResult:
-    """One attack kind on one task or the preset's tasks (seeds None: the preset's paired seeds)."""
-    if kind not in KINDS:
-        raise AsvpError(f"unknown attack kind {kind!r}; choose one of: {', '.join(KINDS)}, ladder")
+def plan_run(task, clean, defended, config, preset: str, steps, pool, seeds, interval: str, seed):
+    """Check the arguments that run_attack and the ladder share; return (preset, seeds, tasks, skipped).
+
+    Without --task the preset's task list is used, and tasks whose teacher is not bundled are skipped and listed
+    (not hidden)."""
     p = get_preset(preset, steps, pool)
     seeds = check_seeds(p.seeds if seeds is None else seeds)
     if interval not in INTERVALS:
@@ -879,16 +877,28 @@ def run_attack(task: str | None = None, clean=None, defended=None, kind: str = "
         raise AsvpError("--clean/--defended need exactly one --task")
     if config is not None:
         config.validate()
-    out_dir = Path(out) if out else None
-    t0 = time.perf_counter()
-    rows, skipped = [], []
-    if not task:  # the preset's task list: tasks whose teacher is not bundled are skipped and listed, not hidden
+    skipped = []
+    if not task:
         for t in list(tasks):
             if not has_weights(t):
                 skipped.append({"task": t, "reason": "no bundled teacher weights"})
                 tasks.remove(t)
         if not tasks:
             raise AsvpError("none of the preset's tasks has bundled teacher weights")
+    return p, seeds, tasks, skipped
+
+
+def run_attack(task: str | None = None, clean=None, defended=None, kind: str = "output", preset: str = "quick",
+               seed: int = 0, out=None, config: AsvpConfig | None = None, nodes=None, steps: int | None = None,
+               pool: int | None = None, progress: bool = True, seeds: int | None = None,
+               interval: str = "t") -> AttackResult:
+    """One attack kind on one task or the preset's tasks (seeds None: the preset's paired seeds)."""
+    if kind not in KINDS:
+        raise AsvpError(f"unknown attack kind {kind!r}; choose one of: {', '.join(KINDS)}, ladder")
+    p, seeds, tasks, skipped = plan_run(task, clean, defended, config, preset, steps, pool, seeds, interval, seed)
+    out_dir = Path(out) if out else None
+    t0 = time.perf_counter()
+    rows = []
     with single_thread(), contextlib.ExitStack() as stack:
         for t in tqdm(tasks, desc=f"attack ({kind}, {p.name})", disable=not progress or len(tasks) == 1):
             rows.append(_attack_one(t, out_dir, stack, clean, defended, config, nodes, kind, p, seed, progress,

@@ -33,14 +33,12 @@ from tqdm import tqdm
 
 from asvp.config import AsvpConfig
 from asvp.errors import AsvpError
-from asvp.exporter.teachers.bundled import has_weights
-from asvp.runtime.attacks.attack import (INTERVALS, LADDER_RUNGS, KINDS, StudentStore, _attack_one, check_seeds, drop_counts,
-                                         get_preset, prepare_models, single_thread)
+from asvp.runtime.attacks.attack import (LADDER_RUNGS, KINDS, StudentStore, _attack_one, drop_counts, plan_run,
+                                         single_thread)
 from asvp.runtime.attacks.students import TrainBudget
 from asvp.runtime.attacks.sweep import absorbability_at
 from asvp.runtime.evaluation.report import Section, fmt, md_table, new_figure, write_report
 from asvp.runtime.evaluation.stats import MIN_DROP_DB, counts_above
-from asvp.tasks import get_task
 
 
 def rung_drop_key(rung: str) -> str:
@@ -242,29 +240,11 @@ def run_ladder(task: str | None = None, clean=None, defended=None, preset: str =
                progress: bool = True, seeds: int | None = None, interval: str = "t",
                rungs=None) -> LadderResult:
     """Every rung of the ladder (or `rungs`; default: the preset's, else all) on one task or the preset's tasks."""
-    p = get_preset(preset, steps, pool)
-    seeds = check_seeds(p.seeds if seeds is None else seeds)
-    if interval not in INTERVALS:
-        raise AsvpError(f"unknown interval {interval!r}; choose one of: {', '.join(INTERVALS)}")
-    if not isinstance(seed, int) or seed < 0:
-        raise AsvpError(f"seed must be a non-negative integer, got {seed!r}")
+    p, seeds, tasks, skipped = plan_run(task, clean, defended, config, preset, steps, pool, seeds, interval, seed)
     rungs = list(rungs or p.rungs or LADDER_RUNGS)
     bad = [r for r in rungs if r not in KINDS]
     if bad:
         raise AsvpError(f"unknown ladder rung(s) {bad}; choose from: {', '.join(LADDER_RUNGS)}")
-    tasks = [get_task(task).name] if task else list(p.tasks)
-    if (clean or defended) and len(tasks) != 1:
-        raise AsvpError("--clean/--defended need exactly one --task")
-    if config is not None:
-        config.validate()
-    skipped = []
-    if not task:
-        for t in list(tasks):
-            if not has_weights(t):
-                skipped.append({"task": t, "reason": "no bundled teacher weights"})
-                tasks.remove(t)
-        if not tasks:
-            raise AsvpError("none of the preset's tasks has bundled teacher weights")
     out_dir = Path(out) if out else None
     t0 = time.perf_counter()
     res = LadderResult(p.name, seed, seeds, interval, rungs, skipped=skipped,

@@ -206,12 +206,13 @@ def emitted_op_types(cfg: AsvpConfig, channels: int) -> set[str]:
     return {n.op for n in graph.nodes}
 
 
-def standalone_model(channels: int, cfg: AsvpConfig, opset: int = OPSET):
-    """An ONNX model that is only ASVP: x [N, C, H, W] -> ASVP(x) (for accuracy studies and benchmarks)."""
+def standalone_model(channels: int, cfg: AsvpConfig, opset: int = OPSET, build=None):
+    """An ONNX model that is only ASVP: x [N, C, H, W] -> ASVP(x) (for accuracy studies and benchmarks). `build`:
+    the block builder (default build_asvp; graph_passes.variants passes its own)."""
     graph = gs.Graph(opset=opset)
     x = gs.Variable("x", dtype=np.float32, shape=["N", channels, "H", "W"])
     graph.inputs = [x]
-    y = build_asvp(graph, x, cfg, channels, "asvp/0")
+    y = (build or build_asvp)(graph, x, cfg, channels, "asvp/0")
     y.dtype, y.shape = np.float32, ["N", channels, "H", "W"]
     graph.outputs = [y]
     model = gs.export_onnx(graph.cleanup().toposort())

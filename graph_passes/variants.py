@@ -23,8 +23,7 @@ import onnx_graphsurgeon as gs
 from asvp.config import DEFAULT_ANGLE_MAX, AsvpConfig
 from asvp.method import (DENSE_APPLY_MAX_C, SHIFT, SIGMA, key_constants, pair_selector, rotation_pairs,
                          rotation_sign_pattern)
-from asvp.graph_passes.subgraph import OPSET, Emitter, build_asvp, top_directions
-from asvp.onnx_utils import MAX_IR_VERSION, check_model
+from asvp.graph_passes.subgraph import Emitter, build_asvp, standalone_model, top_directions
 
 
 def build_defence(graph: gs.Graph, x: gs.Variable, cfg: AsvpConfig, channels: int, prefix: str) -> gs.Variable:
@@ -107,13 +106,4 @@ def build_keyed(graph: gs.Graph, x: gs.Variable, cfg: AsvpConfig, channels: int,
 
 def standalone_variant_model(channels: int, cfg: AsvpConfig):
     """An ONNX model that is only the defence block: x [N, C, H, W] -> block(x) (tests and accuracy studies)."""
-    graph = gs.Graph(opset=OPSET)
-    x = gs.Variable("x", dtype=np.float32, shape=["N", channels, "H", "W"])
-    graph.inputs = [x]
-    y = build_defence(graph, x, cfg, channels, "asvp/0")
-    y.dtype, y.shape = np.float32, ["N", channels, "H", "W"]
-    graph.outputs = [y]
-    model = gs.export_onnx(graph.cleanup().toposort())
-    model.ir_version = MAX_IR_VERSION
-    check_model(model, "standalone defence model")
-    return model
+    return standalone_model(channels, cfg, build=build_defence)

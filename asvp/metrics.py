@@ -1,6 +1,8 @@
 """Image-quality metrics (scikit-image's maintained PSNR/SSIM) over NCHW batches in [0, 1]."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -30,3 +32,22 @@ def psnr_ssim(pred, target) -> tuple[float, float]:
         ps.append(peak_signal_noise_ratio(t, p, data_range=1.0))
         ss.append(structural_similarity(t, p, data_range=1.0, channel_axis=-1))
     return float(np.mean(ps)), float(np.mean(ss))
+
+
+def pooled_mse(pred, ref, clip: bool = False) -> float:
+    """Mean squared error over every element of a batch, in float64 (clip: both clipped to [0, 1] first)."""
+    a, b = np.asarray(pred, np.float64), np.asarray(ref, np.float64)
+    if clip:
+        a, b = np.clip(a, 0.0, 1.0), np.clip(b, 0.0, 1.0)
+    return float(np.mean((a - b) ** 2))
+
+
+def psnr_from_mse(mse: float) -> float:
+    """PSNR (dB) of images in [0, 1] from a mean squared error; inf for identical images."""
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def pooled_psnr(pred, ref, clip: bool = False) -> float:
+    """PSNR of the error pooled over the whole batch (not a mean of per-image PSNRs, which one identical or nearly
+    flat image would dominate)."""
+    return psnr_from_mse(pooled_mse(pred, ref, clip))

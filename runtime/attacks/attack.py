@@ -60,7 +60,7 @@ from asvp.graph_passes.expose import expose_tensors
 from asvp.graph_passes.metadata import DefenceInfo, read_defence
 from asvp.io import atomic_output, require_file, write_text_atomic
 from asvp.method import adaptive_k_mask
-from asvp.metrics import psnr_ssim
+from asvp.metrics import pooled_psnr, psnr_ssim
 from asvp.onnx_utils import image_io, load_model
 from asvp.runtime.attacks.students import STUDENTS, TrainBudget, describe_student, predict, train_student
 from asvp.runtime.engines.sessions import SessionFromOnnx
@@ -461,12 +461,6 @@ class StudentStore:
             write_text_atomic(path, json.dumps(list(value), default=float))
 
 
-def _psnr_to(pred: np.ndarray, ref: np.ndarray) -> float:
-    """PSNR (dB, [0, 1] range) of pred against a reference image set (here the clean teacher's outputs)."""
-    mse = float(np.mean((np.clip(pred, 0, 1).astype(np.float64) - np.clip(ref, 0, 1).astype(np.float64)) ** 2))
-    return 10 * math.log10(1.0 / mse) if mse > 0 else math.inf
-
-
 def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, preset: Preset, seed: int,
                 workdir: Path | None, progress: bool = True, clean_students=None,
                 seeds: int = 1, interval: str = "t") -> dict:
@@ -520,6 +514,7 @@ def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, pre
     elif kind in OUTPUT_RUNGS:
         budget = TrainBudget(**{**asdict(budget), **OUTPUT_RUNGS[kind]})
     store = {} if clean_students is None else clean_students
+    digests = {"clean": file_digest(clean_path), "defended": file_digest(defended_path)}  # hashed once, not per student
     base_key = (ATTACK_VERSION, task, base_kind, tuple(expose) if use_feats else (),
                 json.dumps(preset.to_dict(), sort_keys=True), json.dumps(budget.to_dict(), sort_keys=True))
     val_targets = {"clean": y_c_all[nt:], "defended": y_d_all[nt:]}
@@ -530,14 +525,14 @@ def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, pre
                                progress=progress, val=(val_q, val_t) if val_q is not None else None,
                                device=preset.device)
         pred = predict(m, h_in, device=preset.device)
-        met = {**_metrics(pred, h_tgt_np), "psnr_to_teacher": _psnr_to(pred, t_clean_out)}
+        met = {**_metrics(pred, h_tgt_np), "psnr_to_teacher": pooled_psnr(pred, t_clean_out, clip=True)}
         if "val_curve" in rec:
             met["plateau"] = plateau(rec["val_curve"])
             met["val_l1_final"] = rec["val_curve"][-1][1] if rec["val_curve"] else None
         return met, rec
 
     def clean_student(s):
-        ck = base_key + ("clean", file_digest(clean_path), s)
+        ck = base_key + ("clean", digests["clean"], s)
         if ck not in store:
             store[ck] = student("clean", y_c, [f.astype(np.float32) for f in f_c], s, val_targets["clean"])
         return store[ck]
@@ -546,7 +541,7 @@ def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, pre
         """A student of the defended teacher (or of the attacker's clean-up of its answers, `name`)."""
         if identical and name == "defended":  # the answers are the clean ones: the same student
             return clean_student(s)
-        dk = base_key + (name, file_digest(defended_path), s)
+        dk = base_key + (name, digests["defended"], s)
         if dk not in store:
             store[dk] = student(name, targets, [f.astype(np.float32) for f in fs], s, val_t)
         return store[dk]
@@ -610,7 +605,7 @@ def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, pre
         "nodes": [{"tensor": f.key, "read_as": f.output, "channels": f.channels, "depth": round(f.depth, 3)}
                   for f in feats],
         "models": {"clean": str(clean_path), "defended": str(defended_path),
-                   "clean_digest": file_digest(clean_path), "defended_digest": file_digest(defended_path)},
+                   "clean_digest": digests["clean"], "defended_digest": digests["defended"]},
         "queries": {"count": int(len(all_queries)), "train": int(nt), "validation": int(len(all_queries) - nt),
                     "shape": list(all_queries.shape[1:]), "crop": preset.crop, "seed": seed,
                     "images": "TRAIN_IMAGES (held-out images never queried)"},

@@ -42,7 +42,7 @@ from asvp.fingerprint import (DEFAULT_ALPHA, DEFAULT_M, check_key, coefficients,
 from asvp.graph_passes.expose import expose_tensors
 from asvp.graph_passes.fingerprint import MIX_INPUT, MarkInfo, mark_model, probe_model, read_mark, resolve_feature
 from asvp.io import atomic_output
-from asvp.metrics import psnr_ssim
+from asvp.metrics import pooled_mse, pooled_psnr, psnr_from_mse, psnr_ssim
 from asvp.onnx_utils import META_PREFIX, get_metadata, image_io, load_model, save_model
 from asvp.runtime.attacks.attack import THREADS, ServedModel, file_digest, get_answers, make_queries, single_thread
 from asvp.runtime.attacks.students import TrainBudget, predict, train_student
@@ -139,11 +139,6 @@ class ProbeModel:
         return _run(self.session, x, {MIX_INPUT: m.reshape(c, c, 1, 1)}, [self.out_name])[0]
 
 
-def _psnr_between(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((np.asarray(a, np.float64) - b) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
-
-
 # ---- marking -------------------------------------------------------------------------------------------------
 
 @dataclass
@@ -186,8 +181,7 @@ def _pooled_psnr(out: np.ndarray, target: np.ndarray) -> float:
     """PSNR of the mean squared error over all calibration crops (outputs clipped to [0, 1], as deployed). Pooled,
     not the mean of per-crop PSNRs: a nearly flat crop (a teacher error near zero) would otherwise dominate the
     drop and make the mark needlessly weak."""
-    err = np.clip(np.asarray(out, np.float64), 0, 1) - target
-    return -10 * math.log10(max(float(np.mean(err ** 2)), 1e-12))
+    return psnr_from_mse(max(pooled_mse(out, target, clip=True), 1e-12))  # target: ground truth, already in [0, 1]
 
 
 def _largest_scale_within(drop, target: float, s0: float) -> float:
@@ -242,7 +236,7 @@ def mark_file(model_path, out_path, key: str, *, node: str | None = None, m: int
     def calibrated(coeffs, target_db):
         e = 0.05
         for _ in range(3):  # the output change is ~linear in eps: two corrections reach the target closely
-            got = _psnr_between(probe.run(x, mix_matrix(w, coeffs, e)), base)
+            got = pooled_psnr(probe.run(x, mix_matrix(w, coeffs, e)), base)
             if not math.isfinite(got):
                 raise AsvpError(f"the mark at {feat.name} does not change the output; choose another --node")
             e *= 10 ** ((got - target_db) / 20)
@@ -286,7 +280,7 @@ def mark_file(model_path, out_path, key: str, *, node: str | None = None, m: int
         u = key_direction(key, r.shape[1])
         eps = calibrated(r @ u, strength_db)
     mix = mix_matrix(w, r @ u, eps)
-    strength = _psnr_between(probe.run(x, mix), base)
+    strength = pooled_psnr(probe.run(x, mix), base)
     info = MarkInfo(feat.name, feat.output, int(feat.channels), int(m), float(eps), w.tolist(), round(strength, 2),
                     basis_eps=float(basis_eps), equalizer=r.tolist(), cost=cost)
     save_model(mark_model(model, info, mix), out_path, check=False)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from asvp.errors import AsvpError, first_line
 from asvp.graph_passes.metadata import read_defence
-from asvp.metrics import psnr_ssim
+from asvp.metrics import psnr_from_mse, psnr_ssim
 from asvp.onnx_utils import get_metadata, image_io, load_model
 from asvp.runtime.engines import backends, build
 from asvp.runtime.evaluation import spectrum as sp
@@ -498,7 +498,7 @@ def validate(clean: str | os.PathLike, defended: str | os.PathLike, *, task: str
     o_psnr = None
     if finite:
         mse = float(np.mean([r["sq_err"] for r in per_image]))
-        o_psnr = math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+        o_psnr = psnr_from_mse(mse)
     drop = (c_psnr - d_psnr) if finite else None
     sdrop = (c_ssim - d_ssim) if finite else None
     max_abs = float(max(r.max_absdiff for r in cmp_res))

@@ -666,6 +666,11 @@ def _paired(r: dict, key: str) -> dict | None:
     return p if p and p.get("n", 1) > 1 else None
 
 
+def is_paired(r: dict, key: str = "student") -> bool:
+    """Whether the result's `key` drop has paired seeds (n > 1), so its verdict comes from the interval."""
+    return _paired(r, key) is not None
+
+
 def drop_counts(r: dict, key: str = "student", level: float = 0.0) -> bool:
     """Whether a student drop counts (exceeds `level`): with paired seeds, the interval rule of
     runtime.evaluation.stats (interval excludes level, mean - level >= threshold); otherwise drop > level + noise margin."""

@@ -33,8 +33,8 @@ from tqdm import tqdm
 
 from asvp.config import AsvpConfig
 from asvp.errors import AsvpError
-from asvp.runtime.attacks.attack import (LADDER_RUNGS, KINDS, StudentStore, _attack_one, drop_counts, plan_run,
-                                         single_thread)
+from asvp.runtime.attacks.attack import (LADDER_RUNGS, KINDS, StudentStore, _attack_one, drop_counts, inconclusive,
+                                         is_paired, plan_run, single_thread)
 from asvp.runtime.attacks.students import TrainBudget
 from asvp.runtime.attacks.sweep import absorbability_at
 from asvp.runtime.evaluation.report import Section, fmt, md_table, new_figure, write_report
@@ -50,12 +50,10 @@ def verdict(r: dict, key: str = "student") -> str:
     """"counts" / "no" from the paired interval. One seed: with a measured seed noise (preset noise_seeds > 0)
     the noise-margin rule of attack.drop_counts, marked "(margin)"; without one "inconclusive" (the seed-to-seed
     spread of students is tenths of a dB, docs/protection.md, so one pair cannot decide)."""
-    p = (r.get("paired") or {}).get(key)
-    if not p or p.get("n", 1) < 2:
-        if r.get("seed_noise_db") is None:
-            return "inconclusive"
-        return ("counts" if drop_counts(r, key) else "no") + " (margin)"
-    return "counts" if p["counts"] else "no"
+    if inconclusive(r, key):
+        return "inconclusive"
+    counted = "counts" if drop_counts(r, key) else "no"
+    return counted if is_paired(r, key) else counted + " (margin)"
 
 
 def ladder_row(r: dict, rung: str) -> dict:

@@ -11,8 +11,8 @@ probe images. Seeds are fixed and listed in the output. The mark is calibrated t
 (fingerprint.mark_file: max drop 0.05 dB, half of it on training-image calibration crops); the teacher's cost is
 measured on the held-out images.
 
-Positives (students of the MARKED model), profile cpu: output distillation at the quick budget (seeds 0-2) and the
-full budget (seed 0); the ladder's feature rungs fitnets-1, direct and staged (asvp.runtime.attacks.attack.LADDER,
+Positives (students of the MARKED model), profile cpu: output distillation at the quick budget (seeds 0-2), the
+full budget (seed 0) and the long budget (1024 queries, 3000 steps; seed 0); the ladder's feature rungs fitnets-1, direct and staged (asvp.runtime.attacks.attack.LADDER,
 the marked feature exposed to the attacker; seed 0); a smaller and a larger student (half / double width, seed 0).
 Removal attempts: the adaptive rung's output filtering, post-hoc residual smoothing of a marked student's outputs,
 fine-tuning it on ground truth, and training on a 50/50 mix of marked answers and ground-truth pairs.
@@ -57,7 +57,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "fingerprint.json"
 KEY = "fingerprint-eval-key-0"  # a fixed, public evaluation key (a deployment uses `asvp fingerprint keygen`)
 NULL_KEYS = 2000  # random keys per task over the negatives: the empirical p-value distribution
-BUDGETS = {"quick": (96, 300), "full": (256, 800)}  # (queries, steps), as the attack presets
+BUDGETS = {"quick": (96, 300), "full": (256, 800),  # (queries, steps), as the attack presets
+           "long": (1024, 3000)}  # the query count and steps of the converged H100 run (batch 8 here, not 16)
 REF_SEEDS = (100, 101, 102, 103)
 OTHER_ARCH = {"sr": ("BicubicResCNN", {"ch": 16, "blocks": 2}), "lowlight": ("ResidualCNN", {"ch": 16, "blocks": 2}),
               "underwater": ("UNetLite", {"ch": 12}), "dehaze": ("ResidualCNN", {"ch": 16, "blocks": 2}),
@@ -149,7 +150,7 @@ def plan(profile: str) -> tuple[list, list]:
     if profile == "tiny":
         return [("output", "standard", "quick", s, True) for s in (0, 1)], (0,)
     arms = [("output", "standard", "quick", s, True) for s in (0, 1, 2)]
-    arms += [("output", "standard", "full", 0, True)]
+    arms += [("output", "standard", "full", 0, True), ("output", "standard", "long", 0, True)]
     arms += [("fitnets-1", "standard", "quick", 0, True), ("direct", "wide", "quick", 0, False),
              ("staged", "standard", "quick", 0, False)]
     arms += [("output", "small", "quick", 0, True), ("output", "large", "quick", 0, True)]

@@ -382,12 +382,15 @@ def add_fingerprint(sub):
     m.add_argument("model", help="ONNX model to mark (the one you serve)")
     m.add_argument("-o", "--output", required=True, help="marked ONNX model (written atomically)")
     key_args(m)
-    m.add_argument("--node", help="feature node selector (as for `asvp defend --nodes`; default: auto)")
+    m.add_argument("--node", help="feature node selector (as for `asvp defend --nodes`; `auto` is defend's automatic "
+                   "node). Default: the candidate closest to the output with at least 2m channels, where students "
+                   "learn the mark best")
     m.add_argument("--m", type=int, default=FP_DEFAULT_M, help=f"principal directions the mark acts in "
                    f"(key dimensions m(m+1)/2; default {FP_DEFAULT_M})")
     m.add_argument("--max-drop", type=float, default=FP_DEFAULT_MAX_DROP_DB,
                    help=f"the teacher's budget: held-out PSNR in dB the mark may cost (default {FP_DEFAULT_MAX_DROP_DB:g}); "
-                        "the mark is calibrated to half of it on training-image crops of the task")
+                        "the mark is calibrated to 40 %% of it on training-image crops of the task, the rest is the "
+                        "margin for other images")
     m.add_argument("--strength", type=float, default=None,
                    help="instead of --max-drop: a fixed PSNR in dB between the marked and the unmarked output on the "
                         "probes (higher = weaker mark, cheaper for the teacher; no cost calibration)")

@@ -54,8 +54,8 @@ PROBE_SIZE = 128  # side of the clean held-out crop a probe is made from
 PROBES_PER_IMAGE = 3  # x 3 held-out images = 9 probes
 PROBE_SEED = 4321
 DEFAULT_MAX_DROP_DB = 0.05  # the teacher's budget: held-out PSNR it may lose to the mark
-CAL_MARGIN = 0.5  # eps is calibrated to this share of the budget on the calibration data (held-out is other images)
-CAL_CROPS, CAL_SIZE, CAL_SEED = 16, 96, 2468  # the owner's calibration data (training-image crops)
+CAL_MARGIN = 0.4  # eps is calibrated to this share of the budget on the calibration data (held-out is other images)
+CAL_CROPS, CAL_SIZE, CAL_SEED = 48, 96, 2468  # the owner's calibration data (training-image crops)
 BASIS_DB = 50.0  # the verifier's basis marks: this PSNR away from the clean output on the probes (key-free scale)
 KEY_CHECK_MIN_COS = 0.5  # the defended model's own statistic must reach this with the given key
 CHUNK = 4
@@ -222,7 +222,7 @@ def mark_file(model_path, out_path, key: str, *, node: str | None = None, m: int
         raise AsvpError(f"m must be an integer >= 1, got {m!r}")
     model = load_model(model_path)
     image_io(model)
-    feat = resolve_feature(model, node)
+    feat = resolve_feature(model, node, m)
     task = task or task_of(model)
     if strength_db is None and task is None:
         raise AsvpError("calibrating the mark's cost needs the task (--task) for its calibration data, or give a "

@@ -353,6 +353,30 @@ def run(out_path: str | Path = DEFAULT_OUT, repeats: int = 20, size: int = 256, 
     return res
 
 
+def gram_floor_model(model, features: list[tuple[str, int]]):
+    """The floor of any exact ASVP in tap placement, as a model: every (tensor, C) in `features` exposed as an extra
+    graph output (the tap's copy out of ONNX Runtime's blocked layout) plus its Gram matrix M M^T, M = the feature
+    as [N, C, H*W] (the same Reshape and MatMul the subgraph starts with, which ONNX Runtime fuses into one
+    FusedMatMul). No eigensolver, no apply, no perturbed output: what remains when everything else is free."""
+    import onnx
+    import onnx_graphsurgeon as gs
+
+    from asvp.graph_passes.expose import expose_tensors
+
+    graph = gs.import_onnx(expose_tensors(model, [t for t, _ in features]))
+    tensors = graph.tensors()
+    for i, (name, c) in enumerate(features):
+        m = graph.layer(op="Reshape", inputs=[tensors[name], gs.Constant(f"floor{i}/shape", np.array([0, c, -1], np.int64))],
+                        outputs=[gs.Variable(f"floor{i}/m", np.float32)])[0]
+        mt = graph.layer(op="Transpose", inputs=[m], outputs=[gs.Variable(f"floor{i}/mt", np.float32)], attrs={"perm": [0, 2, 1]})[0]
+        gram = graph.layer(op="MatMul", inputs=[m, mt], outputs=[gs.Variable(f"floor{i}/gram", np.float32, ["n", c, c])])[0]
+        graph.outputs.append(gram)
+    out = gs.export_onnx(graph.cleanup().toposort())
+    out.ir_version = model.ir_version
+    onnx.checker.check_model(out)
+    return out
+
+
 def spread(names: list[str], count: int) -> list[str]:
     """`count` candidate nodes spread evenly through the network (first, middle, last ...)."""
     if count >= len(names):

@@ -8,6 +8,27 @@ def _f(v, spec=".3f"):
     return format(v, spec) if isinstance(v, (int, float)) else str(v)
 
 
+def floor_markdown(latency: list[dict], placement: str) -> list[str]:
+    """Per teacher and node count: the defended ratio at the default placement against the Gram floor and the
+    target. A target below the floor cannot be met by any exact ASVP at those nodes on this runtime."""
+    rows = {(x["task"], x["nodes"], x["placement"]): x for x in latency}
+    lines = []
+    for (task, n, pl), floor in rows.items():
+        d = rows.get((task, n, placement))
+        if pl != "floor" or d is None or d.get("target") is None:
+            continue
+        f, r, t = floor["cpu"]["ratio_p50"], d["cpu"]["ratio_p50"], d["target"]
+        lines.append(f"| {task} | {n} | {_f(f)} | {_f(r)} | {_f(r - f + 1)} | {t:.2f} | "
+                     + ("met" if r <= t else "not met, **below the floor**" if f > t else "not met") + " |")
+    if not lines:
+        return []
+    return ["", f"Against the floor ({placement} placement, CPU ratio p50): \"above the floor\" is 1 + defended - floor, "
+            "what the eigensolver, the apply and the perturbed output add on top of exposing the features and "
+            "computing their Gram matrices.", "",
+            "| task | nodes | floor: tap + Gram | defended | above the floor | target | verdict |",
+            "|---|---|---|---|---|---|---|"] + lines
+
+
 def render_markdown(r: dict, json_path: Path) -> str:
     from asvp.exporter.teachers.train import quality_markdown
 
@@ -36,8 +57,10 @@ def render_markdown(r: dict, json_path: Path) -> str:
             "ratios are given beside it. Ratios: of the medians (p50), and the median of the per-repeat paired ratios "
             "with their p25-p75. `tap only` exposes the automatic node's clean feature as an extra output and computes "
             "nothing: the floor of the tap placement. 1 node = the automatic node; 3 nodes = three candidates spread "
-            "evenly over the network. Targets (issue 11): SR one node <= 1.05, every teacher and three nodes <= 1.10, at "
-            "the default placement.", "",
+            "evenly over the network. `floor: ..., tap + Gram` exposes the same features and computes only their Gram "
+            "matrices M M^T (no eigensolver, no apply, no perturbed output): the cost below which no exact ASVP can go "
+            "on this runtime at these nodes. Targets (issue 11): SR one node <= 1.05, every teacher and three nodes <= "
+            "1.10, at the default placement.", "",
             "| task | variant | defended nodes | clean CPU ms | defended CPU ms | CPU ratio p50 | CPU paired median [p25-p75] "
             "| wall ratio p50 | wall paired median | target |",
             "|---|---|---|---|---|---|---|---|---|---|"]
@@ -49,6 +72,7 @@ def render_markdown(r: dict, json_path: Path) -> str:
                    f"{_f(c['defended_p50_ms'], '.1f')} | {_f(c['ratio_p50'])} | {_f(c['ratio_paired_median'])} "
                    f"[{_f(c['ratio_paired_p25'])}-{_f(c['ratio_paired_p75'])}] | {_f(w['ratio_p50'])} | "
                    f"{_f(w['ratio_paired_median'])} | {verdict} |")
+    out += floor_markdown(r["latency"], r["config"]["placement"])
     out += ["", bench_graph_passes.markdown(r["graph_passes"]), ""]
     att = r["attack"]
     out += [f"## Distillation attack headline (`asvp attack`, preset {att['preset']}, kind {att['kind']}, seed {att['seed']})", "",

@@ -1,0 +1,44 @@
+"""benchmarks/bench_graph_passes.py: the Gram floor model that `make bench` measures every defence against."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from asvp.graph_passes.expose import expose_tensors
+from asvp.runtime.engines.sessions import ort_session
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(f"asvp_{name}", ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bench = _load("bench_graph_passes")
+
+
+def test_gram_floor_model_exposes_features_and_their_exact_gram(exported):
+    model = onnx.load(exported("underwater"))
+    feats = [("/Relu_output_0", 32), ("/body/body.0/Relu_output_0", 32)]
+    floor = bench.gram_floor_model(model, feats)
+    x = np.random.default_rng(0).random((2, 3, 24, 20), dtype=np.float32)
+    sess = ort_session(floor, threads=1)
+    names = [o.name for o in sess.get_outputs()]
+    outs = dict(zip(names, sess.run(None, {sess.get_inputs()[0].name: x})))
+    ref = ort_session(expose_tensors(model, [t for t, _ in feats]), threads=1)
+    ref_out = dict(zip([o.name for o in ref.get_outputs()], ref.run(None, {ref.get_inputs()[0].name: x})))
+    assert names[0] == model.graph.output[0].name and np.array_equal(outs[names[0]], ref_out[names[0]])  # network unchanged
+    for i, (t, c) in enumerate(feats):
+        m = ref_out[t].reshape(2, c, -1).astype(np.float64)
+        gram = outs[f"floor{i}/gram"]
+        assert gram.shape == (2, c, c)
+        np.testing.assert_allclose(gram, m @ m.transpose(0, 2, 1), rtol=1e-4, atol=1e-4 * np.abs(gram).max())
+        assert np.array_equal(outs[t], ref_out[t])  # the feature itself is an output too (the tap's copy)

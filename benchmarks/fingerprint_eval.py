@@ -349,6 +349,18 @@ def render(data: dict) -> str:
             "weak evidence either way. 'targets met' needs AUC >= 0.99, an observed FPR <= 1 % and the teacher drop "
             "<= 0.05 dB; with <= 12 innocent models per task the FPR's upper bound stays far above 1 %, so the "
             "calibration claim rests on the exact null (checked by the random-key column), not on these counts.\n",
+            "Students of the marked model flagged, by the attacker's budget (queries x steps; quick includes the "
+            "feature rungs and the smaller and larger students), with the median p:\n",
+            "| task | " + " | ".join(f"{b} ({q} x {st})" for b, (q, st) in BUDGETS.items()) + " |",
+            "|---" * (len(BUDGETS) + 1) + "|"]
+    for task, r in data["tasks"].items():
+        pos = summarize(r)["groups"]["positive"]
+        cells = []
+        for b in BUDGETS:
+            g = [x for x in pos if x.get("budget") == b]
+            cells.append(f"{sum(x['flagged'] for x in g)}/{len(g)} (p {np.median([x['p'] for x in g]):.2g})" if g else "-")
+        out.append(f"| {task} | " + " | ".join(cells) + " |")
+    out += ["",
             "p-value quantiles (min / 25 % / median / 75 % / max) per arm:\n",
             "| task | positives | negatives | removal |", "|---|---|---|---|"]
     for task, r in data["tasks"].items():

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import onnx
 
 from asvp.graph_passes.expose import expose_tensors
@@ -42,3 +43,22 @@ def test_gram_floor_model_exposes_features_and_their_exact_gram(exported):
         assert gram.shape == (2, c, c)
         np.testing.assert_allclose(gram, m @ m.transpose(0, 2, 1), rtol=1e-4, atol=1e-4 * np.abs(gram).max())
         assert np.array_equal(outs[t], ref_out[t])  # the feature itself is an output too (the tap's copy)
+
+
+@pytest.mark.parametrize("task, tensor, c", [("underwater", "/Relu_output_0", 32), ("dehaze", "/Concat_2_output_0", 64)])
+def test_gram_plus_apply_floor_writes_a_rank_k_update_of_the_feature(exported, task, tensor, c):
+    """Both apply forms (dense P M at C <= 32, x + U W U^T M above): the output differs from the feature by a rank-k
+    update, as the defence's does; the Gram is an output too, so nothing is pruned."""
+    model = onnx.load(exported(task))
+    floor = bench.gram_floor_model(model, [(tensor, c)], apply=True, k=4)
+    x = np.random.default_rng(1).random((2, 3, 24, 20), dtype=np.float32)
+    sess = ort_session(floor, threads=1)
+    outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: x})))
+    ref = ort_session(expose_tensors(model, [tensor]), threads=1)
+    feat = ref.run([tensor], {ref.get_inputs()[0].name: x})[0]
+    out = outs["floor0/out"]
+    assert out.shape == feat.shape and "floor0/gram" in outs and tensor not in outs
+    for n in range(2):
+        d = (out[n] - feat[n]).reshape(c, -1).astype(np.float64)
+        s = np.linalg.svd(d, compute_uv=False)
+        assert s[3] > 1e-3 * s[0] and s[4] <= 1e-4 * s[0]  # rank exactly k = 4

@@ -383,8 +383,8 @@ def add_fingerprint(sub):
     m.add_argument("-o", "--output", required=True, help="marked ONNX model (written atomically)")
     key_args(m)
     m.add_argument("--node", help="feature node selector (as for `asvp defend --nodes`; `auto` is defend's automatic "
-                   "node). Default: the candidate closest to the output with at least 2m channels, where students "
-                   "learn the mark best")
+                   "node). Default: the candidate closest to the output with at least 2m channels, whose mark a student "
+                   "reproduces more readily than a deep one's (docs/fingerprint.md)")
     m.add_argument("--m", type=int, default=FP_DEFAULT_M, help=f"principal directions the mark acts in "
                    f"(key dimensions m(m+1)/2; default {FP_DEFAULT_M})")
     m.add_argument("--max-drop", type=float, default=FP_DEFAULT_MAX_DROP_DB,

@@ -149,6 +149,8 @@ def plan(profile: str) -> tuple[list, list]:
     seed."""
     if profile == "tiny":
         return [("output", "standard", "quick", s, True) for s in (0, 1)], (0,)
+    if profile == "long-seeds":  # added to a cpu entry (--add): more seeds of the converged arm, marked and clean
+        return [("output", "standard", "long", s, True) for s in (1, 2)], ()
     arms = [("output", "standard", "quick", s, True) for s in (0, 1, 2)]
     arms += [("output", "standard", "full", 0, True), ("output", "standard", "long", 0, True)]
     arms += [("fitnets-1", "standard", "quick", 0, True), ("direct", "wide", "quick", 0, False),
@@ -157,7 +159,26 @@ def plan(profile: str) -> tuple[list, list]:
     return arms, (0,)
 
 
-def run_task(task: str, profile: str, work: Path, log) -> dict:
+def extra_negatives(task: str, spec, clean: Path, evaluate) -> None:
+    """The innocent models that never saw any teacher answer, or are of another family: a model trained on ground
+    truth, another architecture distilled from the clean teacher, the task's trivial baseline."""
+    xg, yg = gt_pairs(task, BUDGETS["quick"][0], 500)
+    evaluate("trained on ground truth, standard, quick, seed 0", "negative",
+             fn_of(train(build(task, "standard", 0), xg, yg, BUDGETS["quick"][1], 0)),
+             {"kind": "ground truth", "size": "standard", "budget": "quick", "seed": 0})
+    q = make_queries(task, BUDGETS["quick"][0], 64, 0)
+    y = ServedModel(clean).query(q, 16)[0]
+    evaluate(f"student of clean, other architecture ({OTHER_ARCH[task][0]}), seed 0", "negative",
+             fn_of(train(build(task, "other", 0), q, y, BUDGETS["quick"][1], 0)),
+             {"kind": "other architecture", "size": "other", "budget": "quick", "seed": 0})
+    evaluate(f"trivial baseline ({spec.baseline})", "negative",
+             lambda x: baseline(task, torch.from_numpy(np.asarray(x, np.float32))).numpy(),
+             {"kind": "baseline", "size": "-", "budget": "-", "seed": None})
+
+
+def run_task(task: str, profile: str, work: Path, log, existing: dict | None = None) -> dict:
+    """One task's entry. With `existing` (an entry of the same mark), only `profile`'s arms are trained and their
+    rows appended to it: the mark, the probes and the references are recomputed and must match."""
     t0 = time.perf_counter()
     spec = get_task(task)
     clean = work / f"{task}.onnx"
@@ -169,9 +190,12 @@ def run_task(task: str, profile: str, work: Path, log) -> dict:
     t_marked = teacher_psnr(marked, h_in, h_tgt)
     log(f"{task}: mark {mres.mark['node']} ({mres.key_dim} key dims) {mres.mark['strength_db']} dB on the probes, "
         f"teacher {t_clean:.3f} -> {t_marked:.3f} dB held-out ({time.perf_counter() - t0:.0f} s)")
+    if existing is not None and (existing["mark"]["eps"] != mres.mark["eps"] or existing["key_dim"] != mres.key_dim):
+        raise SystemExit(f"{task}: the mark differs from the recorded entry's (eps {mres.mark['eps']} against "
+                         f"{existing['mark']['eps']}): re-run the whole task instead of adding to it")
     v = fp.Verifier.open(clean, marked, task=task)
     u = key_direction(KEY, v.info.key_dim)
-    rows = []
+    rows = [dict(r) for r in existing["rows"]] if existing is not None else []
 
     def evaluate(name, label, fn, meta):
         res = v.verify(fn, KEY, name=name)
@@ -223,19 +247,10 @@ def run_task(task: str, profile: str, work: Path, log) -> dict:
                           "train_s": round(time.perf_counter() - t1, 1)})
                 if label == "positive":
                     marked_students[(kind, size, bname, s)] = (m, q, y)
-        # negatives that never saw any teacher answer, or another family
-        xg, yg = gt_pairs(task, BUDGETS["quick"][0], 500)
-        evaluate("trained on ground truth, standard, quick, seed 0", "negative",
-                 fn_of(train(build(task, "standard", 0), xg, yg, BUDGETS["quick"][1], 0)),
-                 {"kind": "ground truth", "size": "standard", "budget": "quick", "seed": 0})
-        q = make_queries(task, BUDGETS["quick"][0], 64, 0)
-        y = ServedModel(clean).query(q, 16)[0]
-        evaluate(f"student of clean, other architecture ({OTHER_ARCH[task][0]}), seed 0", "negative",
-                 fn_of(train(build(task, "other", 0), q, y, BUDGETS["quick"][1], 0)),
-                 {"kind": "other architecture", "size": "other", "budget": "quick", "seed": 0})
-        evaluate(f"trivial baseline ({spec.baseline})", "negative",
-                 lambda x: baseline(task, torch.from_numpy(np.asarray(x, np.float32))).numpy(),
-                 {"kind": "baseline", "size": "-", "budget": "-", "seed": None})
+        if existing is None:  # adding arms (existing): the recorded entry has these, and the removal attempts
+            extra_negatives(task, spec, clean, evaluate)
+        else:
+            rseeds = ()
         # removal attempts on students of the marked model
         for s in rseeds:
             pool, steps = BUDGETS["quick"]
@@ -265,14 +280,21 @@ def run_task(task: str, profile: str, work: Path, log) -> dict:
         for _ in range(NULL_KEYS // max(1, len(negs))):
             w = rng.standard_normal(len(u))
             null_p.append(key_statistic(a, w / np.linalg.norm(w))[1])
-    return {"task": task, "profile": profile, "key_dim": v.info.key_dim, "mark": mres.mark,
-            "teacher_psnr": {"clean": t_clean, "marked": t_marked}, "teacher_drop_db": t_clean - t_marked,
-            "references": sorted(v.refs), "references_t": {k: np.asarray(t).tolist() for k, t in v.refs.items()},
-            "rows": rows, "skipped": skipped,
-            "null_random_keys": {"count": len(null_p), "fpr_at_0.01": float(np.mean(np.asarray(null_p) < 0.01)),
-                                 "fpr_at_0.05": float(np.mean(np.asarray(null_p) < 0.05)),
-                                 "ks_max_gap": ks_uniform(null_p)},
-            "seconds": round(time.perf_counter() - t0, 1)}
+    seconds = round(time.perf_counter() - t0, 1)
+    entry = {"task": task, "profile": profile, "key_dim": v.info.key_dim, "mark": mres.mark,
+             "teacher_psnr": {"clean": t_clean, "marked": t_marked}, "teacher_drop_db": t_clean - t_marked,
+             "references": sorted(v.refs), "references_t": {k: np.asarray(t).tolist() for k, t in v.refs.items()},
+             "rows": rows, "skipped": skipped,
+             "null_random_keys": {"count": len(null_p), "fpr_at_0.01": float(np.mean(np.asarray(null_p) < 0.01)),
+                                  "fpr_at_0.05": float(np.mean(np.asarray(null_p) < 0.05)),
+                                  "ks_max_gap": ks_uniform(null_p)},
+             "seconds": seconds}
+    if existing is not None:
+        entry.update(profile=existing["profile"], skipped=existing["skipped"] + skipped,
+                     seconds=round(existing["seconds"] + seconds, 1),
+                     added=existing.get("added", []) + [{"profile": profile, "seconds": seconds, "written": dt.datetime.now(
+                         dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}])
+    return entry
 
 
 def ks_uniform(ps) -> float:
@@ -386,8 +408,11 @@ def render(data: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", action="append", default=[], help="task to evaluate (repeat); results are merged")
-    ap.add_argument("--profile", default="cpu", choices=("cpu", "tiny"),
-                    help="cpu: every arm (about 10-15 min a task on one shared core); tiny: two seeds, quick only")
+    ap.add_argument("--add", action="store_true",
+                    help="add the profile's arms to the task's recorded entry (same mark) instead of replacing it")
+    ap.add_argument("--profile", default="cpu", choices=("cpu", "tiny", "long-seeds"),
+                    help="cpu: every arm (about 5-15 min a task on one core); tiny: two seeds, quick only; long-seeds: "
+                         "seeds 1 and 2 of the long budget, marked and clean (with --add, added to a cpu entry)")
     ap.add_argument("--render", action="store_true", help="only render the markdown from the JSON")
     ap.add_argument("--smoke", metavar="JSON", help="tiny budgets, results to this file instead (pipeline check)")
     a = ap.parse_args()
@@ -399,7 +424,13 @@ def main() -> int:
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"tasks": {}}
     for task in a.task:
         with tempfile.TemporaryDirectory(prefix="asvp-fp-eval-") as d:
-            res = run_task(task, a.profile, Path(d), lambda s: print(s, flush=True))
+            existing = None
+            if a.add:
+                recorded = json.loads(RESULTS.read_text())["tasks"] if RESULTS.exists() else {}
+                if task not in recorded:
+                    ap.error(f"--add: {RESULTS} has no entry for {task} to add to")
+                existing = recorded[task]
+            res = run_task(task, a.profile, Path(d), lambda s: print(s, flush=True), existing)
         data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"tasks": {}}
         data["tasks"][task] = res
         data["written"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

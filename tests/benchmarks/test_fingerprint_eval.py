@@ -34,3 +34,24 @@ def test_rates_and_auc():
     lo, hi = fe.wilson(0, 10)
     assert lo == 0.0 and 0.25 < hi < 0.32
     assert fe.auc([1.0], [1.0]) == 0.5 and math.isnan(fe.auc([], [1.0]))
+
+
+def test_flags_by_budget_are_counted_per_budget():
+    e = _entry([0.8, 0.7, 0.6], [0.1], 0.03)
+    for row, (budget, flagged) in zip(e["rows"], [("quick", False), ("quick", True), ("long", True)]):
+        row.update(budget=budget, flagged=flagged)
+    md = fe.render({"tasks": {"sr": e}, "written": "now"})
+    line = next(x for x in md.splitlines() if x.startswith("| sr | 1/2"))
+    assert line.split(" | ")[2] == "-" and line.rstrip(" |").endswith("1/1 (p 1e-05)")  # no full-budget arm: "-"
+
+
+def test_add_refuses_a_task_without_a_recorded_entry(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "fp.json"
+    out.write_text('{"tasks": {}}')
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fingerprint_eval.py"), "--smoke", str(out),
+                           "--add", "--profile", "long-seeds", "--task", "sr"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no entry for sr" in proc.stderr and "Traceback" not in proc.stderr
+    assert out.read_text() == '{"tasks": {}}'  # nothing written

@@ -151,6 +151,9 @@ def plan(profile: str) -> tuple[list, list]:
         return [("output", "standard", "quick", s, True) for s in (0, 1)], (0,)
     if profile == "long-seeds":  # added to a cpu entry (--add): more seeds of the converged arm, marked and clean
         return [("output", "standard", "long", s, True) for s in (1, 2)], ()
+    if profile == "long-rungs":  # added to a cpu entry (--add): the ladder's feature rungs at the long budget
+        return [("fitnets-1", "standard", "long", 0, True), ("direct", "wide", "long", 0, False),
+                ("staged", "standard", "long", 0, False)], ()
     arms = [("output", "standard", "quick", s, True) for s in (0, 1, 2)]
     arms += [("output", "standard", "full", 0, True), ("output", "standard", "long", 0, True)]
     arms += [("fitnets-1", "standard", "quick", 0, True), ("direct", "wide", "quick", 0, False),
@@ -410,9 +413,10 @@ def main() -> int:
     ap.add_argument("--task", action="append", default=[], help="task to evaluate (repeat); results are merged")
     ap.add_argument("--add", action="store_true",
                     help="add the profile's arms to the task's recorded entry (same mark) instead of replacing it")
-    ap.add_argument("--profile", default="cpu", choices=("cpu", "tiny", "long-seeds"),
+    ap.add_argument("--profile", default="cpu", choices=("cpu", "tiny", "long-seeds", "long-rungs"),
                     help="cpu: every arm (about 5-15 min a task on one core); tiny: two seeds, quick only; long-seeds: "
-                         "seeds 1 and 2 of the long budget, marked and clean (with --add, added to a cpu entry)")
+                         "seeds 1 and 2 of the long budget, marked and clean; long-rungs: the feature rungs (fitnets-1, direct, "
+                         "staged) at the long budget, seed 0 (both with --add, added to a cpu entry)")
     ap.add_argument("--render", action="store_true", help="only render the markdown from the JSON")
     ap.add_argument("--smoke", metavar="JSON", help="tiny budgets, results to this file instead (pipeline check)")
     a = ap.parse_args()

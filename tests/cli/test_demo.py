@@ -26,5 +26,6 @@ def test_demo_writes_one_report_with_every_section(tmp_path):
     fpc = report["sections"]["fingerprint"]
     fpc = fpc.get("data", fpc)
     assert len(fpc["results"]) == 2 and all(0.0 <= r["p_value"] <= 1.0 for r in fpc["results"])
+    assert "flagged in 1 % of runs" in md  # a FAIL is explained as the sample it is
     key = (out / "fingerprint.key").read_text().strip()
     assert key not in (out / "dehaze.fp.onnx").read_bytes().decode("latin-1")

@@ -142,11 +142,14 @@ def jacobi_polish_step(e: Emitter, b, kb: int):
     return e.lp_normalise(e.op("Add", [e.eye(kb), phi]), 1), d
 
 
-def top_directions(e: Emitter, gs_, cfg: AsvpConfig, c: int):
+def top_directions(e: Emitter, gram, cfg: AsvpConfig, c: int):
     """U [N, C, k] (the top-k Ritz vectors, descending) and the adaptive mask [N, 1, k] (bool; None for fixed k) from
-    the scaled, shifted Gram matrix gs_: deflated repeated squaring, then two Jacobi Rayleigh-Ritz steps."""
+    the Gram matrix M M^T + SIGMA I: scaled to trace sqrt(C) and shifted, then deflated repeated squaring and two
+    Jacobi Rayleigh-Ritz steps."""
     k = cfg.k
     kb = block_width(c, k)
+    scale = e.reduce_sum(e.op("Mul", [gram, e.eye(c, 1.0 / c**0.5)]), 1, 2)  # trace / sqrt(C)
+    gs_ = e.op("Add", [e.op("Div", [gram, scale]), e.eye(c, SHIFT * c**0.5)])
     q = deflated_basis(e, gs_, c, kb, cfg.iters)
     b = e.einsum("nci,ncj->nij", q, e.matmul(gs_, q))
     q = e.matmul(q, jacobi_exp_step(e, b, kb))
@@ -171,13 +174,16 @@ def build_asvp(graph: gs.Graph, x: gs.Variable, cfg: AsvpConfig, channels: int, 
 
     m = e.op("Reshape", [x, e.const("shape_nc_", np.array([0, c, -1], np.int64))], label="to_matrix")
     gram = e.op("Add", [e.op("MatMul", [m, e.transpose(m)], label="gram"), e.eye(c, SIGMA)])
-    scale = e.reduce_sum(e.op("Mul", [gram, e.eye(c, 1.0 / c**0.5)]), 1, 2)  # trace / sqrt(C)
-    gs_ = e.op("Add", [e.op("Div", [gram, scale]), e.eye(c, SHIFT * c**0.5)])
-
-    u, amplified = top_directions(e, gs_, cfg, c)
+    u, amplified = top_directions(e, gram, cfg, c)
     weight = e.scalar(cfg.h - 1.0) if amplified is None else \
         e.op("Where", [amplified, e.scalar(cfg.h - 1.0), e.scalar(0.0)])
-    scaled = e.op("Mul", [u, weight])
+    return apply_update(e, x, m, u, e.op("Mul", [u, weight]), c)
+
+
+def apply_update(e: Emitter, x, m, u, scaled, c: int):
+    """The perturbed feature (I + scaled U^T) M, shaped as x [N, C, H, W], from M = m [N, C, HW] (x as a matrix),
+    U [N, C, k] and scaled = U diag(weights) [N, C, k]: dense up to DENSE_APPLY_MAX_C, low rank above (the forms
+    faster on CPU; docs/method.md section 6)."""
     if c <= DENSE_APPLY_MAX_C:  # (I + U W U^T) M: one MatMul over M instead of two plus an Add
         p = e.op("Add", [e.einsum("nck,ndk->ncd", scaled, u), e.eye(c)])
         return e.op("Reshape", [e.op("MatMul", [p, m], label="apply"), e.op("Shape", [x])], label="to_feature")

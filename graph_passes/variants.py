@@ -9,7 +9,7 @@ float32 round-off and the subspace approximation:
     keyed-h:        H = Where(mask, h + (h_max - h) u_q, 1);  out = (I + U diag(H - 1) U^T) M
     keyed-rotation: H = Where(mask, h, 1);  theta = angle_max (2 u_q - 1) sign(det(pair plane vs key vectors));
                     A = (I cos + S sin)(theta per column) H - I;  out = (I + U A U^T) M
-    (as M + U (A (U^T M)) when C > DENSE_APPLY_MAX_C)
+    (as x + U (A (U^T M)) when C > DENSE_APPLY_MAX_C: subgraph.apply_update, the paper block's own apply)
 
 The hash reads the feature's own statistics, so every sample of a batch gets its own value. Only operators on
 TensorRT's ONNX-parser list are used (Sin, Cos, Acos, Sign, Log besides build_asvp's). Plugin mode has no
@@ -21,9 +21,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from asvp.config import DEFAULT_ANGLE_MAX, AsvpConfig
-from asvp.method import (DENSE_APPLY_MAX_C, SHIFT, SIGMA, key_constants, pair_selector, rotation_pairs,
-                         rotation_sign_pattern)
-from asvp.graph_passes.subgraph import Emitter, build_asvp, standalone_model, top_directions
+from asvp.method import SIGMA, key_constants, pair_selector, rotation_pairs, rotation_sign_pattern
+from asvp.graph_passes.subgraph import Emitter, apply_update, build_asvp, standalone_model, top_directions
 
 
 def build_defence(graph: gs.Graph, x: gs.Variable, cfg: AsvpConfig, channels: int, prefix: str) -> gs.Variable:
@@ -51,10 +50,8 @@ def keyed_uniforms(e: Emitter, m, gram, c: int, consts: dict):
 
 def _top_directions(e: Emitter, gram, cfg: AsvpConfig, c: int):
     """U [N, C, k] (descending) and the adaptive mask [N, 1, k] (bool) from the Gram matrix M M^T + SIGMA I, exactly
-    as subgraph.build_asvp finds them (the same scaling, shift and subgraph.top_directions)."""
-    scale = e.reduce_sum(e.op("Mul", [gram, e.eye(c, 1.0 / c**0.5)]), 1, 2)
-    gs_ = e.op("Add", [e.op("Div", [gram, scale]), e.eye(c, SHIFT * c**0.5)])
-    u, mask = top_directions(e, gs_, cfg, c)
+    as subgraph.build_asvp finds them (subgraph.top_directions); a fixed k amplifies all k."""
+    u, mask = top_directions(e, gram, cfg, c)
     if mask is None:
         mask = e.const("all_amplified", np.ones((1, 1, cfg.k), dtype=bool))
     return u, mask
@@ -96,12 +93,7 @@ def build_keyed(graph: gs.Graph, x: gs.Variable, cfg: AsvpConfig, channels: int,
     else:
         weight = e.op("Where", [mask, e.scalar(cfg.h), e.scalar(1.0)])
         left = e.matmul(u, _rotation_core(e, uniforms, u, weight, cfg, c, consts))  # U A
-    if c <= DENSE_APPLY_MAX_C:
-        p = e.op("Add", [e.einsum("nck,ndk->ncd", left, u), e.eye(c)])
-        out = e.matmul(p, m)
-    else:
-        out = e.op("Add", [m, e.matmul(left, e.matmul(e.transpose(u), m))])
-    return e.op("Reshape", [out, e.op("Shape", [x])], label="to_feature")
+    return apply_update(e, x, m, u, left, c)  # (I + left U^T) M, as the paper's block applies it
 
 
 def standalone_variant_model(channels: int, cfg: AsvpConfig):

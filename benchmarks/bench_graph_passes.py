@@ -355,48 +355,36 @@ def run(out_path: str | Path = DEFAULT_OUT, repeats: int = 20, size: int = 256, 
 
 def gram_floor_model(model, features: list[tuple[str, int]], apply: bool = False, k: int = 4):
     """A floor of any exact ASVP in tap placement, as a model. For every (tensor, C) in `features`: its Gram matrix
-    M M^T, M = the feature as [N, C, H*W] (the same Reshape and MatMul the subgraph starts with, which ONNX Runtime
-    fuses into one FusedMatMul), as an extra graph output, and
+    M M^T, M = the feature as [N, C, H*W] (the subgraph's own Reshape and MatMul, which ONNX Runtime fuses into one
+    FusedMatMul), as an extra graph output `floor<i>/gram`, and
 
     * apply=False: the feature itself as an extra output (the tap's copy out of ONNX Runtime's blocked layout);
-    * apply=True: instead, the feature after the subgraph's own apply step with a fixed rank-k U and weights (dense
-      P M for C <= DENSE_APPLY_MAX_C, else x + U W (U^T M)), as the tap outputs it: everything of the defence
-      except the eigensolver on the C x C Gram and its small ops.
+    * apply=True: instead, `floor<i>/out`, the feature after the subgraph's own apply step
+      (graph_passes.subgraph.apply_update) with a fixed rank-k U and weights, as the tap outputs it: everything of
+      the defence except the eigensolver on the C x C Gram and its small ops.
 
     No eigensolver: what remains when it is free."""
     import onnx
     import onnx_graphsurgeon as gs
 
     from asvp.graph_passes.expose import expose_tensors
-    from asvp.method import DENSE_APPLY_MAX_C
+    from asvp.graph_passes.subgraph import Emitter, apply_update
 
     graph = gs.import_onnx(expose_tensors(model, [t for t, _ in features]) if not apply else
                            onnx.shape_inference.infer_shapes(model))
     tensors = graph.tensors()
     rng = np.random.default_rng(0)
-
-    def layer(op, inputs, name, attrs=None, shape=None, dtype=np.float32):
-        return graph.layer(op=op, inputs=inputs, outputs=[gs.Variable(name, dtype, shape)], attrs=attrs)[0]
-
     for i, (name, c) in enumerate(features):
-        x = tensors[name]
-        m = layer("Reshape", [x, gs.Constant(f"floor{i}/shape", np.array([0, c, -1], np.int64))], f"floor{i}/m")
-        graph.outputs.append(layer("MatMul", [m, layer("Transpose", [m], f"floor{i}/mt", {"perm": [0, 2, 1]})],
-                                   f"floor{i}/gram", shape=["n", c, c]))
-        if not apply:
-            continue
-        u = np.linalg.qr(rng.standard_normal((c, k)))[0].astype(np.float32)
-        shape = layer("Shape", [x], f"floor{i}/xshape", dtype=np.int64)
-        if c <= DENSE_APPLY_MAX_C:
-            p = (np.eye(c) + 0.5 * u @ u.T).astype(np.float32)
-            out = layer("Reshape", [layer("MatMul", [gs.Constant(f"floor{i}/p", p), m], f"floor{i}/pm"), shape],
-                        f"floor{i}/out", shape=["n", c, "h", "w"])
-        else:
-            coeffs = layer("MatMul", [gs.Constant(f"floor{i}/ut", np.ascontiguousarray(u.T)), m], f"floor{i}/coeffs")
-            delta = layer("Reshape", [layer("MatMul", [gs.Constant(f"floor{i}/uw", 0.5 * u), coeffs], f"floor{i}/d3"),
-                                      shape], f"floor{i}/delta")
-            out = layer("Add", [x, delta], f"floor{i}/out", shape=["n", c, "h", "w"])
-        graph.outputs.append(out)
+        e, x = Emitter(graph, f"floor{i}"), tensors[name]
+        m = e.op("Reshape", [x, e.const("shape_nc_", np.array([0, c, -1], np.int64))], label="to_matrix")
+        outs = [("gram", e.op("MatMul", [m, e.transpose(m)], label="gram"), ["n", c, c])]
+        if apply:
+            u = np.linalg.qr(rng.standard_normal((c, k)))[0].astype(np.float32)[None]
+            outs.append(("out", apply_update(e, x, m, e.const("u", u), e.const("scaled", 0.5 * u), c),
+                         ["n", c, "h", "w"]))
+        for label, var, shape in outs:
+            var.name, var.dtype, var.shape = f"floor{i}/{label}", np.float32, shape
+            graph.outputs.append(var)
     out = gs.export_onnx(graph.cleanup().toposort())
     out.ir_version = model.ir_version
     del out.metadata_props[:]

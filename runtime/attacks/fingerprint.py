@@ -12,7 +12,8 @@ Strength (mark_file). By default the mark is as strong as the teacher's budget a
 the owner's calibration data (ground-truth pairs from crops of the TRAINING images, fixed seed; never the held-out
 images on which the cost is reported) the key space drops the directions along which the mark would change the
 teacher's error to first order (asvp.fingerprint.cost_neutral_directions), and eps is the largest for which the
-teacher's pooled PSNR on that data drops by at most half the budget, measured on the marked model itself.
+teacher's pooled PSNR on that data drops by at most CAL_MARGIN (40 %) of the budget, measured on the marked model
+itself; the rest of the budget is the margin for other images.
 
 Calibration of the test. The null distribution is exact by construction (the key is uniform on the sphere and
 independent of any model that never saw the marked outputs): p = P(c' >= c) for c' one coordinate of a uniform
@@ -138,6 +139,11 @@ class ProbeModel:
         m = np.zeros((c, c), np.float32) if mix is None else np.asarray(mix, np.float32)
         return _run(self.session, x, {MIX_INPUT: m.reshape(c, c, 1, 1)}, [self.out_name])[0]
 
+    def basis_changes(self, x: np.ndarray, base: np.ndarray, w: np.ndarray, scale: float) -> np.ndarray:
+        """[D, ...]: the output change on x of each symmetric-basis mark W B_j W^T at `scale` (base = self.run(x);
+        key-free)."""
+        return np.stack([self.run(x, scale * (w @ b @ w.T)) - base for b in sym_basis(w.shape[1])])
+
 
 # ---- marking -------------------------------------------------------------------------------------------------
 
@@ -247,14 +253,13 @@ def mark_file(model_path, out_path, key: str, *, node: str | None = None, m: int
     # The verifier recomputes the responses from these, so nothing it uses depends on the key (the null stays
     # exact). Then eps, the served mark's scale, is calibrated on the key's own coefficients R u.
     basis_eps = calibrated(key_direction(CALIBRATION_DIRECTION, key_dim(m)), BASIS_DB)
-    basis = sym_basis(m)
-    delta = np.stack([probe.run(x, basis_eps * (w @ b @ w.T)) - base for b in basis])
+    delta = probe.basis_changes(x, base, w, basis_eps)
     r = response_equalizer(_gram(delta))
     cost = None
     if strength_db is None:
         xc, yc = calibration_pairs(task)
         bc = probe.run(xc)
-        raw = np.stack([probe.run(xc, basis_eps * (w @ b @ w.T)) - bc for b in basis])
+        raw = probe.basis_changes(xc, bc, w, basis_eps)
         dc = np.tensordot(r.T, raw.astype(np.float64), axes=1)  # [D', N, ...] equalised responses
         err = bc.astype(np.float64) - yc
         cross = np.einsum("jnp,np->nj", dc.reshape(len(dc), len(xc), -1), err.reshape(len(xc), -1))
@@ -318,8 +323,7 @@ def basis_responses(clean_path, info: MarkInfo, x: np.ndarray, cache=None) -> tu
             return _MEMO[key]
     probe = ProbeModel(clean_path, info.tensor, info.channels)
     base = probe.run(x)
-    w, basis = info.w(), sym_basis(info.m)
-    raw = np.stack([probe.run(x, info.probe_eps * (w @ b @ w.T)) - base for b in basis])
+    raw = probe.basis_changes(x, base, info.w(), info.probe_eps)
     delta = np.tensordot(info.r().T, raw.astype(np.float64), axes=1).astype(np.float32)  # [D', ...]
     if path is not None:
         with atomic_output(path) as tmp:

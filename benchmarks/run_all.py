@@ -88,23 +88,22 @@ def latency_ratios(work: Path, smoke: bool, repeats: int = 40, threads: int = 1)
         api.export(task, clean, force=True)
         listed = [n for n in api.list_nodes(clean) if n.channels > AsvpConfig().k]
         cands = [n.name for n in listed]
+        model = onnx.load(clean)
+        (auto,) = select.resolve(model, None)  # what defend picks without --nodes
         paths, selectors = {"clean": clean}, {}
         for label, count, placement in VARIANTS:
             path = work / f"{task}.{label.replace(' ', '').replace(',', '.').replace(':', '').replace('+', '')}.onnx"
+            names = [auto.name] if count <= 1 else bench_graph_passes.spread(cands, count)
             if count == 0:
-                (feat,) = select.resolve(onnx.load(clean), None)
-                onnx.save(expose_tensors(onnx.load(clean), [feat.output]), path)
-                selectors[label] = [feat.name]
+                onnx.save(expose_tensors(model, [auto.output]), path)
+                selectors[label] = names
             elif placement.startswith("floor"):
-                names = [f.name for f in select.resolve(onnx.load(clean), None)] if count == 1 \
-                    else bench_graph_passes.spread(cands, count)
                 feats = [(n.output, n.channels) for name in names for n in listed if n.name == name]
-                onnx.save(bench_graph_passes.gram_floor_model(onnx.load(clean), feats, apply=placement == "floor+apply"),
-                          path)
+                onnx.save(bench_graph_passes.gram_floor_model(model, feats, apply=placement == "floor+apply"), path)
                 selectors[label] = names
             else:
-                nodes = None if count == 1 else bench_graph_passes.spread(cands, count)
-                res = api.defend(clean, path, nodes=nodes, config=AsvpConfig(placement=placement), force=True)
+                res = api.defend(clean, path, nodes=None if count == 1 else names,
+                                 config=AsvpConfig(placement=placement), force=True)
                 selectors[label] = [r["node"] for r in res.nodes]
             paths[label] = path
         sessions = {n: ort_session(p, threads=threads, inter_op_threads=1) for n, p in paths.items()}

@@ -22,6 +22,7 @@ from asvp.runtime.engines.backends import backends_status
 from asvp.runtime.engines.build import build_engine as _build, load_engine as _load, sidecar_path
 from asvp.runtime.evaluation import absorbability as _ab
 from asvp.runtime.evaluation.images import load_inputs
+from asvp.runtime.evaluation.node_cost import node_costs as _node_costs
 from asvp.runtime.evaluation.profile import profile as _profile
 from asvp.runtime.evaluation.report import check_report_dir, write_report as _write
 from asvp.runtime.evaluation.validate import resolve_task, validate as _validate
@@ -80,6 +81,21 @@ def list_nodes(model_path: str | os.PathLike, *, input_name: str | None = None):
     model = load_model(model_path)
     image_input(model, input_name)
     return candidates(model, input_name)  # ASVP's own inserted nodes are not candidates
+
+
+def node_costs(model_path: str | os.PathLike, *, nodes=None, config=None, mode: str = "subgraph",
+               backend: str = "onnxrt-cpu", shape="1x3x256x256", warmup: int = 3, iters: int = 20,
+               threads: int | None = None, budget: float | None = None, count: int = 1, out=None,
+               progress: bool = True):
+    """Latency cost of the defence at each candidate node of a CLEAN model, measured (runtime/evaluation/node_cost.py).
+
+    Each candidate (or each node the `nodes` selectors name) is defended alone with `config`/`mode` and timed
+    against the clean model, interleaved, on `backend` with `threads` intra-op threads at `shape`. With `budget`
+    (a defended/clean ratio > 1), also chooses up to `count` nodes spread over the network whose cost together,
+    measured, fits it. Returns a CostResult (`.costs`, `.choice`, `.trials`); `out`: a report directory."""
+    return _node_costs(model_path, nodes=nodes, config=config, mode=mode, backend=backend, shape=shape,
+                       warmup=warmup, iters=iters, threads=threads, budget=budget, count=count, out=out,
+                       progress=progress)
 
 
 def absorbability(model_path: str | os.PathLike, *, task: str | None = None, images=None, config=None,

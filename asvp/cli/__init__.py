@@ -16,7 +16,7 @@ from pathlib import Path
 
 from asvp import api, demo
 from asvp.cli.args import (TASKS_HELP, BackendArgs, BudgetArgs, DefenceArgs, OutputArgs, ShapeProfileArgs,
-                           add_groups)
+                           TimingArgs, add_groups)
 from asvp.errors import AsvpError, first_line
 from asvp.fingerprint import DEFAULT_ALPHA as FP_DEFAULT_ALPHA, DEFAULT_M as FP_DEFAULT_M, KEY_ENV
 from asvp.exporter.teachers.train import DEFAULTS as TRAIN_DEFAULTS
@@ -117,8 +117,14 @@ def add_nodes(sub):
                                    "the image when it cannot be told apart. With --absorbability, also measure at each "
                                    "node how much of ASVP's change one global 1x1 affine map (an attacker's adapter) "
                                    "does not explain, and how much the amplified subspace varies across images "
-                                   "(docs/protection.md), on the task's attacker queries or on --images DIR.")
-    s.add_argument("model", help="ONNX model (the clean one, for --absorbability)")
+                                   "(docs/protection.md), on the task's attacker queries or on --images DIR. With "
+                                   "--cost, measure what the defence costs at each candidate alone (the model "
+                                   "defended there, timed against the clean one, interleaved, on --backend at "
+                                   "--shape); with --budget and --count, also choose up to COUNT nodes spread over "
+                                   "the network whose cost together, measured, stays within the budget (the method: "
+                                   "asvp/runtime/evaluation/node_cost.py). Costs are latency ratios on this machine: "
+                                   "measure on the deployment target.")
+    s.add_argument("model", help="ONNX model (the clean one, for --absorbability and --cost)")
     s.add_argument("--input", dest="input_name", metavar="NAME",
                    help="the image input, for models with several image-like inputs (default: detected)")
     s.add_argument("--absorbability", action="store_true",
@@ -127,13 +133,44 @@ def add_nodes(sub):
     s.add_argument("--images", metavar="DIR", help="images DIR/input/* or DIR/* instead of the task's queries")
     s.add_argument("--queries", type=int, default=64, help="number of attacker query crops (default 64)")
     s.add_argument("--seed", type=int, default=0, help="seed of the query crops (default 0)")
-    defence = DefenceArgs(("h", "k", "k_mode", "tau"), suffix=" (with --absorbability)")
-    add_groups(s, defence, OutputArgs(quiet=False))
+    c = s.add_argument_group("cost (--cost)")
+    c.add_argument("--cost", action="store_true", help="measure the defence's latency cost at every candidate node")
+    c.add_argument("--budget", type=float, metavar="RATIO",
+                   help="with --cost: choose nodes whose cost together, measured, is within this defended/clean "
+                        "latency ratio (e.g. 1.10)")
+    c.add_argument("--count", type=int, metavar="N", help="with --budget: how many nodes to choose at most (default 1)")
+    c.add_argument("--nodes", nargs="+", metavar="SEL", help="with --cost: measure only these (default: every candidate)")
+    c.add_argument("--threads", type=int, metavar="N",
+                   help="ONNX Runtime intra-op threads (default: all CPUs, as a default session runs; 1 gives "
+                        "steadier figures on a shared machine)")
+    c.add_argument("--out", metavar="DIR", help="with --cost: write report.json, report.md and a PNG here")
+    defence = DefenceArgs(("h", "k", "k_mode", "tau", "placement"), mode=True,
+                          suffix=" (--absorbability, --cost)")
+    add_groups(s, defence, BackendArgs(), TimingArgs(warmup=3, iters=20, what="per round"), OutputArgs(quiet=True))
+    cost_only = ("budget", "count", "nodes", "threads", "out", "placement")
+    timing = {"backend": "onnxrt-cpu", "shape": "1x3x256x256", "warmup": 3, "iters": 20, "mode": "subgraph"}
 
     def run(a):
+        if a.absorbability and a.cost:
+            raise AsvpError("--absorbability and --cost are separate runs; give one")
+        if not a.cost:
+            given = [f"--{n}" for n in cost_only if getattr(a, n) is not None]
+            given += [f"--{n}" for n, v in timing.items() if getattr(a, n) != v]
+            if given:
+                raise AsvpError(f"{', '.join(given)} apply to --cost only")
+        if a.count is not None and a.budget is None:
+            raise AsvpError("--count applies with --budget (how many nodes the budget should afford)")
+        if a.cost:
+            if a.task or a.images or a.input_name:
+                raise AsvpError("--task/--images/--input apply to listing and --absorbability, not to --cost")
+            _show(a, api.node_costs(a.model, nodes=a.nodes, config=defence.config(a), mode=a.mode,
+                                    backend=a.backend, threads=a.threads, budget=a.budget,
+                                    count=1 if a.count is None else a.count, out=a.out, progress=progress(a),
+                                    **TimingArgs.kwargs(a)))
+            return
         if not a.absorbability:
             if a.task or a.images or defence.overrides(a):
-                raise AsvpError("--task/--images/--h/--k/--k-mode/--tau apply to --absorbability only")
+                raise AsvpError("--task/--images/--h/--k/--k-mode/--tau apply to --absorbability or --cost only")
             nodes = api.list_nodes(a.model, input_name=a.input_name)
             _print_json([n.to_dict() for n in nodes]) if a.json else print(candidates_table(nodes))
             return
@@ -217,18 +254,15 @@ def add_profile(sub):
                                    "defended/clean ratio comes from one run under the same conditions.")
     s.add_argument("clean", help="clean ONNX model (or a TensorRT engine with --backend tensorrt)")
     s.add_argument("defended", nargs="?", help="defended model (optional)")
-    add_groups(s, BackendArgs())
-    s.add_argument("--shape", default="1x3x256x256", metavar="NxCxHxW", help="input shape (default 1x3x256x256)")
-    s.add_argument("--warmup", type=int, default=10, help="untimed iterations per model first (default 10)")
-    s.add_argument("--iters", type=int, default=50, help="timed iterations per model (default 50)")
+    add_groups(s, BackendArgs(), TimingArgs(warmup=10, iters=50))
     s.add_argument("--memory", choices=MEMORY_MODES, default=MEMORY_MODES[0],
                    help="peak memory: per model in a fresh process (default), in this process (order-dependent), or off")
     s.add_argument("--out", metavar="DIR", help="write report.json, report.md and PNG plots here")
     add_groups(s, OutputArgs())
 
     def run(a):
-        _show(a, api.profile(a.clean, a.defended, backend=a.backend, shape=a.shape, warmup=a.warmup, iters=a.iters,
-                             memory=a.memory, out=a.out, progress=progress(a)))
+        _show(a, api.profile(a.clean, a.defended, backend=a.backend, **TimingArgs.kwargs(a), memory=a.memory,
+                             out=a.out, progress=progress(a)))
     s.set_defaults(func=run)
 
 

@@ -152,6 +152,25 @@ class ShapeProfileArgs:
         p.add_argument("--max", metavar="NxCxHxW", help="largest input shape (default 4x3x512x512)")
 
 
+class TimingArgs:
+    """--shape/--warmup/--iters: how a latency measurement runs (random input of one shape, interleaved rounds)."""
+
+    def __init__(self, warmup: int, iters: int, what: str = "per model"):
+        self.warmup, self.iters, self.what = warmup, iters, what
+
+    def add(self, parser: argparse.ArgumentParser) -> None:
+        p = parser.add_argument_group("timing")
+        p.add_argument("--shape", default="1x3x256x256", metavar="NxCxHxW", help="input shape (default 1x3x256x256)")
+        p.add_argument("--warmup", type=int, default=self.warmup,
+                       help=f"untimed iterations {self.what} first (default {self.warmup})")
+        p.add_argument("--iters", type=int, default=self.iters,
+                       help=f"timed iterations {self.what} (default {self.iters})")
+
+    @staticmethod
+    def kwargs(a) -> dict:
+        return {"shape": a.shape, "warmup": a.warmup, "iters": a.iters}
+
+
 def add_groups(p: argparse.ArgumentParser, *groups) -> argparse.ArgumentParser:
     for g in groups:
         g.add(p)

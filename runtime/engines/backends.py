@@ -121,11 +121,13 @@ def _label(model) -> str:
     return os.path.basename(str(model))
 
 
-def make_runner(model, backend: str = "onnxrt-cpu", *, input_shape=None, name: str | None = None):
+def make_runner(model, backend: str = "onnxrt-cpu", *, input_shape=None, name: str | None = None,
+                threads: int | None = None):
     """A Polygraphy runner for `model` (ONNX path/bytes/ModelProto, or an engine file for `tensorrt`).
 
     input_shape: for `tensorrt` over an ONNX model, the shape the engine built on the fly is optimised for
-    (default: the build defaults, see asvp.runtime.engines.build).
+    (default: the build defaults, see asvp.runtime.engines.build). threads: ONNX Runtime's intra-op threads
+    (default: the CPUs this process may use; ignored by TensorRT).
     """
     if backend not in BACKENDS:
         raise AsvpError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -137,7 +139,7 @@ def make_runner(model, backend: str = "onnxrt-cpu", *, input_shape=None, name: s
         raise AsvpError(f"{model} is a TensorRT engine; run it with backend 'tensorrt'")
     require_backend(backend)
     providers = ORT_PROVIDERS[backend]
-    return AsvpOnnxrtRunner(SessionFromOnnx(model, providers), expected_provider=providers[0], name=label, backend=backend)
+    return AsvpOnnxrtRunner(SessionFromOnnx(model, providers, threads=threads), expected_provider=providers[0], name=label, backend=backend)
 
 
 def actual_provider(runner, backend: str) -> str:

@@ -35,6 +35,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import onnx
 
 from asvp.errors import AsvpError
 from asvp.io import require_file
@@ -275,6 +276,28 @@ class ProfileResult:
         return fig
 
 
+def time_interleaved(runners, feeds, warmup: int, iters: int, *, desc: str = "timing",
+                     progress: bool = True) -> list[list[float]]:
+    """Seconds per inference of every (activated) runner, interleaved: each of warmup + iters rounds runs every
+    runner once, the order rotating by one each round (for two: AB, BA, AB, ...), so drifts of a shared machine
+    hit all alike. The timer is Polygraphy's `runner.last_inference_time()` (the backend call itself), or the
+    wall-clock time around `infer` where a runner does not report one. Warm-up rounds are not returned."""
+    from tqdm import tqdm
+
+    times = [[] for _ in runners]
+    n = len(runners)
+    for i in tqdm(range(warmup + iters), desc=desc, unit="it", disable=not progress, leave=False):
+        for j in [(i + r) % n for r in range(n)]:
+            t0 = time.perf_counter()
+            runners[j].infer(feeds[j], check_inputs=False)
+            dt = runners[j].last_inference_time()
+            if dt is None:
+                dt = time.perf_counter() - t0
+            if i >= warmup:
+                times[j].append(dt)
+    return times
+
+
 def check_input_fits(shape) -> None:
     """Refuse an input shape whose float32 tensor alone would not fit in this machine's memory (before allocating)."""
     need = 4 * int(np.prod([int(d) for d in shape], dtype=object))
@@ -287,14 +310,27 @@ def check_input_fits(shape) -> None:
                         f"half of this machine's {total / 2**30:.1f} GiB of memory; choose a smaller shape")
 
 
+def check_shape(model: onnx.ModelProto | None, shape, name: str = "clean") -> tuple[int, int, int, int]:
+    """An NxCxHxW input shape (text or ints) that `model` (the `name` model) can run: 3 channels, the height and
+    width multiples its asvp.size_multiple metadata asks for, and an input that fits in this machine's memory."""
+    shape = parse_shape(shape if isinstance(shape, str) else "x".join(map(str, shape)))
+    if shape[1] != 3:
+        raise AsvpError(f"--shape must have 3 channels (NCHW RGB), got {shape[1]}")
+    if model is not None:
+        mult = get_metadata(model).get("asvp.size_multiple", "1")
+        mult = int(mult) if mult.isdigit() else 1
+        if mult > 1 and (shape[2] % mult or shape[3] % mult):
+            raise AsvpError(f"--shape {'x'.join(map(str, shape))}: the {name} model needs height and width "
+                            f"multiples of {mult}")
+    check_input_fits(shape)
+    return shape
+
+
 def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None, *, backend: str = "onnxrt-cpu",
             shape=DEFAULT_SHAPE, warmup: int = DEFAULT_WARMUP, iters: int = DEFAULT_ITERS, seed: int = 0,
             memory: str = "subprocess", out: str | os.PathLike | None = None, progress: bool = True) -> ProfileResult:
     """Time CLEAN (and DEFENDED, interleaved) on `backend` with a random input of `shape`; measure peak memory."""
     from pathlib import Path
-
-    from tqdm import tqdm
-
 
     shape = parse_shape("x".join(map(str, shape))) if not isinstance(shape, str) else parse_shape(shape)
     for name, v, lo in (("warmup", warmup, 0), ("iters", iters, 1)):
@@ -305,8 +341,7 @@ def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None,
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise AsvpError(f"--out {out} exists and is not a directory")
     paths = [("clean", clean)] + ([("defended", defended)] if defended is not None else [])
-    if shape[1] != 3:
-        raise AsvpError(f"--shape must have 3 channels (NCHW RGB), got {shape[1]}")
+    check_shape(None, shape)
     input_name = None
     for name, p in paths:
         if build.is_engine_path(p):  # a TensorRT engine: no ONNX metadata to check; the runner checks
@@ -317,13 +352,8 @@ def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None,
         if input_name is not None and in_name != input_name:
             raise AsvpError(f"the models' inputs differ: clean {input_name!r}, defended {in_name!r}")
         input_name = in_name
-        mult = get_metadata(m).get("asvp.size_multiple", "1")
-        mult = int(mult) if mult.isdigit() else 1
-        if mult > 1 and (shape[2] % mult or shape[3] % mult):
-            raise AsvpError(f"--shape {'x'.join(map(str, shape))}: the {name} model needs height and width "
-                            f"multiples of {mult}")
+        check_shape(m, shape, name)
         del m
-    check_input_fits(shape)
     data = np.random.default_rng(seed).random(shape, dtype=np.float32)
 
     runners, mems, devmem, providers, feeds, method = [], [], [], [], [], ""
@@ -340,19 +370,7 @@ def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None,
             method = pm.method
             devmem.append(_device_memory_mb(r))
             providers.append(backends.actual_provider(r, backend))
-        times = [[] for _ in runners]
-        total = warmup + iters
-        bar = tqdm(range(total), desc=f"profile [{backend}]", unit="it", disable=not progress, leave=False)
-        for i in bar:
-            order = range(len(runners)) if i % 2 == 0 else reversed(range(len(runners)))
-            for j in order:
-                t0 = time.perf_counter()
-                runners[j].infer(feeds[j], check_inputs=False)
-                dt = runners[j].last_inference_time()
-                if dt is None:
-                    dt = time.perf_counter() - t0
-                if i >= warmup:
-                    times[j].append(dt)
+        times = time_interleaved(runners, feeds, warmup, iters, desc=f"profile [{backend}]", progress=progress)
     except AsvpError:
         raise
     except Exception as exc:

@@ -11,7 +11,7 @@ def _f(v, spec=".3f"):
 def floor_markdown(latency: list[dict], placement: str) -> list[str]:
     """Per teacher and node count: the defended ratio at the default placement against the two floors and the
     target. A target below the Gram floor cannot be met by any exact ASVP at those nodes on this runtime."""
-    rows = {(x["task"], x["nodes"], x["placement"]): x for x in latency}
+    rows = {(x["task"], x["nodes"], x["placement"]): x for x in latency if x.get("selection") != "budget"}
     lines = []
     for (task, n, pl), floor in rows.items():
         d, fa = rows.get((task, n, placement)), rows.get((task, n, "floor+apply"))
@@ -29,6 +29,32 @@ def floor_markdown(latency: list[dict], placement: str) -> list[str]:
             "them; \"eigensolver\" is 1 + defended - that, what the ~115 small ops on the C x C Gram add.", "",
             "| task | nodes | floor: tap + Gram | Gram + apply | defended | eigensolver | target | verdict |",
             "|---|---|---|---|---|---|---|---|"] + lines
+
+
+def budget_markdown(latency: list[dict], costs: dict) -> list[str]:
+    """Per teacher and node count: what `asvp nodes --cost --budget` chose, its own measurement of the set, and the
+    set timed in the benchmark's loop, against the target."""
+    lines = []
+    for x in latency:
+        if x.get("selection") != "budget":
+            continue
+        n, t, names = x["nodes"], x["target"], x["selectors"]
+        trial = next((tr for tr in (costs.get(x["task"]) or {}).get("trials", []) if tr["fits"]), None) if n == 3 else None
+        r = x["cpu"]["ratio_p50"] if x.get("cpu") else None
+        verdict = ("nothing fits" if not names else f"only {len(names)} of {n} fit" if len(names) < n
+                   else "met" if r <= t else "not met")
+        lines.append(f"| {x['task']} | {n} | {', '.join(f'`{v}`' for v in names) or '-'} | "
+                     f"{_f(trial['ratio']) if trial else '-'} | {_f(r) if r is not None else '-'} | {t:.2f} | {verdict} |")
+    if not lines:
+        return []
+    rounds = "/".join(sorted({str(c.get("iters")) for c in costs.values()})) or "?"
+    return ["", "Within the budget (tap placement): the nodes `asvp nodes --cost --budget TARGET --count N` chooses "
+            "(one node: the cheapest candidate; three: the cheapest of three contiguous runs of candidates, dropped "
+            "while the set, measured together, exceeds the target). `selection's timing`: the set as the tool measured "
+            f"it (random input, its own {rounds} rounds, wall clock of the inference call at the same threads); `benchmark`: "
+            "the same set in this section's interleaved loop (CPU time). Per-node costs: `node_costs` in the JSON.", "",
+            "| task | nodes asked | chosen | selection's timing | benchmark CPU ratio p50 | target | verdict |",
+            "|---|---|---|---|---|---|---|"] + lines
 
 
 def render_markdown(r: dict, json_path: Path) -> str:
@@ -59,7 +85,7 @@ def render_markdown(r: dict, json_path: Path) -> str:
             "ratios are given beside it. Ratios: of the medians (p50), and the median of the per-repeat paired ratios "
             "with their p25-p75. `tap only` exposes the automatic node's clean feature as an extra output and computes "
             "nothing: the floor of the tap placement. 1 node = the automatic node; 3 nodes = three candidates spread "
-            "evenly over the network. `floor: ..., tap + Gram` exposes the same features and computes only their Gram "
+            "evenly over the network; `within budget` = the nodes `asvp nodes --cost --budget` chooses (table below). `floor: ..., tap + Gram` exposes the same features and computes only their Gram "
             "matrices M M^T (no eigensolver, no apply, no perturbed output): the cost below which no exact ASVP can go "
             "on this runtime at these nodes; `floor: ..., Gram + apply` adds the apply step with a fixed U (the "
             "defence without its eigensolver). Targets (issue 11): SR one node <= 1.05, every teacher and three nodes <= "
@@ -69,13 +95,19 @@ def render_markdown(r: dict, json_path: Path) -> str:
             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in r["latency"]:
         c, w, tgt = row["cpu"], row["wall"], row.get("target")
+        if c is None:
+            out.append(f"| {row['task']} | {row['variant']} | no candidate fits | | | | | | | |")
+            continue
         verdict = "" if tgt is None else (f"<= {tgt:.2f}: " + ("met" if c["ratio_p50"] <= tgt else "**not met**")
                                           if row["placement"] == r["config"]["placement"] else f"(<= {tgt:.2f} at {r['config']['placement']})")
+        if row.get("selection") == "budget" and len(row["selectors"]) < row["nodes"]:
+            verdict = f"only {len(row['selectors'])} of {row['nodes']} fit"
         out.append(f"| {row['task']} | {row['variant']} | {', '.join(row['selectors'])} | {_f(c['clean_p50_ms'], '.1f')} | "
                    f"{_f(c['defended_p50_ms'], '.1f')} | {_f(c['ratio_p50'])} | {_f(c['ratio_paired_median'])} "
                    f"[{_f(c['ratio_paired_p25'])}-{_f(c['ratio_paired_p75'])}] | {_f(w['ratio_p50'])} | "
                    f"{_f(w['ratio_paired_median'])} | {verdict} |")
     out += floor_markdown(r["latency"], r["config"]["placement"])
+    out += budget_markdown(r["latency"], r.get("node_costs", {}))
     out += ["", bench_graph_passes.markdown(r["graph_passes"]), ""]
     att = r["attack"]
     out += [f"## Distillation attack headline (`asvp attack`, preset {att['preset']}, kind {att['kind']}, seed {att['seed']})", "",

@@ -29,6 +29,7 @@ from asvp.graph_passes import select  # noqa: E402
 from asvp.graph_passes.expose import expose_tensors  # noqa: E402
 from asvp.io import write_text_atomic  # noqa: E402
 from asvp.runtime.engines.sessions import ort_session  # noqa: E402
+from asvp.runtime.evaluation import node_cost  # noqa: E402
 from asvp.tasks import TASK_NAMES  # noqa: E402
 from asvp.tasks.data import heldout_crops  # noqa: E402
 
@@ -59,13 +60,20 @@ def machine() -> dict:
 # Placement "floor": the same 1 or 3 features exposed plus their Gram matrices and nothing else, the cost no exact
 # ASVP can go below on this runtime; "floor+apply": the Gram plus the subgraph's apply step with a fixed U, the
 # defence without its eigensolver (bench_graph_passes.gram_floor_model).
+# Selection "budget": the nodes `asvp nodes --cost --budget T --count N` chooses, T the row's target (the cheapest
+# candidate for one node; up to three spread ones that fit together, measured, for three), tap placement.
 VARIANTS = (("tap only", 0, "tap"), ("1 node, tap", 1, "tap"), ("1 node, inline", 1, "inline"),
             ("3 nodes, tap", 3, "tap"), ("3 nodes, inline", 3, "inline"),
             ("floor: 1 node, tap + Gram", 1, "floor"), ("floor: 3 nodes, tap + Gram", 3, "floor"),
-            ("floor: 1 node, Gram + apply", 1, "floor+apply"), ("floor: 3 nodes, Gram + apply", 3, "floor+apply"))
+            ("floor: 1 node, Gram + apply", 1, "floor+apply"), ("floor: 3 nodes, Gram + apply", 3, "floor+apply"),
+            ("1 node within budget, tap", 1, "budget"), ("3 nodes within budget, tap", 3, "budget"))
 # issue 11: SR one node <= 1.05 (aim 1.03); every teacher, and three nodes, <= 1.10 (default placement).
 TARGETS = {("sr", 1): 1.05}
 TARGET_DEFAULT = 1.10
+
+
+def target(task: str, count: int) -> float:
+    return TARGETS.get((task, count), TARGET_DEFAULT)
 
 
 def _quantile(values, q: float) -> float:
@@ -73,12 +81,15 @@ def _quantile(values, q: float) -> float:
     return s[round(q * (len(s) - 1))]
 
 
-def latency_ratios(work: Path, smoke: bool, repeats: int = 40, threads: int = 1) -> list[dict]:
+def latency_ratios(work: Path, smoke: bool, repeats: int = 40, threads: int = 1,
+                   costs: dict | None = None) -> list[dict]:
     """Per teacher: clean and every VARIANTS model on ONNX Runtime CPU (asvp's own sessions, default graph
     optimisation = all), interleaved: after a warm-up, each repeat runs every model once in a rotating order, so a
     shared machine's drifts hit all alike. Each run's thread CPU time (threads = 1: the inference's own compute,
     what a shared machine does not distort by time-slicing) and wall-clock time; ratios of the medians, and the
-    median (with p25-p75) of the per-repeat paired ratios defended / clean of the same round."""
+    median (with p25-p75) of the per-repeat paired ratios defended / clean of the same round. costs: filled with
+    each teacher's `api.node_costs` result (the budgeted choice's own measurement), by task."""
+    costs = {} if costs is None else costs
     size = 64 if smoke else 256
     repeats, warmup = (3, 1) if smoke else (repeats, 5)
     x = heldout_crops(size, per_image=1)[:1].numpy()  # a real photograph crop (held-out image)
@@ -90,11 +101,22 @@ def latency_ratios(work: Path, smoke: bool, repeats: int = 40, threads: int = 1)
         cands = [n.name for n in listed]
         model = onnx.load(clean)
         (auto,) = select.resolve(model, None)  # what defend picks without --nodes
+        # The product's budgeted choice (its own interleaved timing, random input, same threads and size).
+        cost = api.node_costs(clean, shape=f"1x3x{size}x{size}", threads=threads, budget=target(task, 3), count=3,
+                              warmup=1 if smoke else 3, iters=2 if smoke else 20, progress=False)
+        costs[task] = cost.to_dict()
+        budgeted = {1: node_cost.choose(cost.costs, target(task, 1), 1), 3: cost.choice}
         paths, selectors = {"clean": clean}, {}
         for label, count, placement in VARIANTS:
             path = work / f"{task}.{label.replace(' ', '').replace(',', '.').replace(':', '').replace('+', '')}.onnx"
             names = [auto.name] if count <= 1 else bench_graph_passes.spread(cands, count)
-            if count == 0:
+            if placement == "budget":
+                names = budgeted[count]
+                selectors[label] = names
+                if not names:  # nothing fits: nothing to time
+                    continue
+                api.defend(clean, path, nodes=names, config=AsvpConfig(placement="tap"), force=True)
+            elif count == 0:
                 onnx.save(expose_tensors(model, [auto.output]), path)
                 selectors[label] = names
             elif placement.startswith("floor"):
@@ -112,9 +134,15 @@ def latency_ratios(work: Path, smoke: bool, repeats: int = 40, threads: int = 1)
         wall = bench_graph_passes._interleaved({n: (lambda s=s: s.run(None, feed)) for n, s in sessions.items()},
                                                repeats, warmup=warmup, cpu=cpu)
         for label, count, placement in VARIANTS:
-            row = {"task": task, "variant": label, "nodes": count, "placement": placement, "selectors": selectors[label],
-                   "shape": "x".join(map(str, x.shape)), "repeats": repeats, "threads": threads,
-                   "target": None if count == 0 or placement.startswith("floor") else TARGETS.get((task, count), TARGET_DEFAULT)}
+            row = {"task": task, "variant": label, "nodes": count, "placement": "tap" if placement == "budget" else placement,
+                   "selection": "budget" if placement == "budget" else "auto" if count <= 1 else "spread",
+                   "selectors": selectors[label], "shape": "x".join(map(str, x.shape)), "repeats": repeats,
+                   "threads": threads, "target": None if count == 0 or placement.startswith("floor") else target(task, count),
+                   "cpu": None, "wall": None}
+            if label not in paths:
+                rows.append(row)
+                print(f"  {task}, {label}: no candidate fits", flush=True)
+                continue
             for clock, times in (("cpu", cpu), ("wall", wall)):
                 c, d = np.array(times["clean"]), np.array(times[label])
                 paired = d / c
@@ -143,7 +171,9 @@ def main(argv=None) -> int:
         print("[1/4] teacher quality", flush=True)
         results["teachers"] = api.teacher_quality()
         print("[2/4] latency: defended / clean, ONNX Runtime CPU, interleaved", flush=True)
-        results["latency"] = latency_ratios(work, a.smoke, repeats=a.repeats, threads=a.threads)
+        results["node_costs"] = {}
+        results["latency"] = latency_ratios(work, a.smoke, repeats=a.repeats, threads=a.threads,
+                                            costs=results["node_costs"])
         print("[3/4] subgraph vs exact SVD, approximation error", flush=True)
         results["graph_passes"] = bench_graph_passes.run(work / "graph_passes.json", repeats=2, size=64, accuracy=False) \
             if a.smoke else bench_graph_passes.run(bench_graph_passes.DEFAULT_OUT, repeats=20)

@@ -21,4 +21,9 @@ def test_bench_command_writes_markdown_and_json(tmp_path):
     floors = [r for r in raw["latency"] if r["placement"] == "floor"]
     assert [r["nodes"] for r in floors] == [1, 3] and all(r["target"] is None for r in raw["latency"] if "floor" in r["placement"])
     assert "| floor: tap + Gram | Gram + apply |" in text  # the floor table beside the targets
+    budget = [r for r in raw["latency"] if r.get("selection") == "budget"]
+    assert [r["nodes"] for r in budget] == [1, 3] and all(r["placement"] == "tap" for r in budget)
+    assert all(len(r["selectors"]) <= r["nodes"] for r in budget)
+    assert raw["node_costs"]["sr"]["costs"] and raw["node_costs"]["sr"]["budget"] == 1.10
+    assert "| task | nodes asked | chosen | selection's timing |" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["BENCH.json", "BENCH.md"]  # nothing else left behind

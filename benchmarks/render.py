@@ -50,7 +50,7 @@ def budget_markdown(latency: list[dict], costs: dict) -> list[str]:
     rounds = "/".join(sorted({str(c.get("iters")) for c in costs.values()})) or "?"
     return ["", "Within the budget (tap placement): the nodes `asvp nodes --cost --budget TARGET --count N` chooses "
             "(one node: the cheapest candidate; three: the cheapest of three contiguous runs of candidates, dropped "
-            "while the set, measured together, exceeds the target). `selection's timing`: the set as the tool measured "
+            "while the set, measured together, does not fit: its paired ratios' p75 above the target). `selection's timing`: the set as the tool measured "
             f"it (random input, its own {rounds} rounds, wall clock of the inference call at the same threads); `benchmark`: "
             "the same set in this section's interleaved loop (CPU time). Per-node costs: `node_costs` in the JSON.", "",
             "| task | nodes asked | chosen | selection's timing | benchmark CPU ratio p50 | target | verdict |",

@@ -127,8 +127,8 @@ def test_cli_json_and_a_folder_of_images(exported, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (["--task", "sr"], "--absorbability only"),
-    (["--k", "2"], "--absorbability only"),
+    (["--task", "sr"], "--absorbability or --cost only"),
+    (["--k", "2"], "--absorbability or --cost only"),
     (["--absorbability", "--images", "/nonexistent/dir"], "not found"),
     (["--absorbability", "--task", "sr", "--queries", "1"], "queries must be"),
     (["--absorbability", "--task", "nope"], "unknown task"),

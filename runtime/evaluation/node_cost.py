@@ -40,7 +40,7 @@ from asvp.graph_passes import select
 from asvp.graph_passes.defend import MODES, defend_model
 from asvp.onnx_utils import image_io, load_model
 from asvp.runtime.engines import backends
-from asvp.runtime.evaluation.profile import DEFAULT_SHAPE, check_shape, time_interleaved
+from asvp.runtime.evaluation.profile import DEFAULT_SHAPE, active_runners, check_shape, time_interleaved
 from asvp.runtime.evaluation.report import Section, check_report_dir, fmt, jsonable, md_table, new_figure, write_report
 
 GROUP = 8  # defended models timed per round beside the clean one
@@ -194,8 +194,7 @@ def _time(clean: onnx.ModelProto, variants: dict, *, backend, shape, warmup, ite
     groups = [labels[i:i + GROUP] for i in range(0, len(labels), GROUP)] or [[]]
     clean_times, provider, out = [], "", {}
     for g, group in enumerate(groups):
-        runners = []
-        try:
+        with active_runners(backend, shape) as runners:
             for name, model in [("clean", clean)] + [(lb, variants[lb]) for lb in group]:
                 r = backends.make_runner(model, backend, input_shape=tuple(shape), name=name, threads=threads)
                 r.activate()
@@ -205,18 +204,6 @@ def _time(clean: onnx.ModelProto, variants: dict, *, backend, shape, warmup, ite
             desc = f"cost [{backend}]" + (f" {g + 1}/{len(groups)}" if len(groups) > 1 else "")
             times = time_interleaved(runners, [{input_name: data}] * len(runners), warmup, iters, desc=desc,
                                      progress=progress)
-        except AsvpError:
-            raise
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise AsvpError(f"inference failed on backend {backend} at shape {'x'.join(map(str, shape))}: "
-                            f"{first}") from None
-        finally:
-            for r in runners:
-                try:
-                    r.deactivate()
-                except Exception:
-                    pass
         clean_times += times[0]
         for lb, t in zip(group, times[1:]):
             out[lb] = _paired(times[0], t) + (float(np.median(t)) * 1e3,)

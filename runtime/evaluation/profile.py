@@ -25,6 +25,7 @@ On TensorRT, the engine's device memory size is reported too where the runner ex
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -276,6 +277,26 @@ class ProfileResult:
         return fig
 
 
+@contextlib.contextmanager
+def active_runners(backend: str, shape):
+    """A list for the runners a measurement activates: each is deactivated on the way out, and a backend's own
+    exception (not an AsvpError) becomes one line naming the backend and the shape."""
+    runners = []
+    try:
+        yield runners
+    except AsvpError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AsvpError(f"inference failed on backend {backend} at shape {'x'.join(map(str, shape))}: {first}") from None
+    finally:
+        for r in runners:
+            try:
+                r.deactivate()
+            except Exception:
+                pass
+
+
 def time_interleaved(runners, feeds, warmup: int, iters: int, *, desc: str = "timing",
                      progress: bool = True) -> list[list[float]]:
     """Seconds per inference of every (activated) runner, interleaved: each of warmup + iters rounds runs every
@@ -356,8 +377,8 @@ def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None,
         del m
     data = np.random.default_rng(seed).random(shape, dtype=np.float32)
 
-    runners, mems, devmem, providers, feeds, method = [], [], [], [], [], ""
-    try:
+    mems, devmem, providers, feeds, method = [], [], [], [], ""
+    with active_runners(backend, shape) as runners:
         for name, p in paths:
             r = backends.make_runner(p, backend, input_shape=shape, name=name)
             with PeakMemory() as pm:
@@ -371,17 +392,6 @@ def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None,
             devmem.append(_device_memory_mb(r))
             providers.append(backends.actual_provider(r, backend))
         times = time_interleaved(runners, feeds, warmup, iters, desc=f"profile [{backend}]", progress=progress)
-    except AsvpError:
-        raise
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AsvpError(f"inference failed on backend {backend} at shape {'x'.join(map(str, shape))}: {first}") from None
-    finally:
-        for r in runners:
-            try:
-                r.deactivate()
-            except Exception:
-                pass
 
     if memory == "subprocess":
         for i, m in enumerate(measure_memory_subprocess([p for _, p in paths], backend, shape, seed)):

@@ -197,17 +197,18 @@ def validate(clean: str | os.PathLike, defended: str | os.PathLike, *, task: str
 
 
 def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None, *, backend: str = "onnxrt-cpu",
-            shape="1x3x256x256", warmup: int = 10, iters: int = 50, memory: str = "subprocess", out=None,
-            progress: bool = True):
+            shape="1x3x256x256", warmup: int = 10, iters: int = 50, threads: int | None = None,
+            memory: str = "subprocess", out=None, progress: bool = True):
     """Latency (p50/p90/p99, mean, throughput), peak memory, and the defended/clean ratio measured interleaved.
 
-    memory: "subprocess" (each model in a fresh process; default), "inprocess" (order-dependent) or "off".
-    `out`: a report directory, checked before the work starts (see validate).
+    threads: ONNX Runtime intra-op threads (default: all CPUs). memory: "subprocess" (each model in a fresh
+    process; default), "inprocess" (order-dependent) or "off". `out`: a report directory, checked before the work
+    starts (see validate).
     """
     if out is not None:
         check_report_dir(out)
-    return _profile(clean, defended, backend=backend, shape=shape, warmup=warmup, iters=iters, memory=memory,
-                    out=out, progress=progress)
+    return _profile(clean, defended, backend=backend, shape=shape, warmup=warmup, iters=iters, threads=threads,
+                    memory=memory, out=out, progress=progress)
 
 
 def write_report(out_dir: str | os.PathLike, sections: dict):

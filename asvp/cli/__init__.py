@@ -140,14 +140,11 @@ def add_nodes(sub):
                         "latency ratio (e.g. 1.10)")
     c.add_argument("--count", type=int, metavar="N", help="with --budget: how many nodes to choose at most (default 1)")
     c.add_argument("--nodes", nargs="+", metavar="SEL", help="with --cost: measure only these (default: every candidate)")
-    c.add_argument("--threads", type=int, metavar="N",
-                   help="ONNX Runtime intra-op threads (default: all CPUs, as a default session runs; 1 gives "
-                        "steadier figures on a shared machine)")
     c.add_argument("--out", metavar="DIR", help="with --cost: write report.json, report.md and a PNG here")
     defence = DefenceArgs(("h", "k", "k_mode", "tau", "placement"), mode=True,
                           suffix=" (--absorbability, --cost)")
     add_groups(s, defence, BackendArgs(), TimingArgs(warmup=3, iters=20, what="per round"), OutputArgs(quiet=True))
-    cost_only = ("budget", "count", "nodes", "threads", "out", "placement")
+    cost_only = ("budget", "count", "nodes", "threads", "out", "placement")  # None unless given
     timing = {"backend": "onnxrt-cpu", "shape": "1x3x256x256", "warmup": 3, "iters": 20, "mode": "subgraph"}
 
     def run(a):
@@ -164,7 +161,7 @@ def add_nodes(sub):
             if a.task or a.images or a.input_name:
                 raise AsvpError("--task/--images/--input apply to listing and --absorbability, not to --cost")
             _show(a, api.node_costs(a.model, nodes=a.nodes, config=defence.config(a), mode=a.mode,
-                                    backend=a.backend, threads=a.threads, budget=a.budget,
+                                    backend=a.backend, budget=a.budget,
                                     count=1 if a.count is None else a.count, out=a.out, progress=progress(a),
                                     **TimingArgs.kwargs(a)))
             return

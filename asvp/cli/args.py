@@ -153,7 +153,8 @@ class ShapeProfileArgs:
 
 
 class TimingArgs:
-    """--shape/--warmup/--iters: how a latency measurement runs (random input of one shape, interleaved rounds)."""
+    """--shape/--warmup/--iters/--threads: how a latency measurement runs (random input of one shape, interleaved
+    rounds, ONNX Runtime's intra-op threads)."""
 
     def __init__(self, warmup: int, iters: int, what: str = "per model"):
         self.warmup, self.iters, self.what = warmup, iters, what
@@ -165,10 +166,13 @@ class TimingArgs:
                        help=f"untimed iterations {self.what} first (default {self.warmup})")
         p.add_argument("--iters", type=int, default=self.iters,
                        help=f"timed iterations {self.what} (default {self.iters})")
+        p.add_argument("--threads", type=int, metavar="N",
+                       help="ONNX Runtime intra-op threads (default: all CPUs, as a default session runs; 1 gives "
+                            "steadier figures on a shared machine; TensorRT ignores it)")
 
     @staticmethod
     def kwargs(a) -> dict:
-        return {"shape": a.shape, "warmup": a.warmup, "iters": a.iters}
+        return {"shape": a.shape, "warmup": a.warmup, "iters": a.iters, "threads": a.threads}
 
 
 def add_groups(p: argparse.ArgumentParser, *groups) -> argparse.ArgumentParser:

@@ -40,7 +40,8 @@ from asvp.graph_passes import select
 from asvp.graph_passes.defend import MODES, defend_model
 from asvp.onnx_utils import image_io, load_model
 from asvp.runtime.engines import backends
-from asvp.runtime.evaluation.profile import DEFAULT_SHAPE, active_runners, check_shape, time_interleaved
+from asvp.runtime.evaluation.profile import (DEFAULT_SHAPE, active_runners, check_shape, check_threads,
+                                             time_interleaved)
 from asvp.runtime.evaluation.report import Section, check_report_dir, fmt, jsonable, md_table, new_figure, write_report
 
 GROUP = 8  # defended models timed per round beside the clean one
@@ -220,8 +221,7 @@ def node_costs(model_path: str | os.PathLike, *, nodes=None, config: AsvpConfig 
     for name, v, lo in (("warmup", warmup, 0), ("iters", iters, 1), ("count", count, 1)):
         if not isinstance(v, int) or isinstance(v, bool) or v < lo:
             raise AsvpError(f"{name} must be an integer >= {lo}, got {v!r}")
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-        raise AsvpError(f"threads must be an integer >= 1, got {threads!r}")
+    check_threads(threads)
     if budget is not None and not (isinstance(budget, (int, float)) and np.isfinite(budget) and budget > 1.0):
         raise AsvpError(f"budget is a latency ratio defended/clean > 1 (e.g. 1.10), got {budget!r}")
     if mode not in MODES:

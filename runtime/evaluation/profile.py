@@ -118,14 +118,16 @@ def _device_memory_mb(runner) -> float | None:
     return None
 
 
-def measure_memory_subprocess(models, backend: str, shape, seed: int = 0, timeout: float = 900) -> list[dict]:
+def measure_memory_subprocess(models, backend: str, shape, seed: int = 0, timeout: float = 900,
+                              threads: int | None = None) -> list[dict]:
     """Peak RSS growth (and TensorRT device memory) of loading + running each model, each in a fresh process.
 
     On onnxrt-cpu the processes run concurrently (host memory is per process, so they do not disturb each
     other's numbers); on GPU backends one after the other (each gets the device to itself).
     """
     def start(model):
-        args = json.dumps({"model": str(model), "backend": backend, "shape": list(shape), "seed": seed})
+        args = json.dumps({"model": str(model), "backend": backend, "shape": list(shape), "seed": seed,
+                           "threads": threads})
         cmd = [sys.executable, "-c", "from asvp.runtime.evaluation.profile import _memory_child; _memory_child()", args]
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -158,7 +160,8 @@ def _memory_child() -> None:  # runs in the subprocess started by measure_memory
     try:
         data = np.random.default_rng(args["seed"]).random(tuple(args["shape"]), dtype=np.float32)
         with PeakMemory() as pm:
-            r = backends.make_runner(args["model"], args["backend"], input_shape=tuple(args["shape"]), name="memory")
+            r = backends.make_runner(args["model"], args["backend"], input_shape=tuple(args["shape"]), name="memory",
+                                     threads=args.get("threads"))
             r.activate()
             feed = {next(iter(r.get_input_metadata().keys())): data}
             r.infer(feed)
@@ -203,6 +206,7 @@ class ProfileResult:
     ratio: dict = field(default_factory=dict)  # defended / clean
     memory_method: str = ""
     timer: str = "polygraphy last_inference_time"
+    threads: int | None = None  # ONNX Runtime intra-op threads (None: all CPUs)
     report_dir: str | None = None
 
     def model(self, name: str) -> ModelProfile | None:
@@ -214,8 +218,9 @@ class ProfileResult:
 
     def summary_lines(self) -> list[str]:
         ran = ", ".join(sorted({m.provider for m in self.models}))
-        lines = [f"backend {self.backend} ({ran}), shape {'x'.join(map(str, self.shape))}, {self.warmup} warm-up + {self.iters} "
-                 f"timed iteration(s){', interleaved' if self.interleaved else ''}"]
+        thr = f", {self.threads} intra-op thread(s)" if self.threads else ""
+        lines = [f"backend {self.backend} ({ran}){thr}, shape {'x'.join(map(str, self.shape))}, {self.warmup} warm-up + "
+                 f"{self.iters} timed iteration(s){', interleaved' if self.interleaved else ''}"]
         for m in self.models:
             s = m.stats
             dev = f", device {fmt(m.device_memory_mb, '.1f')} MiB" if m.device_memory_mb is not None else ""
@@ -319,6 +324,11 @@ def time_interleaved(runners, feeds, warmup: int, iters: int, *, desc: str = "ti
     return times
 
 
+def check_threads(threads) -> None:
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise AsvpError(f"threads must be an integer >= 1, got {threads!r}")
+
+
 def check_input_fits(shape) -> None:
     """Refuse an input shape whose float32 tensor alone would not fit in this machine's memory (before allocating)."""
     need = 4 * int(np.prod([int(d) for d in shape], dtype=object))
@@ -349,7 +359,8 @@ def check_shape(model: onnx.ModelProto | None, shape, name: str = "clean") -> tu
 
 def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None, *, backend: str = "onnxrt-cpu",
             shape=DEFAULT_SHAPE, warmup: int = DEFAULT_WARMUP, iters: int = DEFAULT_ITERS, seed: int = 0,
-            memory: str = "subprocess", out: str | os.PathLike | None = None, progress: bool = True) -> ProfileResult:
+            threads: int | None = None, memory: str = "subprocess", out: str | os.PathLike | None = None,
+            progress: bool = True) -> ProfileResult:
     """Time CLEAN (and DEFENDED, interleaved) on `backend` with a random input of `shape`; measure peak memory."""
     from pathlib import Path
 
@@ -357,6 +368,7 @@ def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None,
     for name, v, lo in (("warmup", warmup, 0), ("iters", iters, 1)):
         if not isinstance(v, int) or isinstance(v, bool) or v < lo:
             raise AsvpError(f"{name} must be an integer >= {lo}, got {v!r}")
+    check_threads(threads)
     if memory not in MEMORY_MODES:
         raise AsvpError(f"memory must be one of {', '.join(MEMORY_MODES)}, got {memory!r}")
     if out is not None and Path(out).exists() and not Path(out).is_dir():
@@ -380,7 +392,7 @@ def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None,
     mems, devmem, providers, feeds, method = [], [], [], [], ""
     with active_runners(backend, shape) as runners:
         for name, p in paths:
-            r = backends.make_runner(p, backend, input_shape=shape, name=name)
+            r = backends.make_runner(p, backend, input_shape=shape, name=name, threads=threads)
             with PeakMemory() as pm:
                 r.activate()  # the session / engine is created here
                 runners.append(r)
@@ -394,7 +406,7 @@ def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None,
         times = time_interleaved(runners, feeds, warmup, iters, desc=f"profile [{backend}]", progress=progress)
 
     if memory == "subprocess":
-        for i, m in enumerate(measure_memory_subprocess([p for _, p in paths], backend, shape, seed)):
+        for i, m in enumerate(measure_memory_subprocess([p for _, p in paths], backend, shape, seed, threads=threads)):
             mems[i], method = m["peak_rss_mb"], m["method"]
             if m.get("device_memory_mb") is not None:
                 devmem[i] = m["device_memory_mb"]
@@ -411,7 +423,7 @@ def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None,
         ratio = {"p50": d.stats["p50_ms"] / c.stats["p50_ms"], "mean": d.stats["mean_ms"] / c.stats["mean_ms"],
                  "paired_median": float(np.median(paired))}
     res = ProfileResult(backend, list(shape), warmup, iters, len(models) == 2, models, ratio,
-                        memory_method=memory_method)
+                        memory_method=memory_method, threads=threads)
     if out is not None:
         res.report_dir = str(write_report(out, {"profile": res.to_section()}))
     return res

@@ -56,6 +56,7 @@ TABLE = [
     ("profile-out-under-file", ["profile", "{m}", "--out", "afile/r"], 2),
     ("profile-huge-shape", ["profile", "{m}", "--shape", "1x3x99999x99999", "--memory", "off"], 2),
     ("profile-bad-shape", ["profile", "{m}", "--shape", "1x3x0x4"], 2),
+    ("profile-bad-threads", ["profile", "{m}", "--threads", "0", "--memory", "off"], 2),
     ("nodes-budget-without-cost", ["nodes", "{m}", "--budget", "1.1"], 2),
     ("nodes-count-without-budget", ["nodes", "{m}", "--cost", "--count", "3"], 2),
     ("nodes-cost-and-absorbability", ["nodes", "{m}", "--cost", "--absorbability"], 2),

@@ -76,3 +76,17 @@ def test_cli_cost_json(dehaze, capsys):
 def test_cli_timing_options_need_cost(dehaze, capsys):
     assert main(["nodes", dehaze, "--iters", "5"]) == 2
     assert "apply to --cost only" in capsys.readouterr().err
+
+
+def test_threads_reach_every_session(dehaze, monkeypatch):
+    from asvp.runtime.engines import backends
+
+    seen, real = [], backends.make_runner
+
+    def spy(model, backend, **kw):
+        seen.append(kw.get("threads"))
+        return real(model, backend, **kw)
+
+    monkeypatch.setattr(backends, "make_runner", spy)
+    api.node_costs(dehaze, nodes=["/Relu"], shape="1x3x16x16", warmup=0, iters=1, threads=1, progress=False)
+    assert seen == [1, 1]  # the clean model and the one defended at /Relu

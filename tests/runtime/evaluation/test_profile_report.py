@@ -86,9 +86,16 @@ def test_profile_interleaves_and_alternates_order(teacher, monkeypatch):
     from asvp.runtime.engines import backends
 
     _FakeRunner.log = []
-    monkeypatch.setattr(backends, "make_runner", lambda model, backend, input_shape=None, name=None: _FakeRunner(name))
+    threads = []
+
+    def fake(model, backend, input_shape=None, name=None, **kw):
+        threads.append(kw.get("threads"))
+        return _FakeRunner(name)
+
+    monkeypatch.setattr(backends, "make_runner", fake)
     res = prof.profile(teacher("dehaze"), teacher("dehaze"), shape=(1, 3, 16, 16), warmup=2, iters=4, memory="off",
-                       progress=False)
+                       threads=1, progress=False)
+    assert threads == [1, 1] and res.threads == 1  # the thread count reaches every runner
     # One checked first inference each, then per iteration both models, in alternating order (ABBA...).
     assert _FakeRunner.log == ["clean", "defended"] + ["clean", "defended", "defended", "clean"] * 3
     assert res.ratio["p50"] == pytest.approx(2.0) and res.ratio["paired_median"] == pytest.approx(2.0)
@@ -104,6 +111,7 @@ def test_profile_interleaves_and_alternates_order(teacher, monkeypatch):
     ({"warmup": -1}, "warmup must be"),
     ({"backend": "nope"}, "unknown backend"),
     ({"memory": "lots"}, "memory must be one of"),
+    ({"threads": 0}, "threads must be an integer >= 1"),
 ])
 def test_profile_bad_input(kw, message, teacher, tmp_path, capsys):
     task = kw.pop("task", "sr")

@@ -1,10 +1,6 @@
 """benchmarks/bench_graph_passes.py: the Gram floor model that `make bench` measures every defence against."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import onnx
@@ -12,18 +8,9 @@ import onnx
 from asvp.graph_passes.expose import expose_tensors
 from asvp.runtime.engines.sessions import ort_session
 
-ROOT = Path(__file__).resolve().parents[2]
+import bench_graph_passes as bench
 
 
-def _load(name: str):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(f"asvp_{name}", ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-bench = _load("bench_graph_passes")
 
 
 def test_gram_floor_model_exposes_features_and_their_exact_gram(exported):

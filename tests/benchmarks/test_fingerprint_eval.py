@@ -1,12 +1,7 @@
 """benchmarks/fingerprint_eval.py: the verdict on the targets and the rendering are computed, not written in."""
-import importlib.util
 import math
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("fingerprint_eval", ROOT / "benchmarks" / "fingerprint_eval.py")
-fe = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(fe)
+import fingerprint_eval as fe
 
 
 def _entry(pos_c, neg_c, drop, flagged_neg=0):
@@ -51,7 +46,7 @@ def test_add_refuses_a_task_without_a_recorded_entry(tmp_path):
 
     out = tmp_path / "fp.json"
     out.write_text('{"tasks": {}}')
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fingerprint_eval.py"), "--smoke", str(out),
+    proc = subprocess.run([sys.executable, fe.__file__, "--smoke", str(out),
                            "--add", "--profile", "long-seeds", "--task", "sr"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "no entry for sr" in proc.stderr and "Traceback" not in proc.stderr
     assert out.read_text() == '{"tasks": {}}'  # nothing written

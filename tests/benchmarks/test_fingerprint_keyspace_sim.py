@@ -1,18 +1,12 @@
 """benchmarks/fingerprint_keyspace_sim.py: the what-if reads the evaluation JSON and its rates respond to the mark."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from asvp.fingerprint import key_direction
 
-ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("asvp_fp_sim", ROOT / "benchmarks" / "fingerprint_keyspace_sim.py")
-sim = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(sim)
+import fingerprint_keyspace_sim as sim
 
 
 def _task(shift: float, dim: int = 16, seed: int = 0) -> dict:

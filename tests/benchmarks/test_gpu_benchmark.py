@@ -2,7 +2,6 @@
 stand-in timers on CPU (Triton's interpreter runs the kernels). The GPU figures themselves are not tested here."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -25,11 +24,9 @@ from asvp.tasks import TASKS  # noqa: E402
 from asvp.graph_passes import select  # noqa: E402
 from asvp.runtime.engines.kernels import triton_asvp  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "gpu.py"
-spec = importlib.util.spec_from_file_location("asvp_gpu_benchmark", SCRIPT)
-gpu = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gpu)
+import gpu  # noqa: E402  (benchmarks/gpu.py; tests/conftest.py puts benchmarks/ on sys.path)
+
+SCRIPT = Path(gpu.__file__)
 
 
 def test_arguments():

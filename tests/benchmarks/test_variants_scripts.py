@@ -1,24 +1,11 @@
 """benchmarks/variants_search.py and benchmarks/variants_ensemble_attack.py: the pieces that decide a verdict."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"asvp_{name}", ROOT / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-search = _load("variants_search")
-ensemble = _load("variants_ensemble_attack")
+import variants_ensemble_attack as ensemble
+import variants_search as search
 
 
 @pytest.mark.parametrize("t", range(8))

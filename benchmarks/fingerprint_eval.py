@@ -8,7 +8,7 @@ so a stopped run resumes with the missing tasks) and renders benchmarks/results/
 Every model is trained here on CPU, one thread, from the served models' answers through ONNX Runtime (the attack
 harness: asvp.runtime.attacks.attack.make_queries / get_answers); a suspect is queried only on the verifier's
 probe images. Seeds are fixed and listed in the output. The mark is calibrated to the teacher's budget
-(fingerprint.mark_file: max drop 0.05 dB, half of it on training-image calibration crops); the teacher's cost is
+(fingerprint.mark_file: max drop 0.05 dB, 40 % of it on training-image calibration crops); the teacher's cost is
 measured on the held-out images.
 
 Positives (students of the MARKED model), profile cpu: output distillation at the quick budget (seeds 0-2), the
@@ -179,9 +179,10 @@ def extra_negatives(task: str, spec, clean: Path, evaluate) -> None:
              {"kind": "baseline", "size": "-", "budget": "-", "seed": None})
 
 
-def run_task(task: str, profile: str, work: Path, log, existing: dict | None = None) -> dict:
-    """One task's entry. With `existing` (an entry of the same mark), only `profile`'s arms are trained and their
-    rows appended to it: the mark, the probes and the references are recomputed and must match."""
+def run_task(task: str, profile: str, work: Path, log, existing: dict | None = None, key: str = KEY) -> dict:
+    """One task's entry under evaluation key `key`. With `existing` (an entry of the same mark), only `profile`'s
+    arms are trained and their rows appended to it: the mark, the probes and the references are recomputed and must
+    match."""
     t0 = time.perf_counter()
     spec = get_task(task)
     clean = work / f"{task}.onnx"
@@ -189,7 +190,7 @@ def run_task(task: str, profile: str, work: Path, log, existing: dict | None = N
     h_in, h_tgt = (t.numpy() for t in spec.heldout())
     t_clean = teacher_psnr(clean, h_in, h_tgt)
     marked = work / f"{task}.fp.onnx"
-    mres = fp.mark_file(clean, marked, KEY, task=task, max_drop_db=TEACHER_DROP_BUDGET)
+    mres = fp.mark_file(clean, marked, key, task=task, max_drop_db=TEACHER_DROP_BUDGET)
     t_marked = teacher_psnr(marked, h_in, h_tgt)
     log(f"{task}: mark {mres.mark['node']} ({mres.key_dim} key dims) {mres.mark['strength_db']} dB on the probes, "
         f"teacher {t_clean:.3f} -> {t_marked:.3f} dB held-out ({time.perf_counter() - t0:.0f} s)")
@@ -197,11 +198,11 @@ def run_task(task: str, profile: str, work: Path, log, existing: dict | None = N
         raise SystemExit(f"{task}: the mark differs from the recorded entry's (eps {mres.mark['eps']} against "
                          f"{existing['mark']['eps']}): re-run the whole task instead of adding to it")
     v = fp.Verifier.open(clean, marked, task=task)
-    u = key_direction(KEY, v.info.key_dim)
+    u = key_direction(key, v.info.key_dim)
     rows = [dict(r) for r in existing["rows"]] if existing is not None else []
 
     def evaluate(name, label, fn, meta):
-        res = v.verify(fn, KEY, name=name)
+        res = v.verify(fn, key, name=name)
         psnr = psnr_ssim(fn(h_in), h_tgt)[0]
         t = fp.projections(fn(v.x), v.base, v.delta)
         row = {"name": name, "label": label, **meta, "c": res.statistic, "p": res.p_value, "flagged": res.flagged,
@@ -284,7 +285,7 @@ def run_task(task: str, profile: str, work: Path, log, existing: dict | None = N
             w = rng.standard_normal(len(u))
             null_p.append(key_statistic(a, w / np.linalg.norm(w))[1])
     seconds = round(time.perf_counter() - t0, 1)
-    entry = {"task": task, "profile": profile, "key_dim": v.info.key_dim, "mark": mres.mark,
+    entry = {"task": task, "profile": profile, "key": key, "key_dim": v.info.key_dim, "mark": mres.mark,
              "teacher_psnr": {"clean": t_clean, "marked": t_marked}, "teacher_drop_db": t_clean - t_marked,
              "references": sorted(v.refs), "references_t": {k: np.asarray(t).tolist() for k, t in v.refs.items()},
              "rows": rows, "skipped": skipped,
@@ -349,7 +350,7 @@ def summarize(r: dict) -> dict:
 def render(data: dict) -> str:
     out = ["# Keyed distillation fingerprint: measured\n",
            f"Written by `python benchmarks/fingerprint_eval.py --task TASK --profile PROFILE` "
-           f"({data.get('written', '?')}; CPU, one thread, on a shared 2-core machine). Key `{KEY}` (public, for the "
+           f"({data.get('written', '?')}; CPU, one thread, on a shared 2-core machine). Key `{data.get('key', KEY)}` (public, for the "
            f"evaluation only); alpha {ALPHA}; p-values exact under 'the suspect never saw the marked outputs' "
            f"(the key is uniform and independent of the suspect; the reference subspace removed is key-free). "
            f"Intervals: Wilson 95 %. Targets (issue 14): AUC >= 0.99, FPR <= 1 % at p < 0.01, teacher drop <= "
@@ -409,6 +410,7 @@ def render(data: dict) -> str:
 
 
 def main() -> int:
+    global RESULTS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", action="append", default=[], help="task to evaluate (repeat); results are merged")
     ap.add_argument("--add", action="store_true",
@@ -419,13 +421,19 @@ def main() -> int:
                          "staged) at the long budget, seed 0 (both with --add, added to a cpu entry)")
     ap.add_argument("--render", action="store_true", help="only render the markdown from the JSON")
     ap.add_argument("--smoke", metavar="JSON", help="tiny budgets, results to this file instead (pipeline check)")
+    ap.add_argument("--key", default=KEY, help=f"the evaluation key (default {KEY}; public, for evaluations only)")
+    ap.add_argument("--json", metavar="PATH", help=f"results file (default {RESULTS.relative_to(ROOT)}; the markdown "
+                                                   "beside it); one file holds one key")
     a = ap.parse_args()
-    global RESULTS
+    if a.json:
+        RESULTS = Path(a.json)
     if a.smoke:
         RESULTS = Path(a.smoke)
         for k in BUDGETS:
             BUDGETS[k] = (16, 3)
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"tasks": {}}
+    if a.task and data["tasks"] and data.get("key", KEY) != a.key:
+        ap.error(f"{RESULTS} holds results under the key {data.get('key', KEY)!r}; give --json for --key {a.key!r}")
     for task in a.task:
         with tempfile.TemporaryDirectory(prefix="asvp-fp-eval-") as d:
             existing = None
@@ -434,9 +442,10 @@ def main() -> int:
                 if task not in recorded:
                     ap.error(f"--add: {RESULTS} has no entry for {task} to add to")
                 existing = recorded[task]
-            res = run_task(task, a.profile, Path(d), lambda s: print(s, flush=True), existing)
+            res = run_task(task, a.profile, Path(d), lambda s: print(s, flush=True), existing, key=a.key)
         data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"tasks": {}}
         data["tasks"][task] = res
+        data["key"] = a.key
         data["written"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         write_text_atomic(RESULTS, json.dumps(data, indent=1))
     if data["tasks"]:

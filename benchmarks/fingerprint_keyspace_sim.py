@@ -33,7 +33,7 @@ KEY = "fingerprint-eval-key-0"
 
 def simulate(task: dict, mode: str, trials: int, rng) -> tuple[float, float, int]:
     dim = task["key_dim"]
-    u = key_direction(KEY, dim)
+    u = key_direction(task.get("key", KEY), dim)
     refs = [np.asarray(v) for v in task["references_t"].values()]
     negs = {r["name"]: np.asarray(r["t"]) for r in task["rows"] if r["label"] == "negative"}
     pairs = [(np.asarray(r["t"]), negs[n], n) for r in task["rows"] if r["label"] == "positive"

@@ -50,3 +50,15 @@ def test_add_refuses_a_task_without_a_recorded_entry(tmp_path):
                            "--add", "--profile", "long-seeds", "--task", "sr"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "no entry for sr" in proc.stderr and "Traceback" not in proc.stderr
     assert out.read_text() == '{"tasks": {}}'  # nothing written
+
+
+def test_one_results_file_holds_one_key(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "fp.json"
+    out.write_text('{"key": "another-key", "tasks": {"sr": {}}}')
+    proc = subprocess.run([sys.executable, fe.__file__, "--json", str(out), "--task", "sr"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "under the key 'another-key'" in proc.stderr and "Traceback" not in proc.stderr
+    assert out.read_text() == '{"key": "another-key", "tasks": {"sr": {}}}'  # nothing written

@@ -144,15 +144,14 @@ def add_nodes(sub):
     defence = DefenceArgs(("h", "k", "k_mode", "tau", "placement"), mode=True,
                           suffix=" (--absorbability, --cost)")
     add_groups(s, defence, BackendArgs(), TimingArgs(warmup=3, iters=20, what="per round"), OutputArgs(quiet=True))
-    cost_only = ("budget", "count", "nodes", "threads", "out", "placement")  # None unless given
-    timing = {"backend": "onnxrt-cpu", "shape": "1x3x256x256", "warmup": 3, "iters": 20, "mode": "subgraph"}
+    cost_only = ("budget", "count", "nodes", "threads", "out", "placement", "backend", "shape", "warmup", "iters",
+                 "mode")
 
     def run(a):
         if a.absorbability and a.cost:
             raise AsvpError("--absorbability and --cost are separate runs; give one")
         if not a.cost:
-            given = [f"--{n}" for n in cost_only if getattr(a, n) is not None]
-            given += [f"--{n}" for n, v in timing.items() if getattr(a, n) != v]
+            given = [f"--{n}" for n in cost_only if getattr(a, n) != s.get_default(n)]
             if given:
                 raise AsvpError(f"{', '.join(given)} apply to --cost only")
         if a.count is not None and a.budget is None:

@@ -4,6 +4,8 @@ so a stopped run resumes with the missing tasks) and renders benchmarks/results/
 
     python benchmarks/fingerprint_eval.py --task sr [--task lowlight ...] [--profile cpu|tiny]
     python benchmarks/fingerprint_eval.py --render            # markdown from the JSON only
+    python benchmarks/fingerprint_eval.py --key K --json R.json --task sr   # another evaluation key, its own file
+    python benchmarks/fingerprint_eval.py --compare A.json B.json           # the same arms under each file's key
 
 Every model is trained here on CPU, one thread, from the served models' answers through ONNX Runtime (the attack
 harness: asvp.runtime.attacks.attack.make_queries / get_answers); a suspect is queried only on the verifier's
@@ -347,6 +349,29 @@ def summarize(r: dict) -> dict:
     return {"groups": groups, "k": k, "auc": a, "fpr_upper": fpr_hi, "met": met}
 
 
+def compare_keys(files: list[dict]) -> str:
+    """Markdown: the same arms under several evaluation keys (one results file per key), per task. Only the models
+    every file evaluated count (by name), so a file with extra arms (--add) is compared on the common ones."""
+    out = ["| task | key | mark vs clean on probes dB | teacher drop dB | TPR | FPR | AUC (c) | quick | full | long |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    tasks = [t for t in files[0]["tasks"] if all(t in f["tasks"] for f in files[1:])]
+    for task in tasks:
+        common = set.intersection(*({x["name"] for x in f["tasks"][task]["rows"]} for f in files))
+        for f in files:
+            e = f["tasks"][task]
+            r = summarize({**e, "rows": [x for x in e["rows"] if x["name"] in common]})
+            g = r["groups"]
+            cells = []
+            for b in ("quick", "full", "long"):
+                arm = [x for x in g["positive"] if x.get("budget") == b]
+                cells.append(f"{sum(x['flagged'] for x in arm)}/{len(arm)} (p {np.median([x['p'] for x in arm]):.2g})"
+                             if arm else "-")
+            out.append(f"| {task} | `{e.get('key', KEY)}` | {e['mark']['strength_db']} | {e['teacher_drop_db']:+.4f} | "
+                       f"{r['k']['positive']}/{len(g['positive'])} | {r['k']['negative']}/{len(g['negative'])} | "
+                       f"{r['auc']:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def render(data: dict) -> str:
     out = ["# Keyed distillation fingerprint: measured\n",
            f"Written by `python benchmarks/fingerprint_eval.py --task TASK --profile PROFILE` "
@@ -422,9 +447,14 @@ def main() -> int:
     ap.add_argument("--render", action="store_true", help="only render the markdown from the JSON")
     ap.add_argument("--smoke", metavar="JSON", help="tiny budgets, results to this file instead (pipeline check)")
     ap.add_argument("--key", default=KEY, help=f"the evaluation key (default {KEY}; public, for evaluations only)")
+    ap.add_argument("--compare", nargs="+", metavar="JSON",
+                    help="print a markdown table of the same arms under the keys of these results files, and exit")
     ap.add_argument("--json", metavar="PATH", help=f"results file (default {RESULTS.relative_to(ROOT)}; the markdown "
                                                    "beside it); one file holds one key")
     a = ap.parse_args()
+    if a.compare:
+        print(compare_keys([json.loads(Path(f).read_text()) for f in a.compare]), end="")
+        return 0
     if a.json:
         RESULTS = Path(a.json)
     if a.smoke:

@@ -62,3 +62,17 @@ def test_one_results_file_holds_one_key(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 2 and "under the key 'another-key'" in proc.stderr and "Traceback" not in proc.stderr
     assert out.read_text() == '{"key": "another-key", "tasks": {"sr": {}}}'  # nothing written
+
+
+def test_compare_keys_counts_only_the_models_both_files_evaluated():
+    a = _entry([0.8, 0.7, 0.6], [0.1, 0.0], 0.03)
+    b = _entry([0.8, 0.1], [0.1, 0.0], 0.02, flagged_neg=1)  # no p2: an arm only the first file ran
+    for e, key in ((a, "k0"), (b, "k1")):
+        e["key"] = key
+        for row in e["rows"]:
+            row["budget"] = "quick"
+    md = fe.compare_keys([{"tasks": {"sr": a}}, {"tasks": {"sr": b, "derain": b}}])
+    lines = [x for x in md.splitlines() if x.startswith("| sr |")]
+    assert len(lines) == 2 and "derain" not in md  # only the tasks both files hold
+    assert "| `k0` |" in lines[0] and "| 2/2 | 0/2 |" in lines[0] and "2/2 (p 1e-05)" in lines[0]
+    assert "| `k1` |" in lines[1] and "| 2/2 | 1/2 |" in lines[1]

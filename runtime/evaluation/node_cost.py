@@ -10,7 +10,8 @@ threads and input shape you deploy:
 
 1. Per candidate, the model defended at that node alone (your config and mode) is timed against the clean model,
    interleaved (`profile.time_interleaved`: each round runs the clean model and a group of at most GROUP defended
-   ones in rotating order; one ONNX Runtime session per model, so groups bound the memory). The cost of a node is
+   ones in rotating order; one ONNX Runtime session per model, and each group's defended models are built when it
+   is timed, so groups bound the memory). The cost of a node is
    the median over rounds of defended / clean latency in the same round, with the p25-p75 of those ratios.
 2. With a budget B (a ratio, e.g. 1.10) and a count n: the candidates, in topological order, are split into n
    contiguous runs of (nearly) equal length, and the cheapest of each run is taken (ties: the last, the end of a
@@ -190,14 +191,16 @@ def _paired(clean_s, defended_s) -> tuple[float, float, float]:
 
 def _time(clean: onnx.ModelProto, variants: dict, *, backend, shape, warmup, iters, threads, input_name, data,
           progress) -> tuple[float, str, dict]:
-    """Clean p50 (ms), the provider that ran it, and per variant (ratio, p25, p75, p50 ms); groups of GROUP."""
+    """Clean p50 (ms), the provider that ran it, and per variant (ratio, p25, p75, p50 ms); groups of GROUP.
+    variants: label -> a function that builds the defended model, called when its group is timed, so that at most
+    GROUP defended copies of the model exist at a time."""
     labels = list(variants)
     groups = [labels[i:i + GROUP] for i in range(0, len(labels), GROUP)] or [[]]
     clean_times, provider, out = [], "", {}
     for g, group in enumerate(groups):
         with active_runners(backend, shape) as runners:
-            for name, model in [("clean", clean)] + [(lb, variants[lb]) for lb in group]:
-                r = backends.make_runner(model, backend, input_shape=tuple(shape), name=name, threads=threads)
+            for name, model in [("clean", lambda: clean)] + [(lb, variants[lb]) for lb in group]:
+                r = backends.make_runner(model(), backend, input_shape=tuple(shape), name=name, threads=threads)
                 r.activate()
                 runners.append(r)
                 r.infer({input_name: data})  # checked once: inputs, provider
@@ -241,22 +244,28 @@ def node_costs(model_path: str | os.PathLike, *, nodes=None, config: AsvpConfig 
         select.check_feature(f, cfg.k)
     if not feats:
         raise AsvpError(f"no candidate feature node has more than k={cfg.k} channels; see `asvp nodes MODEL`")
-    auto = select.automatic(cands).name if cands else None
+    top = select.automatic(cands) if cands else None
+    auto = (top.name or top.output) if top else None
 
-    variants = {f.name: defend_model(model, [f.name], cfg, mode=mode)[0] for f in feats}
+    label = {f.output: f.name or f.output for f in feats}  # unnamed nodes: their tensor (a selector too)
+
+    def defended(selectors: list):
+        return lambda: defend_model(model, list(selectors), cfg, mode=mode)[0]
+
+    variants = {label[f.output]: defended([label[f.output]]) for f in feats}
     data = np.random.default_rng(seed).random(tuple(shape), dtype=np.float32)
     kw = dict(backend=backend, shape=shape, warmup=warmup, iters=iters, threads=threads, input_name=input_name,
               data=data, progress=progress)
     clean_ms, provider, measured = _time(model, variants, **kw)
-    costs = [NodeCost(f.index, f.name, f.op_type, list(f.shape), f.channels, *measured[f.name], auto=f.name == auto)
-             for f in feats]
+    costs = [NodeCost(f.index, label[f.output], f.op_type, list(f.shape), f.channels, *measured[label[f.output]],
+                      auto=label[f.output] == auto) for f in feats]
     res = CostResult(str(model_path), backend, provider, list(shape), warmup, iters, threads, mode, cfg.to_dict(),
                      clean_ms, costs, budget, count if budget is not None else None)
     if budget is not None:
         picked = choose(costs, budget, count)
         by_name = {c.name: c for c in costs}
         while picked:
-            _, _, got = _time(model, {"set": defend_model(model, picked, cfg, mode=mode)[0]}, **kw)
+            _, _, got = _time(model, {"set": defended(picked)}, **kw)
             ratio, p25, p75, _ = got["set"]
             res.trials.append(Trial(list(picked), ratio, p25, p75, p75 <= budget))
             if p75 <= budget:

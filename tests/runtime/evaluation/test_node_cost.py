@@ -90,3 +90,16 @@ def test_threads_reach_every_session(dehaze, monkeypatch):
     monkeypatch.setattr(backends, "make_runner", spy)
     api.node_costs(dehaze, nodes=["/Relu"], shape="1x3x16x16", warmup=0, iters=1, threads=1, progress=False)
     assert seen == [1, 1]  # the clean model and the one defended at /Relu
+
+
+def test_unnamed_nodes_are_labelled_by_their_tensor(dehaze, tmp_path):
+    model = onnx.load(dehaze)
+    for node in model.graph.node:
+        node.name = ""
+    path = tmp_path / "unnamed.onnx"
+    onnx.save(model, path)
+    outs = [c.output for c in select.candidates(model) if c.channels > 4][:2]
+    res = api.node_costs(path, nodes=outs, shape="1x3x16x16", warmup=0, iters=1, threads=1, budget=50.0, count=2,
+                         progress=False)
+    assert [c.name for c in res.costs] == outs and sum(c.auto for c in res.costs) <= 1
+    assert res.choice and set(res.choice) <= set(outs)

@@ -349,11 +349,20 @@ def summarize(r: dict) -> dict:
     return {"groups": groups, "k": k, "auc": a, "fpr_upper": fpr_hi, "met": met}
 
 
+def budget_cells(positives: list[dict]) -> list[str]:
+    """Per attacker budget (BUDGETS' order): "flagged/students (p median)" of those rows, or "-" when none."""
+    cells = []
+    for b in BUDGETS:
+        g = [x for x in positives if x.get("budget") == b]
+        cells.append(f"{sum(x['flagged'] for x in g)}/{len(g)} (p {np.median([x['p'] for x in g]):.2g})" if g else "-")
+    return cells
+
+
 def compare_keys(files: list[dict]) -> str:
     """Markdown: the same arms under several evaluation keys (one results file per key), per task. Only the models
     every file evaluated count (by name), so a file with extra arms (--add) is compared on the common ones."""
-    out = ["| task | key | mark vs clean on probes dB | teacher drop dB | TPR | FPR | AUC (c) | quick | full | long |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| task | key | mark vs clean on probes dB | teacher drop dB | TPR | FPR | AUC (c) | " + " | ".join(BUDGETS) + " |",
+           "|---" * (7 + len(BUDGETS)) + "|"]
     tasks = [t for t in files[0]["tasks"] if all(t in f["tasks"] for f in files[1:])]
     for task in tasks:
         common = set.intersection(*({x["name"] for x in f["tasks"][task]["rows"]} for f in files))
@@ -361,11 +370,7 @@ def compare_keys(files: list[dict]) -> str:
             e = f["tasks"][task]
             r = summarize({**e, "rows": [x for x in e["rows"] if x["name"] in common]})
             g = r["groups"]
-            cells = []
-            for b in ("quick", "full", "long"):
-                arm = [x for x in g["positive"] if x.get("budget") == b]
-                cells.append(f"{sum(x['flagged'] for x in arm)}/{len(arm)} (p {np.median([x['p'] for x in arm]):.2g})"
-                             if arm else "-")
+            cells = budget_cells(g["positive"])
             out.append(f"| {task} | `{e.get('key', KEY)}` | {e['mark']['strength_db']} | {e['teacher_drop_db']:+.4f} | "
                        f"{r['k']['positive']}/{len(g['positive'])} | {r['k']['negative']}/{len(g['negative'])} | "
                        f"{r['auc']:.3f} | " + " | ".join(cells) + " |")
@@ -405,12 +410,7 @@ def render(data: dict) -> str:
             "| task | " + " | ".join(f"{b} ({q} x {st})" for b, (q, st) in BUDGETS.items()) + " |",
             "|---" * (len(BUDGETS) + 1) + "|"]
     for task, r in data["tasks"].items():
-        pos = summarize(r)["groups"]["positive"]
-        cells = []
-        for b in BUDGETS:
-            g = [x for x in pos if x.get("budget") == b]
-            cells.append(f"{sum(x['flagged'] for x in g)}/{len(g)} (p {np.median([x['p'] for x in g]):.2g})" if g else "-")
-        out.append(f"| {task} | " + " | ".join(cells) + " |")
+        out.append(f"| {task} | " + " | ".join(budget_cells(summarize(r)["groups"]["positive"])) + " |")
     out += ["",
             "p-value quantiles (min / 25 % / median / 75 % / max) per arm:\n",
             "| task | positives | negatives | removal |", "|---|---|---|---|"]

@@ -41,8 +41,8 @@ from asvp.graph_passes import select
 from asvp.graph_passes.defend import MODES, defend_model
 from asvp.onnx_utils import image_io, load_model
 from asvp.runtime.engines import backends
-from asvp.runtime.evaluation.profile import (DEFAULT_SHAPE, active_runners, check_shape, check_threads,
-                                             time_interleaved)
+from asvp.runtime.evaluation.profile import (DEFAULT_SHAPE, active_runners, check_shape, check_size_multiple,
+                                             check_timing, time_interleaved)
 from asvp.runtime.evaluation.report import Section, check_report_dir, fmt, jsonable, md_table, new_figure, write_report
 
 GROUP = 8  # defended models timed per round beside the clean one
@@ -221,10 +221,9 @@ def node_costs(model_path: str | os.PathLike, *, nodes=None, config: AsvpConfig 
                progress: bool = True) -> CostResult:
     """Measure the defence's cost at each candidate (or at the `nodes` selectors) of the CLEAN model at
     `model_path`; with `budget`, choose up to `count` nodes that fit it, measured together (module docstring)."""
-    for name, v, lo in (("warmup", warmup, 0), ("iters", iters, 1), ("count", count, 1)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-            raise AsvpError(f"{name} must be an integer >= {lo}, got {v!r}")
-    check_threads(threads)
+    check_timing(warmup, iters, threads)
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise AsvpError(f"count must be an integer >= 1, got {count!r}")
     if budget is not None and not (isinstance(budget, (int, float)) and np.isfinite(budget) and budget > 1.0):
         raise AsvpError(f"budget is a latency ratio defended/clean > 1 (e.g. 1.10), got {budget!r}")
     if mode not in MODES:
@@ -237,7 +236,8 @@ def node_costs(model_path: str | os.PathLike, *, nodes=None, config: AsvpConfig 
     cfg = (AsvpConfig.from_dict(config) if isinstance(config, dict) else (config or AsvpConfig())).validate()
     model = load_model(model_path)
     input_name, _ = image_io(model)
-    shape = check_shape(model, shape)
+    shape = check_shape(shape)
+    check_size_multiple(model, shape)
     cands = select.candidates(model)
     feats = select.resolve(model, nodes) if nodes else [c for c in cands if c.channels > cfg.k]
     for f in feats:

@@ -324,9 +324,11 @@ def time_interleaved(runners, feeds, warmup: int, iters: int, *, desc: str = "ti
     return times
 
 
-def check_threads(threads) -> None:
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-        raise AsvpError(f"threads must be an integer >= 1, got {threads!r}")
+def check_timing(warmup, iters, threads=None) -> None:
+    """Refuse warm-up / timed iteration counts and a thread count that a measurement cannot run with."""
+    for name, v, lo in (("warmup", warmup, 0), ("iters", iters, 1), ("threads", threads, 1)):
+        if (v is not None or name != "threads") and (not isinstance(v, int) or isinstance(v, bool) or v < lo):
+            raise AsvpError(f"{name} must be an integer >= {lo}, got {v!r}")
 
 
 def check_input_fits(shape) -> None:
@@ -341,20 +343,23 @@ def check_input_fits(shape) -> None:
                         f"half of this machine's {total / 2**30:.1f} GiB of memory; choose a smaller shape")
 
 
-def check_shape(model: onnx.ModelProto | None, shape, name: str = "clean") -> tuple[int, int, int, int]:
-    """An NxCxHxW input shape (text or ints) that `model` (the `name` model) can run: 3 channels, the height and
-    width multiples its asvp.size_multiple metadata asks for, and an input that fits in this machine's memory."""
+def check_shape(shape) -> tuple[int, int, int, int]:
+    """An NxCxHxW input shape (text or ints) for an RGB image model: 3 channels, and an input that fits in this
+    machine's memory (check_size_multiple then checks it against each model)."""
     shape = parse_shape(shape if isinstance(shape, str) else "x".join(map(str, shape)))
     if shape[1] != 3:
         raise AsvpError(f"--shape must have 3 channels (NCHW RGB), got {shape[1]}")
-    if model is not None:
-        mult = get_metadata(model).get("asvp.size_multiple", "1")
-        mult = int(mult) if mult.isdigit() else 1
-        if mult > 1 and (shape[2] % mult or shape[3] % mult):
-            raise AsvpError(f"--shape {'x'.join(map(str, shape))}: the {name} model needs height and width "
-                            f"multiples of {mult}")
     check_input_fits(shape)
     return shape
+
+
+def check_size_multiple(model: onnx.ModelProto, shape, name: str = "clean") -> None:
+    """Refuse a shape whose height or width is not a multiple of the `name` model's asvp.size_multiple."""
+    mult = get_metadata(model).get("asvp.size_multiple", "1")
+    mult = int(mult) if mult.isdigit() else 1
+    if mult > 1 and (shape[2] % mult or shape[3] % mult):
+        raise AsvpError(f"--shape {'x'.join(map(str, shape))}: the {name} model needs height and width "
+                        f"multiples of {mult}")
 
 
 def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None, *, backend: str = "onnxrt-cpu",
@@ -364,17 +369,13 @@ def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None,
     """Time CLEAN (and DEFENDED, interleaved) on `backend` with a random input of `shape`; measure peak memory."""
     from pathlib import Path
 
-    shape = parse_shape("x".join(map(str, shape))) if not isinstance(shape, str) else parse_shape(shape)
-    for name, v, lo in (("warmup", warmup, 0), ("iters", iters, 1)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-            raise AsvpError(f"{name} must be an integer >= {lo}, got {v!r}")
-    check_threads(threads)
+    shape = check_shape(shape)
+    check_timing(warmup, iters, threads)
     if memory not in MEMORY_MODES:
         raise AsvpError(f"memory must be one of {', '.join(MEMORY_MODES)}, got {memory!r}")
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise AsvpError(f"--out {out} exists and is not a directory")
     paths = [("clean", clean)] + ([("defended", defended)] if defended is not None else [])
-    check_shape(None, shape)
     input_name = None
     for name, p in paths:
         if build.is_engine_path(p):  # a TensorRT engine: no ONNX metadata to check; the runner checks
@@ -385,7 +386,7 @@ def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None,
         if input_name is not None and in_name != input_name:
             raise AsvpError(f"the models' inputs differ: clean {input_name!r}, defended {in_name!r}")
         input_name = in_name
-        check_shape(m, shape, name)
+        check_size_multiple(m, shape, name)
         del m
     data = np.random.default_rng(seed).random(shape, dtype=np.float32)
 

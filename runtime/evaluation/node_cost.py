@@ -38,6 +38,7 @@ import onnx
 from asvp.config import AsvpConfig
 from asvp.errors import AsvpError
 from asvp.graph_passes import select
+from asvp.graph_passes.candidates import text_table
 from asvp.graph_passes.defend import MODES, defend_model
 from asvp.onnx_utils import image_io, load_model
 from asvp.runtime.engines import backends
@@ -110,10 +111,7 @@ class CostResult:
                   f"{c.ratio_p25:.3f}-{c.ratio_p75:.3f}",
                   " ".join(t for t, on in (("auto", c.auto), ("chosen", c.name in self.choice)) if on))
                  for c in self.costs]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        table = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
-        table.insert(1, "  ".join("-" * w for w in widths))
-        lines += table
+        lines += text_table(rows)
         if self.budget is not None:
             for t in self.trials:
                 lines.append(f"together: {', '.join(t.nodes)}: x{t.ratio:.3f} [{t.ratio_p25:.3f}-{t.ratio_p75:.3f}]"

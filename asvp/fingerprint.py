@@ -125,6 +125,9 @@ def principal_directions(feat: np.ndarray, m: int) -> np.ndarray:
 
 # ---- the exact null ------------------------------------------------------------------------------------------
 
+_GAUSS_LEGENDRE = np.polynomial.legendre.leggauss(64)  # nodes and weights, computed once (a call costs ~10 ms)
+
+
 def cosine_tail(c: float, dim: int) -> float:
     """P(u_1 >= c) for u uniform on the unit sphere of R^dim (exact; Gauss-Legendre on the density
     (1 - s^2)^((dim - 3)/2) / B(1/2, (dim - 1)/2))."""
@@ -139,7 +142,7 @@ def cosine_tail(c: float, dim: int) -> float:
     log_norm = math.lgamma(0.5) + math.lgamma((dim - 1) / 2.0) - math.lgamma(dim / 2.0)
     # substitute s = 1 - v^2 (v in [0, sqrt(1 - c)]) to smooth the endpoint; ds = 2 v dv
     vmax = math.sqrt(1.0 - c)
-    x, wts = np.polynomial.legendre.leggauss(64)
+    x, wts = _GAUSS_LEGENDRE
     v = 0.5 * vmax * (x + 1.0)
     f = np.exp(a * np.log(v * v * (2.0 - v * v))) * 2.0 * v  # (1 - s^2)^a ds, s = 1 - v^2
     val = 0.5 * vmax * float(np.sum(wts * f))

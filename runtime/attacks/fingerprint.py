@@ -207,6 +207,81 @@ def _largest_scale_within(drop, target: float, s0: float) -> float:
     return lo
 
 
+@dataclass
+class KeySpace:
+    """Everything about a mark that does not depend on the key: the feature, its principal directions W, the
+    verifier's basis scale, the public key space R (equalised on the probes and, with cost calibration,
+    restricted to the cost-neutral directions) and the owner's calibration data with the key directions'
+    responses on it. mark_file draws the key's scale from it; benchmarks/fingerprint_key_strength.py studies how
+    that scale varies over keys (cost_terms)."""
+    model: object  # onnx.ModelProto
+    feat: object  # graph_passes.candidates.FeatureNode
+    probe: ProbeModel
+    x: np.ndarray  # the probe images
+    base: np.ndarray  # the clean outputs on them
+    w: np.ndarray  # [C, m]
+    basis_eps: float = 0.0
+    r: np.ndarray | None = None  # [D, D'] the public key space
+    xc: np.ndarray | None = None  # calibration inputs, ground truth, the clean outputs on them
+    yc: np.ndarray | None = None
+    bc: np.ndarray | None = None
+    dq: np.ndarray | None = None  # [D', N, ...] the key directions' output changes on xc at basis_eps
+    removed: int = 0  # cost-bearing directions removed
+
+    def scale_for(self, coeffs, target_db: float) -> float:
+        """eps at which the mark with symmetric-basis coefficients `coeffs` moves the output `target_db` PSNR away
+        from the clean one on the probes."""
+        e = 0.05
+        for _ in range(3):  # the output change is ~linear in eps: two corrections reach the target closely
+            got = pooled_psnr(self.probe.run(self.x, mix_matrix(self.w, coeffs, e)), self.base)
+            if not math.isfinite(got):
+                raise AsvpError(f"the mark at {self.feat.name} does not change the output; choose another --node")
+            e *= 10 ** ((got - target_db) / 20)
+        return e
+
+    def key_mark(self, u: np.ndarray) -> np.ndarray:
+        """The output change of key vector u (in R^D') on the calibration data, at eps = basis_eps."""
+        return np.tensordot(u, self.dq, axes=1)
+
+    def cost_terms(self) -> dict:
+        """The quadratic model of the calibration cost, key-free: for key u at scale s (eps = s x basis_eps) the
+        pooled squared error is mse0 + (2 s g.u + s^2 u^T H u) / n, outputs unclipped."""
+        flat = self.dq.reshape(len(self.dq), -1)
+        err = (self.bc.astype(np.float64) - self.yc).reshape(-1)
+        return {"g": flat @ err, "H": flat @ flat.T, "mse0": pooled_mse(self.bc, self.yc, clip=True),
+                "n": int(err.size)}
+
+
+def key_space(model_path, *, task: str | None, node: str | None = None, m: int = DEFAULT_M, cost: bool = True,
+              model=None) -> KeySpace:
+    """The key-free part of marking `model_path` (see KeySpace; `model`: the file, if already loaded); `cost`
+    adds the calibration data and restricts the key space to the cost-neutral directions."""
+    if model is None:
+        model = load_model(model_path)
+        image_io(model)
+    feat = resolve_feature(model, node, m)
+    x = probe_inputs(task)
+    f = _run(_session(expose_tensors(model, [feat.output])), x, outputs=[feat.output])[0]
+    w = principal_directions(f, m)
+    probe = ProbeModel(model_path, feat.output, feat.channels)
+    ks = KeySpace(model, feat, probe, x, probe.run(x), w)
+    # The basis scale is calibrated on a fixed public direction; the verifier recomputes the responses from it,
+    # so nothing it uses depends on the key (the null stays exact).
+    basis_eps = ks.basis_eps = ks.scale_for(key_direction(CALIBRATION_DIRECTION, key_dim(m)), BASIS_DB)
+    r = ks.r = response_equalizer(_gram(probe.basis_changes(x, ks.base, w, basis_eps)))
+    if cost:
+        xc, yc = calibration_pairs(task)
+        bc = probe.run(xc)
+        raw = probe.basis_changes(xc, bc, w, basis_eps)
+        dc = np.tensordot(r.T, raw.astype(np.float64), axes=1)  # [D', N, ...] equalised responses
+        err = bc.astype(np.float64) - yc
+        cross = np.einsum("jnp,np->nj", dc.reshape(len(dc), len(xc), -1), err.reshape(len(xc), -1))
+        q = cost_neutral_directions(cross)
+        ks.r, ks.xc, ks.yc, ks.bc = r @ q, xc, yc, bc
+        ks.dq, ks.removed = np.tensordot(q.T, dc, axes=1), int(q.shape[0] - q.shape[1])
+    return ks
+
+
 def mark_file(model_path, out_path, key: str, *, node: str | None = None, m: int = DEFAULT_M,
               strength_db: float | None = None, max_drop_db: float = DEFAULT_MAX_DROP_DB,
               task: str | None = None) -> MarkResult:
@@ -228,45 +303,17 @@ def mark_file(model_path, out_path, key: str, *, node: str | None = None, m: int
         raise AsvpError(f"m must be an integer >= 1, got {m!r}")
     model = load_model(model_path)
     image_io(model)
-    feat = resolve_feature(model, node, m)
     task = task or task_of(model)
     if strength_db is None and task is None:
         raise AsvpError("calibrating the mark's cost needs the task (--task) for its calibration data, or give a "
                         "fixed --strength")
-    x = probe_inputs(task)
-    f = _run(_session(expose_tensors(model, [feat.output])), x, outputs=[feat.output])[0]
-    w = principal_directions(f, m)
-    probe = ProbeModel(model_path, feat.output, feat.channels)
-    base = probe.run(x)
-
-    def calibrated(coeffs, target_db):
-        e = 0.05
-        for _ in range(3):  # the output change is ~linear in eps: two corrections reach the target closely
-            got = pooled_psnr(probe.run(x, mix_matrix(w, coeffs, e)), base)
-            if not math.isfinite(got):
-                raise AsvpError(f"the mark at {feat.name} does not change the output; choose another --node")
-            e *= 10 ** ((got - target_db) / 20)
-        return e
-
-    # Key-free: the basis scale (calibrated on a fixed public direction), the basis responses on the probes and
-    # the equalizer R built from them (and, with cost calibration, restricted to the cost-neutral directions).
-    # The verifier recomputes the responses from these, so nothing it uses depends on the key (the null stays
-    # exact). Then eps, the served mark's scale, is calibrated on the key's own coefficients R u.
-    basis_eps = calibrated(key_direction(CALIBRATION_DIRECTION, key_dim(m)), BASIS_DB)
-    delta = probe.basis_changes(x, base, w, basis_eps)
-    r = response_equalizer(_gram(delta))
+    ks = key_space(model_path, task=task, node=node, m=m, cost=strength_db is None, model=model)
+    r, w, probe, x, basis_eps = ks.r, ks.w, ks.probe, ks.x, ks.basis_eps
+    u = key_direction(key, r.shape[1])  # eps, the served mark's scale, is calibrated on the key's own R u
     cost = None
     if strength_db is None:
-        xc, yc = calibration_pairs(task)
-        bc = probe.run(xc)
-        raw = probe.basis_changes(xc, bc, w, basis_eps)
-        dc = np.tensordot(r.T, raw.astype(np.float64), axes=1)  # [D', N, ...] equalised responses
-        err = bc.astype(np.float64) - yc
-        cross = np.einsum("jnp,np->nj", dc.reshape(len(dc), len(xc), -1), err.reshape(len(xc), -1))
-        q = cost_neutral_directions(cross)
-        r = r @ q
-        u = key_direction(key, r.shape[1])
-        du = np.tensordot(q @ u, dc, axes=1)  # the key's mark on the calibration data at eps = basis_eps
+        xc, yc, bc = ks.xc, ks.yc, ks.bc
+        du = ks.key_mark(u)  # the key's mark on the calibration data at eps = basis_eps
         p0 = _pooled_psnr(bc, yc)
         target = CAL_MARGIN * max_drop_db
         lin = lambda s: p0 - _pooled_psnr(bc + s * du, yc)  # noqa: E731
@@ -280,12 +327,12 @@ def mark_file(model_path, out_path, key: str, *, node: str | None = None, m: int
             got = measure(eps)
         cost = {"max_drop_db": float(max_drop_db), "target_db": round(target, 4),
                 "calibration_drop_db": round(got, 4), "calibration_images": f"{len(xc)} training crops "
-                f"{list(xc.shape[1:])}, seed {CAL_SEED}", "removed_directions": int(q.shape[0] - q.shape[1])}
+                f"{list(xc.shape[1:])}, seed {CAL_SEED}", "removed_directions": ks.removed}
     else:
-        u = key_direction(key, r.shape[1])
-        eps = calibrated(r @ u, strength_db)
+        eps = ks.scale_for(r @ u, strength_db)
     mix = mix_matrix(w, r @ u, eps)
-    strength = pooled_psnr(probe.run(x, mix), base)
+    strength = pooled_psnr(probe.run(x, mix), ks.base)
+    feat = ks.feat
     info = MarkInfo(feat.name, feat.output, int(feat.channels), int(m), float(eps), w.tolist(), round(strength, 2),
                     basis_eps=float(basis_eps), equalizer=r.tolist(), cost=cost)
     save_model(mark_model(model, info, mix), out_path, check=False)

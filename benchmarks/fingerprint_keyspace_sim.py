@@ -31,13 +31,20 @@ ROOT = Path(__file__).resolve().parents[1]
 KEY = "fingerprint-eval-key-0"
 
 
-def simulate(task: dict, mode: str, trials: int, rng) -> tuple[float, float, int]:
-    dim = task["key_dim"]
-    u = key_direction(task.get("key", KEY), dim)
+def evaluated_models(task: dict, key: str = KEY) -> tuple[np.ndarray, list, dict, list]:
+    """From one task's evaluation entry: the evaluation key u, the reference students' projections, the innocent
+    models' {name: t} and the (marked, paired clean, clean name) students: the linear model's inputs."""
+    u = key_direction(task.get("key", key), task["key_dim"])
     refs = [np.asarray(v) for v in task["references_t"].values()]
     negs = {r["name"]: np.asarray(r["t"]) for r in task["rows"] if r["label"] == "negative"}
     pairs = [(np.asarray(r["t"]), negs[n], n) for r in task["rows"] if r["label"] == "positive"
              and (n := r["name"].replace("student of marked", "student of clean")) in negs]
+    return u, refs, negs, pairs
+
+
+def simulate(task: dict, mode: str, trials: int, rng) -> tuple[float, float, int]:
+    dim = task["key_dim"]
+    u, refs, negs, pairs = evaluated_models(task)
     # a positive leaves its paired clean student out of the references, as a negative leaves itself out
     cases = pairs + [(None, neg, name) for name, neg in negs.items()]
     hits = {"pos": [], "neg": []}

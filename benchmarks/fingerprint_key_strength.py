@@ -1,7 +1,7 @@
 """How much does the fingerprint's power depend on the key drawn, and would keeping the strongest of N keys help?
 
     python benchmarks/fingerprint_key_strength.py [--json benchmarks/results/fingerprint.json] [--keys 20000]
-        [--trials 100] [--best 8] [--seed 0] [--out benchmarks/results/fingerprint-key-strength]
+        [--trials 100] [--best 8] [--seed 0] [--other OTHER.json] [--out benchmarks/results/fingerprint-key-strength]
 
 The evaluation (benchmarks/fingerprint_eval.py) found that weak copies' verdicts depend on the key: under
 `fingerprint-eval-key-1` underwater's mark came out at half the amplitude of key-0's. This script answers two
@@ -26,6 +26,10 @@ questions without training a model.
      relative to the uniform one is N F(s)^(N-1) (F the distribution function of s over keys). The last is
      estimated on the key pool; it is exact in the limit because nothing in it depends on the suspect's key.
 
+3. **Does the linear model predict real verdicts?** (`--other`: the same arms evaluated under another key.) From
+   this file's students it predicts each marked student's verdict under the other key (its scale and direction)
+   and counts the agreements with the verdicts measured there.
+
 It writes OUT.json and OUT.md (atomically) and prints the Markdown. A simulation under a linear model for part 2;
 the strength distribution of part 1 is computed from the real teachers.
 """
@@ -44,7 +48,7 @@ import numpy as np
 import torch
 
 from asvp.exporter.export import export_bundled
-from asvp.fingerprint import DEFAULT_ALPHA, cosine_tail, nuisance_basis
+from asvp.fingerprint import DEFAULT_ALPHA, cosine_tail, key_direction, key_statistic, nuisance_basis
 from asvp.io import write_text_atomic
 from asvp.runtime.attacks import fingerprint as fp
 
@@ -120,12 +124,40 @@ def simulate(entry: dict, scale, pool: np.ndarray, best: int, trials: int, rng,
             "pairs": len(pairs), "innocents": len(negs)}
 
 
+def predict_key(entry: dict, scale, key: str, alpha: float = DEFAULT_ALPHA) -> dict[str, bool]:
+    """The linear model's verdict on each marked student (by name) had the teacher been marked with `key`: its
+    paired clean student plus the reproduced mark, rescaled to `key`'s scale and turned to `key`'s direction."""
+    dim = entry["key_dim"]
+    u, refs, negs, pairs = evaluated_models(entry)
+    other = key_direction(key, dim)
+    ratio = float(scale(other[None])[0] / scale(u[None])[0])
+    q = nuisance_basis(refs, dim)
+    out = {}
+    for pos, neg, name in pairs:
+        a = neg + ((pos - neg) @ u) * ratio * other
+        if q is not None:
+            a = a - q @ (q.T @ a)
+        _, p = key_statistic(a, other)
+        out[name.replace("student of clean", "student of marked")] = p < alpha
+    return out
+
+
+def cross_check(entry: dict, scale, other: dict) -> dict:
+    """Predicted (from `entry`'s students) against measured (in `other`, the same arms under another key) verdicts
+    on the marked students both evaluated."""
+    pred = predict_key(entry, scale, other["key"])
+    measured = {r["name"]: bool(r["flagged"]) for r in other["rows"] if r["name"] in pred}
+    return {"key": other["key"], "students": len(measured), "predicted": sum(pred[n] for n in measured),
+            "measured": sum(measured.values()), "agree": sum(pred[n] == v for n, v in measured.items())}
+
+
 def tally(counts: dict, key: str, hit: bool) -> None:
     counts[key][0] += int(hit)
     counts[key][1] += 1
 
 
-def run_task(task: str, entry: dict, terms: dict, keys: int, best: int, trials: int, seed: int) -> dict:
+def run_task(task: str, entry: dict, terms: dict, keys: int, best: int, trials: int, seed: int,
+             other: dict | None = None) -> dict:
     rng = np.random.default_rng(seed)
     dim = entry["key_dim"]
     target = entry["mark"]["cost"]["target_db"]
@@ -145,6 +177,7 @@ def run_task(task: str, entry: dict, terms: dict, keys: int, best: int, trials: 
                                        "evaluated_key": db(s_eval), f"strongest_of_{best}_median": db(np.median(best_of))},
         "evaluated_key_percentile": round(100 * float(np.mean(s_pool < s_eval)), 1),
         "simulation": simulate(entry, scale, pool, best, trials, rng),
+        **({"cross_check": cross_check(entry, scale, other)} if other else {}),
     }
 
 
@@ -182,6 +215,14 @@ def render(data: dict) -> str:
                      f"{cell(c['uniform p: TPR'])} / {cell(c['uniform p: FPR'])} | "
                      f"{cell(c['Bonferroni: TPR'])} / {cell(c['Bonferroni: FPR'])} | "
                      f"{cell(c['selection-exact: TPR'])} / {cell(c['selection-exact: FPR'])} |")
+    checks = {t: e["cross_check"] for t, e in data["tasks"].items() if "cross_check" in e}
+    if checks:
+        lines += ["", "Cross-check of the linear model: this evaluation's students predict the verdicts under another "
+                  "key, against that key's own evaluation (the same arms):", "",
+                  "| task | other key | marked students | flagged, predicted | flagged, measured | verdicts agree |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {t} | `{c['key']}` | {c['students']} | {c['predicted']} | {c['measured']} | {c['agree']} |"
+                  for t, c in checks.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -201,14 +242,17 @@ def main(argv=None, terms_of=teacher_terms) -> int:
     ap.add_argument("--best", type=int, default=8, help="keys drawn when keeping the strongest (default 8)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--task", action="append", help="only this task (repeatable; default every task in --json)")
+    ap.add_argument("--other", help="a results file of the same arms under another key: cross-check the linear "
+                    "model by predicting its verdicts on the marked students")
     ap.add_argument("--out", default=str(RESULTS / "fingerprint-key-strength"), help="writes OUT.json and OUT.md")
     a = ap.parse_args(argv)
     if a.keys < 100 or a.trials < 1 or a.best < 2:
         ap.error("need --keys >= 100, --trials >= 1 and --best >= 2")
     src = json.loads(Path(a.json).read_text())
+    other = json.loads(Path(a.other).read_text()) if a.other else None
     torch.set_num_threads(1)
     out = {"written": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(),
-           "args": {"json": a.json, "keys": a.keys, "trials": a.trials, "best": a.best, "seed": a.seed},
+           "args": {"json": a.json, "other": a.other, "keys": a.keys, "trials": a.trials, "best": a.best, "seed": a.seed},
            "tasks": {}}
     with tempfile.TemporaryDirectory() as work:
         for task, entry in src["tasks"].items():
@@ -219,8 +263,10 @@ def main(argv=None, terms_of=teacher_terms) -> int:
             if dim != entry["key_dim"]:
                 ap.error(f"{task}: the rebuilt key space has {dim} dimensions, the results file {entry['key_dim']}: "
                          "the mark changed since that evaluation")
-            out["tasks"][task] = run_task(task, {**entry, "key": entry.get("key") or src.get("key") or KEY}, terms, a.keys,
-                                          a.best, a.trials, a.seed)
+            entry = {**entry, "key": entry.get("key") or src.get("key") or KEY}
+            twin = (other or {}).get("tasks", {}).get(task)
+            twin = {**twin, "key": twin.get("key") or other.get("key") or KEY} if twin else None
+            out["tasks"][task] = run_task(task, entry, terms, a.keys, a.best, a.trials, a.seed, twin)
             out["tasks"][task]["seconds"] = round(time.perf_counter() - t0, 1)
             print(f"{task}: {out['tasks'][task]['seconds']} s", file=sys.stderr)
     md = render(out)

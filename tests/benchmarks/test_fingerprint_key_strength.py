@@ -87,3 +87,17 @@ def test_main_writes_json_and_markdown_and_refuses_a_changed_mark(tmp_path, caps
         ks.main(["--json", str(src), "--out", str(tmp_path / "other")],
                 terms_of=lambda task, e, work: (_terms_favouring(b), 9))
     assert exc.value.code == 2 and not list(tmp_path.glob("other*"))
+
+
+def test_cross_check_predicts_another_keys_verdicts_from_the_same_students():
+    entry, b = _entry(shift=30.0)
+    entry["references_t"] = {"ref": b.tolist()}  # (the default reference happens to lie near both keys)
+    terms = {"H": np.eye(10), "g": np.zeros(10), "mse0": 1e-3, "n": 10000}
+    names = [r["name"] for r in entry["rows"] if r["label"] == "positive"]
+    other = {"key": "fingerprint-eval-key-1", "rows": [{"name": n, "flagged": i % 2 == 0} for i, n in enumerate(names)]}
+    res = ks.run_task("toy", entry, terms, keys=500, best=4, trials=2, seed=0, other=other)
+    c = res["cross_check"]
+    # a strong learned mark is flagged under any key: all predicted, half measured in this made-up twin
+    assert c == {"key": "fingerprint-eval-key-1", "students": 12, "predicted": 12, "measured": 6, "agree": 6}
+    weak = ks.predict_key(_entry(shift=0.0)[0], lambda k: np.ones(len(k)), "fingerprint-eval-key-1")
+    assert len(weak) == 12 and sum(weak.values()) <= 1  # nothing learned: innocent-like verdicts

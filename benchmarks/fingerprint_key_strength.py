@@ -234,6 +234,12 @@ def commit() -> str:
         return "unknown"
 
 
+def shown(path: str) -> str:
+    """A path as reports show it: relative to the repository when inside it."""
+    full = Path(path).resolve()
+    return str(full.relative_to(ROOT)) if full.is_relative_to(ROOT) else path
+
+
 def main(argv=None, terms_of=teacher_terms) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", default=str(RESULTS / "fingerprint.json"), help="a fingerprint_eval.py results file")
@@ -252,7 +258,7 @@ def main(argv=None, terms_of=teacher_terms) -> int:
     other = json.loads(Path(a.other).read_text()) if a.other else None
     torch.set_num_threads(1)
     out = {"written": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(),
-           "args": {"json": a.json, "other": a.other, "keys": a.keys, "trials": a.trials, "best": a.best, "seed": a.seed},
+           "args": {"json": shown(a.json), "other": a.other and shown(a.other), "keys": a.keys, "trials": a.trials, "best": a.best, "seed": a.seed},
            "tasks": {}}
     with tempfile.TemporaryDirectory() as work:
         for task, entry in src["tasks"].items():

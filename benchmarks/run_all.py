@@ -109,9 +109,9 @@ def latency_ratios(work: Path, smoke: bool, repeats: int = 40, threads: int = 1,
         paths, selectors = {"clean": clean}, {}
         for label, count, placement in VARIANTS:
             path = work / f"{task}.{label.replace(' ', '').replace(',', '.').replace(':', '').replace('+', '')}.onnx"
-            names = [auto.name] if count <= 1 else bench_graph_passes.spread(cands, count)
+            names = budgeted[count] if placement == "budget" else [auto.name] if count <= 1 else \
+                bench_graph_passes.spread(cands, count)
             if placement == "budget":
-                names = budgeted[count]
                 selectors[label] = names
                 if not names:  # nothing fits: nothing to time
                     continue

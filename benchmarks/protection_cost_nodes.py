@@ -2,7 +2,16 @@
 a distilled copy, compared with `api.defend`'s automatic node?
 
     python benchmarks/protection_cost_nodes.py [--tasks dehaze,derain,sr,lowlight,underwater] [--seeds 5]
-        [--kinds fitnets-1] [--inline] [--three] [--work DIR] [--out benchmarks/results/protection-cost-nodes]
+        [--kinds fitnets-1] [--inline] [--three] [--preset standard] [--steps N --pool N] [--work DIR]
+        [--out benchmarks/results/protection-cost-nodes]
+
+    # the committed runs (docs/protection.md, "Protection at the cost-chosen nodes"): ~25 min, then ~15 and ~4
+    # min resumed from the cache under --work
+    python benchmarks/protection_cost_nodes.py --kinds fitnets-1,fitnets-10 --inline --three --seeds 5
+    python benchmarks/protection_cost_nodes.py --tasks underwater,lowlight,dehaze,derain \\
+        --kinds fitnets-1,fitnets-10 --three --seeds 10 --out benchmarks/results/protection-cost-nodes-10seeds
+    python benchmarks/protection_cost_nodes.py --tasks underwater --kinds fitnets-1,fitnets-10 --seeds 20 \\
+        --out benchmarks/results/protection-cost-nodes-underwater-20seeds
 
 `asvp nodes MODEL --cost --budget 1.10 --count 1` (runtime/evaluation/node_cost.py) chooses the cheapest candidate,
 which perturbs a different feature than the automatic node (dehaze: a 16-channel `/Relu` instead of the 64-channel
@@ -41,7 +50,7 @@ from asvp import api
 from asvp.config import AsvpConfig
 from asvp.errors import AsvpError
 from asvp.io import write_text_atomic
-from asvp.runtime.attacks.attack import drop_counts
+from asvp.runtime.attacks.attack import KINDS, PRESETS, drop_counts
 from asvp.runtime.evaluation import node_cost
 from asvp.runtime.evaluation.absorbability import ABSORBABLE_BELOW
 from asvp.runtime.evaluation.stats import paired_drop
@@ -219,6 +228,10 @@ def main(argv=None) -> int:
         if bad or not tasks:
             raise AsvpError(f"unknown task(s) {bad or a.tasks!r}; choose from {', '.join(TASK_NAMES)}")
         a.kinds = [k.strip() for k in a.kinds.split(",") if k.strip()]
+        if not a.kinds or any(k not in KINDS for k in a.kinds):
+            raise AsvpError(f"--kinds: choose from {', '.join(KINDS)}, got {','.join(a.kinds) or 'none'}")
+        if a.preset not in PRESETS:
+            raise AsvpError(f"unknown preset {a.preset!r}; choose one of: {', '.join(PRESETS)}")
         if a.seeds < 2:
             raise AsvpError("--seeds must be >= 2 (paired intervals)")
         path = Path(a.all_json)

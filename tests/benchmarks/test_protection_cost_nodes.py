@@ -82,6 +82,9 @@ def test_main_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
     assert pcn.main(["--tasks", "nope", "--all-json", str(path), "--out", str(out)]) == 2
     assert pcn.main(["--tasks", "sr", "--all-json", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
     assert pcn.main(["--tasks", "sr", "--all-json", str(path), "--out", str(out)]) == 2  # no node_costs for sr
+    assert pcn.main(["--tasks", "sr", "--kinds", "fitnets-2", "--all-json", str(path), "--out", str(out)]) == 2
+    assert pcn.main(["--tasks", "sr", "--seeds", "1", "--all-json", str(path), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(e.startswith("error: ") for e in err)
+    assert len(err) == 5 and all(e.startswith("error: ") for e in err)
+    assert "--kinds" in err[3] and "--seeds" in err[4]
     assert not list(tmp_path.glob("res*"))

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from asvp.exporter.export import export_bundled
-from asvp.fingerprint import DEFAULT_ALPHA, cosine_tail, key_direction, key_statistic, nuisance_basis
+from asvp.fingerprint import DEFAULT_ALPHA, key_direction, key_statistic, nuisance_basis
 from asvp.io import write_text_atomic
 from asvp.runtime.attacks import fingerprint as fp
 
@@ -81,6 +81,14 @@ def teacher_terms(task: str, entry: dict, work: Path) -> tuple[dict, int]:
     return ks.cost_terms(), ks.r.shape[1]
 
 
+def tested(pos, neg: np.ndarray, u: np.ndarray, ratio: float, key: np.ndarray, q) -> np.ndarray:
+    """The linear model: what verify tests for a student of the teacher marked with `key` (its paired clean student
+    `neg` plus the share of the evaluated mark `pos` reproduced, at `ratio` x the evaluated amplitude), or for the
+    innocent `neg` (pos None); the references' span q removed."""
+    a = neg if pos is None else neg + ((pos - neg) @ u) * ratio * key
+    return a if q is None else a - q @ (q.T @ a)
+
+
 def simulate(entry: dict, scale, pool: np.ndarray, best: int, trials: int, rng,
              alpha: float = DEFAULT_ALPHA) -> dict:
     """Part 2 for one task: verdict counts per key rule and p-value. scale: keys [K, D'] -> their s; pool: random
@@ -102,19 +110,16 @@ def simulate(entry: dict, scale, pool: np.ndarray, best: int, trials: int, rng,
         chosen = int(np.argmax(s_draw))
         hits_one = []
         for key, s, rule in ((draw[0], s_draw[0], "one"), (draw[chosen], s_draw[chosen], "best")):
-            cases = [(neg + ((pos - neg) @ u) * (s / s_eval) * key, "TPR") for pos, neg, _ in pairs] + \
-                    [(neg, "FPR") for neg in negs.values()]
+            cases = [(tested(pos, neg, u, s / s_eval, key, q), "TPR") for pos, neg, _ in pairs] + \
+                    [(tested(None, neg, u, 1.0, key, q), "FPR") for neg in negs.values()]
             for a, rate in cases:
-                if q is not None:
-                    a = a - q @ (q.T @ a)
-                norm = float(np.linalg.norm(a))
-                c = float(key @ a) / norm if norm else 0.0
-                p = cosine_tail(c, dim) if norm else 1.0
+                c, p = key_statistic(a, key)
                 if rule == "one":
                     tally(counts, f"one key: {rate}", p < alpha)
                     if rate == "TPR":
                         hits_one.append(p < alpha)
                     continue
+                norm = float(np.linalg.norm(a))
                 p_sel = float(np.mean(weight * (pool @ a >= c * norm))) if norm else 1.0
                 tally(counts, f"uniform p: {rate}", p < alpha)
                 tally(counts, f"Bonferroni: {rate}", min(1.0, best * p) < alpha)
@@ -134,10 +139,7 @@ def predict_key(entry: dict, scale, key: str, alpha: float = DEFAULT_ALPHA) -> d
     q = nuisance_basis(refs, dim)
     out = {}
     for pos, neg, name in pairs:
-        a = neg + ((pos - neg) @ u) * ratio * other
-        if q is not None:
-            a = a - q @ (q.T @ a)
-        _, p = key_statistic(a, other)
+        _, p = key_statistic(tested(pos, neg, u, ratio, other, q), other)
         out[name.replace("student of clean", "student of marked")] = p < alpha
     return out
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +53,7 @@ from asvp.runtime.attacks import fingerprint as fp
 
 from fingerprint_eval import KEY, wilson
 from fingerprint_keyspace_sim import evaluated_models
+from provenance import commit, shown
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -226,20 +226,6 @@ def render(data: dict) -> str:
         lines += [f"| {t} | `{c['key']}` | {c['students']} | {c['predicted']} | {c['measured']} | {c['agree']} |"
                   for t, c in checks.items()]
     return "\n".join(lines) + "\n"
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def shown(path: str) -> str:
-    """A path as reports show it: relative to the repository when inside it."""
-    full = Path(path).resolve()
-    return str(full.relative_to(ROOT)) if full.is_relative_to(ROOT) else path
 
 
 def main(argv=None, terms_of=teacher_terms) -> int:

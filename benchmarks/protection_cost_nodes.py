@@ -41,7 +41,6 @@ import argparse
 import datetime as dt
 import json
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -55,6 +54,8 @@ from asvp.runtime.evaluation import node_cost
 from asvp.runtime.evaluation.absorbability import ABSORBABLE_BELOW
 from asvp.runtime.evaluation.stats import paired_drop
 from asvp.tasks import TASK_NAMES
+
+from provenance import commit, shown
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ALL = ROOT / "benchmarks/results/all.json"
@@ -194,14 +195,6 @@ def render(res: dict) -> str:
     return "\n".join(lines)
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def write(res: dict, out: Path) -> None:
     write_text_atomic(out.with_suffix(".json"), json.dumps(res, indent=2, default=float) + "\n")
     write_text_atomic(out.with_suffix(".md"), render(res))
@@ -251,7 +244,7 @@ def main(argv=None) -> int:
     res = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(),
            "command": "python benchmarks/protection_cost_nodes.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "preset": a.preset, "steps": a.steps, "pool": a.pool, "seeds_used": f"0-{a.seeds - 1}", "budget": a.budget,
-           "choices_from": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path),
+           "choices_from": shown(path),
            "choices_date": recorded.get("machine", {}).get("date"), "absorbable_below": ABSORBABLE_BELOW,
            "config": AsvpConfig().to_dict(), "tasks": [], "wall_s": 0.0,
            "not_run": [f"{t}: not in --tasks" for t in ORDER if t not in tasks]

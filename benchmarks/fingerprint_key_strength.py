@@ -1,7 +1,8 @@
 """How much does the fingerprint's power depend on the key drawn, and would keeping the strongest of N keys help?
 
     python benchmarks/fingerprint_key_strength.py [--json benchmarks/results/fingerprint.json] [--keys 20000]
-        [--trials 100] [--best 8] [--seed 0] [--other OTHER.json] [--out benchmarks/results/fingerprint-key-strength]
+        [--trials 100] [--best 8] [--seed 0] [--other OTHER.json | --predict KEY]
+        [--out benchmarks/results/fingerprint-key-strength]
 
 The evaluation (benchmarks/fingerprint_eval.py) found that weak copies' verdicts depend on the key: under
 `fingerprint-eval-key-1` underwater's mark came out at half the amplitude of key-0's. This script answers two
@@ -28,7 +29,8 @@ questions without training a model.
 
 3. **Does the linear model predict real verdicts?** (`--other`: the same arms evaluated under another key.) From
    this file's students it predicts each marked student's verdict under the other key (its scale and direction)
-   and counts the agreements with the verdicts measured there.
+   and counts the agreements with the verdicts measured there. `--predict KEY` records only the predicted
+   verdicts under KEY, to be committed before KEY is evaluated (a prospective check).
 
 It writes OUT.json and OUT.md (atomically) and prints the Markdown. A simulation under a linear model for part 2;
 the strength distribution of part 1 is computed from the real teachers.
@@ -191,6 +193,13 @@ def cell(k_n: list) -> str:
 
 def render(data: dict) -> str:
     a = data["args"]
+    if a.get("predict"):
+        return "\n".join([f"# Predicted verdicts under `{a['predict']}` (`benchmarks/fingerprint_key_strength.py --predict`)",
+                          "", f"Written {data['written']} at commit {data['commit']}, from the students of `{a['json']}` "
+                          "(linear model; before that key's evaluation). Check: `--other` on its results file.", "",
+                          "| task | from key | marked students | flagged, predicted |", "|---|---|---|---|"]
+                         + [f"| {t} | `{e['key']}` | {e['prediction']['students']} | {e['prediction']['flagged']} |"
+                            for t, e in data["tasks"].items()]) + "\n"
     best = a["best"]
     lines = [f"# How much the fingerprint depends on the key (`benchmarks/fingerprint_key_strength.py`)", "",
              f"Written {data['written']} at commit {data['commit']}; from `{a['json']}`; {a['keys']} random keys per "
@@ -238,6 +247,8 @@ def main(argv=None, terms_of=teacher_terms) -> int:
     ap.add_argument("--task", action="append", help="only this task (repeatable; default every task in --json)")
     ap.add_argument("--other", help="a results file of the same arms under another key: cross-check the linear "
                     "model by predicting its verdicts on the marked students")
+    ap.add_argument("--predict", metavar="KEY", help="only predict, from this file's students, each marked student's "
+                    "verdict under KEY (to be recorded before that key is evaluated; check it later with --other)")
     ap.add_argument("--out", default=str(RESULTS / "fingerprint-key-strength"), help="writes OUT.json and OUT.md")
     a = ap.parse_args(argv)
     if a.keys < 100 or a.trials < 1 or a.best < 2:
@@ -246,7 +257,8 @@ def main(argv=None, terms_of=teacher_terms) -> int:
     other = json.loads(Path(a.other).read_text()) if a.other else None
     torch.set_num_threads(1)
     out = {"written": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(),
-           "args": {"json": shown(a.json), "other": a.other and shown(a.other), "keys": a.keys, "trials": a.trials, "best": a.best, "seed": a.seed},
+           "args": {"json": shown(a.json), "other": a.other and shown(a.other), "predict": a.predict, "keys": a.keys,
+                    "trials": a.trials, "best": a.best, "seed": a.seed},
            "tasks": {}}
     with tempfile.TemporaryDirectory() as work:
         for task, entry in src["tasks"].items():
@@ -258,6 +270,13 @@ def main(argv=None, terms_of=teacher_terms) -> int:
                 ap.error(f"{task}: the rebuilt key space has {dim} dimensions, the results file {entry['key_dim']}: "
                          "the mark changed since that evaluation")
             entry = {**entry, "key": entry.get("key") or src.get("key") or KEY}
+            if a.predict:
+                scale = lambda k, t=terms, d=entry["mark"]["cost"]["target_db"]: key_scales(k, t, d)  # noqa: E731
+                verdicts = predict_key(entry, scale, a.predict)
+                out["tasks"][task] = {"key": entry["key"], "prediction": {"key": a.predict, "students": len(verdicts),
+                                                                          "flagged": sum(verdicts.values()),
+                                                                          "verdicts": verdicts}}
+                continue
             twin = (other or {}).get("tasks", {}).get(task)
             twin = {**twin, "key": twin.get("key") or other.get("key") or KEY} if twin else None
             out["tasks"][task] = run_task(task, entry, terms, a.keys, a.best, a.trials, a.seed, twin)

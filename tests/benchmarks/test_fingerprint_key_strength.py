@@ -101,3 +101,18 @@ def test_cross_check_predicts_another_keys_verdicts_from_the_same_students():
     assert c == {"key": "fingerprint-eval-key-1", "students": 12, "predicted": 12, "measured": 6, "agree": 6}
     weak = ks.predict_key(_entry(shift=0.0)[0], lambda k: np.ones(len(k)), "fingerprint-eval-key-1")
     assert len(weak) == 12 and sum(weak.values()) <= 1  # nothing learned: innocent-like verdicts
+
+
+def test_predict_only_records_the_verdicts_under_another_key(tmp_path):
+    entry, b = _entry(shift=30.0)
+    entry["references_t"] = {"ref": b.tolist()}
+    src = tmp_path / "fp.json"
+    src.write_text(json.dumps({"tasks": {"toy": entry}}))
+    terms = {"H": np.eye(10), "g": np.zeros(10), "mse0": 1e-3, "n": 10000}
+    assert ks.main(["--json", str(src), "--predict", "fingerprint-eval-key-2", "--out", str(tmp_path / "pred")],
+                   terms_of=lambda task, e, work: (terms, 10)) == 0
+    data = json.loads((tmp_path / "pred.json").read_text())
+    pred = data["tasks"]["toy"]["prediction"]
+    assert pred["key"] == "fingerprint-eval-key-2" and pred["students"] == 12 and pred["flagged"] == 12
+    assert "simulation" not in data["tasks"]["toy"]
+    assert "| toy | `fingerprint-eval-key-0` | 12 | 12 |" in (tmp_path / "pred.md").read_text()

@@ -199,7 +199,8 @@ def render(data: dict) -> str:
                           "(linear model; before that key's evaluation). Check: `--other` on its results file.", "",
                           "| task | from key | marked students | flagged, predicted |", "|---|---|---|---|"]
                          + [f"| {t} | `{e['key']}` | {e['prediction']['students']} | {e['prediction']['flagged']} |"
-                            for t, e in data["tasks"].items()]) + "\n"
+                            for t, e in data["tasks"].items()]
+                         + checks_markdown(data)) + "\n"
     best = a["best"]
     lines = [f"# How much the fingerprint depends on the key (`benchmarks/fingerprint_key_strength.py`)", "",
              f"Written {data['written']} at commit {data['commit']}; from `{a['json']}`; {a['keys']} random keys per "
@@ -226,6 +227,12 @@ def render(data: dict) -> str:
                      f"{cell(c['uniform p: TPR'])} / {cell(c['uniform p: FPR'])} | "
                      f"{cell(c['Bonferroni: TPR'])} / {cell(c['Bonferroni: FPR'])} | "
                      f"{cell(c['selection-exact: TPR'])} / {cell(c['selection-exact: FPR'])} |")
+    return "\n".join(lines + checks_markdown(data)) + "\n"
+
+
+def checks_markdown(data: dict) -> list[str]:
+    """The cross-check table (--other), if any."""
+    lines = []
     checks = {t: e["cross_check"] for t, e in data["tasks"].items() if "cross_check" in e}
     if checks:
         lines += ["", "Cross-check of the linear model: this evaluation's students predict the verdicts under another "
@@ -234,7 +241,7 @@ def render(data: dict) -> str:
                   "|---|---|---|---|---|---|"]
         lines += [f"| {t} | `{c['key']}` | {c['students']} | {c['predicted']} | {c['measured']} | {c['agree']} |"
                   for t, c in checks.items()]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(argv=None, terms_of=teacher_terms) -> int:
@@ -255,6 +262,8 @@ def main(argv=None, terms_of=teacher_terms) -> int:
         ap.error("need --keys >= 100, --trials >= 1 and --best >= 2")
     src = json.loads(Path(a.json).read_text())
     other = json.loads(Path(a.other).read_text()) if a.other else None
+    if a.predict and other and (other.get("key") or KEY) != a.predict:
+        ap.error(f"--other holds results under the key {other.get('key') or KEY!r}, not the --predict key {a.predict!r}")
     torch.set_num_threads(1)
     out = {"written": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(),
            "args": {"json": shown(a.json), "other": a.other and shown(a.other), "predict": a.predict, "keys": a.keys,
@@ -270,15 +279,17 @@ def main(argv=None, terms_of=teacher_terms) -> int:
                 ap.error(f"{task}: the rebuilt key space has {dim} dimensions, the results file {entry['key_dim']}: "
                          "the mark changed since that evaluation")
             entry = {**entry, "key": entry.get("key") or src.get("key") or KEY}
+            twin = (other or {}).get("tasks", {}).get(task)
+            twin = {**twin, "key": twin.get("key") or other.get("key") or KEY} if twin else None
             if a.predict:
                 scale = lambda k, t=terms, d=entry["mark"]["cost"]["target_db"]: key_scales(k, t, d)  # noqa: E731
                 verdicts = predict_key(entry, scale, a.predict)
                 out["tasks"][task] = {"key": entry["key"], "prediction": {"key": a.predict, "students": len(verdicts),
                                                                           "flagged": sum(verdicts.values()),
                                                                           "verdicts": verdicts}}
+                if twin:  # the prediction checked against the key's own evaluation
+                    out["tasks"][task]["cross_check"] = cross_check(entry, scale, twin)
                 continue
-            twin = (other or {}).get("tasks", {}).get(task)
-            twin = {**twin, "key": twin.get("key") or other.get("key") or KEY} if twin else None
             out["tasks"][task] = run_task(task, entry, terms, a.keys, a.best, a.trials, a.seed, twin)
             out["tasks"][task]["seconds"] = round(time.perf_counter() - t0, 1)
             print(f"{task}: {out['tasks'][task]['seconds']} s", file=sys.stderr)

@@ -116,3 +116,22 @@ def test_predict_only_records_the_verdicts_under_another_key(tmp_path):
     assert pred["key"] == "fingerprint-eval-key-2" and pred["students"] == 12 and pred["flagged"] == 12
     assert "simulation" not in data["tasks"]["toy"]
     assert "| toy | `fingerprint-eval-key-0` | 12 | 12 |" in (tmp_path / "pred.md").read_text()
+
+
+def test_predict_with_the_keys_own_results_checks_the_prediction(tmp_path):
+    entry, b = _entry(shift=30.0)
+    entry["references_t"] = {"ref": b.tolist()}
+    src = tmp_path / "fp.json"
+    src.write_text(json.dumps({"tasks": {"toy": entry}}))
+    names = [r["name"] for r in entry["rows"] if r["label"] == "positive"]
+    twin = tmp_path / "k2.json"
+    twin.write_text(json.dumps({"key": "fingerprint-eval-key-2",
+                                "tasks": {"toy": {"rows": [{"name": n, "flagged": True} for n in names[:5]]}}}))
+    terms = {"H": np.eye(10), "g": np.zeros(10), "mse0": 1e-3, "n": 10000}
+    args = ["--json", str(src), "--predict", "fingerprint-eval-key-2", "--other", str(twin), "--out", str(tmp_path / "c")]
+    assert ks.main(args, terms_of=lambda task, e, work: (terms, 10)) == 0
+    check = json.loads((tmp_path / "c.json").read_text())["tasks"]["toy"]["cross_check"]
+    assert check == {"key": "fingerprint-eval-key-2", "students": 5, "predicted": 5, "measured": 5, "agree": 5}
+    with pytest.raises(SystemExit) as exc:  # results under another key than the one predicted
+        ks.main(args[:3] + ["fingerprint-eval-key-3"] + args[4:], terms_of=lambda task, e, work: (terms, 10))
+    assert exc.value.code == 2

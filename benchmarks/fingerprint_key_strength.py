@@ -91,15 +91,14 @@ def tested(pos, neg: np.ndarray, u: np.ndarray, ratio: float, key: np.ndarray, q
     return a if q is None else a - q @ (q.T @ a)
 
 
-def simulate(entry: dict, scale, pool: np.ndarray, best: int, trials: int, rng,
+def simulate(entry: dict, scale, pool: np.ndarray, s_pool: np.ndarray, s_eval: float, best: int, trials: int, rng,
              alpha: float = DEFAULT_ALPHA) -> dict:
     """Part 2 for one task: verdict counts per key rule and p-value. scale: keys [K, D'] -> their s; pool: random
-    keys, the Monte Carlo sample for the selection-exact p (the tested keys are fresh draws, not from it)."""
+    keys, the Monte Carlo sample for the selection-exact p (the tested keys are fresh draws, not from it), and
+    s_pool their scales; s_eval: the evaluated key's."""
     dim = entry["key_dim"]
     u, refs, negs, pairs = evaluated_models(entry)
-    s_eval = float(scale(u[None])[0])
     q = nuisance_basis(refs, dim)  # what verify removes: the references' span
-    s_pool = scale(pool)
     cdf = (np.argsort(np.argsort(s_pool)) + 0.5) / len(s_pool)
     weight = best * cdf ** (best - 1)  # density of the strongest of `best` keys relative to a uniform key
     counts = {k: [0, 0] for k in ("one key: TPR", "one key: FPR", "uniform p: TPR", "uniform p: FPR",
@@ -146,10 +145,9 @@ def predict_key(entry: dict, scale, key: str, alpha: float = DEFAULT_ALPHA) -> d
     return out
 
 
-def cross_check(entry: dict, scale, other: dict) -> dict:
-    """Predicted (from `entry`'s students) against measured (in `other`, the same arms under another key) verdicts
-    on the marked students both evaluated."""
-    pred = predict_key(entry, scale, other["key"])
+def cross_check(pred: dict[str, bool], other: dict) -> dict:
+    """Predicted (predict_key's verdicts under `other`'s key) against measured (in `other`, the same arms under that
+    key) verdicts on the marked students both evaluated."""
     measured = {r["name"]: bool(r["flagged"]) for r in other["rows"] if r["name"] in pred}
     return {"key": other["key"], "students": len(measured), "predicted": sum(pred[n] for n in measured),
             "measured": sum(measured.values()), "agree": sum(pred[n] == v for n, v in measured.items())}
@@ -160,12 +158,17 @@ def tally(counts: dict, key: str, hit: bool) -> None:
     counts[key][1] += 1
 
 
+def scale_of(terms: dict, entry: dict):
+    """keys [K, D'] -> their largest scale within `entry`'s mark target (key_scales)."""
+    return lambda keys: key_scales(keys, terms, entry["mark"]["cost"]["target_db"])
+
+
 def run_task(task: str, entry: dict, terms: dict, keys: int, best: int, trials: int, seed: int,
              other: dict | None = None) -> dict:
     rng = np.random.default_rng(seed)
     dim = entry["key_dim"]
     target = entry["mark"]["cost"]["target_db"]
-    scale = lambda k: key_scales(k, terms, target)  # noqa: E731
+    scale = scale_of(terms, entry)
     pool = unit_keys(keys, dim, rng)
     s_pool = scale(pool)
     u, *_ = evaluated_models(entry)
@@ -180,8 +183,8 @@ def run_task(task: str, entry: dict, terms: dict, keys: int, best: int, trials: 
         "amplitude_db_vs_median_key": {"p5": db(np.quantile(s_pool, 0.05)), "p95": db(np.quantile(s_pool, 0.95)),
                                        "evaluated_key": db(s_eval), f"strongest_of_{best}_median": db(np.median(best_of))},
         "evaluated_key_percentile": round(100 * float(np.mean(s_pool < s_eval)), 1),
-        "simulation": simulate(entry, scale, pool, best, trials, rng),
-        **({"cross_check": cross_check(entry, scale, other)} if other else {}),
+        "simulation": simulate(entry, scale, pool, s_pool, s_eval, best, trials, rng),
+        **({"cross_check": cross_check(predict_key(entry, scale, other["key"]), other)} if other else {}),
     }
 
 
@@ -282,13 +285,12 @@ def main(argv=None, terms_of=teacher_terms) -> int:
             twin = (other or {}).get("tasks", {}).get(task)
             twin = {**twin, "key": twin.get("key") or other.get("key") or KEY} if twin else None
             if a.predict:
-                scale = lambda k, t=terms, d=entry["mark"]["cost"]["target_db"]: key_scales(k, t, d)  # noqa: E731
-                verdicts = predict_key(entry, scale, a.predict)
+                verdicts = predict_key(entry, scale_of(terms, entry), a.predict)
                 out["tasks"][task] = {"key": entry["key"], "prediction": {"key": a.predict, "students": len(verdicts),
                                                                           "flagged": sum(verdicts.values()),
                                                                           "verdicts": verdicts}}
                 if twin:  # the prediction checked against the key's own evaluation
-                    out["tasks"][task]["cross_check"] = cross_check(entry, scale, twin)
+                    out["tasks"][task]["cross_check"] = cross_check(verdicts, twin)
                 continue
             out["tasks"][task] = run_task(task, entry, terms, a.keys, a.best, a.trials, a.seed, twin)
             out["tasks"][task]["seconds"] = round(time.perf_counter() - t0, 1)

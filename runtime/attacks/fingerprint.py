@@ -214,7 +214,6 @@ class KeySpace:
     restricted to the cost-neutral directions) and the owner's calibration data with the key directions'
     responses on it. mark_file draws the key's scale from it; benchmarks/fingerprint_key_strength.py studies how
     that scale varies over keys (cost_terms)."""
-    model: object  # onnx.ModelProto
     feat: object  # graph_passes.candidates.FeatureNode
     probe: ProbeModel
     x: np.ndarray  # the probe images
@@ -264,7 +263,7 @@ def key_space(model_path, *, task: str | None, node: str | None = None, m: int =
     f = _run(_session(expose_tensors(model, [feat.output])), x, outputs=[feat.output])[0]
     w = principal_directions(f, m)
     probe = ProbeModel(model_path, feat.output, feat.channels)
-    ks = KeySpace(model, feat, probe, x, probe.run(x), w)
+    ks = KeySpace(feat, probe, x, probe.run(x), w)
     # The basis scale is calibrated on a fixed public direction; the verifier recomputes the responses from it,
     # so nothing it uses depends on the key (the null stays exact).
     basis_eps = ks.basis_eps = ks.scale_for(key_direction(CALIBRATION_DIRECTION, key_dim(m)), BASIS_DB)

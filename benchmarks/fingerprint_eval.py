@@ -6,12 +6,13 @@ so a stopped run resumes with the missing tasks) and renders benchmarks/results/
     python benchmarks/fingerprint_eval.py --render            # markdown from the JSON only
     python benchmarks/fingerprint_eval.py --key K --json R.json --task sr   # another evaluation key, its own file
     python benchmarks/fingerprint_eval.py --compare A.json B.json           # the same arms under each file's key
+    python benchmarks/fingerprint_eval.py --max-drop 0.2 --json R.json --task sr   # another teacher budget, its own file
 
 Every model is trained here on CPU, one thread, from the served models' answers through ONNX Runtime (the attack
 harness: asvp.runtime.attacks.attack.make_queries / get_answers); a suspect is queried only on the verifier's
 probe images. Seeds are fixed and listed in the output. The mark is calibrated to the teacher's budget
-(fingerprint.mark_file: max drop 0.05 dB, 40 % of it on training-image calibration crops); the teacher's cost is
-measured on the held-out images.
+(fingerprint.mark_file: max drop 0.05 dB by default, the issue's budget, or --max-drop; 40 % of it on training-image
+calibration crops); the teacher's cost is measured on the held-out images.
 
 Positives (students of the MARKED model), profile cpu: output distillation at the quick budget (seeds 0-2), the
 full budget (seed 0) and the long budget (1024 queries, 3000 steps; seed 0); the ladder's feature rungs fitnets-1, direct and staged (asvp.runtime.attacks.attack.LADDER,
@@ -65,7 +66,7 @@ REF_SEEDS = (100, 101, 102, 103)
 OTHER_ARCH = {"sr": ("BicubicResCNN", {"ch": 16, "blocks": 2}), "lowlight": ("ResidualCNN", {"ch": 16, "blocks": 2}),
               "underwater": ("UNetLite", {"ch": 12}), "dehaze": ("ResidualCNN", {"ch": 16, "blocks": 2}),
               "derain": ("UNetLite", {"ch": 12})}
-TEACHER_DROP_BUDGET = 0.05
+TEACHER_DROP_BUDGET = 0.05  # the issue's target; --max-drop marks at another budget (a trade-off, not the target)
 ALPHA = 0.01
 
 
@@ -181,10 +182,11 @@ def extra_negatives(task: str, spec, clean: Path, evaluate) -> None:
              {"kind": "baseline", "size": "-", "budget": "-", "seed": None})
 
 
-def run_task(task: str, profile: str, work: Path, log, existing: dict | None = None, key: str = KEY) -> dict:
-    """One task's entry under evaluation key `key`. With `existing` (an entry of the same mark), only `profile`'s
-    arms are trained and their rows appended to it: the mark, the probes and the references are recomputed and must
-    match."""
+def run_task(task: str, profile: str, work: Path, log, existing: dict | None = None, key: str = KEY,
+             max_drop: float = TEACHER_DROP_BUDGET) -> dict:
+    """One task's entry under evaluation key `key`, the mark calibrated to the teacher budget `max_drop` dB. With
+    `existing` (an entry of the same mark), only `profile`'s arms are trained and their rows appended to it: the mark,
+    the probes and the references are recomputed and must match."""
     t0 = time.perf_counter()
     spec = get_task(task)
     clean = work / f"{task}.onnx"
@@ -192,7 +194,7 @@ def run_task(task: str, profile: str, work: Path, log, existing: dict | None = N
     h_in, h_tgt = (t.numpy() for t in spec.heldout())
     t_clean = teacher_psnr(clean, h_in, h_tgt)
     marked = work / f"{task}.fp.onnx"
-    mres = fp.mark_file(clean, marked, key, task=task, max_drop_db=TEACHER_DROP_BUDGET)
+    mres = fp.mark_file(clean, marked, key, task=task, max_drop_db=max_drop)
     t_marked = teacher_psnr(marked, h_in, h_tgt)
     log(f"{task}: mark {mres.mark['node']} ({mres.key_dim} key dims) {mres.mark['strength_db']} dB on the probes, "
         f"teacher {t_clean:.3f} -> {t_marked:.3f} dB held-out ({time.perf_counter() - t0:.0f} s)")
@@ -287,7 +289,8 @@ def run_task(task: str, profile: str, work: Path, log, existing: dict | None = N
             w = rng.standard_normal(len(u))
             null_p.append(key_statistic(a, w / np.linalg.norm(w))[1])
     seconds = round(time.perf_counter() - t0, 1)
-    entry = {"task": task, "profile": profile, "key": key, "key_dim": v.info.key_dim, "mark": mres.mark,
+    entry = {"task": task, "profile": profile, "key": key, "max_drop_db": max_drop, "key_dim": v.info.key_dim,
+             "mark": mres.mark,
              "teacher_psnr": {"clean": t_clean, "marked": t_marked}, "teacher_drop_db": t_clean - t_marked,
              "references": sorted(v.refs), "references_t": {k: np.asarray(t).tolist() for k, t in v.refs.items()},
              "rows": rows, "skipped": skipped,
@@ -344,9 +347,25 @@ def summarize(r: dict) -> dict:
     # AUC on -log10 p (monotone in c for a fixed key dimension)
     a = auc([x["c"] for x in groups["positive"]], [x["c"] for x in groups["negative"]])
     fpr_hi = wilson(k["negative"], len(groups["negative"]))[1]
-    met = (a >= 0.99 and k["negative"] / max(1, len(groups["negative"])) <= 0.01
-           and r["teacher_drop_db"] <= TEACHER_DROP_BUDGET)
-    return {"groups": groups, "k": k, "auc": a, "fpr_upper": fpr_hi, "met": met}
+    detects = a >= 0.99 and k["negative"] / max(1, len(groups["negative"])) <= 0.01
+    budget = max_drop_of(r)
+    return {"groups": groups, "k": k, "auc": a, "fpr_upper": fpr_hi,
+            "met": detects and r["teacher_drop_db"] <= TEACHER_DROP_BUDGET,
+            # the AUC and FPR targets at the entry's own budget (above the issue's 0.05 dB: a trade-off, not the target)
+            "met_at_budget": detects and r["teacher_drop_db"] <= budget}
+
+
+def max_drop_of(entry: dict) -> float:
+    """The teacher budget an entry's mark was calibrated to (entries written before --max-drop: the default)."""
+    return float(entry.get("max_drop_db", TEACHER_DROP_BUDGET))
+
+
+def target_cell(sm: dict, budget: float) -> str:
+    if sm["met"]:
+        return "met"
+    if budget > TEACHER_DROP_BUDGET and sm["met_at_budget"]:
+        return f"NOT met (AUC and FPR met at {budget:g} dB)"
+    return "NOT met"
 
 
 def budget_cells(positives: list[dict]) -> list[str]:
@@ -359,11 +378,13 @@ def budget_cells(positives: list[dict]) -> list[str]:
 
 
 def compare_keys(files: list[dict]) -> str:
-    """Markdown: the same arms under several evaluation keys (one results file per key), per task. Only the models
-    every file evaluated count (by name), so a file with extra arms (--add) is compared on the common ones."""
-    out = ["| task | key | mark vs clean on probes dB | teacher drop dB | TPR | FPR | AUC (c) | " + " | ".join(BUDGETS) + " |",
-           "|---" * (7 + len(BUDGETS)) + "|"]
+    """Markdown: the same arms under several evaluation keys or teacher budgets (one results file each), per task.
+    Only the models every file evaluated count (by name), so a file with extra arms (--add) is compared on the common
+    ones. The budget column appears when the files' budgets differ."""
     tasks = [t for t in files[0]["tasks"] if all(t in f["tasks"] for f in files[1:])]
+    budgets = len({max_drop_of(f["tasks"][t]) for f in files for t in tasks}) > 1
+    out = ["| task | key | " + ("max drop dB | " if budgets else "") + "mark vs clean on probes dB | teacher drop dB | "
+           "TPR | FPR | AUC (c) | " + " | ".join(BUDGETS) + " |", "|---" * (7 + budgets + len(BUDGETS)) + "|"]
     for task in tasks:
         common = set.intersection(*({x["name"] for x in f["tasks"][task]["rows"]} for f in files))
         for f in files:
@@ -371,7 +392,8 @@ def compare_keys(files: list[dict]) -> str:
             r = summarize({**e, "rows": [x for x in e["rows"] if x["name"] in common]})
             g = r["groups"]
             cells = budget_cells(g["positive"])
-            out.append(f"| {task} | `{e.get('key', KEY)}` | {e['mark']['strength_db']} | {e['teacher_drop_db']:+.4f} | "
+            out.append(f"| {task} | `{e.get('key', KEY)}` | " + (f"{max_drop_of(e):g} | " if budgets else "") +
+                       f"{e['mark']['strength_db']} | {e['teacher_drop_db']:+.4f} | "
                        f"{r['k']['positive']}/{len(g['positive'])} | {r['k']['negative']}/{len(g['negative'])} | "
                        f"{r['auc']:.3f} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
@@ -384,7 +406,8 @@ def render(data: dict) -> str:
            f"evaluation only); alpha {ALPHA}; p-values exact under 'the suspect never saw the marked outputs' "
            f"(the key is uniform and independent of the suspect; the reference subspace removed is key-free). "
            f"Intervals: Wilson 95 %. Targets (issue 14): AUC >= 0.99, FPR <= 1 % at p < 0.01, teacher drop <= "
-           f"{TEACHER_DROP_BUDGET} dB on the held-out images.\n",
+           f"{TEACHER_DROP_BUDGET} dB on the held-out images. The mark's budget (`--max-drop`): "
+           f"{data.get('max_drop_db', TEACHER_DROP_BUDGET):g} dB.\n",
            "| task | profile | mark node (key dims) | mark vs clean on probes dB | teacher clean -> marked dB | "
            "teacher drop dB | TPR (distilled) | FPR (innocent) | AUC (c) | removal attempts flagged | "
            "null: random-key FPR at 0.01 (n) | targets |",
@@ -400,7 +423,7 @@ def render(data: dict) -> str:
                    f"{k['positive']}/{len(g['positive'])} [{lo:.2f}, {hi:.2f}] | "
                    f"{k['negative']}/{len(g['negative'])} [{flo:.2f}, {fhi:.2f}] | {sm['auc']:.3f} | "
                    f"{k['removal']}/{len(g['removal'])} | {nk['fpr_at_0.01']:.4f} ({nk['count']}) | "
-                   f"{'met' if sm['met'] else 'NOT met'} |")
+                   f"{target_cell(sm, max_drop_of(r))} |")
     out += ["\nA rate's interval is over the few models trained per task: a TPR of 0/n or n/n at n <= 9 is "
             "weak evidence either way. 'targets met' needs AUC >= 0.99, an observed FPR <= 1 % and the teacher drop "
             "<= 0.05 dB; with <= 12 innocent models per task the FPR's upper bound stays far above 1 %, so the "
@@ -449,6 +472,9 @@ def main() -> int:
     ap.add_argument("--key", default=KEY, help=f"the evaluation key (default {KEY}; public, for evaluations only)")
     ap.add_argument("--compare", nargs="+", metavar="JSON",
                     help="print a markdown table of the same arms under the keys of these results files, and exit")
+    ap.add_argument("--max-drop", type=float, default=TEACHER_DROP_BUDGET, metavar="DB",
+                    help=f"the teacher budget the mark is calibrated to (default {TEACHER_DROP_BUDGET}, the issue's "
+                         "target; another budget measures the trade-off and needs its own --json file)")
     ap.add_argument("--json", metavar="PATH", help=f"results file (default {RESULTS.relative_to(ROOT)}; the markdown "
                                                    "beside it); one file holds one key")
     a = ap.parse_args()
@@ -462,8 +488,13 @@ def main() -> int:
         for k in BUDGETS:
             BUDGETS[k] = (16, 3)
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"tasks": {}}
+    if not 0 < a.max_drop <= 3:
+        ap.error(f"--max-drop {a.max_drop}: give a teacher budget in (0, 3] dB")
     if a.task and data["tasks"] and data.get("key", KEY) != a.key:
         ap.error(f"{RESULTS} holds results under the key {data.get('key', KEY)!r}; give --json for --key {a.key!r}")
+    if a.task and data["tasks"] and float(data.get("max_drop_db", TEACHER_DROP_BUDGET)) != a.max_drop:
+        ap.error(f"{RESULTS} holds results at a {data.get('max_drop_db', TEACHER_DROP_BUDGET):g} dB budget; give "
+                 f"--json for --max-drop {a.max_drop:g}")
     for task in a.task:
         with tempfile.TemporaryDirectory(prefix="asvp-fp-eval-") as d:
             existing = None
@@ -472,10 +503,12 @@ def main() -> int:
                 if task not in recorded:
                     ap.error(f"--add: {RESULTS} has no entry for {task} to add to")
                 existing = recorded[task]
-            res = run_task(task, a.profile, Path(d), lambda s: print(s, flush=True), existing, key=a.key)
+            res = run_task(task, a.profile, Path(d), lambda s: print(s, flush=True), existing, key=a.key,
+                           max_drop=a.max_drop)
         data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"tasks": {}}
         data["tasks"][task] = res
         data["key"] = a.key
+        data["max_drop_db"] = a.max_drop
         data["written"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         write_text_atomic(RESULTS, json.dumps(data, indent=1))
     if data["tasks"]:

@@ -76,3 +76,43 @@ def test_compare_keys_counts_only_the_models_both_files_evaluated():
     assert len(lines) == 2 and "derain" not in md  # only the tasks both files hold
     assert "| `k0` |" in lines[0] and "| 2/2 | 0/2 |" in lines[0] and "2/2 (p 1e-05)" in lines[0]
     assert "| `k1` |" in lines[1] and "| 2/2 | 1/2 |" in lines[1]
+
+
+def test_a_larger_budget_is_a_trade_off_not_the_target():
+    wide = _entry([0.8, 0.7], [0.1, -0.2, 0.0], 0.3)
+    wide["max_drop_db"] = 0.5
+    sm = fe.summarize(wide)
+    assert not sm["met"] and sm["met_at_budget"]  # AUC and FPR met, but at 0.3 dB, over the 0.05
+    assert fe.target_cell(sm, 0.5) == "NOT met (AUC and FPR met at 0.5 dB)"
+    over = _entry([0.8, 0.7], [0.1, -0.2, 0.0], 0.6)
+    over["max_drop_db"] = 0.5
+    assert not fe.summarize(over)["met_at_budget"]  # over its own budget too
+    md = fe.render({"tasks": {"sr": wide}, "written": "now", "max_drop_db": 0.5})
+    assert "The mark's budget (`--max-drop`): 0.5 dB" in md and "AUC and FPR met at 0.5 dB" in md
+    assert fe.max_drop_of(_entry([0.8], [0.1], 0.0)) == fe.TEACHER_DROP_BUDGET  # entries written before the option
+
+
+def test_compare_shows_the_budget_only_when_the_files_differ():
+    a, b = _entry([0.8], [0.1], 0.03), _entry([0.9], [0.1], 0.2)
+    b["max_drop_db"] = 0.5
+    same = fe.compare_keys([{"tasks": {"sr": a}}, {"tasks": {"sr": a}}])
+    assert "max drop dB" not in same
+    md = fe.compare_keys([{"tasks": {"sr": a}}, {"tasks": {"sr": b}}])
+    head, rule, first, second = md.splitlines()[:4]
+    assert "| max drop dB |" in head and head.count("|") == rule.count("|") == first.count("|")
+    assert "| 0.05 |" in first and "| 0.5 |" in second
+
+
+def test_one_results_file_holds_one_budget(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "fp.json"
+    out.write_text('{"key": "fingerprint-eval-key-0", "tasks": {"sr": {}}}')
+    proc = subprocess.run([sys.executable, fe.__file__, "--json", str(out), "--max-drop", "0.2", "--task", "sr"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "at a 0.05 dB budget" in proc.stderr and "Traceback" not in proc.stderr
+    assert out.read_text() == '{"key": "fingerprint-eval-key-0", "tasks": {"sr": {}}}'  # nothing written
+    proc = subprocess.run([sys.executable, fe.__file__, "--json", str(out), "--max-drop", "0", "--task", "sr"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--max-drop 0.0" in proc.stderr

@@ -349,8 +349,10 @@ def summarize(r: dict) -> dict:
     fpr_hi = wilson(k["negative"], len(groups["negative"]))[1]
     detects = a >= 0.99 and k["negative"] / max(1, len(groups["negative"])) <= 0.01
     budget = max_drop_of(r)
+    # the budget is what the owner calibrates to: a mark calibrated to more is not within it, even where the
+    # held-out images happen to show a small drop (the cross term with the teacher's error can be negative there)
     return {"groups": groups, "k": k, "auc": a, "fpr_upper": fpr_hi,
-            "met": detects and r["teacher_drop_db"] <= TEACHER_DROP_BUDGET,
+            "met": detects and r["teacher_drop_db"] <= TEACHER_DROP_BUDGET and budget <= TEACHER_DROP_BUDGET,
             # the AUC and FPR targets at the entry's own budget (above the 0.05 dB: a trade-off, not the target)
             "met_at_budget": detects and r["teacher_drop_db"] <= budget}
 

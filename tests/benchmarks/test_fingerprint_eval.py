@@ -90,6 +90,9 @@ def test_a_larger_budget_is_a_trade_off_not_the_target():
     md = fe.render({"tasks": {"sr": wide}, "written": "now", "max_drop_db": 0.5})
     assert "The mark's budget (`--max-drop`): 0.5 dB" in md and "AUC and FPR met at 0.5 dB" in md
     assert fe.max_drop_of(_entry([0.8], [0.1], 0.0)) == fe.TEACHER_DROP_BUDGET  # entries written before the option
+    lucky = _entry([0.8, 0.7], [0.1, -0.2, 0.0], -0.01)  # calibrated to 0.5 dB; the held-out images show a gain
+    lucky["max_drop_db"] = 0.5
+    assert not fe.summarize(lucky)["met"] and fe.summarize(lucky)["met_at_budget"]
 
 
 def test_compare_shows_the_budget_only_when_the_files_differ():

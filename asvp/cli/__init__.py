@@ -420,7 +420,8 @@ def add_fingerprint(sub):
     m.add_argument("--max-drop", type=float, default=FP_DEFAULT_MAX_DROP_DB,
                    help=f"the teacher's budget: held-out PSNR in dB the mark may cost (default {FP_DEFAULT_MAX_DROP_DB:g}); "
                         "the mark is calibrated to 40 %% of it on training-image crops of the task, the rest is the "
-                        "margin for other images")
+                        "margin for other images. A larger budget makes weakly trained copies easier to flag on some "
+                        "tasks (docs/fingerprint.md, 'What a larger teacher budget buys')")
     m.add_argument("--strength", type=float, default=None,
                    help="instead of --max-drop: a fixed PSNR in dB between the marked and the unmarked output on the "
                         "probes (higher = weaker mark, cheaper for the teacher; no cost calibration)")

@@ -159,9 +159,9 @@ def main(argv=None) -> int:
         tasks = parse_list(a.tasks, str, "--tasks")
         if any(t not in TASK_NAMES for t in tasks):
             raise AsvpError(f"--tasks: choose from {', '.join(TASK_NAMES)}, got {a.tasks}")
-        drops = parse_list(a.budgets, float, "--budgets")
-        if any(not 0 < d <= 3 for d in drops) or len(set(drops)) < len(drops):
-            raise AsvpError(f"--budgets: distinct teacher budgets in (0, 3] dB, got {a.budgets}")
+        drops = [fp.check_max_drop(d) for d in parse_list(a.budgets, float, "--budgets")]
+        if len(set(drops)) < len(drops):
+            raise AsvpError(f"--budgets: give each teacher budget once, got {a.budgets}")
         if a.seeds < 2 or a.pool < 8 or a.steps < 1:
             raise AsvpError("--seeds must be >= 2, --pool >= 8 and --steps >= 1")
         check_key(a.key)

@@ -428,7 +428,7 @@ def render(data: dict) -> str:
                    f"{target_cell(sm, max_drop_of(r))} |")
     out += ["\nA rate's interval is over the few models trained per task: a TPR of 0/n or n/n at n <= 9 is "
             "weak evidence either way. 'targets met' needs AUC >= 0.99, an observed FPR <= 1 % and the teacher drop "
-            "<= 0.05 dB; with <= 12 innocent models per task the FPR's upper bound stays far above 1 %, so the "
+            "<= 0.05 dB, for a mark calibrated within 0.05 dB; with <= 12 innocent models per task the FPR's upper bound stays far above 1 %, so the "
             "calibration claim rests on the exact null (checked by the random-key column), not on these counts.\n",
             "Students of the marked model flagged, by the attacker's budget (queries x steps; quick includes the "
             "feature rungs and the smaller and larger students), with the median p:\n",
@@ -490,8 +490,10 @@ def main() -> int:
         for k in BUDGETS:
             BUDGETS[k] = (16, 3)
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"tasks": {}}
-    if not 0 < a.max_drop <= 3:
-        ap.error(f"--max-drop {a.max_drop}: give a teacher budget in (0, 3] dB")
+    try:
+        fp.check_max_drop(a.max_drop)
+    except AsvpError as e:
+        ap.error(f"--max-drop: {e}")
     if a.task and data["tasks"] and data.get("key", KEY) != a.key:
         ap.error(f"{RESULTS} holds results under the key {data.get('key', KEY)!r}; give --json for --key {a.key!r}")
     if a.task and data["tasks"] and float(data.get("max_drop_db", TEACHER_DROP_BUDGET)) != a.max_drop:

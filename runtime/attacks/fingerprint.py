@@ -281,6 +281,13 @@ def key_space(model_path, *, task: str | None, node: str | None = None, m: int =
     return ks
 
 
+def check_max_drop(max_drop_db) -> float:
+    """The teacher's budget in dB, if it is one `mark_file` accepts: (0, 1]."""
+    if not (isinstance(max_drop_db, (int, float)) and math.isfinite(max_drop_db) and 0 < max_drop_db <= 1):
+        raise AsvpError(f"max drop must be in (0, 1] dB, got {max_drop_db!r}")
+    return float(max_drop_db)
+
+
 def mark_file(model_path, out_path, key: str, *, node: str | None = None, m: int = DEFAULT_M,
               strength_db: float | None = None, max_drop_db: float = DEFAULT_MAX_DROP_DB,
               task: str | None = None) -> MarkResult:
@@ -296,8 +303,7 @@ def mark_file(model_path, out_path, key: str, *, node: str | None = None, m: int
     if strength_db is not None and not (isinstance(strength_db, (int, float)) and math.isfinite(strength_db)
                                         and 20 <= strength_db <= 90):
         raise AsvpError(f"strength must be a PSNR in [20, 90] dB, got {strength_db!r}")
-    if not (isinstance(max_drop_db, (int, float)) and math.isfinite(max_drop_db) and 0 < max_drop_db <= 1):
-        raise AsvpError(f"max drop must be in (0, 1] dB, got {max_drop_db!r}")
+    check_max_drop(max_drop_db)
     if not isinstance(m, int) or m < 1:
         raise AsvpError(f"m must be an integer >= 1, got {m!r}")
     model = load_model(model_path)

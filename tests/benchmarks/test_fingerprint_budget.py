@@ -51,8 +51,9 @@ def test_render_has_one_row_per_task_and_budget():
 @pytest.mark.parametrize("args, message", [
     (["--tasks", "nope"], "--tasks: choose from"),
     (["--budgets", "0.05,x"], "not a comma-separated list"),
-    (["--budgets", "0,0.5"], "distinct teacher budgets"),
-    (["--budgets", "0.2,0.2"], "distinct teacher budgets"),
+    (["--budgets", "0,0.5"], "max drop must be in (0, 1] dB"),
+    (["--budgets", "0.5,2"], "max drop must be in (0, 1] dB"),
+    (["--budgets", "0.2,0.2"], "each teacher budget once"),
     (["--seeds", "1"], "--seeds must be >= 2"),
     (["--key", "short"], "key"),
 ])

@@ -118,4 +118,4 @@ def test_one_results_file_holds_one_budget(tmp_path):
     assert out.read_text() == '{"key": "fingerprint-eval-key-0", "tasks": {"sr": {}}}'  # nothing written
     proc = subprocess.run([sys.executable, fe.__file__, "--json", str(out), "--max-drop", "0", "--task", "sr"],
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "--max-drop 0.0" in proc.stderr
+    assert proc.returncode == 2 and "max drop must be in (0, 1] dB" in proc.stderr and "Traceback" not in proc.stderr

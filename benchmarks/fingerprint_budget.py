@@ -22,8 +22,8 @@ over its clean twin, <S_marked - S_clean, d> / <d, d>. A beta that stays put whi
 learn a fixed share of any mark, and then the amplitude is what limits the test. The clean twins' verdicts do not
 depend on the budget.
 
-It writes OUT.json and OUT.md atomically after every task. Every model trains on one CPU thread. About 6-7 min per
-task at the defaults.
+It writes OUT.json and OUT.md atomically after every task. Every model trains on one CPU thread. At the defaults a
+task takes 2.5 min (sr) to 7 min (lowlight).
 """
 from __future__ import annotations
 

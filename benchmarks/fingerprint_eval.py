@@ -358,7 +358,8 @@ def summarize(r: dict) -> dict:
 
 
 def max_drop_of(entry: dict) -> float:
-    """The teacher budget an entry's mark was calibrated to (entries written before --max-drop: the default)."""
+    """The teacher budget a task entry's (or a results file's) mark was calibrated to; the default for those written
+    before --max-drop."""
     return float(entry.get("max_drop_db", TEACHER_DROP_BUDGET))
 
 
@@ -409,7 +410,7 @@ def render(data: dict) -> str:
            f"(the key is uniform and independent of the suspect; the reference subspace removed is key-free). "
            f"Intervals: Wilson 95 %. Targets (issue 14): AUC >= 0.99, FPR <= 1 % at p < 0.01, teacher drop <= "
            f"{TEACHER_DROP_BUDGET} dB on the held-out images. The mark's budget (`--max-drop`): "
-           f"{data.get('max_drop_db', TEACHER_DROP_BUDGET):g} dB.\n",
+           f"{max_drop_of(data):g} dB.\n",
            "| task | profile | mark node (key dims) | mark vs clean on probes dB | teacher clean -> marked dB | "
            "teacher drop dB | TPR (distilled) | FPR (innocent) | AUC (c) | removal attempts flagged | "
            "null: random-key FPR at 0.01 (n) | targets |",
@@ -428,8 +429,8 @@ def render(data: dict) -> str:
                    f"{target_cell(sm, max_drop_of(r))} |")
     out += ["\nA rate's interval is over the few models trained per task: a TPR of 0/n or n/n at n <= 9 is "
             "weak evidence either way. 'targets met' needs AUC >= 0.99, an observed FPR <= 1 % and the teacher drop "
-            "<= 0.05 dB, for a mark calibrated within 0.05 dB; with <= 12 innocent models per task the FPR's upper bound stays far above 1 %, so the "
-            "calibration claim rests on the exact null (checked by the random-key column), not on these counts.\n",
+            "<= 0.05 dB, for a mark calibrated within 0.05 dB; with <= 12 innocent models per task the FPR's upper "
+            "bound stays far above 1 %, so the calibration claim rests on the exact null (checked by the random-key column), not on these counts.\n",
             "Students of the marked model flagged, by the attacker's budget (queries x steps; quick includes the "
             "feature rungs and the smaller and larger students), with the median p:\n",
             "| task | " + " | ".join(f"{b} ({q} x {st})" for b, (q, st) in BUDGETS.items()) + " |",
@@ -496,9 +497,9 @@ def main() -> int:
         ap.error(f"--max-drop: {e}")
     if a.task and data["tasks"] and data.get("key", KEY) != a.key:
         ap.error(f"{RESULTS} holds results under the key {data.get('key', KEY)!r}; give --json for --key {a.key!r}")
-    if a.task and data["tasks"] and float(data.get("max_drop_db", TEACHER_DROP_BUDGET)) != a.max_drop:
-        ap.error(f"{RESULTS} holds results at a {data.get('max_drop_db', TEACHER_DROP_BUDGET):g} dB budget; give "
-                 f"--json for --max-drop {a.max_drop:g}")
+    if a.task and data["tasks"] and max_drop_of(data) != a.max_drop:
+        ap.error(f"{RESULTS} holds results at a {max_drop_of(data):g} dB budget; give --json for --max-drop "
+                 f"{a.max_drop:g}")
     for task in a.task:
         with tempfile.TemporaryDirectory(prefix="asvp-fp-eval-") as d:
             existing = None

@@ -86,7 +86,7 @@ def run_task(task: str, drops, seeds: int, key: str, pool: int, steps: int, work
             q = make_queries(task, pool, 64, s)
             for drop, target in [(None, clean)] + [(d, m["path"]) for d, m in marks.items()]:
                 y, _ = ServedModel(target).query(q, 16)
-                out = fn_of(train(build(task, "standard", s), q, y, steps, s))(v.x)
+                out = v.query(fn_of(train(build(task, "standard", s), q, y, steps, s)), f"student seed {s}")
                 # Verifier.test on the one pass over the probes (verify would query the student again, and re-check
                 # the key against the marked model for every student)
                 c, p = v.test(fp.projections(out, v.base, v.delta), u)

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from asvp.errors import AsvpError
 from asvp.exporter.export import export_bundled
-from asvp.fingerprint import coefficients, key_direction, key_statistic
+from asvp.fingerprint import coefficients, key_statistic
 from asvp.graph_passes.candidates import feature_candidates
 from asvp.graph_passes.fingerprint import PREFIX
 from asvp.io import write_text_atomic
@@ -202,13 +202,14 @@ def run_task(task: str, profile: str, work: Path, log, existing: dict | None = N
         raise SystemExit(f"{task}: the mark differs from the recorded entry's (eps {mres.mark['eps']} against "
                          f"{existing['mark']['eps']}): re-run the whole task instead of adding to it")
     v = fp.Verifier.open(clean, marked, task=task)
-    u = key_direction(key, v.info.key_dim)
+    u, key_check = v.check_key(key)
     rows = [dict(r) for r in existing["rows"]] if existing is not None else []
 
     def evaluate(name, label, fn, meta):
-        res = v.verify(fn, key, name=name)
+        out = v.query(fn, name)  # one pass over the probes: the verdict and the stored projections t
+        res = v.result(out, name, key, u, key_check)
         psnr = psnr_ssim(fn(h_in), h_tgt)[0]
-        t = fp.projections(fn(v.x), v.base, v.delta)
+        t = fp.projections(out, v.base, v.delta)
         row = {"name": name, "label": label, **meta, "c": res.statistic, "p": res.p_value, "flagged": res.flagged,
                "beta": res.beta, "psnr": psnr, "t": t.tolist()}
         rows.append(row)

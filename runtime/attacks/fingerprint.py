@@ -428,7 +428,7 @@ class FingerprintResult:
     key_dim: int
     key_id: str
     key_check: float  # the marked model's own statistic c with this key (must be >= KEY_CHECK_MIN_COS)
-    references: list  # names of the reference models whose mean bias was removed (empty: none)
+    references: list  # names of the reference models whose bias span was removed (empty: none)
     probes: dict
     mark: dict
     rel_residual: float  # ||S - T|| / ||d_u||: how far the suspect is from the clean teacher, in mark norms
@@ -490,8 +490,12 @@ class Verifier:
                 v.refs[label if label not in v.refs else f"{label}#{i}"] = v.project(fn, f"reference {label}")
         return v
 
+    def query(self, fn, what: str) -> np.ndarray:
+        """fn's outputs on the probes, in chunks, checked against the clean model's (shape, finite values)."""
+        return _query(fn, self.x, what, self.base.shape)
+
     def project(self, fn, what: str) -> np.ndarray:
-        return projections(_query(fn, self.x, what, self.base.shape), self.base, self.delta)
+        return projections(self.query(fn, what), self.base, self.delta)
 
     def nuisance(self, exclude: str | None = None) -> list:
         """The reference models' mark coefficients (their systematic bias, whose span the test removes), leaving
@@ -501,27 +505,40 @@ class Verifier:
     def test(self, t: np.ndarray, u: np.ndarray, exclude: str | None = None) -> tuple[float, float]:
         return key_statistic(coefficients(t, self.gram, self.nuisance(exclude)), u)
 
-    def verify(self, suspect, key: str, *, alpha: float = DEFAULT_ALPHA, name: str | None = None,
-               t0: float | None = None) -> FingerprintResult:
-        t0 = time.perf_counter() if t0 is None else t0
-        if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
-            raise AsvpError(f"alpha must be in (0, 1), got {alpha!r}")
+    def check_key(self, key: str) -> tuple[np.ndarray, float]:
+        """The key's unit vector u in the key space, and the marked model's own statistic c under it; a one-line
+        error when c < KEY_CHECK_MIN_COS (a wrong key, or a different clean model)."""
         u = key_direction(key, self.info.key_dim)
         key_check, _ = key_statistic(coefficients(self.project(_as_suspect(self.defended)[0],
                                                                f"defended model {self.defended}"), self.gram), u)
         if key_check < KEY_CHECK_MIN_COS:
             raise AsvpError(f"the key does not reproduce the mark in {self.defended} (c = {key_check:.3f} < "
                             f"{KEY_CHECK_MIN_COS}): wrong key, or a different clean model")
+        return u, key_check
+
+    def verify(self, suspect, key: str, *, alpha: float = DEFAULT_ALPHA, name: str | None = None,
+               t0: float | None = None) -> FingerprintResult:
+        t0 = time.perf_counter() if t0 is None else t0
+        if not (isinstance(alpha, (int, float)) and 0 < alpha < 1):
+            raise AsvpError(f"alpha must be in (0, 1), got {alpha!r}")
+        u, key_check = self.check_key(key)
         fn, label = _as_suspect(suspect)
-        s_out = _query(fn, self.x, f"suspect {name or label}", self.base.shape)
-        t = projections(s_out, self.base, self.delta)
-        c, p = self.test(t, u, exclude=name or label)
+        name = name or label
+        return self.result(self.query(fn, f"suspect {name}"), name, key, u, key_check, alpha=alpha, t0=t0)
+
+    def result(self, outputs: np.ndarray, name: str, key: str, u: np.ndarray, key_check: float, *,
+               alpha: float = DEFAULT_ALPHA, t0: float | None = None) -> FingerprintResult:
+        """The verdict on a suspect's outputs on the probes (`query`), for the key already checked by check_key (u,
+        key_check): one pass over the probes per suspect, and one key check for many."""
+        t0 = time.perf_counter() if t0 is None else t0
+        t = projections(outputs, self.base, self.delta)
+        c, p = self.test(t, u, exclude=name)
         du = (self.info.eps / self.info.probe_eps) * np.tensordot(u, self.delta.astype(np.float64), axes=1).reshape(-1)
         nd = float(du @ du)
-        r = (s_out.astype(np.float64) - self.base).reshape(-1)
+        r = (np.asarray(outputs, np.float64) - self.base).reshape(-1)
         return FingerprintResult(
-            name or label, c, p, float(alpha), bool(p < alpha), float(du @ r / nd) if nd > 0 else math.nan,
-            self.info.key_dim, key_id(key), key_check, sorted(k for k in self.refs if k != (name or label)),
+            name, c, p, float(alpha), bool(p < alpha), float(du @ r / nd) if nd > 0 else math.nan,
+            self.info.key_dim, key_id(key), key_check, sorted(k for k in self.refs if k != name),
             {"count": int(len(self.x)), "shape": list(self.x.shape[1:]), "seed": PROBE_SEED}, self.info.public(),
             float(np.linalg.norm(r) / math.sqrt(nd)) if nd > 0 else math.nan, round(time.perf_counter() - t0, 1))
 
@@ -531,7 +548,7 @@ def verify(suspect, clean, defended, key: str, *, alpha: float = DEFAULT_ALPHA, 
     """Test whether `suspect` (ONNX path or callable) was distilled from the marked model `defended`.
 
     references: extra reference models (ONNX paths or callables) that never saw the marked outputs; with `cache`,
-    the references stored there by `calibrate` are used too. Their mean bias is removed before the test."""
+    the references stored there by `calibrate` are used too. The span of their bias is removed before the test."""
     t0 = time.perf_counter()
     check_key(key)
     v = Verifier.open(clean, defended, cache=cache, task=task, references=references)

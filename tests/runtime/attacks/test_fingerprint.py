@@ -192,6 +192,24 @@ def test_the_key_changes_the_verdict(models):
         api.fingerprint_verify(a, clean=c, defended=a, key=KEY_B)
 
 
+def test_one_pass_verdict_equals_verify(models):
+    """Benchmarks check the key once and test each suspect on its one pass over the probes (check_key, query,
+    result): the same verdict as verify; a wrong key fails the check itself."""
+    c, a = models["clean"], models["A"]
+    v = fp.Verifier.open(c, a, task="sr")
+    bicubic = lambda b: get_task("sr").baseline_output(torch.from_numpy(b)).numpy()  # noqa: E731
+    u, key_check = v.check_key(KEY_A)
+    for suspect, name in ((a, "marked"), (bicubic, "bicubic")):
+        full = v.verify(suspect, KEY_A, name=name)
+        fn = fp._as_suspect(suspect)[0]
+        one = v.result(v.query(fn, name), name, KEY_A, u, key_check)
+        assert (one.statistic, one.p_value, one.flagged, one.beta, one.key_check) == \
+               (full.statistic, full.p_value, full.flagged, full.beta, full.key_check)
+    assert v.result(v.query(fp._as_suspect(a)[0], "marked"), "marked", KEY_A, u, key_check).flagged
+    with pytest.raises(AsvpError, match="key does not reproduce the mark"):
+        v.check_key(KEY_B)
+
+
 def test_reference_bias_is_removed_and_cached(models, tmp_path):
     c, a = models["clean"], models["A"]
     bias = lambda b: get_task("sr").baseline_output(torch.from_numpy(b)).numpy()  # noqa: E731

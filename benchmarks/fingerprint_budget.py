@@ -39,7 +39,7 @@ import numpy as np
 
 from asvp.errors import AsvpError
 from asvp.exporter.export import export_bundled
-from asvp.fingerprint import DEFAULT_ALPHA, check_key, key_direction
+from asvp.fingerprint import DEFAULT_ALPHA, check_key
 from asvp.io import write_text_atomic
 from asvp.runtime.attacks import fingerprint as fp
 from asvp.runtime.attacks.attack import ServedModel, make_queries, single_thread
@@ -76,7 +76,7 @@ def run_task(task: str, drops, seeds: int, key: str, pool: int, steps: int, work
             f"held-out drop {marks[drop]['heldout_drop_db']:+.4f} dB ({time.perf_counter() - t0:.0f} s)")
     # one Verifier: the probes, basis responses and references do not depend on eps (only the served file does)
     v = fp.Verifier.open(clean, marks[drops[0]]["path"], task=task)
-    u = key_direction(key, v.info.key_dim)
+    u, _ = v.check_key(key)  # checked once, against the first budget's marked model
     with single_thread():
         for name, fn in fp.train_reference_students(clean, task, REF_SEEDS, steps, pool).items():
             v.refs[name] = v.project(fn, name)
@@ -87,8 +87,7 @@ def run_task(task: str, drops, seeds: int, key: str, pool: int, steps: int, work
             for drop, target in [(None, clean)] + [(d, m["path"]) for d, m in marks.items()]:
                 y, _ = ServedModel(target).query(q, 16)
                 out = v.query(fn_of(train(build(task, "standard", s), q, y, steps, s)), f"student seed {s}")
-                # Verifier.test on the one pass over the probes (verify would query the student again, and re-check
-                # the key against the marked model for every student)
+                # Verifier.test on the one pass over the probes (verify would re-check the key for every student)
                 c, p = v.test(fp.projections(out, v.base, v.delta), u)
                 row = {"seed": s, "c": c, "p": p, "flagged": p < DEFAULT_ALPHA, "out": out}
                 (twins if drop is None else students[drop]).append(row)

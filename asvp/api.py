@@ -293,13 +293,15 @@ def fingerprint_new_key() -> str:
 
 def fingerprint_mark(model_path, out_path, key: str, *, node=None, m: int = _fp.DEFAULT_M,
                      strength_db: float | None = None, max_drop_db: float = _fp.DEFAULT_MAX_DROP_DB,
-                     task: str | None = None):
+                     task: str | None = None, bias_students: int = 0, progress: bool = False):
     """Mark a clean or ASVP-defended ONNX model with a secret key (a keyed perturbation in the top-m principal
     subspace of one feature). Its size: as strong as the teacher's budget `max_drop_db` allows (calibrated on
     training crops of the task), or, with `strength_db`, that PSNR away from the unmarked output on the probes.
+    `bias_students` > 0: keep the key away from the directions along which that many quick students of the model
+    deviate from it (more power against weakly trained copies on some tasks; docs/fingerprint.md).
     Returns a MarkResult. The key is not stored in the model; keep it (and the marked file) secret."""
     return _fp.mark_file(model_path, out_path, key, node=node, m=m, strength_db=strength_db,
-                         max_drop_db=max_drop_db, task=task)
+                         max_drop_db=max_drop_db, task=task, bias_students=bias_students, progress=progress)
 
 
 def fingerprint_calibrate(clean, defended, *, cache, task: str | None = None, seeds=(100, 101, 102),

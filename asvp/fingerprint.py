@@ -212,3 +212,24 @@ def cost_neutral_directions(cross: np.ndarray, share: float = 0.25) -> np.ndarra
         return np.eye(d)
     _, _, vt = np.linalg.svd(c, full_matrices=True)
     return vt[k:].T
+
+
+def bias_neutral_directions(bias: np.ndarray, share: float = 0.5) -> np.ndarray:
+    """Q [D', D' - k]: an orthonormal basis of the key directions along which innocent models deviate least from
+    the clean model: the eigenvectors of the second moment of their coefficient vectors with the D' - k smallest
+    eigenvalues, k = round(share x D').
+
+    bias [n, D']: coefficient vectors (`coefficients`, no nuisance) of models that never saw the marked outputs,
+    e.g. quick students of the clean model. A weak copy's own deviation hides the mark, and it is concentrated in
+    few directions (one eigenvalue 10-20x the mean on the bundled teachers); a key space without them keeps all of
+    the mark's energy where such deviations are small. Key-independent (clean model, probes, fixed students), so
+    the exact null is untouched."""
+    b = np.asarray(bias, np.float64)
+    if b.ndim != 2 or len(b) < 1:
+        raise ValueError("bias must be [n >= 1, D'] coefficient vectors")
+    d = b.shape[1]
+    k = min(int(round(share * d)), d - 2)
+    if k <= 0:
+        return np.eye(d)
+    _, v = np.linalg.eigh(b.T @ b / len(b))  # ascending
+    return v[:, : d - k]

@@ -8,8 +8,8 @@ run the clean model with any basis mark without rebuilding it. The mark replaces
 (inline): the outputs carry it.
 
 Metadata (`asvp.fingerprint`, JSON): version, node, tensor, channels, m, eps, basis (W, C x m, public), the
-measured strength, basis_eps (the verifier's key-free scale), the equalizer R and the cost calibration (all
-key-free). The key, and anything derived from it alone, is never written.
+measured strength, basis_eps (the verifier's key-free scale), the equalizer R, the cost calibration and, where
+the key space was chosen away from the bias of students of the clean model, which students (all key-free). The key, and anything derived from it alone, is never written.
 """
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ class MarkInfo:
     basis_eps: float | None = None  # the verifier's basis-mark scale (calibrated on a public direction, key-free)
     equalizer: list | None = None  # R, D x D' (nested lists): key directions -> symmetric-basis coefficients
     cost: dict | None = None  # how eps was derived from the teacher's budget (calibration data, drop), key-free
+    bias: dict | None = None  # key space kept away from these students' deviations (mark time), key-free; or None
 
     def r(self) -> np.ndarray:
         d = self.m * (self.m + 1) // 2

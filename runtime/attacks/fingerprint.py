@@ -37,9 +37,9 @@ import numpy as np
 import torch
 
 from asvp.errors import AsvpError
-from asvp.fingerprint import (DEFAULT_ALPHA, DEFAULT_M, check_key, coefficients, cost_neutral_directions, key_dim,
-                              key_direction, key_id, key_statistic, mix_matrix, principal_directions,
-                              response_equalizer, sym_basis)
+from asvp.fingerprint import (DEFAULT_ALPHA, DEFAULT_M, bias_neutral_directions, check_key, coefficients,
+                              cost_neutral_directions, key_dim, key_direction, key_id, key_statistic, mix_matrix,
+                              principal_directions, response_equalizer, sym_basis)
 from asvp.graph_passes.expose import expose_tensors
 from asvp.graph_passes.fingerprint import MIX_INPUT, MarkInfo, mark_model, probe_model, read_mark, resolve_feature
 from asvp.io import atomic_output
@@ -61,6 +61,8 @@ BASIS_DB = 50.0  # the verifier's basis marks: this PSNR away from the clean out
 KEY_CHECK_MIN_COS = 0.5  # the defended model's own statistic must reach this with the given key
 CHUNK = 4
 CALIBRATION_DIRECTION = "asvp-fingerprint-public-calibration-direction"  # public, key-independent
+BIAS_SEED0 = 200  # mark-time bias students: seeds 200, 201, ... (the verifier's reference students are 100, ...)
+BIAS_BUDGET = (96, 300)  # their queries and steps: the quick attack budget, as the reference students
 
 
 def task_of(model) -> str | None:
@@ -167,7 +169,10 @@ class MarkResult:
             [f"strength from the teacher's budget {m['cost']['max_drop_db']:g} dB: drop "
              f"{m['cost']['calibration_drop_db']:.4f} dB on {m['cost']['calibration_images']} (target "
              f"{m['cost']['target_db']:g}; {m['cost']['removed_directions']} cost-bearing key directions removed); "
-             "measure the held-out cost with `asvp validate`"] if m.get("cost") else [])
+             "measure the held-out cost with `asvp validate`"] if m.get("cost") else []) + (
+            [f"key space kept away from the deviations of {m['bias']['students']} quick students of the model "
+             f"(seeds {m['bias']['seeds'][0]}-{m['bias']['seeds'][1]}): {m['bias']['removed_directions']} key "
+             "directions removed; verify removes no reference span"] if m.get("bias") else [])
 
 
 def calibration_pairs(task: str, count: int | None = None, size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -226,6 +231,7 @@ class KeySpace:
     bc: np.ndarray | None = None
     dq: np.ndarray | None = None  # [D', N, ...] the key directions' output changes on xc at basis_eps
     removed: int = 0  # cost-bearing directions removed
+    bias: dict | None = None  # with bias students: who they were and how many directions their deviations removed
 
     def scale_for(self, coeffs, target_db: float) -> float:
         """eps at which the mark with symmetric-basis coefficients `coeffs` moves the output `target_db` PSNR away
@@ -252,9 +258,16 @@ class KeySpace:
 
 
 def key_space(model_path, *, task: str | None, node: str | None = None, m: int = DEFAULT_M, cost: bool = True,
-              model=None) -> KeySpace:
+              model=None, bias_students: int = 0, bias_budget: tuple[int, int] = BIAS_BUDGET,
+              progress: bool = False) -> KeySpace:
     """The key-free part of marking `model_path` (see KeySpace; `model`: the file, if already loaded); `cost`
-    adds the calibration data and restricts the key space to the cost-neutral directions."""
+    adds the calibration data and restricts the key space to the cost-neutral directions; `bias_students` > 0
+    trains that many students of `model_path` (seeds BIAS_SEED0.., `bias_budget` = (queries, steps)) and keeps the
+    half of the key directions along which they deviate least from it (bias_neutral_directions)."""
+    if not isinstance(bias_students, int) or bias_students < 0:
+        raise AsvpError(f"bias students must be an integer >= 0, got {bias_students!r}")
+    if bias_students and task is None:
+        raise AsvpError("bias students need the task (--task) for their queries")
     if model is None:
         model = load_model(model_path)
         image_io(model)
@@ -267,7 +280,8 @@ def key_space(model_path, *, task: str | None, node: str | None = None, m: int =
     # The basis scale is calibrated on a fixed public direction; the verifier recomputes the responses from it,
     # so nothing it uses depends on the key (the null stays exact).
     basis_eps = ks.basis_eps = ks.scale_for(key_direction(CALIBRATION_DIRECTION, key_dim(m)), BASIS_DB)
-    r = ks.r = response_equalizer(_gram(probe.basis_changes(x, ks.base, w, basis_eps)))
+    raw_probes = probe.basis_changes(x, ks.base, w, basis_eps)
+    r = ks.r = response_equalizer(_gram(raw_probes))
     if cost:
         xc, yc = calibration_pairs(task)
         bc = probe.run(xc)
@@ -278,6 +292,22 @@ def key_space(model_path, *, task: str | None, node: str | None = None, m: int =
         q = cost_neutral_directions(cross)
         ks.r, ks.xc, ks.yc, ks.bc = r @ q, xc, yc, bc
         ks.dq, ks.removed = np.tensordot(q.T, dc, axes=1), int(q.shape[0] - q.shape[1])
+    if bias_students:
+        # the students' deviations as the verifier will see them: projections on the probes, least-squares
+        # coefficients in the key space so far
+        delta = np.tensordot(ks.r.T, raw_probes.astype(np.float64), axes=1).astype(np.float32)
+        gram = _gram(delta)
+        seeds = tuple(range(BIAS_SEED0, BIAS_SEED0 + bias_students))
+        pool, steps = bias_budget
+        students = train_reference_students(model_path, task, seeds, steps, pool, progress=progress)
+        a = [coefficients(projections(_query(fn, x, f"bias student {n}", ks.base.shape), ks.base, delta), gram)
+             for n, fn in students.items()]
+        q = bias_neutral_directions(np.stack(a))
+        ks.r = ks.r @ q
+        if ks.dq is not None:
+            ks.dq = np.tensordot(q.T, ks.dq, axes=1)
+        ks.bias = {"students": bias_students, "seeds": [seeds[0], seeds[-1]], "queries": pool, "steps": steps,
+                   "removed_directions": int(q.shape[0] - q.shape[1])}
     return ks
 
 
@@ -290,14 +320,18 @@ def check_max_drop(max_drop_db) -> float:
 
 def mark_file(model_path, out_path, key: str, *, node: str | None = None, m: int = DEFAULT_M,
               strength_db: float | None = None, max_drop_db: float = DEFAULT_MAX_DROP_DB,
-              task: str | None = None) -> MarkResult:
+              task: str | None = None, bias_students: int = 0, space: KeySpace | None = None,
+              progress: bool = False) -> MarkResult:
     """Mark a (clean or ASVP-defended) model with `key`, written atomically.
 
     W from the probe features. Strength: by default (strength_db None) derived from the teacher's budget: the key
     space excludes the directions that change the teacher's error to first order on the owner's calibration data
     (cost_neutral_directions), and eps is the largest for which the teacher's pooled PSNR on that data drops by at most
     CAL_MARGIN x `max_drop_db` (measured on the marked model itself). With `strength_db`, eps instead makes the
-    marked output `strength_db` PSNR away from the unmarked one on the probes (no cost calibration)."""
+    marked output `strength_db` PSNR away from the unmarked one on the probes (no cost calibration).
+    bias_students > 0: the key space also avoids the directions along which that many quick students of the model
+    deviate from it (key_space); `space`: a KeySpace key_space already made for this model with these settings
+    (benchmarks reuse one across keys)."""
     t0 = time.perf_counter()
     check_key(key)
     if strength_db is not None and not (isinstance(strength_db, (int, float)) and math.isfinite(strength_db)
@@ -312,7 +346,8 @@ def mark_file(model_path, out_path, key: str, *, node: str | None = None, m: int
     if strength_db is None and task is None:
         raise AsvpError("calibrating the mark's cost needs the task (--task) for its calibration data, or give a "
                         "fixed --strength")
-    ks = key_space(model_path, task=task, node=node, m=m, cost=strength_db is None, model=model)
+    ks = space or key_space(model_path, task=task, node=node, m=m, cost=strength_db is None, model=model,
+                            bias_students=bias_students, progress=progress)
     r, w, probe, x, basis_eps = ks.r, ks.w, ks.probe, ks.x, ks.basis_eps
     u = key_direction(key, r.shape[1])  # eps, the served mark's scale, is calibrated on the key's own R u
     cost = None
@@ -339,7 +374,7 @@ def mark_file(model_path, out_path, key: str, *, node: str | None = None, m: int
     strength = pooled_psnr(probe.run(x, mix), ks.base)
     feat = ks.feat
     info = MarkInfo(feat.name, feat.output, int(feat.channels), int(m), float(eps), w.tolist(), round(strength, 2),
-                    basis_eps=float(basis_eps), equalizer=r.tolist(), cost=cost)
+                    basis_eps=float(basis_eps), equalizer=r.tolist(), cost=cost, bias=ks.bias)
     save_model(mark_model(model, info, mix), out_path, check=False)
     return MarkResult(str(out_path), info.public(), key_id(key), info.key_dim, len(x),
                       round(time.perf_counter() - t0, 1))
@@ -444,7 +479,9 @@ class FingerprintResult:
     def summary_lines(self) -> list[str]:
         what = ("distilled from the marked model: the suspect reproduces the secret mark" if self.flagged
                 else "no evidence of distillation from the marked model")
-        refs = (f"bias subspace of {len(self.references)} reference model(s) removed" if self.references
+        bias = self.mark.get("bias")
+        refs = (f"key space chosen away from the bias of {bias['students']} students of the clean model" if bias
+                else f"bias subspace of {len(self.references)} reference model(s) removed" if self.references
                 else "no reference models (exact but less powerful; see `asvp fingerprint calibrate`)")
         return [f"suspect {self.suspect}: {self.verdict.upper()} ({what})",
                 f"statistic c = {self.statistic:+.4f} over {self.key_dim} key dimensions, p = {self.p_value:.3g} "
@@ -499,7 +536,10 @@ class Verifier:
 
     def nuisance(self, exclude: str | None = None) -> list:
         """The reference models' mark coefficients (their systematic bias, whose span the test removes), leaving
-        out `exclude`."""
+        out `exclude`; none when the key space was chosen away from such bias when marking (info.bias): removing a
+        span there would cost the mark more than the bias it removes."""
+        if self.info.bias:
+            return []
         return [coefficients(t, self.gram) for k, t in self.refs.items() if k != exclude]
 
     def test(self, t: np.ndarray, u: np.ndarray, exclude: str | None = None) -> tuple[float, float]:
@@ -538,7 +578,8 @@ class Verifier:
         r = (np.asarray(outputs, np.float64) - self.base).reshape(-1)
         return FingerprintResult(
             name, c, p, float(alpha), bool(p < alpha), float(du @ r / nd) if nd > 0 else math.nan,
-            self.info.key_dim, key_id(key), key_check, sorted(k for k in self.refs if k != name),
+            self.info.key_dim, key_id(key), key_check,
+            [] if self.info.bias else sorted(k for k in self.refs if k != name),
             {"count": int(len(self.x)), "shape": list(self.x.shape[1:]), "seed": PROBE_SEED}, self.info.public(),
             float(np.linalg.norm(r) / math.sqrt(nd)) if nd > 0 else math.nan, round(time.perf_counter() - t0, 1))
 

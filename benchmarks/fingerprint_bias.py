@@ -2,6 +2,7 @@
 
     python benchmarks/fingerprint_bias.py [--tasks derain,underwater,lowlight,dehaze,sr] [--keys 0,1,2]
         [--bias-students 16] [--seeds 6] [--steps N --pool N] [--out benchmarks/results/fingerprint-bias]
+    python benchmarks/fingerprint_bias.py --merge A.json B.json [--out ...]   # one report from runs in parallel
 
 At the 0.05 dB budget, weakly trained copies (the quick attacker: 96 queries, 300 steps) are the fingerprint's
 gap (benchmarks/fingerprint_budget.py). A pilot found what hides the mark in such a copy: its own deviation from
@@ -141,6 +142,34 @@ def render(data: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def merge(files: list[str], out: Path) -> int:
+    """One report from several results files of other tasks with the same settings."""
+    try:
+        runs = []
+        for f in files:
+            try:
+                runs.append(json.loads(Path(f).read_text()))
+            except (OSError, ValueError) as e:
+                raise AsvpError(f"cannot read results file {f}: {e}") from None
+        if any(r.get("args") != runs[0].get("args") for r in runs):
+            raise AsvpError("--merge: the files were run with different settings (args)")
+        tasks = [t for r in runs for t in r["tasks"]]
+        if len(set(tasks)) < len(tasks):
+            raise AsvpError(f"--merge: a task is in more than one file ({', '.join(tasks)})")
+        if out.with_suffix(".json").resolve() in {Path(f).resolve() for f in files}:
+            raise AsvpError("--merge: the output would overwrite an input; choose another --out")
+    except AsvpError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    data = {**runs[0], "tasks": {t: e for r in runs for t, e in r["tasks"].items()},
+            "command": " ; ".join(r["command"] for r in runs), "commit": " / ".join(sorted({r["commit"] for r in runs})),
+            "written": max(r["written"] for r in runs)}
+    write_text_atomic(out.with_suffix(".json"), json.dumps(data, indent=1))
+    write_text_atomic(out.with_suffix(".md"), render(data))
+    print(render(data), end="")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", default=",".join(ORDER), help="comma-separated tasks, in this order (default %(default)s)")
@@ -150,7 +179,11 @@ def main(argv=None) -> int:
     ap.add_argument("--pool", type=int, default=BUDGETS["quick"][0], help="queries per student (default %(default)s)")
     ap.add_argument("--steps", type=int, default=BUDGETS["quick"][1], help="training steps (default %(default)s)")
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="output stem: OUT.json and OUT.md (default %(default)s)")
+    ap.add_argument("--merge", nargs="+", metavar="JSON", help="write OUT from these results files (runs of other "
+                    "tasks with the same settings, e.g. in parallel) instead of running")
     a = ap.parse_args(argv)
+    if a.merge:
+        return merge(a.merge, Path(a.out))
     try:
         tasks = parse_list(a.tasks, str, "--tasks")
         if any(t not in TASK_NAMES for t in tasks):

@@ -9,8 +9,9 @@ import torch
 from asvp import api
 from asvp.cli import main
 from asvp.errors import AsvpError
-from asvp.fingerprint import (coefficients, cosine_tail, cost_neutral_directions, key_dim, key_direction, key_id,
-                              key_statistic, mix_matrix, nuisance_basis, principal_directions, sym_basis)
+from asvp.fingerprint import (bias_neutral_directions, coefficients, cosine_tail, cost_neutral_directions, key_dim,
+                              key_direction, key_id, key_statistic, mix_matrix, nuisance_basis, principal_directions,
+                              sym_basis)
 from asvp.graph_passes.fingerprint import META_FINGERPRINT, read_mark
 from asvp.onnx_utils import get_metadata, load_model
 from asvp.runtime.attacks import fingerprint as fp
@@ -97,6 +98,22 @@ def test_cost_neutral_directions_are_orthogonal_to_the_teachers_error_directions
     assert q.shape == (d, d - 4) and np.allclose(q.T @ q, np.eye(d - 4))
     assert np.linalg.norm(q.T @ g) < 0.01 * np.linalg.norm(g)  # no key in the span of q changes E to first order
     assert cost_neutral_directions(cross, share=0.0).shape == (d, d)
+
+
+def test_bias_neutral_directions_keep_the_half_where_innocent_models_deviate_least():
+    rng = np.random.default_rng(5)
+    d = 12
+    big = np.linalg.qr(rng.standard_normal((d, 3)))[0]  # innocent deviations: mostly along 3 directions
+    bias = rng.standard_normal((20, 3)) @ (10 * big.T) + 0.1 * rng.standard_normal((20, d))
+    q = bias_neutral_directions(bias)
+    assert q.shape == (d, d // 2) and np.allclose(q.T @ q, np.eye(d // 2))
+    assert np.linalg.norm(q.T @ big) < 0.05  # the key space keeps none of the big directions
+    kept, all_ = np.sum((bias @ q) ** 2), np.sum(bias ** 2)
+    assert kept < 1e-3 * all_
+    assert bias_neutral_directions(bias, share=0.0).shape == (d, d)
+    assert bias_neutral_directions(bias[:, :3], share=0.9).shape == (3, 2)  # never fewer than 2 directions
+    with pytest.raises(ValueError):
+        bias_neutral_directions(np.zeros(d))
 
 
 def test_cost_calibrated_mark_meets_its_drop_budget_on_the_calibration_data(models, tmp_path, monkeypatch):
@@ -222,6 +239,35 @@ def test_reference_bias_is_removed_and_cached(models, tmp_path):
     assert same.references and abs(same.statistic) < 1e-6
 
 
+def test_bias_students_key_space_is_recorded_and_verify_removes_no_span(models, tmp_path):
+    """--bias-students: the key space is the half of the default one along which students of the clean model
+    deviate least; the metadata says so (key-free), the planted case still flips, and verify removes no reference
+    span (the space already avoids that bias)."""
+    c, a = models["clean"], models["A"]
+    full = fp.key_space(c, task="sr", cost=False)
+    ks = fp.key_space(c, task="sr", cost=False, bias_students=2, bias_budget=(8, 2))
+    dfull = full.r.shape[1]
+    assert ks.r.shape == (full.r.shape[0], dfull - round(dfull / 2))
+    assert ks.bias == {"students": 2, "seeds": [200, 201], "queries": 8, "steps": 2,
+                       "removed_directions": round(dfull / 2)}
+    assert np.allclose(full.r @ np.linalg.pinv(full.r) @ ks.r, ks.r, atol=1e-8)  # inside the default key space
+    out = tmp_path / "sr.fpbias.onnx"
+    res = fp.mark_file(c, out, KEY_A, strength_db=50.0, task="sr", space=ks)
+    assert res.mark["bias"] == ks.bias and res.key_dim == ks.r.shape[1]
+    assert "removes no reference span" in "\n".join(res.summary_lines())
+    info = read_mark(load_model(out))
+    assert info.bias == ks.bias and info.key_dim == ks.r.shape[1] and KEY_A not in get_metadata(load_model(out))[META_FINGERPRINT]
+    bias = lambda b: get_task("sr").baseline_output(torch.from_numpy(b)).numpy()  # noqa: E731
+    hit = api.fingerprint_verify(out, clean=c, defended=out, key=KEY_A, references=[bias])
+    assert hit.flagged and hit.references == [] and "away from the bias of 2 students" in "\n".join(hit.summary_lines())
+    miss = api.fingerprint_verify(a, clean=c, defended=out, key=KEY_A, name="other mark")
+    assert not miss.flagged and miss.p_value > 0.01
+    with pytest.raises(AsvpError, match="bias students must be an integer"):
+        fp.key_space(c, task="sr", bias_students=-1)
+    with pytest.raises(AsvpError, match="need the task"):
+        fp.key_space(c, task=None, cost=False, bias_students=2)
+
+
 # ---- bad inputs: one line, exit 2, nothing written ------------------------------------------------------------
 
 def _cli(capsys, *argv):
@@ -253,6 +299,8 @@ def test_bad_inputs_get_one_line_errors(models, capsys, tmp_path, monkeypatch):
         (("fingerprint", "mark", a, "-o", str(tmp_path / "bad.onnx"), "--key", KEY_A, "--strength", "50"),
          "already fingerprinted"),
         (("fingerprint", "mark", c, "-o", str(tmp_path / "bad.onnx"), "--key", KEY_A, "--node", "nope"), "nope"),
+        (("fingerprint", "mark", c, "-o", str(tmp_path / "bad.onnx"), "--key", KEY_A, "--bias-students", "-1"),
+         "bias students must be an integer >= 0"),
         (("fingerprint", "calibrate", "--clean", c, "--defended", a, "--cache", str(tmp_path / "cal"), "--steps", "0"),
          "steps must be"),
     ]

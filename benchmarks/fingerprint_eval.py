@@ -7,6 +7,7 @@ so a stopped run resumes with the missing tasks) and renders benchmarks/results/
     python benchmarks/fingerprint_eval.py --key K --json R.json --task sr   # another evaluation key, its own file
     python benchmarks/fingerprint_eval.py --compare A.json B.json           # the same arms under each file's key
     python benchmarks/fingerprint_eval.py --max-drop 0.2 --json R.json --task sr   # another teacher budget, its own file
+    python benchmarks/fingerprint_eval.py --bias-students 16 --json R.json --task derain   # the bias-avoiding key space
 
 Every model is trained here on CPU, one thread, from the served models' answers through ONNX Runtime (the attack
 harness: asvp.runtime.attacks.attack.make_queries / get_answers); a suspect is queried only on the verifier's
@@ -183,8 +184,9 @@ def extra_negatives(task: str, spec, clean: Path, evaluate) -> None:
 
 
 def run_task(task: str, profile: str, work: Path, log, existing: dict | None = None, key: str = KEY,
-             max_drop: float = TEACHER_DROP_BUDGET) -> dict:
-    """One task's entry under evaluation key `key`, the mark calibrated to the teacher budget `max_drop` dB. With
+             max_drop: float = TEACHER_DROP_BUDGET, bias_students: int = 0) -> dict:
+    """One task's entry under evaluation key `key`, the mark calibrated to the teacher budget `max_drop` dB (its key
+    space kept away from the deviations of `bias_students` students of the clean teacher, if > 0). With
     `existing` (an entry of the same mark), only `profile`'s arms are trained and their rows appended to it: the mark,
     the probes and the references are recomputed and must match."""
     t0 = time.perf_counter()
@@ -194,7 +196,7 @@ def run_task(task: str, profile: str, work: Path, log, existing: dict | None = N
     h_in, h_tgt = (t.numpy() for t in spec.heldout())
     t_clean = teacher_psnr(clean, h_in, h_tgt)
     marked = work / f"{task}.fp.onnx"
-    mres = fp.mark_file(clean, marked, key, task=task, max_drop_db=max_drop)
+    mres = fp.mark_file(clean, marked, key, task=task, max_drop_db=max_drop, bias_students=bias_students)
     t_marked = teacher_psnr(marked, h_in, h_tgt)
     log(f"{task}: mark {mres.mark['node']} ({mres.key_dim} key dims) {mres.mark['strength_db']} dB on the probes, "
         f"teacher {t_clean:.3f} -> {t_marked:.3f} dB held-out ({time.perf_counter() - t0:.0f} s)")
@@ -290,7 +292,8 @@ def run_task(task: str, profile: str, work: Path, log, existing: dict | None = N
             w = rng.standard_normal(len(u))
             null_p.append(key_statistic(a, w / np.linalg.norm(w))[1])
     seconds = round(time.perf_counter() - t0, 1)
-    entry = {"task": task, "profile": profile, "key": key, "max_drop_db": max_drop, "key_dim": v.info.key_dim,
+    entry = {"task": task, "profile": profile, "key": key, "max_drop_db": max_drop, "bias_students": bias_students,
+             "key_dim": v.info.key_dim,
              "mark": mres.mark,
              "teacher_psnr": {"clean": t_clean, "marked": t_marked}, "teacher_drop_db": t_clean - t_marked,
              "references": sorted(v.refs), "references_t": {k: np.asarray(t).tolist() for k, t in v.refs.items()},
@@ -358,6 +361,12 @@ def summarize(r: dict) -> dict:
             "met_at_budget": detects and r["teacher_drop_db"] <= budget}
 
 
+def bias_of(entry: dict) -> int:
+    """How many bias students a task entry's (or a results file's) key space avoids; 0 (the default space) for those
+    written before --bias-students."""
+    return int(entry.get("bias_students", 0))
+
+
 def max_drop_of(entry: dict) -> float:
     """The teacher budget a task entry's (or a results file's) mark was calibrated to; the default for those written
     before --max-drop."""
@@ -387,8 +396,10 @@ def compare_keys(files: list[dict]) -> str:
     ones. The budget column appears when the files' budgets differ."""
     tasks = [t for t in files[0]["tasks"] if all(t in f["tasks"] for f in files[1:])]
     budgets = len({max_drop_of(f["tasks"][t]) for f in files for t in tasks}) > 1
-    out = ["| task | key | " + ("max drop dB | " if budgets else "") + "mark vs clean on probes dB | teacher drop dB | "
-           "TPR | FPR | AUC (c) | " + " | ".join(BUDGETS) + " |", "|---" * (7 + budgets + len(BUDGETS)) + "|"]
+    spaces = len({bias_of(f["tasks"][t]) for f in files for t in tasks}) > 1
+    out = ["| task | key | " + ("max drop dB | " if budgets else "") + ("bias students | " if spaces else "") +
+           "mark vs clean on probes dB | teacher drop dB | TPR | FPR | AUC (c) | " + " | ".join(BUDGETS) + " |",
+           "|---" * (7 + budgets + spaces + len(BUDGETS)) + "|"]
     for task in tasks:
         common = set.intersection(*({x["name"] for x in f["tasks"][task]["rows"]} for f in files))
         for f in files:
@@ -397,6 +408,7 @@ def compare_keys(files: list[dict]) -> str:
             g = r["groups"]
             cells = budget_cells(g["positive"])
             out.append(f"| {task} | `{e.get('key', KEY)}` | " + (f"{max_drop_of(e):g} | " if budgets else "") +
+                       (f"{bias_of(e)} | " if spaces else "") +
                        f"{e['mark']['strength_db']} | {e['teacher_drop_db']:+.4f} | "
                        f"{r['k']['positive']}/{len(g['positive'])} | {r['k']['negative']}/{len(g['negative'])} | "
                        f"{r['auc']:.3f} | " + " | ".join(cells) + " |")
@@ -411,7 +423,9 @@ def render(data: dict) -> str:
            f"(the key is uniform and independent of the suspect; the reference subspace removed is key-free). "
            f"Intervals: Wilson 95 %. Targets (issue 14): AUC >= 0.99, FPR <= 1 % at p < 0.01, teacher drop <= "
            f"{TEACHER_DROP_BUDGET} dB on the held-out images. The mark's budget (`--max-drop`): "
-           f"{max_drop_of(data):g} dB.\n",
+           f"{max_drop_of(data):g} dB." + (f" Key space (`--bias-students {bias_of(data)}`): kept away from the "
+           f"deviations of {bias_of(data)} quick students of the clean teacher; verify removes no reference span."
+           if bias_of(data) else "") + "\n",
            "| task | profile | mark node (key dims) | mark vs clean on probes dB | teacher clean -> marked dB | "
            "teacher drop dB | TPR (distilled) | FPR (innocent) | AUC (c) | removal attempts flagged | "
            "null: random-key FPR at 0.01 (n) | targets |",
@@ -479,6 +493,9 @@ def main() -> int:
     ap.add_argument("--max-drop", type=float, default=TEACHER_DROP_BUDGET, metavar="DB",
                     help=f"the teacher budget the mark is calibrated to (default {TEACHER_DROP_BUDGET}, the issue's "
                          "target; another budget measures the trade-off and needs its own --json file)")
+    ap.add_argument("--bias-students", type=int, default=0, metavar="N",
+                    help="mark in the key space kept away from the deviations of N quick students of the clean "
+                         "teacher (fingerprint.key_space; default 0, the default space); its own --json file")
     ap.add_argument("--json", metavar="PATH", help=f"results file (default {RESULTS.relative_to(ROOT)}; the markdown "
                                                    "beside it); one file holds one key")
     a = ap.parse_args()
@@ -498,6 +515,11 @@ def main() -> int:
         ap.error(f"--max-drop: {e}")
     if a.task and data["tasks"] and data.get("key", KEY) != a.key:
         ap.error(f"{RESULTS} holds results under the key {data.get('key', KEY)!r}; give --json for --key {a.key!r}")
+    if a.bias_students < 0:
+        ap.error(f"--bias-students must be >= 0, got {a.bias_students}")
+    if a.task and data["tasks"] and bias_of(data) != a.bias_students:
+        ap.error(f"{RESULTS} holds results with {bias_of(data)} bias students; give --json for --bias-students "
+                 f"{a.bias_students}")
     if a.task and data["tasks"] and max_drop_of(data) != a.max_drop:
         ap.error(f"{RESULTS} holds results at a {max_drop_of(data):g} dB budget; give --json for --max-drop "
                  f"{a.max_drop:g}")
@@ -510,11 +532,12 @@ def main() -> int:
                     ap.error(f"--add: {RESULTS} has no entry for {task} to add to")
                 existing = recorded[task]
             res = run_task(task, a.profile, Path(d), lambda s: print(s, flush=True), existing, key=a.key,
-                           max_drop=a.max_drop)
+                           max_drop=a.max_drop, bias_students=a.bias_students)
         data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"tasks": {}}
         data["tasks"][task] = res
         data["key"] = a.key
         data["max_drop_db"] = a.max_drop
+        data["bias_students"] = a.bias_students
         data["written"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         write_text_atomic(RESULTS, json.dumps(data, indent=1))
     if data["tasks"]:

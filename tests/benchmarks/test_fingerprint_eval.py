@@ -119,3 +119,25 @@ def test_one_results_file_holds_one_budget(tmp_path):
     proc = subprocess.run([sys.executable, fe.__file__, "--json", str(out), "--max-drop", "0", "--task", "sr"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "max drop must be in (0, 1] dB" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_compare_shows_the_key_space_only_when_the_files_differ():
+    a, b = _entry([0.8], [0.1], 0.03), _entry([0.9], [0.1], 0.03)
+    b["bias_students"] = 16
+    assert "bias students" not in fe.compare_keys([{"tasks": {"sr": a}}, {"tasks": {"sr": a}}])
+    head, rule, first, second = fe.compare_keys([{"tasks": {"sr": a}}, {"tasks": {"sr": b}}]).splitlines()[:4]
+    assert "| bias students |" in head and head.count("|") == rule.count("|") == first.count("|")
+    assert "| 0 |" in first and "| 16 |" in second
+
+
+def test_one_results_file_holds_one_key_space(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "fp.json"
+    out.write_text('{"key": "fingerprint-eval-key-0", "tasks": {"sr": {}}}')
+    for args, needle in ((["--bias-students", "16"], "with 0 bias students"), (["--bias-students", "-1"], ">= 0")):
+        proc = subprocess.run([sys.executable, fe.__file__, "--json", str(out), "--task", "sr"] + args,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
+    assert out.read_text() == '{"key": "fingerprint-eval-key-0", "tasks": {"sr": {}}}'  # nothing written

@@ -27,10 +27,8 @@ It writes OUT.json and OUT.md atomically after every task. Every model trains on
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -44,7 +42,7 @@ from asvp.runtime.attacks import fingerprint as fp
 from asvp.runtime.attacks.attack import ServedModel, make_queries, single_thread
 from asvp.tasks import TASK_NAMES, get_task
 
-from fingerprint_budget import parse_list
+from fingerprint_budget import parse_list, run_tasks
 from fingerprint_eval import BUDGETS, KEY, REF_SEEDS, auc, build, fn_of, teacher_psnr, train
 from provenance import commit, shown
 
@@ -114,7 +112,7 @@ def summary(row: dict) -> dict:
 
 def render(data: dict) -> str:
     a = data["args"]
-    out = [f"# Weak copies against a key space kept away from their own deviations (`benchmarks/fingerprint_bias.py`)\n",
+    out = ["# Weak copies against a key space kept away from their own deviations (`benchmarks/fingerprint_bias.py`)\n",
            f"Written {data['written']} at commit {data['commit']}: `{data['command']}`. Teacher budget 0.05 dB. "
            f"Quick output students ({a['pool']} queries of 64 px, {a['steps']} steps, standard width), seeds "
            f"0-{a['seeds'] - 1}, of each marked teacher, and of the clean teacher once (the twins: same queries and "
@@ -201,14 +199,8 @@ def main(argv=None) -> int:
                      "steps": a.steps},
             "command": "python " + " ".join([shown(Path(__file__))] + list(sys.argv[1:] if argv is None else argv)),
             "commit": commit(), "tasks": {}}
-    for task in tasks:
-        with tempfile.TemporaryDirectory(prefix="asvp-fp-bias-") as d:
-            data["tasks"][task] = run_task(task, keys, a.bias_students, a.seeds, a.pool, a.steps, Path(d),
-                                           lambda s: print(s, flush=True))
-        data["written"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        write_text_atomic(out.with_suffix(".json"), json.dumps(data, indent=1))
-        write_text_atomic(out.with_suffix(".md"), render(data))
-    print(render(data), end="")
+    run_tasks(data, tasks, lambda task, work, log: run_task(task, keys, a.bias_students, a.seeds, a.pool, a.steps,
+                                                           work, log), render, out, "asvp-fp-bias-")
     return 0
 
 

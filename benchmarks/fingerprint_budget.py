@@ -112,7 +112,7 @@ def summary(entry: dict, budget: dict) -> dict:
 
 def render(data: dict) -> str:
     a = data["args"]
-    out = [f"# The fingerprint against weak copies, by teacher budget (`benchmarks/fingerprint_budget.py`)\n",
+    out = ["# The fingerprint against weak copies, by teacher budget (`benchmarks/fingerprint_budget.py`)\n",
            f"Written {data['written']} at commit {data['commit']}: `{data['command']}`. Key `{a['key']}` (public, for "
            f"evaluations only). Quick output students ({a['pool']} queries of 64 px, {a['steps']} steps, standard "
            f"width), seeds 0-{a['seeds'] - 1}, of the marked teacher at each budget and of the clean teacher (their "
@@ -174,15 +174,21 @@ def main(argv=None) -> int:
     data = {"args": {"key": a.key, "seeds": a.seeds, "pool": a.pool, "steps": a.steps, "budgets": drops},
             "command": "python " + " ".join([shown(Path(__file__))] + list(sys.argv[1:] if argv is None else argv)),
             "commit": commit(), "tasks": {}}
+    run_tasks(data, tasks, lambda task, work, log: run_task(task, drops, a.seeds, a.key, a.pool, a.steps, work, log),
+              render, out, "asvp-fp-budget-")
+    return 0
+
+
+def run_tasks(data: dict, tasks, run_one, render, out: Path, prefix: str) -> None:
+    """Run each task in its own temporary directory (run_one(task, workdir, log) -> its entry in data["tasks"]) and
+    write OUT.json and OUT.md atomically after every task, so a stopped run keeps the tasks it finished."""
     for task in tasks:
-        with tempfile.TemporaryDirectory(prefix="asvp-fp-budget-") as d:
-            data["tasks"][task] = run_task(task, drops, a.seeds, a.key, a.pool, a.steps, Path(d),
-                                           lambda s: print(s, flush=True))
+        with tempfile.TemporaryDirectory(prefix=prefix) as d:
+            data["tasks"][task] = run_one(task, Path(d), lambda s: print(s, flush=True))
         data["written"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         write_text_atomic(out.with_suffix(".json"), json.dumps(data, indent=1))
         write_text_atomic(out.with_suffix(".md"), render(data))
     print(render(data), end="")
-    return 0
 
 
 if __name__ == "__main__":

@@ -221,7 +221,7 @@ def bias_neutral_directions(bias: np.ndarray, share: float = 0.5) -> np.ndarray:
 
     bias [n, D']: coefficient vectors (`coefficients`, no nuisance) of models that never saw the marked outputs,
     e.g. quick students of the clean model. A weak copy's own deviation hides the mark, and it is concentrated in
-    few directions (one eigenvalue 10-20x the mean on the bundled teachers); a key space without them keeps all of
+    few directions (the largest eigenvalue 6-22x the mean on the bundled teachers); a key space without them keeps all of
     the mark's energy where such deviations are small. Key-independent (clean model, probes, fixed students), so
     the exact null is untouched."""
     b = np.asarray(bias, np.float64)

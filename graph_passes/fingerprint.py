@@ -9,7 +9,8 @@ run the clean model with any basis mark without rebuilding it. The mark replaces
 
 Metadata (`asvp.fingerprint`, JSON): version, node, tensor, channels, m, eps, basis (W, C x m, public), the
 measured strength, basis_eps (the verifier's key-free scale), the equalizer R, the cost calibration and, where
-the key space was chosen away from the bias of students of the clean model, which students (all key-free). The key, and anything derived from it alone, is never written.
+the key space was chosen away from the bias of students of the clean model, which students (all key-free). The
+key, and anything derived from it alone, is never written.
 """
 from __future__ import annotations
 

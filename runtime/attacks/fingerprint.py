@@ -534,13 +534,15 @@ class Verifier:
     def project(self, fn, what: str) -> np.ndarray:
         return projections(self.query(fn, what), self.base, self.delta)
 
+    def span_references(self, exclude: str | None = None) -> list[str]:
+        """The reference models whose bias span the test removes, leaving out `exclude`; none when the key space
+        was chosen away from such bias when marking (info.bias): removing a span there would cost the mark more
+        than the bias it removes."""
+        return [] if self.info.bias else [k for k in self.refs if k != exclude]
+
     def nuisance(self, exclude: str | None = None) -> list:
-        """The reference models' mark coefficients (their systematic bias, whose span the test removes), leaving
-        out `exclude`; none when the key space was chosen away from such bias when marking (info.bias): removing a
-        span there would cost the mark more than the bias it removes."""
-        if self.info.bias:
-            return []
-        return [coefficients(t, self.gram) for k, t in self.refs.items() if k != exclude]
+        """The mark coefficients of span_references (their systematic bias, whose span the test removes)."""
+        return [coefficients(self.refs[k], self.gram) for k in self.span_references(exclude)]
 
     def test(self, t: np.ndarray, u: np.ndarray, exclude: str | None = None) -> tuple[float, float]:
         return key_statistic(coefficients(t, self.gram, self.nuisance(exclude)), u)
@@ -578,8 +580,7 @@ class Verifier:
         r = (np.asarray(outputs, np.float64) - self.base).reshape(-1)
         return FingerprintResult(
             name, c, p, float(alpha), bool(p < alpha), float(du @ r / nd) if nd > 0 else math.nan,
-            self.info.key_dim, key_id(key), key_check,
-            [] if self.info.bias else sorted(k for k in self.refs if k != name),
+            self.info.key_dim, key_id(key), key_check, sorted(self.span_references(name)),
             {"count": int(len(self.x)), "shape": list(self.x.shape[1:]), "seed": PROBE_SEED}, self.info.public(),
             float(np.linalg.norm(r) / math.sqrt(nd)) if nd > 0 else math.nan, round(time.perf_counter() - t0, 1))
 

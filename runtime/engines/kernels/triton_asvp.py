@@ -15,7 +15,8 @@ fixed: the top k). Three launches (triton_asvp_jit.py has the kernels):
     2. eig    grid (N,)     sums the S partials, normalises G by its trace and diagonalises it on chip with
                             parallel cyclic Jacobi (CP/2 rotations per round, CP - 1 rounds per sweep, sweeps until
                             the off-diagonal norm is <= 1e-6 relative or MAX_SWEEPS), then the mask and Q
-    3. apply  grid (N, S)   out tile = M_t + Q M_t in fp32, stored in the input dtype
+    3. apply  grid (N, S)   out tile = M_t + Q M_t in fp32 (Q read in CP x 16 column blocks), stored in the input
+                            dtype
 
 C is a compile-time constant (padded to CP = next power of two >= 16 inside the kernels; padded rows are zero and
 never rotate), N, H, W are runtime values. fp16/bf16 inputs are read as fp32 (all math is fp32, dots with
@@ -27,12 +28,15 @@ SM streams a whole sample) but a single launch, which is what TensorRT's AOT plu
 (`compile_fused`).
 
 Status: numerics verified only in Triton's CPU interpreter (TRITON_INTERPRET=1 with CPU tensors; tests/runtime/
-engines/test_triton_kernel.py) and compilation for sm_90 checked with an explicit target. Nothing here has run on
-a GPU yet: GPU speed and CUDA-graph capture are unverified (benchmarks/gpu.py measures them).
+engines/test_triton_kernel.py). Compiled for sm_80 ... sm_120 with explicit targets: every kernel's shared memory
+fits every one of those architectures at every C (`kernel_resources`, benchmarks/kernel_compile.py). Nothing here
+has run on a GPU yet: GPU speed and CUDA-graph capture are unverified (benchmarks/gpu.py measures them).
 """
 from __future__ import annotations
 
 import os
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from typing import NamedTuple, Optional, Tuple
 
@@ -49,12 +53,22 @@ JACOBI_TOL = 1e-6  # stop sweeping once ||offdiag(A)||_F <= 1e-6 ||A||_F (fp32 f
 MAX_SWEEPS = {16: 10, 32: 12, 64: 14, 128: 16}  # Jacobi converges quadratically: 4-11 sweeps seen here
 MAX_SPLITS = 256  # Gram partials per sample: bounds what the eig program reads (<= 256 * CP^2 floats)
 # Per CP: (pixels per tile, warps, pipeline stages) of the gram and apply kernels, and warps of the eig kernel.
-# Chosen so that ptxas (sm_90, Triton 3.6) reports no register spills; not tuned for speed (no GPU was available).
-# Exceptions: CP = 128 spills ~3 KB in the eig kernel at 16 warps (A, V and their rotated copies are 64 KB each)
-# and ~6.5 KB in the fused kernel; the fused CP = 64 kernel spills 132 bytes.
+# First chosen so that ptxas (sm_90, Triton 3.6) reported few register spills; not tuned for speed (no GPU was
+# available). What each kernel needs per architecture (registers, spill stack, shared memory) is measured by
+# benchmarks/kernel_compile.py (`kernel_resources` below) and reported in BENCHMARKS.md; it moves with the Triton
+# version.
 TILES = {16: (128, 8, 2), 32: (128, 8, 1), 64: (32, 8, 2), 128: (16, 8, 1)}
 EIG_WARPS = {16: 2, 32: 4, 64: 8, 128: 16}
 FUSED_TILES = {16: (64, 2), 32: (64, 8), 64: (16, 8), 128: (16, 16)}  # (pixels, warps): it also holds Q and G
+BLOCK_K = 16  # the apply kernel's K-loop step: Q is read in CP x 16 column blocks
+KERNELS = ("gram", "eig", "apply", "fused")
+# Most dynamic shared memory one thread block may use, per compute capability (bytes; CUDA C++ Programming Guide,
+# "Technical Specifications per Compute Capability"). Triton refuses a launch above it (OutOfResources); a
+# TensorRT AOT launch would fail at enqueue. 8.0+ only: Triton's README lists compute capability 8.0+ as supported.
+SHARED_LIMITS = {80: 163 * 1024, 86: 99 * 1024, 87: 163 * 1024, 89: 99 * 1024, 90: 227 * 1024,
+                 100: 227 * 1024, 120: 99 * 1024}
+ARCH_EXAMPLES = {80: "A100", 86: "A10, A10G, RTX 30xx", 87: "Jetson AGX Orin", 89: "L4, L40S, RTX 40xx",
+                 90: "H100, H200", 100: "B200", 120: "RTX 50xx"}
 
 
 def padded_channels(channels: int) -> int:
@@ -222,7 +236,7 @@ def asvp_triton(feat: torch.Tensor, k: int, h: float, tau: float, adaptive: bool
                                    int(bool(adaptive)), CP=cp, MAX_SWEEPS=MAX_SWEEPS[cp], TOL=JACOBI_TOL,
                                    num_warps=EIG_WARPS[cp])
     kernels._asvp_apply_kernel[(n, plan.nsplit)](x, q, y, plan.hw, C=c, CP=cp, BLOCK_P=plan.block_p,
-                                                  ITERS=plan.iters, num_warps=warps, num_stages=stages)
+                                                  ITERS=plan.iters, BLOCK_K=BLOCK_K, num_warps=warps, num_stages=stages)
     if not stats:
         return y
     return y, KernelStats(aux[:, 0, :c], aux[:, 1, :c], aux[:, 2, 0].to(torch.int32))
@@ -266,35 +280,122 @@ class CompiledKernel:
     target: str
 
 
+def _launch_spec(kernel: str, channels: int, dtype: str, k: int = 4, h: float = 1.5, tau: float = 0.9,
+                 adaptive: bool = True) -> Tuple[dict, dict, dict]:
+    """(signature of the runtime arguments, compile-time constants, options) of one kernel, as `asvp_triton` and
+    `asvp_triton_fused` launch it for C = channels (gram/apply with one tile per program: ITERS = 1)."""
+    cp = padded_channels(channels)
+    block_p, warps, stages = TILES[cp]
+    c = int(channels)
+    if kernel == "gram":
+        return ({"x_ptr": f"*{dtype}", "part_ptr": "*fp32", "HW": "i32"},
+                dict(C=c, CP=cp, BLOCK_P=block_p, ITERS=1), {"num_warps": warps, "num_stages": stages})
+    if kernel == "eig":
+        return ({"part_ptr": "*fp32", "nsplit": "i32", "q_ptr": "*fp32", "aux_ptr": "*fp32", "k": "i32",
+                 "hm1": "fp32", "tau": "fp32", "adaptive": "i32"},
+                dict(CP=cp, MAX_SWEEPS=MAX_SWEEPS[cp], TOL=JACOBI_TOL), {"num_warps": EIG_WARPS[cp]})
+    if kernel == "apply":
+        return ({"x_ptr": f"*{dtype}", "q_ptr": "*fp32", "y_ptr": f"*{dtype}", "HW": "i32"},
+                dict(C=c, CP=cp, BLOCK_P=block_p, ITERS=1, BLOCK_K=BLOCK_K), {"num_warps": warps, "num_stages": stages})
+    if kernel == "fused":
+        return ({"x_ptr": f"*{dtype}", "HW": "i32", "y_ptr": f"*{dtype}"},
+                fused_constants(channels, k, h, tau, adaptive), {"num_warps": FUSED_TILES[cp][1]})
+    raise AsvpError(f"unknown ASVP kernel {kernel!r}; one of {', '.join(KERNELS)}")
+
+
+def compile_kernel(kernel: str, channels: int, target: Optional[Tuple[str, int, int]] = None, dtype: str = "fp32",
+                   **attrs):
+    """One of the ASVP kernels (KERNELS) compiled by Triton's real compiler for C = channels: Triton's
+    CompiledKernel (asm: ptx, cubin; metadata: name, num_warps, shared). target: (backend, arch, warp size), e.g.
+    ("cuda", 86, 32) to compile without a GPU; None uses the current device. attrs: k, h, tau, adaptive of the
+    fused kernel (compile-time constants there). Raises MissingDependencyError without Triton, AsvpError for bad
+    arguments or when the kernels are interpreted (TRITON_INTERPRET=1)."""
+    triton = require_triton()
+    from triton.backends.compiler import GPUTarget
+
+    kernels = _kernels()
+    if not 1 <= int(channels) <= MAX_CHANNELS:
+        raise AsvpError(f"the ASVP kernels support 1..{MAX_CHANNELS} channels, got C={channels}")
+    if dtype not in DTYPES.values():
+        raise AsvpError(f"dtype must be one of {sorted(DTYPES.values())}, got {dtype!r}")
+    if _interpreted(kernels):
+        raise AsvpError("compiling the ASVP kernels needs them compiled, not interpreted: unset TRITON_INTERPRET")
+    signature, consts, options = _launch_spec(kernel, channels, dtype, **attrs)
+    signature.update({name: "constexpr" for name in consts})
+    fn = getattr(kernels, f"_asvp_{kernel}_kernel")
+    src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=consts)
+    return triton.compile(src, target=GPUTarget(*target) if target is not None else None, options=options)
+
+
 def compile_fused(channels: int, k: int, h: float, tau: float, adaptive: bool, dtype: str = "fp32",
                   target: Optional[Tuple[str, int, int]] = None) -> CompiledKernel:
     """PTX of the fused kernel for one (C, k, h, tau, adaptive, dtype), e.g. for `tensorrt.plugin.aot_impl`.
 
     target: (backend, arch, warp size), e.g. ("cuda", 90, 32) to compile without a GPU; None uses the current
     device. Raises MissingDependencyError without Triton, AsvpError when the kernel would need Triton's hidden
-    scratch-buffer arguments (TensorRT launches with the visible arguments only).
+    scratch-buffer arguments (TensorRT launches with the visible arguments only) or more shared memory than the
+    target architecture gives one block (SHARED_LIMITS).
     """
-    triton = require_triton()
-    from triton.backends.compiler import GPUTarget
-
-    kernels = _kernels()
-    if not 1 <= int(channels) <= MAX_CHANNELS:
-        raise AsvpError(f"the fused ASVP kernel supports 1..{MAX_CHANNELS} channels, got C={channels}")
-    if dtype not in DTYPES.values():
-        raise AsvpError(f"dtype must be one of {sorted(DTYPES.values())}, got {dtype!r}")
-    consts = fused_constants(channels, k, h, tau, adaptive)
-    if _interpreted(kernels):
-        raise AsvpError("compile_fused needs the kernels compiled, not interpreted: unset TRITON_INTERPRET")
-    fn = kernels._asvp_fused_kernel
-    signature = {"x_ptr": f"*{dtype}", "HW": "i32", "y_ptr": f"*{dtype}"}
-    signature.update({name: "constexpr" for name in consts})
-    src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=consts)
-    gpu_target = GPUTarget(*target) if target is not None else None
-    warps = FUSED_TILES[consts["CP"]][1]
-    compiled = triton.compile(src, target=gpu_target, options={"num_warps": warps})
+    compiled = compile_kernel("fused", channels, target, dtype, k=k, h=h, tau=tau, adaptive=adaptive)
     meta = compiled.metadata
     if getattr(meta, "global_scratch_size", 0) or getattr(meta, "profile_scratch_size", 0):
         raise AsvpError("the fused ASVP kernel compiled to a variant that needs Triton's hidden scratch buffers, "
                         "which a TensorRT AOT launch does not pass")
+    limit = SHARED_LIMITS.get(int(target[1])) if target is not None else None
+    if limit is not None and meta.shared > limit:
+        raise AsvpError(f"the fused ASVP kernel for C={channels} needs {meta.shared} bytes of shared memory, more "
+                        f"than sm_{target[1]} gives one block ({limit})")
     arch = f"{target[0]}:{target[1]}" if target is not None else "current device"
     return CompiledKernel(meta.name, compiled.asm["ptx"], meta.num_warps, meta.shared, arch)
+
+
+# ---- what a kernel needs on an architecture (no GPU needed) ----------------------------------------------------
+
+@dataclass(frozen=True)
+class KernelResources:
+    """What one compiled kernel asks of an SM: from Triton's metadata (shared memory, warps) and the cubin's
+    resource table (`cuobjdump --dump-resource-usage`: registers per thread, stack bytes per thread, where ptxas
+    puts spilled registers)."""
+
+    kernel: str
+    arch: int
+    channels: int
+    cp: int
+    warps: int
+    registers: int
+    stack_bytes: int
+    shared_bytes: int
+    shared_limit: Optional[int]  # SHARED_LIMITS[arch], None for an architecture not listed there
+
+    @property
+    def fits(self) -> Optional[bool]:
+        """Whether a block's shared memory is within the architecture's limit (None: limit unknown)."""
+        return None if self.shared_limit is None else self.shared_bytes <= self.shared_limit
+
+
+def _cuobjdump_usage(cubin: bytes) -> Tuple[int, int]:
+    """(registers, stack bytes) of the one function in a cubin, from the cuobjdump Triton ships."""
+    triton = require_triton()
+    try:
+        tool = triton.knobs.nvidia.cuobjdump.path
+    except AttributeError:  # no knobs module: the wheel's own copy
+        tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        res = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True, text=True, timeout=120)
+    fields = dict(part.split(":", 1) for line in res.stdout.splitlines() if "REG:" in line
+                  for part in line.split() if ":" in part)
+    if res.returncode != 0 or "REG" not in fields:
+        raise AsvpError(f"cuobjdump could not read the compiled kernel's resources: {res.stderr.strip()[:200]}")
+    return int(fields["REG"]), int(fields["STACK"])
+
+
+def kernel_resources(kernel: str, channels: int, arch: int, dtype: str = "fp32") -> KernelResources:
+    """Compile one kernel for sm_<arch> (no GPU needed) and read what a block of it needs."""
+    compiled = compile_kernel(kernel, channels, ("cuda", int(arch), 32), dtype)
+    regs, stack = _cuobjdump_usage(compiled.asm["cubin"])
+    meta = compiled.metadata
+    return KernelResources(kernel, int(arch), int(channels), padded_channels(channels), meta.num_warps, regs, stack,
+                           meta.shared, SHARED_LIMITS.get(int(arch)))

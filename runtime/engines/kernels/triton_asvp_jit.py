@@ -5,7 +5,8 @@ Per sample n, M = F[n] viewed as C x HW (contiguous NCHW), CP = C padded to a po
     _asvp_gram_kernel    grid (N, S): program (n, s) sums M_t M_t^T over its pixel range -> part[n, s] (CP x CP fp32)
     _asvp_eig_kernel     grid (N,):   G = sum_s part[n, s]; Jacobi eigendecomposition of G / trace(G) on chip;
                                       adaptive mask; Q = U diag((h - 1) mask) U^T -> q[n] (CP x CP fp32)
-    _asvp_apply_kernel   grid (N, S'): out tile = M_t + Q M_t, stored in the output's dtype
+    _asvp_apply_kernel   grid (N, S'): out tile = M_t + Q M_t (a K-loop over CP x 16 blocks of Q), stored in the
+                                      output's dtype
     _asvp_fused_kernel   grid (N,):   all three in one program per sample, no workspace; the kernel the TensorRT
                                       AOT route embeds (its argument order is TensorRT's: inputs, scalars, outputs)
 
@@ -13,7 +14,8 @@ Every dot is fp32 with input_precision="ieee" (TF32 would cost ~1e-3 relative). 
 on runtime sizes are `while` loops: Triton's CPU interpreter cannot use a runtime scalar as a `range` bound.
 
 The loops need a GPU to be fast; only their numerics are checked without one (TRITON_INTERPRET=1, CPU tensors)
-and their compilation for sm_90 (triton.compile with an explicit target). GPU speed is unmeasured.
+and their compilation for sm_80..sm_120 (triton.compile with an explicit target: registers, spills and shared
+memory per architecture, benchmarks/kernel_compile.py). GPU speed is unmeasured.
 """
 import triton
 import triton.language as tl
@@ -95,7 +97,14 @@ def _asvp_update(g, k, hm1, tau, adaptive, CP: tl.constexpr, MAX_SWEEPS: tl.cons
     total = tl.sum(lam, axis=0)
     keep = (rank < k) & ((before < tau * total) | (adaptive == 0))
     w = tl.where(keep, hm1, 0.0)
-    q = tl.dot(v * w[None, :], tl.trans(v), input_precision="ieee")
+    # Q as a sum of CP rank-one terms, not tl.dot(V diag(w), V^T): that dot staged both CP x CP operands in shared
+    # memory, 128 KB at CP = 128, more than sm_86/89/120 (A10, L4, RTX) give one block. This is O(CP^3) once per
+    # sample, about two Jacobi rounds' worth.
+    q = tl.zeros([CP, CP], dtype=tl.float32)
+    for j in range(CP):
+        vj = tl.sum(tl.where(idx[None, :] == j, v, 0.0), axis=1)  # column j of V
+        wj = tl.sum(tl.where(idx == j, w, 0.0), axis=0)
+        q += (wj * vj)[:, None] * vj[None, :]
     # sorted views for diagnostics: slot r holds the direction of rank r
     at_rank = rank[None, :] == idx[:, None]  # [r, i]
     energies = tl.sum(tl.where(at_rank, lam[None, :], 0.0), axis=1) * trace
@@ -144,21 +153,28 @@ def _asvp_eig_kernel(part_ptr, nsplit, q_ptr, aux_ptr, k, hm1, tau, adaptive, CP
 
 @triton.jit
 def _asvp_apply_kernel(x_ptr, q_ptr, y_ptr, HW, C: tl.constexpr, CP: tl.constexpr, BLOCK_P: tl.constexpr,
-                       ITERS: tl.constexpr):
+                       ITERS: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out tile = M_t + Q M_t as a K-loop: Q is read in CP x BLOCK_K column blocks (from L2/L1; it is the same for
+    every program of a sample), so no thread holds a whole row of Q: a full [CP, CP] operand spilled registers."""
     n = tl.program_id(0)
     sid = tl.program_id(1)
     rows = tl.arange(0, CP)[:, None]
-    cols = tl.arange(0, CP)[None, :]
     pix = tl.arange(0, BLOCK_P)[None, :]
-    q = tl.load(q_ptr + n * (CP * CP) + rows * CP + cols)
+    kk = tl.arange(0, BLOCK_K)
+    qbase = q_ptr + n.to(tl.int64) * (CP * CP)
     off = n.to(tl.int64) * C * HW
     start = sid * (BLOCK_P * ITERS)
     for it in range(ITERS):
         offs = start + it * BLOCK_P + pix
         inside = (rows < C) & (offs < HW)
-        m = tl.load(x_ptr + off + rows * HW + offs, mask=inside, other=0.0).to(tl.float32)
-        out = m + tl.dot(q, m, input_precision="ieee")
-        tl.store(y_ptr + off + rows * HW + offs, out.to(y_ptr.dtype.element_ty), mask=inside)
+        acc = tl.load(x_ptr + off + rows * HW + offs, mask=inside, other=0.0).to(tl.float32)
+        for kb in range(0, CP, BLOCK_K):
+            kr = kb + kk
+            qc = tl.load(qbase + rows * CP + kr[None, :])
+            mc = tl.load(x_ptr + off + kr[:, None] * HW + offs, mask=(kr[:, None] < C) & (offs < HW),
+                         other=0.0).to(tl.float32)
+            acc = tl.dot(qc, mc, acc, input_precision="ieee")
+        tl.store(y_ptr + off + rows * HW + offs, acc.to(y_ptr.dtype.element_ty), mask=inside)
 
 
 @triton.jit

@@ -57,6 +57,22 @@ def budget_markdown(latency: list[dict], costs: dict) -> list[str]:
             "|---|---|---|---|---|---|---|"] + lines
 
 
+def kernel_compile_markdown(res) -> list[str]:
+    """The GPU kernels' per-architecture section (benchmarks/kernel_compile.py), or why it is missing."""
+    import kernel_compile
+
+    out = ["## Triton kernels per NVIDIA architecture (compiled, never launched)", ""]
+    if not res:
+        return out + ["Not run in this benchmark.", ""]
+    if "skipped" in res:
+        return out + [f"Skipped: {res['skipped']}", ""]
+    return out + ["What one block of each Triton ASVP kernel (the plugin path's GPU kernels) needs on each "
+                  "architecture, read from Triton's compiler with an explicit target: whether it can launch there "
+                  "(shared memory within the per-block limit) and whether ptxas spilled registers. No speed: no GPU "
+                  "ran them. Per-kernel detail: `benchmarks/results/kernel-compile.md`.", "",
+                  kernel_compile.summary_markdown(res)]
+
+
 def render_markdown(r: dict, json_path: Path) -> str:
     from asvp.exporter.teachers.train import quality_markdown
 
@@ -109,6 +125,7 @@ def render_markdown(r: dict, json_path: Path) -> str:
     out += floor_markdown(r["latency"], r["config"]["placement"])
     out += budget_markdown(r["latency"], r.get("node_costs", {}))
     out += ["", bench_graph_passes.markdown(r["graph_passes"]), ""]
+    out += kernel_compile_markdown(r.get("kernel_compile"))
     att = r["attack"]
     out += [f"## Distillation attack headline (`asvp attack`, preset {att['preset']}, kind {att['kind']}, seed {att['seed']})", "",
             "| task | placement | teacher drop dB | student drop dB | student SSIM drop % | seed spread dB |", "|---|---|---|---|---|---|"]

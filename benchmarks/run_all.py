@@ -23,8 +23,10 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 
 import bench_graph_passes  # noqa: E402
+import kernel_compile  # noqa: E402
 from asvp import api  # noqa: E402
 from asvp.config import AsvpConfig  # noqa: E402
+from asvp.errors import AsvpError  # noqa: E402
 from asvp.graph_passes import select  # noqa: E402
 from asvp.graph_passes.expose import expose_tensors  # noqa: E402
 from asvp.io import write_text_atomic  # noqa: E402
@@ -155,6 +157,20 @@ def latency_ratios(work: Path, smoke: bool, repeats: int = 40, threads: int = 1,
     return rows
 
 
+def kernel_resources(smoke: bool) -> dict:
+    """benchmarks/kernel_compile.py's report, also written to its own files (--smoke: one architecture and padding,
+    no files), or why it was skipped."""
+    try:
+        archs, channels = ([90], [16]) if smoke else (list(kernel_compile.triton_asvp.SHARED_LIMITS),
+                                                      list(kernel_compile.CHANNELS))
+        res = kernel_compile.run(archs, channels, progress=False)
+    except AsvpError as exc:  # no Triton, or TRITON_INTERPRET=1 in the environment
+        return {"skipped": str(exc)}
+    if not smoke:
+        kernel_compile.write_results(res, kernel_compile.DEFAULT_OUT_DIR)
+    return res
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="BENCHMARKS.md")
@@ -168,21 +184,23 @@ def main(argv=None) -> int:
     results = {"machine": machine(), "config": AsvpConfig().to_dict(), "smoke": a.smoke, "command": "make bench" if not a.smoke else "benchmarks/run_all.py --smoke"}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        print("[1/4] teacher quality", flush=True)
+        print("[1/5] teacher quality", flush=True)
         results["teachers"] = api.teacher_quality()
-        print("[2/4] latency: defended / clean, ONNX Runtime CPU, interleaved", flush=True)
+        print("[2/5] latency: defended / clean, ONNX Runtime CPU, interleaved", flush=True)
         results["node_costs"] = {}
         results["latency"] = latency_ratios(work, a.smoke, repeats=a.repeats, threads=a.threads,
                                             costs=results["node_costs"])
-        print("[3/4] subgraph vs exact SVD, approximation error", flush=True)
+        print("[3/5] subgraph vs exact SVD, approximation error", flush=True)
         results["graph_passes"] = bench_graph_passes.run(work / "graph_passes.json", repeats=2, size=64, accuracy=False) \
             if a.smoke else bench_graph_passes.run(bench_graph_passes.DEFAULT_OUT, repeats=20)
-        print("[4/4] distillation attack headline (quick preset)", flush=True)
+        print("[4/5] distillation attack headline (quick preset)", flush=True)
         from asvp.runtime.attacks.attack import kind_for_placement
 
         att = api.attack(None, kind=kind_for_placement(AsvpConfig().placement), preset="quick",
                          steps=5 if a.smoke else None, pool=16 if a.smoke else None, out=work / "attack", progress=False)
         results["attack"] = att.to_dict()
+        print("[5/5] Triton kernels compiled per NVIDIA architecture (no GPU)", flush=True)
+        results["kernel_compile"] = kernel_resources(a.smoke)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     json_path = Path(a.json) if a.json else (Path(a.out).with_suffix(".json") if a.smoke else Path("benchmarks/results/all.json"))
     write_text_atomic(json_path, json.dumps(results, indent=2, default=str) + "\n")

@@ -1,6 +1,6 @@
 """What the Triton ASVP kernels need on each NVIDIA architecture, from Triton's real compiler: no GPU needed.
 
-    python benchmarks/kernel_compile.py                          # 7 architectures x 4 channel paddings (~3 min)
+    python benchmarks/kernel_compile.py                # 7 architectures x 4 paddings (1-3 min; Triton caches kernels)
     python benchmarks/kernel_compile.py --archs 86,87 --channels 96
 
 For each architecture (sm_80 ... sm_120) and padded channel count (CP = 16, 32, 64, 128: every C from 1 to 128

@@ -67,6 +67,7 @@ KERNELS = ("gram", "eig", "apply", "fused")
 # TensorRT AOT launch would fail at enqueue. 8.0+ only: Triton's README lists compute capability 8.0+ as supported.
 SHARED_LIMITS = {80: 163 * 1024, 86: 99 * 1024, 87: 163 * 1024, 89: 99 * 1024, 90: 227 * 1024,
                  100: 227 * 1024, 120: 99 * 1024}
+MIN_CAPABILITY = (8, 0)
 ARCH_EXAMPLES = {80: "A100", 86: "A10, A10G, RTX 30xx", 87: "Jetson AGX Orin", 89: "L4, L40S, RTX 40xx",
                  90: "H100, H200", 100: "B200", 120: "RTX 50xx"}
 
@@ -153,10 +154,19 @@ def triton_status() -> Tuple[bool, str]:
                    f"TRITON_INTERPRET is not 1")
 
 
+def arch_supported(capability: Tuple[int, int]) -> bool:
+    """Whether the kernels are meant for a device of this compute capability: 8.0 or later, what Triton's README
+    lists as supported and where every kernel's shared memory is known to fit (SHARED_LIMITS)."""
+    return tuple(capability) >= MIN_CAPABILITY
+
+
 def usable_for(feat) -> bool:
-    """Whether `asvp_triton` can take this tensor: CUDA, 1..MAX_CHANNELS channels, a supported dtype, Triton there."""
+    """Whether `asvp_triton` can take this tensor: CUDA on a compute capability >= 8.0 device, 1..MAX_CHANNELS
+    channels, a supported dtype, Triton there. (The TensorRT JIT plugin falls back to torch otherwise.)"""
     if not (isinstance(feat, torch.Tensor) and feat.is_cuda and feat.ndim == 4 and feat.dtype in DTYPES
             and 1 <= feat.shape[1] <= MAX_CHANNELS):
+        return False
+    if not arch_supported(torch.cuda.get_device_capability(feat.device)):  # a cached host query: no sync
         return False
     try:
         require_triton()
@@ -229,14 +239,14 @@ def asvp_triton(feat: torch.Tensor, k: int, h: float, tau: float, adaptive: bool
     part = torch.empty((n, plan.nsplit, cp, cp), dtype=torch.float32, device=x.device)
     q = torch.empty((n, cp, cp), dtype=torch.float32, device=x.device)
     aux = torch.empty((n, 3, cp), dtype=torch.float32, device=x.device)
-    _, warps, stages = TILES[cp]
-    kernels._asvp_gram_kernel[(n, plan.nsplit)](x, part, plan.hw, C=c, CP=cp, BLOCK_P=plan.block_p,
-                                                 ITERS=plan.iters, num_warps=warps, num_stages=stages)
+    dtype = DTYPES[x.dtype]
+    _, consts, opts = _launch_spec("gram", c, dtype)
+    kernels._asvp_gram_kernel[(n, plan.nsplit)](x, part, plan.hw, **dict(consts, ITERS=plan.iters), **opts)
+    _, consts, opts = _launch_spec("eig", c, dtype)
     kernels._asvp_eig_kernel[(n,)](part, plan.nsplit, q, aux, int(k), float(h) - 1.0, float(tau),
-                                   int(bool(adaptive)), CP=cp, MAX_SWEEPS=MAX_SWEEPS[cp], TOL=JACOBI_TOL,
-                                   num_warps=EIG_WARPS[cp])
-    kernels._asvp_apply_kernel[(n, plan.nsplit)](x, q, y, plan.hw, C=c, CP=cp, BLOCK_P=plan.block_p,
-                                                  ITERS=plan.iters, BLOCK_K=BLOCK_K, num_warps=warps, num_stages=stages)
+                                   int(bool(adaptive)), **consts, **opts)
+    _, consts, opts = _launch_spec("apply", c, dtype)
+    kernels._asvp_apply_kernel[(n, plan.nsplit)](x, q, y, plan.hw, **dict(consts, ITERS=plan.iters), **opts)
     if not stats:
         return y
     return y, KernelStats(aux[:, 0, :c], aux[:, 1, :c], aux[:, 2, 0].to(torch.int32))
@@ -253,17 +263,9 @@ def asvp_triton_fused(feat: torch.Tensor, k: int, h: float, tau: float, adaptive
     n, c, hh, ww = x.shape
     if x.numel() == 0:
         return y
-    cp = padded_channels(c)
-    kernels._asvp_fused_kernel[(n,)](x, hh * ww, y, **fused_constants(c, k, h, tau, adaptive),
-                                     num_warps=FUSED_TILES[cp][1])
+    _, consts, opts = _launch_spec("fused", c, DTYPES[x.dtype], k, h, tau, adaptive)
+    kernels._asvp_fused_kernel[(n,)](x, hh * ww, y, **consts, **opts)
     return y
-
-
-def fused_constants(channels: int, k: int, h: float, tau: float, adaptive: bool) -> dict:
-    """The fused kernel's compile-time arguments (shared by the torch launch and the AOT compile)."""
-    cp = padded_channels(channels)
-    return dict(C=int(channels), CP=cp, K=int(k), HM1=float(h) - 1.0, TAU=float(tau), ADAPTIVE=int(bool(adaptive)),
-                BLOCK_P=FUSED_TILES[cp][0], MAX_SWEEPS=MAX_SWEEPS[cp], TOL=JACOBI_TOL)
 
 
 # ---- ahead-of-time compilation (TensorRT's aot_impl) -----------------------------------------------------------
@@ -282,8 +284,9 @@ class CompiledKernel:
 
 def _launch_spec(kernel: str, channels: int, dtype: str, k: int = 4, h: float = 1.5, tau: float = 0.9,
                  adaptive: bool = True) -> Tuple[dict, dict, dict]:
-    """(signature of the runtime arguments, compile-time constants, options) of one kernel, as `asvp_triton` and
-    `asvp_triton_fused` launch it for C = channels (gram/apply with one tile per program: ITERS = 1)."""
+    """(signature of the runtime arguments, compile-time constants, launch options) of one kernel for C = channels:
+    the one home of the launch settings, which `asvp_triton`, `asvp_triton_fused` and the ahead-of-time compiles
+    all read. gram and apply get ITERS = 1 here; `asvp_triton` replaces it with its LaunchPlan's."""
     cp = padded_channels(channels)
     block_p, warps, stages = TILES[cp]
     c = int(channels)
@@ -296,10 +299,13 @@ def _launch_spec(kernel: str, channels: int, dtype: str, k: int = 4, h: float = 
                 dict(CP=cp, MAX_SWEEPS=MAX_SWEEPS[cp], TOL=JACOBI_TOL), {"num_warps": EIG_WARPS[cp]})
     if kernel == "apply":
         return ({"x_ptr": f"*{dtype}", "q_ptr": "*fp32", "y_ptr": f"*{dtype}", "HW": "i32"},
-                dict(C=c, CP=cp, BLOCK_P=block_p, ITERS=1, BLOCK_K=BLOCK_K), {"num_warps": warps, "num_stages": stages})
+                dict(C=c, CP=cp, BLOCK_P=block_p, ITERS=1, BLOCK_K=BLOCK_K),
+                {"num_warps": warps, "num_stages": stages})
     if kernel == "fused":
         return ({"x_ptr": f"*{dtype}", "HW": "i32", "y_ptr": f"*{dtype}"},
-                fused_constants(channels, k, h, tau, adaptive), {"num_warps": FUSED_TILES[cp][1]})
+                dict(C=c, CP=cp, K=int(k), HM1=float(h) - 1.0, TAU=float(tau), ADAPTIVE=int(bool(adaptive)),
+                     BLOCK_P=FUSED_TILES[cp][0], MAX_SWEEPS=MAX_SWEEPS[cp], TOL=JACOBI_TOL),
+                {"num_warps": FUSED_TILES[cp][1]})
     raise AsvpError(f"unknown ASVP kernel {kernel!r}; one of {', '.join(KERNELS)}")
 
 

@@ -52,6 +52,13 @@ def test_usable_for_needs_cuda_and_at_most_128_channels():
     assert not triton_asvp.usable_for(np.zeros((1, 8, 4, 4)))
 
 
+def test_kernels_are_meant_for_compute_capability_8_and_later():
+    """T4 (7.5) and V100 (7.0) get the torch fallback: Triton's README lists 8.0+, and SHARED_LIMITS starts there."""
+    assert [triton_asvp.arch_supported(c) for c in [(7, 0), (7, 5), (8, 0), (8, 6), (8, 7), (9, 0), (12, 0)]] == [
+        False, False, True, True, True, True, True]
+    assert min(triton_asvp.SHARED_LIMITS) == 10 * triton_asvp.MIN_CAPABILITY[0] + triton_asvp.MIN_CAPABILITY[1]
+
+
 # ---- the AOT impl (UNVERIFIED with TensorRT) ---------------------------------------------------------------------
 
 def test_aot_impl_signature_follows_tensorrt_validation_rules(fake_trtp):

@@ -452,7 +452,7 @@ def cost_breakdown(tasks=TASKS, counts=(1, 3), placement: str = "tap", size: int
         for count in counts:
             selectors = None if count == 1 else spread([c.name for c in cands], count)
             defended, info = defend_model(clean, selectors, AsvpConfig(placement=placement))
-            sessions, prefixes = {}, {}
+            sessions = {}
             with tempfile.TemporaryDirectory() as tmp:
                 for name, model in (("clean", clean), ("defended", defended)):
                     so = ort.SessionOptions()

@@ -205,7 +205,7 @@ def render(data: dict) -> str:
                             for t, e in data["tasks"].items()]
                          + checks_markdown(data)) + "\n"
     best = a["best"]
-    lines = [f"# How much the fingerprint depends on the key (`benchmarks/fingerprint_key_strength.py`)", "",
+    lines = ["# How much the fingerprint depends on the key (`benchmarks/fingerprint_key_strength.py`)", "",
              f"Written {data['written']} at commit {data['commit']}; from `{a['json']}`; {a['keys']} random keys per "
              f"task, {a['trials']} simulated draws, strongest of {best}, seed {a['seed']}. Amplitudes are the mark's "
              "on the probes relative to the median key's (dB); rates at alpha = 0.01 with Wilson 95 % intervals, over "
@@ -218,7 +218,7 @@ def render(data: dict) -> str:
         lines.append(f"| {t} | {e['key_dim']} | {amp['p5']:+.2f} / {amp['p95']:+.2f} | {amp['evaluated_key']:+.2f} "
                      f"({e['evaluated_key_percentile']:.0f} %) | {amp[f'strongest_of_{best}_median']:+.2f} | "
                      f"{chk['evaluated_key_s']:.3f} vs {chk['recorded_eps_over_basis_eps']:.3f} |")
-    lines += ["", f"Simulated verdicts (linear model; students of the marked model = paired clean student + the mark "
+    lines += ["", "Simulated verdicts (linear model; students of the marked model = paired clean student + the mark "
               "they reproduced, rescaled to each key's amplitude):", "",
               "| task | one key: TPR (one key's TPR p10 / p50 / p90) | one key: FPR | "
               f"strongest of {best}, uniform p (ignores the choice): TPR / FPR | Bonferroni: TPR / FPR | selection-exact p: TPR / FPR |",

@@ -65,7 +65,7 @@ def run_task(task: str, keys: list[str], n_bias: int, seeds: int, pool: int, ste
         f"({time.perf_counter() - t0:.0f} s)")
     x = spaces["full"].x
     with single_thread():
-        refs = {n: fp._query(fn, x, n, spaces["full"].base.shape)
+        refs = {n: fp.query_outputs(fn, x, n, spaces["full"].base.shape)
                 for n, fn in fp.train_reference_students(clean, task, REF_SEEDS, steps, pool).items()}
         queries = [make_queries(task, pool, 64, s) for s in range(seeds)]
 
@@ -73,7 +73,7 @@ def run_task(task: str, keys: list[str], n_bias: int, seeds: int, pool: int, ste
             out = []
             for s, q in enumerate(queries):
                 y, _ = ServedModel(target).query(q, 16)
-                out.append(fp._query(fn_of(train(build(task, "standard", s), q, y, steps, s)), x, f"seed {s}",
+                out.append(fp.query_outputs(fn_of(train(build(task, "standard", s), q, y, steps, s)), x, f"seed {s}",
                                      spaces["full"].base.shape))
             return out
         twins = students(clean)

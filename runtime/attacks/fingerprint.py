@@ -109,7 +109,9 @@ def _as_suspect(suspect):
     raise AsvpError(f"the suspect must be an ONNX file or a callable, got {type(suspect).__name__}")
 
 
-def _query(fn, x: np.ndarray, what: str, expect_shape: tuple) -> np.ndarray:
+def query_outputs(fn, x: np.ndarray, what: str, expect_shape: tuple) -> np.ndarray:
+    """A model's float32 outputs on the probe images x, in chunks; one-line AsvpError when it fails, returns another
+    shape than the clean model's (`expect_shape`) or non-finite values. `what` names the model in the error."""
     try:
         out = np.concatenate([np.asarray(fn(np.ascontiguousarray(x[i : i + CHUNK])), np.float32)
                               for i in range(0, len(x), CHUNK)])
@@ -300,7 +302,7 @@ def key_space(model_path, *, task: str | None, node: str | None = None, m: int =
         seeds = tuple(range(BIAS_SEED0, BIAS_SEED0 + bias_students))
         pool, steps = bias_budget
         students = train_reference_students(model_path, task, seeds, steps, pool, progress=progress)
-        a = [coefficients(projections(_query(fn, x, f"bias student {n}", ks.base.shape), ks.base, delta), gram)
+        a = [coefficients(projections(query_outputs(fn, x, f"bias student {n}", ks.base.shape), ks.base, delta), gram)
              for n, fn in students.items()]
         q = bias_neutral_directions(np.stack(a))
         ks.r = ks.r @ q
@@ -529,7 +531,7 @@ class Verifier:
 
     def query(self, fn, what: str) -> np.ndarray:
         """fn's outputs on the probes, in chunks, checked against the clean model's (shape, finite values)."""
-        return _query(fn, self.x, what, self.base.shape)
+        return query_outputs(fn, self.x, what, self.base.shape)
 
     def project(self, fn, what: str) -> np.ndarray:
         return projections(self.query(fn, what), self.base, self.delta)

@@ -51,6 +51,9 @@ SHAPES = ("1x3x128x128", "1x3x256x256", "8x3x256x256", "1x3x540x960")
 QUICK_SHAPES = ("1x3x128x128", "1x3x256x256")
 KERNEL_FEATURE = (1, 32, 256, 256)
 KERNEL_TARGET_US = 50.0
+# issue 11's targets, busy time defended / clean at 1x3x256x256 (set for an H100): plugin path, subgraph path
+TARGET_SHAPE = "1x3x256x256"
+PATH_TARGETS = {"plugin": 1.05, "subgraph": 1.3}
 CONFIG = AsvpConfig(placement="inline")  # the shipped k/h/tau, inline: the perturbed feature feeds the network
 # task: (the node api.defend picks automatically, the torch module that consumes/produces that tensor, which side)
 PLACEMENTS = {
@@ -471,6 +474,38 @@ def render_markdown(res: dict) -> str:
                           f"{worst['kernel_rel_err']:.1e} ({worst['task']} {worst['shape']})."]
     if res["errors"]:
         lines += ["", "## Problems during the run", ""] + [f"- {e}" for e in res["errors"]]
+    return "\n".join(lines) + "\n"
+
+
+def summary_markdown(res: dict) -> str:
+    """One device's figures against issue 11's targets, for BENCHMARKS.md's GPU section: the three-launch kernel
+    alone (busy us per [1, 32, 256, 256] feature), and per teacher the plugin and subgraph paths' busy ratio at
+    1x3x256x256; with capture and the run's problems."""
+    env = res["environment"]
+    lines = [f"**{env['device']}** (compute capability {env.get('capability')}), driver "
+             f"{env.get('driver') or 'unknown'}, torch {env['torch']} (CUDA {env['cuda']}), Triton {env['triton']}; "
+             f"measured {env['date']} by `benchmarks/gpu.py`. Targets were set for an H100.", "",
+             "| what | busy | target | verdict | CUDA graph capture |", "|---|---|---|---|---|"]
+
+    def verdict(value, target):
+        return "not measured" if value is None else ("met" if value <= target else "**not met**")
+
+    for r in res["kernel"]:
+        if r["kernel"].startswith("asvp_triton ("):
+            busy = None if "error" in r and "kernels" not in r else r.get("busy_us")
+            cap = "yes" if r.get("captured") else f"no ({r.get('error')})"
+            lines.append(f"| kernel alone, {r['feature']} | {_f(busy)} us | <= {KERNEL_TARGET_US:.0f} us | "
+                         f"{verdict(busy, KERNEL_TARGET_US)} | {cap} |")
+    for path, target in PATH_TARGETS.items():
+        for r in res["rows"]:
+            if r["path"] != path or r["shape"] != TARGET_SHAPE:
+                continue
+            busy = None if "error" in r else r["ratio"]["busy"]
+            cap = "n/a" if "error" in r else "yes" if r["defended"].get("captured") else "no"
+            lines.append(f"| {path} path ({r['runtime']}), {r['task']}, {r['shape']} | {_f(busy, '{:.3f}x')} | "
+                         f"<= {target}x | {verdict(busy, target)} | {cap} |")
+    if res["errors"]:
+        lines += ["", f"Problems during the run: {len(res['errors'])} (listed in the device's Markdown file)."]
     return "\n".join(lines) + "\n"
 
 

@@ -14,7 +14,8 @@
 # 2. Device tool: run(command="bash benchmarks/gpu_remote.sh", carry=[".whl"], timeout_s=600)
 #    Extra arguments go to gpu.py, e.g. "bash benchmarks/gpu_remote.sh --quick".
 # 3. What comes back under $OUT: gpu-<device>.json, gpu-<device>.md, kernel-tests.log, gpu-run.log. Copy the
-#    .json/.md into benchmarks/results/ and commit them; never edit the figures by hand.
+#    .json/.md into benchmarks/results/, run `python benchmarks/run_all.py --render-only` (BENCHMARKS.md's GPU
+#    section, nothing re-measured) and commit; never edit the figures by hand.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \

@@ -1,6 +1,7 @@
 """Turn the results of benchmarks/run_all.py into BENCHMARKS.md (every figure comes from the results dict)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
@@ -73,7 +74,27 @@ def kernel_compile_markdown(res) -> list[str]:
                   kernel_compile.summary_markdown(res)]
 
 
-def render_markdown(r: dict, json_path: Path) -> str:
+def gpu_markdown(gpu_dir) -> list[str]:
+    """BENCHMARKS.md's GPU section: every committed benchmarks/gpu.py result (gpu-<device>.json in gpu_dir) against
+    issue 11's targets, or a plain statement that there are none."""
+    import gpu
+
+    out = ["## GPU (`benchmarks/gpu.py`, measured on a GPU machine)", ""]
+    files = sorted(Path(gpu_dir).glob("gpu-*.json"))
+    if not files:
+        return out + ["**No GPU figures: pending.** No GPU was lent to the sessions that built this project, so "
+                      "nothing above or below ran on CUDA or TensorRT. On a GPU machine, `benchmarks/gpu_remote.sh` "
+                      "measures the plugin path (the Triton kernels in the torch teacher) and the subgraph path; commit "
+                      "its `gpu-<device>.json` and `.md` to `benchmarks/results/`, then "
+                      "`python benchmarks/run_all.py --render-only` rewrites this file with them (nothing re-measured).",
+                      ""]
+    for path in files:
+        out += [gpu.summary_markdown(json.loads(path.read_text())),
+                f"Full tables: `benchmarks/results/{path.with_suffix('.md').name}`.", ""]
+    return out
+
+
+def render_markdown(r: dict, json_path: Path, gpu_dir=None) -> str:
     from asvp.exporter.teachers.train import quality_markdown
 
     import bench_graph_passes
@@ -86,7 +107,8 @@ def render_markdown(r: dict, json_path: Path) -> str:
             "| machine | |", "|---|---|",
             f"| CPU | {m['cpu']} ({m['cores']} logical cores) |", f"| OS | {m['os']} |",
             f"| Python / torch / onnxruntime / numpy | {m['python']} / {m['torch']} / {m['onnxruntime']} / {m['numpy']} |",
-            "", "No GPU: TensorRT and CUDA figures are absent because nothing was run there.", "",
+            "", "This machine has no GPU: every figure below comes from its CPU, except the GPU section's, which "
+            "come from GPU machines.", "",
             "## Teachers (held-out PSNR/SSIM, `asvp eval-teachers`)", "", quality_markdown(r["teachers"]),
             "## Latency: defended / clean, ONNX Runtime CPU", ""]
     first = r["latency"][0]
@@ -126,6 +148,7 @@ def render_markdown(r: dict, json_path: Path) -> str:
     out += budget_markdown(r["latency"], r.get("node_costs", {}))
     out += ["", bench_graph_passes.markdown(r["graph_passes"]), ""]
     out += kernel_compile_markdown(r.get("kernel_compile"))
+    out += gpu_markdown(gpu_dir if gpu_dir is not None else Path(__file__).resolve().parent / "results")
     att = r["attack"]
     out += [f"## Distillation attack headline (`asvp attack`, preset {att['preset']}, kind {att['kind']}, seed {att['seed']})", "",
             "| task | placement | teacher drop dB | student drop dB | student SSIM drop % | seed spread dB |", "|---|---|---|---|---|---|"]

@@ -171,15 +171,34 @@ def kernel_resources(smoke: bool) -> dict:
     return res
 
 
+def render_only(a) -> int:
+    """Rewrite the Markdown from existing raw results (e.g. after committing a GPU result): no figure changes."""
+    from render import render_markdown
+
+    json_path = Path(a.json or "benchmarks/results/all.json")
+    try:
+        results = json.loads(json_path.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"run_all.py: error: cannot read the raw results {json_path}: {type(exc).__name__}", file=sys.stderr)
+        return 2
+    write_text_atomic(a.out, render_markdown(results, json_path))
+    print(f"wrote {a.out} from {json_path} (nothing measured)")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="BENCHMARKS.md")
     ap.add_argument("--json", default=None, help="raw results (default: benchmarks/results/all.json, or beside --out with --smoke)")
     ap.add_argument("--smoke", action="store_true", help="tiny budgets (pipeline check, figures meaningless)")
     ap.add_argument("--repeats", type=int, default=40, help="interleaved repeats per model in the latency section (default %(default)s)")
+    ap.add_argument("--render-only", action="store_true",
+                    help="measure nothing: rewrite --out from the raw results (--json) and the committed GPU results")
     ap.add_argument("--threads", type=int, default=1,
                     help="ONNX Runtime intra-op threads for the latency section (default %(default)s: the machine is shared)")
     a = ap.parse_args(argv)
+    if a.render_only:
+        return render_only(a)
     t0 = time.perf_counter()
     results = {"machine": machine(), "config": AsvpConfig().to_dict(), "smoke": a.smoke, "command": "make bench" if not a.smoke else "benchmarks/run_all.py --smoke"}
     with tempfile.TemporaryDirectory() as tmp:

@@ -32,3 +32,14 @@ def test_bench_command_writes_markdown_and_json(tmp_path):
         (k, 90, 16) for k in ("gram", "eig", "apply", "fused")]
     assert "## Triton kernels per NVIDIA architecture" in text and "| sm_90 | H100, H200 | 227 KB |" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["BENCH.json", "BENCH.md"]  # nothing else left behind
+    assert "## GPU (`benchmarks/gpu.py`" in text
+    # --render-only: the same file again from the raw results, nothing measured; a missing JSON is one line, exit 2
+    again = tmp_path / "AGAIN.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--render-only", "--json",
+                           str(out.with_suffix(".json")), "--out", str(again)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0 and again.read_text() == text, proc.stderr[-2000:]
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--render-only", "--json",
+                           str(tmp_path / "missing.json"), "--out", str(tmp_path / "X.md")], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and not (tmp_path / "X.md").exists()

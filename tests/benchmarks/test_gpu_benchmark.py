@@ -134,3 +134,39 @@ def test_placements_hook_the_nodes_defend_picks(exported):
             teacher(x)
         handle.remove()
         assert np.abs(seen["f"].numpy() - want).max() <= 1e-4 * max(1.0, np.abs(want).max()), task
+
+
+def _gpu_result():
+    """A made-up gpu.py result: the kernel meets its target, one plugin row misses, one subgraph row failed."""
+    env = {"device": "Made-up GPU", "capability": "9.0", "driver": "999.1", "torch": "2.11", "cuda": "13.0",
+           "triton": "3.6.0", "date": "2026-11-29 00:00 UTC"}
+    run = {"kernels": 5.0, "busy_us": 100.0, "captured": True}
+    return {"environment": env, "errors": ["subgraph dehaze 1x3x256x256: RuntimeError: boom"],
+            "kernel": [{"kernel": "asvp_triton (gram -> eig -> apply)", "feature": "1x32x256x256", "busy_us": 42.0,
+                        "kernels": 3.0, "captured": True},
+                       {"kernel": "asvp_triton_fused (one launch, AOT kernel)", "feature": "1x32x256x256",
+                        "busy_us": 400.0, "kernels": 1.0, "captured": True}],
+            "rows": [{"task": "sr", "shape": "1x3x256x256", "path": "plugin", "runtime": "torch + Triton kernel",
+                      "clean": run, "defended": dict(run, captured=False), "ratio": {"busy": 1.08}},
+                     {"task": "sr", "shape": "1x3x128x128", "path": "plugin", "runtime": "torch + Triton kernel",
+                      "clean": run, "defended": run, "ratio": {"busy": 1.5}},
+                     {"task": "dehaze", "shape": "1x3x256x256", "path": "subgraph", "runtime": "onnx2torch",
+                      "error": "RuntimeError: boom"}]}
+
+
+def test_summary_against_the_issue_targets():
+    md = gpu.summary_markdown(_gpu_result())
+    assert md.startswith("**Made-up GPU** (compute capability 9.0), driver 999.1")
+    assert "| kernel alone, 1x32x256x256 | 42.0 us | <= 50 us | met | yes |" in md
+    assert "| plugin path (torch + Triton kernel), sr, 1x3x256x256 | 1.080x | <= 1.05x | **not met** | no |" in md
+    assert "| subgraph path (onnx2torch), dehaze, 1x3x256x256 | n/a | <= 1.3x | not measured | n/a |" in md
+    assert "1x3x128x128" not in md and "fused" not in md and "Problems during the run: 1" in md
+
+
+def test_benchmarks_md_gpu_section_reads_the_committed_results(tmp_path):
+    import render  # benchmarks/render.py
+
+    assert "**No GPU figures: pending.**" in "\n".join(render.gpu_markdown(tmp_path))
+    (tmp_path / "gpu-made-up-gpu.json").write_text(json.dumps(_gpu_result()))
+    text = "\n".join(render.gpu_markdown(tmp_path))
+    assert "pending" not in text and "**Made-up GPU**" in text and "`benchmarks/results/gpu-made-up-gpu.md`" in text

@@ -42,9 +42,9 @@ from asvp.runtime.attacks import fingerprint as fp
 from asvp.runtime.attacks.attack import ServedModel, make_queries, single_thread
 from asvp.tasks import TASK_NAMES, get_task
 
-from fingerprint_budget import parse_list, run_tasks
+from fingerprint_budget import run_tasks
 from fingerprint_eval import BUDGETS, KEY, REF_SEEDS, auc, build, fn_of, teacher_psnr, train
-from provenance import commit, shown
+from provenance import commit, parse_list, shown
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "fingerprint-bias"

@@ -46,7 +46,7 @@ from asvp.runtime.attacks.attack import ServedModel, make_queries, single_thread
 from asvp.tasks import TASK_NAMES, get_task
 
 from fingerprint_eval import BUDGETS, KEY, REF_SEEDS, auc, build, fn_of, teacher_psnr, train
-from provenance import commit, shown
+from provenance import commit, parse_list, shown
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "fingerprint-budget"
@@ -134,16 +134,6 @@ def render(data: dict) -> str:
         out.append(f"* {task}: `{e['node']}` ({e['key_dim']} key dimensions); twins' c "
                    + " ".join(f"{t['c']:+.2f}" for t in e["twins"]) + f"; {e['seconds']:.0f} s.")
     return "\n".join(out) + "\n"
-
-
-def parse_list(text: str, kind, what: str) -> list:
-    try:
-        items = [kind(x.strip()) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise AsvpError(f"{what}: not a comma-separated list: {text!r}") from None
-    if not items:
-        raise AsvpError(f"{what}: empty")
-    return items
 
 
 def main(argv=None) -> int:

@@ -19,6 +19,7 @@ Bad arguments: one line on stderr, exit 2; no Triton: exit 3.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -35,33 +36,29 @@ from asvp.runtime.engines.kernels import triton_asvp  # noqa: E402
 PROG = "kernel_compile.py"
 DEFAULT_OUT_DIR = provenance.ROOT / "benchmarks" / "results"
 STEM = "kernel-compile"
+ARCHS = tuple(triton_asvp.SHARED_LIMITS)  # every architecture with a known shared-memory limit
 CHANNELS = (16, 32, 64, 128)
 
 
-def parse_ints(text: str, what: str, allowed=None) -> list:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise AsvpError(f"--{what} takes comma-separated integers, got {text!r}") from None
-    if not values:
-        raise AsvpError(f"--{what} is empty")
-    bad = [v for v in values if allowed is not None and v not in allowed]
+def allowed(values: list, what: str, choices) -> list:
+    bad = [v for v in values if v not in choices]
     if bad:
-        raise AsvpError(f"--{what}: {bad[0]} is not one of {', '.join(map(str, allowed))}")
+        raise AsvpError(f"{what}: {bad[0]} is not one of {', '.join(map(str, choices))}")
     return values
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--archs", default=",".join(map(str, triton_asvp.SHARED_LIMITS)),
+    ap.add_argument("--archs", default=",".join(map(str, ARCHS)),
                     help="compute capabilities as integers, comma-separated (default %(default)s)")
     ap.add_argument("--channels", default=",".join(map(str, CHANNELS)),
                     help="channel counts C, 1..128, comma-separated (default %(default)s: one per padding CP)")
     ap.add_argument("--out-dir", default=str(DEFAULT_OUT_DIR),
                     help="where the JSON and Markdown go (default %(default)s)")
     a = ap.parse_args(argv)
-    a.archs = parse_ints(a.archs, "archs", tuple(triton_asvp.SHARED_LIMITS))
-    a.channels = parse_ints(a.channels, "channels", range(1, triton_asvp.MAX_CHANNELS + 1))
+    a.archs = allowed(provenance.parse_list(a.archs, int, "--archs"), "--archs", ARCHS)
+    a.channels = allowed(provenance.parse_list(a.channels, int, "--channels"), "--channels",
+                         range(1, triton_asvp.MAX_CHANNELS + 1))
     return a
 
 
@@ -69,17 +66,13 @@ def run(archs, channels, progress: bool = True) -> dict:
     """Compile every kernel for every (arch, C); the results as a JSON-ready dict."""
     triton = triton_asvp.require_triton()
     env = {key: val for key, val in os.environ.items() if key.startswith("TRITON_")}
-    if triton_asvp.interpreter_requested():
-        raise AsvpError("the kernels must be compiled, not interpreted: unset TRITON_INTERPRET")
     rows = []
     t0 = time.perf_counter()
     for arch in archs:
         for c in channels:
             for kernel in triton_asvp.KERNELS:
                 r = triton_asvp.kernel_resources(kernel, c, arch)
-                rows.append(dict(kernel=r.kernel, arch=r.arch, channels=r.channels, cp=r.cp, warps=r.warps,
-                                 registers=r.registers, stack_bytes=r.stack_bytes, shared_bytes=r.shared_bytes,
-                                 shared_limit=r.shared_limit, fits=r.fits))
+                rows.append(dict(dataclasses.asdict(r), fits=r.fits))
             if progress:
                 print(f"[{time.perf_counter() - t0:6.1f} s] sm_{arch} C={c}", file=sys.stderr, flush=True)
     return {"triton": triton.__version__, "commit": provenance.commit(), "archs": list(archs),

@@ -161,8 +161,7 @@ def kernel_resources(smoke: bool) -> dict:
     """benchmarks/kernel_compile.py's report, also written to its own files (--smoke: one architecture and padding,
     no files), or why it was skipped."""
     try:
-        archs, channels = ([90], [16]) if smoke else (list(kernel_compile.triton_asvp.SHARED_LIMITS),
-                                                      list(kernel_compile.CHANNELS))
+        archs, channels = ([90], [16]) if smoke else (kernel_compile.ARCHS, kernel_compile.CHANNELS)
         res = kernel_compile.run(archs, channels, progress=False)
     except AsvpError as exc:  # no Triton, or TRITON_INTERPRET=1 in the environment
         return {"skipped": str(exc)}

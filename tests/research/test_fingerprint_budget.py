@@ -1,4 +1,4 @@
-"""benchmarks/fingerprint_budget.py: the paired beta, the per-budget summary and the Markdown are computed from the
+"""research/fingerprint_budget.py: the paired beta, the per-budget summary and the Markdown are computed from the
 students' rows; bad arguments are one-line errors; a tiny run goes through the whole pipeline."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-import fingerprint_budget as fb
+from research import fingerprint_budget as fb
 
 
 def test_paired_beta_is_the_share_of_the_served_change():

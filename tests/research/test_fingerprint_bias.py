@@ -1,4 +1,4 @@
-"""benchmarks/fingerprint_bias.py: the summary and the Markdown come from the students' rows; bad arguments are
+"""research/fingerprint_bias.py: the summary and the Markdown come from the students' rows; bad arguments are
 one-line errors; a tiny run goes through the whole pipeline (both key spaces, one key)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-import fingerprint_bias as fbias
+from research import fingerprint_bias as fbias
 
 
 def _row(space, marked, twins):

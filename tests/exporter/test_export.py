@@ -17,7 +17,7 @@ from asvp.errors import AsvpError
 from asvp.exporter.export import export_model
 from asvp.onnx_utils import MAX_IR_VERSION
 from asvp.exporter.teachers.bundled import load_teacher, weights_path
-from asvp.tasks import TASKS, get_task
+from asvp.tasks import get_task
 from asvp.onnx_utils import get_metadata
 from asvp.tasks import TASK_NAMES
 
@@ -146,7 +146,3 @@ def test_console_script_help_and_exit_code(tmp_path):
     bad = subprocess.run(exe + ["nodes", str(tmp_path / "none.onnx")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
 
-
-def test_task_registry_covers_the_paper():
-    assert set(TASKS) == set(TASK_NAMES)
-    assert TASKS["sr"].scale == 2 and TASKS["sr"].baseline == "bicubic"

@@ -1,6 +1,6 @@
 """Search for a defence variant that distillation does not absorb (issue 13 item 4; docs/variants.md).
 
-    .venv/bin/python -m research.variants_search --tasks sr lowlight --seeds 5 --work /tmp/asvp-variants
+    .venv/bin/python -m research.variants_search --tasks sr lowlight --seeds 5    # cache: --work (default: TMPDIR/asvp-variants)
 
 Two phases, both resumable (everything is cached under --work):
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,6 +60,7 @@ DEFENCES = [("paper@auto", "paper", "auto"), ("keyed-h@auto", "keyed-h", "auto")
             ("keyed-rotation@early", "keyed-rotation", "early")]
 ATTACKERS = ("adaptive", "fitnets-1", "direct")
 RESULTS = Path(__file__).resolve().parent / "results"
+WORK = Path(tempfile.gettempdir()) / "asvp-variants"  # the cache both phases resume from
 
 
 def config_for(variant: str, strength: float) -> AsvpConfig:
@@ -232,7 +234,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="the students' budget (default quick)")
     ap.add_argument("--results-name", default="variants", help="research/results/NAME.{md,json} (default variants)")
-    ap.add_argument("--work", default="/tmp/asvp-variants", help="cache directory (models, answers, results)")
+    ap.add_argument("--work", default=str(WORK), help="cache directory (models, answers, results; default %(default)s)")
     ap.add_argument("--calibrate-only", action="store_true")
     ap.add_argument("--no-write", action="store_true", help="print, do not write research/results/variants.*")
     a = ap.parse_args(argv)

@@ -26,6 +26,7 @@ REPO="$(pwd)"
 OUTDIR="${GPU_OUT:-${OUT:-benchmarks/results/gpu-run}}"
 mkdir -p "$OUTDIR" && OUTDIR="$(cd "$OUTDIR" && pwd)"
 WORK="$(mktemp -d)"  # the installed wheels, and the working directory of the tests
+trap 'rm -rf "$WORK"' EXIT
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" .whl/*.whl \
     || { echo "gpu_remote.sh: installing the wheels in .whl/ failed (see step 1)"; exit 3; }
 export PYTHONPATH="$WORK/site" PYTHONUNBUFFERED=1

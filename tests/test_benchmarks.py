@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 RUN_ALL = [sys.executable, "-m", "benchmarks.run_all"]
 
@@ -17,6 +19,7 @@ def environ(*drop: str) -> dict:
     return env
 
 
+@pytest.mark.slow
 def test_bench_command_writes_markdown_and_json(tmp_path):
     out = tmp_path / "BENCH.md"
     env = environ("TRITON_INTERPRET")  # the kernels get compiled

@@ -115,6 +115,7 @@ def test_pipeline_with_stand_in_timers(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu-stand-in-gpu.json", "gpu-stand-in-gpu.md"]
 
 
+@pytest.mark.slow
 def test_placements_hook_the_nodes_defend_picks(exported):
     """PLACEMENTS[task] names the node api.defend picks automatically, and the torch tensor the plugin path's hook
     sees there is that node's output (ONNX Runtime on the clean export, 1x3x32x32)."""

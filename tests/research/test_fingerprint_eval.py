@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from research import fingerprint_eval as fe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,6 +111,7 @@ def test_compare_shows_the_budget_only_when_the_files_differ():
     assert "| 0.05 |" in first and "| 0.5 |" in second
 
 
+@pytest.mark.slow
 def test_one_results_file_holds_one_budget(tmp_path):
     out = tmp_path / "fp.json"
     out.write_text('{"key": "fingerprint-eval-key-0", "tasks": {"sr": {}}}')
@@ -128,6 +131,7 @@ def test_compare_shows_the_key_space_only_when_the_files_differ():
     assert "| 0 |" in first and "| 16 |" in second
 
 
+@pytest.mark.slow
 def test_one_results_file_holds_one_key_space(tmp_path):
     out = tmp_path / "fp.json"
     out.write_text('{"key": "fingerprint-eval-key-0", "tasks": {"sr": {}}}')

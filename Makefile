@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TASK ?= sr
 OUT ?= reports/demo
 
-.PHONY: venv demo test bench teachers clean
+.PHONY: venv demo test test-fast bench teachers clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,17 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/asvp demo --task $(TASK) --out $(OUT)
 
+# `make test` runs every test (CI); `make test-fast` leaves out the slow ones (over ~10 s each) and the research
+# scripts' tests (tests/research/), for development.
 test: $(STAMP)
 	$(PY) -m pytest -q -ra tests
 
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -ra -m "not slow and not research" tests
+
+# Measure what BENCHMARKS.md reports on this machine and rewrite it (benchmarks/, a package run from the root).
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py --out BENCHMARKS.md
+	$(PY) -m benchmarks.run_all --out BENCHMARKS.md
 
 # Reproduce the committed teacher weights (deterministic seeds; ~1-3 min per task on 2 cores).
 teachers: $(STAMP)

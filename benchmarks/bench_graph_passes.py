@@ -1,10 +1,10 @@
 """Benchmark of the standard-op ASVP subgraph (graph_passes): latency cost on ONNX Runtime CPU, cost against a
 naive exact SVD, and approximation error against the float64 reference.
 
-    .venv/bin/python benchmarks/bench_graph_passes.py [--out benchmarks/results/graph_passes.json] [--repeats 20]
-    .venv/bin/python benchmarks/bench_graph_passes.py --accuracy-only     # just the error-vs-iterations table
-    .venv/bin/python benchmarks/bench_graph_passes.py --breakdown [--placement inline]   # where the time goes
-    .venv/bin/python benchmarks/bench_graph_passes.py --apply-forms       # dense vs low-rank apply, by C
+    python -m benchmarks.bench_graph_passes [--out benchmarks/results/graph_passes.json] [--repeats 20]
+    python -m benchmarks.bench_graph_passes --accuracy-only     # just the error-vs-iterations table
+    python -m benchmarks.bench_graph_passes --breakdown [--placement inline]   # where the time goes
+    python -m benchmarks.bench_graph_passes --apply-forms       # dense vs low-rank apply, by C
 
 What it measures (everything on ONNX Runtime's CPU execution provider, float32):
   * latency of the SR teacher at 1x3x256x256, clean vs defended with 1 node (the automatic choice) and with 3

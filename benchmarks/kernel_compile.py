@@ -1,7 +1,7 @@
 """What the Triton ASVP kernels need on each NVIDIA architecture, from Triton's real compiler: no GPU needed.
 
-    python benchmarks/kernel_compile.py                # 7 architectures x 4 paddings (1-3 min; Triton caches kernels)
-    python benchmarks/kernel_compile.py --archs 86,87 --channels 96
+    python -m benchmarks.kernel_compile                # 7 architectures x 4 paddings (1-3 min; Triton caches kernels)
+    python -m benchmarks.kernel_compile --archs 86,87 --channels 96
 
 For each architecture (sm_80 ... sm_120) and padded channel count (CP = 16, 32, 64, 128: every C from 1 to 128
 compiles to one of these), compiles the four kernels (gram, eig, apply, fused) with triton.compile and an explicit
@@ -26,12 +26,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from asvp.errors import AsvpError
+from asvp.io import write_text_atomic
+from asvp.runtime.engines.kernels import triton_asvp
 
-import provenance  # noqa: E402
-from asvp.errors import AsvpError  # noqa: E402
-from asvp.io import write_text_atomic  # noqa: E402
-from asvp.runtime.engines.kernels import triton_asvp  # noqa: E402
+from benchmarks import provenance
 
 PROG = "kernel_compile.py"
 DEFAULT_OUT_DIR = provenance.ROOT / "benchmarks" / "results"

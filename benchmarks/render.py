@@ -1,4 +1,4 @@
-"""Turn the results of benchmarks/run_all.py into BENCHMARKS.md (every figure comes from the results dict)."""
+"""Turn the results of benchmarks.run_all into BENCHMARKS.md (every figure comes from the results dict)."""
 from __future__ import annotations
 
 import json
@@ -60,7 +60,7 @@ def budget_markdown(latency: list[dict], costs: dict) -> list[str]:
 
 def kernel_compile_markdown(res) -> list[str]:
     """The GPU kernels' per-architecture section (benchmarks/kernel_compile.py), or why it is missing."""
-    import kernel_compile
+    from benchmarks import kernel_compile
 
     out = ["## Triton kernels per NVIDIA architecture (compiled, never launched)", ""]
     if not res:
@@ -77,7 +77,7 @@ def kernel_compile_markdown(res) -> list[str]:
 def gpu_markdown(gpu_dir) -> list[str]:
     """BENCHMARKS.md's GPU section: every committed benchmarks/gpu.py result (gpu-<device>.json in gpu_dir) against
     issue 11's targets, or a plain statement that there are none."""
-    import gpu
+    from benchmarks import gpu
 
     out = ["## GPU (`benchmarks/gpu.py`, measured on a GPU machine)", ""]
     files = sorted(Path(gpu_dir).glob("gpu-*.json"))
@@ -86,7 +86,7 @@ def gpu_markdown(gpu_dir) -> list[str]:
                       "nothing above or below ran on CUDA or TensorRT. On a GPU machine, `benchmarks/gpu_remote.sh` "
                       "measures the plugin path (the Triton kernels in the torch teacher) and the subgraph path; commit "
                       "its `gpu-<device>.json` and `.md` to `benchmarks/results/`, then "
-                      "`python benchmarks/run_all.py --render-only` rewrites this file with them (nothing re-measured).",
+                      "`python -m benchmarks.run_all --render-only` rewrites this file with them (nothing re-measured).",
                       ""]
     for path in files:
         out += [gpu.summary_markdown(json.loads(path.read_text())),
@@ -97,7 +97,7 @@ def gpu_markdown(gpu_dir) -> list[str]:
 def render_markdown(r: dict, json_path: Path, gpu_dir=None) -> str:
     from asvp.exporter.teachers.train import quality_markdown
 
-    import bench_graph_passes
+    from benchmarks import bench_graph_passes
 
     m = r["machine"]
     out = ["# Benchmarks", ""]

@@ -1,7 +1,9 @@
 """`make bench`: measure what BENCHMARKS.md reports, on this machine, and write it (plus JSON) atomically.
 
-    python benchmarks/run_all.py --out BENCHMARKS.md            # full run (~10-15 min on 2 cores)
-    python benchmarks/run_all.py --out /tmp/B.md --smoke        # tiny budgets: checks the pipeline only
+    python -m benchmarks.run_all --out BENCHMARKS.md            # full run (~10-15 min on 2 cores)
+    python -m benchmarks.run_all --out B.md --smoke             # tiny budgets: checks the pipeline only
+
+Run from the repository root (benchmarks/ is a package).
 
 Figures are never edited by hand: every number in BENCHMARKS.md comes from the run that wrote it.
 """
@@ -17,23 +19,21 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+import onnx
 
-import numpy as np  # noqa: E402
-import onnx  # noqa: E402
+from asvp import api
+from asvp.config import AsvpConfig
+from asvp.errors import AsvpError
+from asvp.graph_passes import select
+from asvp.graph_passes.expose import expose_tensors
+from asvp.io import write_text_atomic
+from asvp.runtime.engines.sessions import ort_session
+from asvp.runtime.evaluation import node_cost
+from asvp.tasks import TASK_NAMES
+from asvp.tasks.data import heldout_crops
 
-import bench_graph_passes  # noqa: E402
-import kernel_compile  # noqa: E402
-from asvp import api  # noqa: E402
-from asvp.config import AsvpConfig  # noqa: E402
-from asvp.errors import AsvpError  # noqa: E402
-from asvp.graph_passes import select  # noqa: E402
-from asvp.graph_passes.expose import expose_tensors  # noqa: E402
-from asvp.io import write_text_atomic  # noqa: E402
-from asvp.runtime.engines.sessions import ort_session  # noqa: E402
-from asvp.runtime.evaluation import node_cost  # noqa: E402
-from asvp.tasks import TASK_NAMES  # noqa: E402
-from asvp.tasks.data import heldout_crops  # noqa: E402
+from benchmarks import bench_graph_passes, kernel_compile
 
 TASKS = TASK_NAMES
 
@@ -158,7 +158,7 @@ def latency_ratios(work: Path, smoke: bool, repeats: int = 40, threads: int = 1,
 
 
 def kernel_resources(smoke: bool) -> dict:
-    """benchmarks/kernel_compile.py's report, also written to its own files (--smoke: one architecture and padding,
+    """benchmarks.kernel_compile's report, also written to its own files (--smoke: one architecture and padding,
     no files), or why it was skipped."""
     try:
         archs, channels = ([90], [16]) if smoke else (kernel_compile.ARCHS, kernel_compile.CHANNELS)
@@ -172,7 +172,7 @@ def kernel_resources(smoke: bool) -> dict:
 
 def render_only(a) -> int:
     """Rewrite the Markdown from existing raw results (e.g. after committing a GPU result): no figure changes."""
-    from render import render_markdown
+    from benchmarks.render import render_markdown
 
     json_path = Path(a.json or "benchmarks/results/all.json")
     try:
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
     if a.render_only:
         return render_only(a)
     t0 = time.perf_counter()
-    results = {"machine": machine(), "config": AsvpConfig().to_dict(), "smoke": a.smoke, "command": "make bench" if not a.smoke else "benchmarks/run_all.py --smoke"}
+    results = {"machine": machine(), "config": AsvpConfig().to_dict(), "smoke": a.smoke, "command": "make bench" if not a.smoke else "python -m benchmarks.run_all --smoke"}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         print("[1/5] teacher quality", flush=True)
@@ -222,7 +222,7 @@ def main(argv=None) -> int:
     results["seconds"] = round(time.perf_counter() - t0, 1)
     json_path = Path(a.json) if a.json else (Path(a.out).with_suffix(".json") if a.smoke else Path("benchmarks/results/all.json"))
     write_text_atomic(json_path, json.dumps(results, indent=2, default=str) + "\n")
-    from render import render_markdown
+    from benchmarks.render import render_markdown
 
     write_text_atomic(a.out, render_markdown(results, json_path))
     print(f"wrote {a.out} and {json_path} in {results['seconds']} s")

@@ -1,13 +1,7 @@
-"""Shared fixtures: bundled teachers exported once per test session. Also puts benchmarks/ on sys.path, so that
-tests/benchmarks/ imports the scripts by name (`import fingerprint_eval`), as they import each other."""
+"""Shared fixtures: bundled teachers exported once per test session."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from asvp import api
 

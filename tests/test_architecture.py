@@ -10,12 +10,15 @@ import ast
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
-# Bottom first. A module belongs to the first layer whose prefix matches (longest prefixes win).
+# Bottom first. An entry names a module and, if it is a package, everything inside it (the longest entry wins),
+# except the containers below, which name only their own __init__: a new module beside them must be placed.
 LAYERS = [
     ("core", ["asvp", "asvp.errors", "asvp.io", "asvp.config", "asvp.method", "asvp.metrics", "asvp.onnx_utils",
-              "asvp.tasks"]),
+              "asvp.tasks", "asvp.fingerprint"]),
     ("graph_passes", ["asvp.graph_passes"]),
     ("engines", ["asvp.runtime", "asvp.runtime.engines"]),
     ("exporter", ["asvp.exporter"]),
@@ -24,13 +27,17 @@ LAYERS = [
     ("api", ["asvp.api"]),
     ("cli", ["asvp.cli", "asvp.demo"]),
 ]
+CONTAINERS = {"asvp", "asvp.runtime"}
+# Folders of the repository that are not the product: nothing the package installs may import them.
+NOT_PRODUCT = {"benchmarks", "research", "tests"}
 
 
 def layer_of(module: str) -> int:
     best, best_len = None, -1
-    for i, (_, prefixes) in enumerate(LAYERS):
-        for p in prefixes:
-            if (module == p or module.startswith(p + ".")) and len(p) > best_len:
+    for i, (_, entries) in enumerate(LAYERS):
+        for p in entries:
+            inside = module.startswith(p + ".") and p not in CONTAINERS
+            if (module == p or inside) and len(p) > best_len:
                 best, best_len = i, len(p)
     assert best is not None, f"module {module} is in no layer: add it to LAYERS"
     return best
@@ -90,6 +97,43 @@ def import_graph() -> dict[str, set[str]]:
 def test_every_module_has_a_layer():
     for m in all_modules():
         layer_of(m)
+
+
+@pytest.mark.parametrize("module", ["asvp.newthing", "asvp.runtime.newthing"])
+def test_a_module_missing_from_the_layers_fails(module):
+    """The check can fail: a new module beside the containers' own modules is in no layer until LAYERS says so."""
+    with pytest.raises(AssertionError, match="in no layer"):
+        layer_of(module)
+
+
+def test_every_layer_entry_is_a_module():
+    """A stale entry (a module moved or deleted) would place nothing and hide nothing: each entry must exist."""
+    mods = set(all_modules())
+    stale = [p for _, entries in LAYERS for p in entries if p not in mods]
+    assert not stale, f"LAYERS names modules that do not exist: {stale}"
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """The top-level names of every absolute import in a file, anywhere in it (functions included)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def test_the_product_imports_no_research_nor_benchmarks():
+    bad = [f"{m} imports {sorted(top_level_imports(p) & NOT_PRODUCT)}" for m, p in all_modules().items()
+           if top_level_imports(p) & NOT_PRODUCT]
+    assert not bad, "the product imports a folder outside it:\n" + "\n".join(bad)
+
+
+def test_the_checker_sees_a_planted_research_import(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("def f():\n    from research.fingerprint_eval import KEY\n    import benchmarks.gpu\n    return KEY\n")
+    assert top_level_imports(f) & NOT_PRODUCT == {"research", "benchmarks"}
 
 
 def test_no_upward_imports():

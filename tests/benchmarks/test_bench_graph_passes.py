@@ -8,7 +8,7 @@ import onnx
 from asvp.graph_passes.expose import expose_tensors
 from asvp.runtime.engines.sessions import ort_session
 
-import bench_graph_passes as bench
+from benchmarks import bench_graph_passes as bench
 
 
 

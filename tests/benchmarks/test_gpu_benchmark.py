@@ -24,7 +24,7 @@ from asvp.tasks import TASKS  # noqa: E402
 from asvp.graph_passes import select  # noqa: E402
 from asvp.runtime.engines.kernels import triton_asvp  # noqa: E402
 
-import gpu  # noqa: E402  (benchmarks/gpu.py; tests/conftest.py puts benchmarks/ on sys.path)
+from benchmarks import gpu  # noqa: E402
 
 SCRIPT = Path(gpu.__file__)
 
@@ -115,6 +115,7 @@ def test_pipeline_with_stand_in_timers(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu-stand-in-gpu.json", "gpu-stand-in-gpu.md"]
 
 
+@pytest.mark.slow
 def test_placements_hook_the_nodes_defend_picks(exported):
     """PLACEMENTS[task] names the node api.defend picks automatically, and the torch tensor the plugin path's hook
     sees there is that node's output (ONNX Runtime on the clean export, 1x3x32x32)."""
@@ -164,7 +165,7 @@ def test_summary_against_the_issue_targets():
 
 
 def test_benchmarks_md_gpu_section_reads_the_committed_results(tmp_path):
-    import render  # benchmarks/render.py
+    from benchmarks import render
 
     assert "**No GPU figures: pending.**" in "\n".join(render.gpu_markdown(tmp_path))
     (tmp_path / "gpu-made-up-gpu.json").write_text(json.dumps(_gpu_result()))

@@ -13,9 +13,10 @@ import pytest
 from asvp.errors import AsvpError
 from asvp.runtime.engines.kernels import triton_asvp
 
-import kernel_compile  # noqa: E402  (benchmarks/kernel_compile.py; tests/conftest.py puts benchmarks/ on sys.path)
+from benchmarks import kernel_compile
 
-SCRIPT = Path(kernel_compile.__file__)
+ROOT = Path(__file__).resolve().parents[2]  # `python -m benchmarks.kernel_compile` runs from here
+SCRIPT = [sys.executable, "-m", "benchmarks.kernel_compile"]
 
 
 def test_arguments():
@@ -30,8 +31,8 @@ def test_arguments():
 
 
 def test_bad_arguments_are_one_line_and_write_nothing(tmp_path):
-    res = subprocess.run([sys.executable, str(SCRIPT), "--archs", "75", "--out-dir", str(tmp_path / "o")],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run([*SCRIPT, "--archs", "75", "--out-dir", str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert res.returncode == 2 and res.stderr.strip().count("\n") == 0 and "sm" not in res.stdout
     assert res.stderr.startswith("kernel_compile.py: error: --archs: 75") and not (tmp_path / "o").exists()
 
@@ -59,8 +60,8 @@ def test_summary_and_markdown_flag_what_does_not_fit():
 
 def test_a_real_compile_writes_both_files(tmp_path):
     env = {key: val for key, val in os.environ.items() if key != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, str(SCRIPT), "--archs", "90", "--channels", "16", "--out-dir",
-                          str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    res = subprocess.run([*SCRIPT, "--archs", "90", "--channels", "16", "--out-dir",
+                          str(tmp_path)], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
     data = json.loads((tmp_path / "kernel-compile.json").read_text())
     assert [r["kernel"] for r in data["rows"]] == list(triton_asvp.KERNELS)
@@ -73,7 +74,7 @@ def test_a_real_compile_writes_both_files(tmp_path):
 
 def test_the_interpreter_is_refused_in_one_line(tmp_path):
     env = dict(os.environ, TRITON_INTERPRET="1")
-    res = subprocess.run([sys.executable, str(SCRIPT), "--archs", "90", "--channels", "16", "--out-dir",
-                          str(tmp_path / "o")], capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run([*SCRIPT, "--archs", "90", "--channels", "16", "--out-dir",
+                          str(tmp_path / "o")], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert res.returncode == 2 and "unset TRITON_INTERPRET" in res.stderr and res.stderr.strip().count("\n") == 0
     assert not (tmp_path / "o").exists()

@@ -1,10 +1,13 @@
 """The main job end to end (tiny budgets): one report folder with every section."""
 import json
 
+import pytest
+
 from asvp.demo import run_demo
 from asvp.config import AsvpConfig
 
 
+@pytest.mark.slow
 def test_demo_writes_one_report_with_every_section(tmp_path):
     out = tmp_path / "demo"
     res = run_demo("dehaze", out, attack_steps=5, profile_iters=3, progress=False)

@@ -20,7 +20,6 @@ from asvp.graph_passes import plugin_contract, select
 from asvp.graph_passes.defend import defend_model, verify
 from asvp.graph_passes.metadata import read_defence
 from asvp.method import asvp_reference
-from asvp.exporter.teachers.bundled import weights_path
 from asvp.tasks import TASK_NAMES
 
 TASKS = TASK_NAMES
@@ -31,12 +30,6 @@ def rel_err(out, ref) -> float:
     out = torch.as_tensor(np.asarray(out)).double().flatten(1)
     ref = torch.as_tensor(np.asarray(ref)).double().flatten(1)
     return float(((out - ref).norm(dim=1) / ref.norm(dim=1)).max())
-
-
-def teacher(exported, task) -> str:
-    if not weights_path(task).exists():
-        pytest.skip(f"no bundled weights for {task} yet (asvp train-teacher --task {task})")
-    return exported(task)
 
 
 def heldout(task) -> np.ndarray:
@@ -68,7 +61,7 @@ def infer(model, x, names=None):
 
 @pytest.mark.parametrize("task", TASKS)
 def test_parity_on_real_features_both_placements(exported, task):
-    clean = onnx.load(teacher(exported, task))
+    clean = onnx.load(exported(task))
     x = heldout(task)
     cfg = AsvpConfig()
     (feat,) = select.resolve(clean, None)
@@ -97,7 +90,7 @@ def test_parity_on_real_features_both_placements(exported, task):
 
 
 def test_three_nodes_and_other_sizes(exported):
-    clean = onnx.load(teacher(exported, "sr"))
+    clean = onnx.load(exported("sr"))
     cfg = AsvpConfig(placement="tap", k=3, k_mode="fixed", h=2.0)
     model, info = defend_model(clean, ["Conv#1", "re:^/body/body.2/Relu$", "auto"], cfg)
     assert [r["tap_output"] for r in info.nodes] == ["asvp_tap_0", "asvp_tap_1", "asvp_tap_2"]
@@ -113,7 +106,7 @@ def test_three_nodes_and_other_sizes(exported):
 # ---- validity, metadata ---------------------------------------------------------------------------------
 
 def test_defended_models_are_valid_onnx_with_metadata(exported):
-    clean = onnx.load(teacher(exported, "lowlight"))
+    clean = onnx.load(exported("lowlight"))
     cfg = AsvpConfig(h=2.0, k=3, placement="tap")
     model, info = defend_model(clean, ["auto"], cfg)
     onnx.checker.check_model(model, full_check=True)
@@ -137,7 +130,7 @@ def test_defended_models_are_valid_onnx_with_metadata(exported):
 
 @pytest.mark.parametrize("placement", ["inline", "tap"])
 def test_plugin_mode_graph(exported, placement):
-    clean = onnx.load(teacher(exported, "sr"))
+    clean = onnx.load(exported("sr"))
     cfg = AsvpConfig(k=3, h=1.8, tau=0.85, placement=placement)
     model, info = defend_model(clean, ["auto", "Relu#0"], cfg, mode="plugin")
     nodes = [n for n in model.graph.node if plugin_contract.is_plugin_node(n)]
@@ -160,7 +153,7 @@ def test_plugin_mode_graph(exported, placement):
 
 def test_defending_a_plugin_defended_model(exported, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # ONNX Runtime's symbolic shape inference litters the cwd when it cannot finish
-    clean = onnx.load(teacher(exported, "sr"))
+    clean = onnx.load(exported("sr"))
     first, _ = defend_model(clean, ["Relu#0"], AsvpConfig(placement="inline"), mode="plugin")
     both, info = defend_model(first, None, AsvpConfig(placement="tap"))
     assert [r["mode"] for r in info.all_nodes] == ["plugin", "subgraph"] and info.nodes[0]["node"] == "/Add"
@@ -232,7 +225,7 @@ def test_refusals(kwargs, msg):
 
 
 def test_defending_twice_needs_allow_redefend(exported):
-    clean = onnx.load(teacher(exported, "sr"))
+    clean = onnx.load(exported("sr"))
     once, info = defend_model(clean, ["Relu#1"], AsvpConfig())
     with pytest.raises(AsvpError, match="already defended.*allow-redefend"):
         defend_model(once, ["Relu#1"], AsvpConfig())
@@ -251,7 +244,7 @@ def test_defending_twice_needs_allow_redefend(exported):
 
 def test_polygraphy_runs_the_defended_model(exported, tmp_path):
     out = tmp_path / "sr.asvp.onnx"
-    api.defend(teacher(exported, "sr"), out)
+    api.defend(exported("sr"), out)
     poly = Path(sys.executable).with_name("polygraphy")
     res = subprocess.run([str(poly), "run", str(out), "--onnxrt", "--input-shapes", "input:[1,3,24,24]"],
                          capture_output=True, text=True, timeout=120)
@@ -261,18 +254,18 @@ def test_polygraphy_runs_the_defended_model(exported, tmp_path):
 
 def test_api_defend_result(exported, tmp_path):
     out = tmp_path / "d.onnx"
-    res = api.defend(teacher(exported, "sr"), out, nodes=["Conv#2"], config={"k": 3, "placement": "tap"})
+    res = api.defend(exported("sr"), out, nodes=["Conv#2"], config={"k": 3, "placement": "tap"})
     d = res.to_dict()
     assert set(d) == {"path", "mode", "placement", "nodes", "config", "digest"}
     assert d["path"] == str(out) and out.exists() and d["placement"] == "tap" and d["config"]["k"] == 3
     assert d["digest"] == AsvpConfig(k=3, placement="tap").digest()
     with pytest.raises(AsvpError, match="unknown config field"):
-        api.defend(teacher(exported, "sr"), tmp_path / "e.onnx", config={"kk": 3})
+        api.defend(exported("sr"), tmp_path / "e.onnx", config={"kk": 3})
     assert not (tmp_path / "e.onnx").exists()
 
 
 def test_cli_defend(exported, tmp_path, capsys):
-    src = teacher(exported, "sr")
+    src = exported("sr")
     out = tmp_path / "cli.onnx"
     assert cli.main(["defend", src, "-o", str(out), "--k", "3", "--h", "2", "--placement", "tap", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
@@ -287,7 +280,7 @@ def test_cli_defend(exported, tmp_path, capsys):
                                   ["--nodes", "re:("], ["--iters", "0"]])
 def test_cli_bad_inputs(exported, tmp_path, capsys, args):
     out = tmp_path / "bad.onnx"
-    assert cli.main(["defend", teacher(exported, "sr"), "-o", str(out), *args]) == 2
+    assert cli.main(["defend", exported("sr"), "-o", str(out), *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("asvp: error: ") and err.count("\n") == 1
     assert not out.exists() and not list(tmp_path.iterdir())

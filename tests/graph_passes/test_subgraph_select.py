@@ -16,7 +16,6 @@ from asvp.errors import AsvpError
 from asvp.graph_passes import plugin_contract, select
 from asvp.graph_passes.subgraph import build_asvp, emitted_op_types, graph_depth
 from asvp.method import asvp_reference, asvp_subspace
-from asvp.exporter.teachers.bundled import weights_path
 from asvp.tasks import TASK_NAMES
 
 TRT_OPS = Path(__file__).resolve().parents[2] / "graph_passes" / "data" / "trt_onnx_supported_ops.json"
@@ -174,7 +173,7 @@ def test_node_count_and_serial_chain(channels):
 def test_defended_model_inserts_the_same_subgraph(exported):
     from asvp.graph_passes.defend import defend_model
 
-    clean = _teacher(exported, "sr")
+    clean = onnx.load(exported("sr"))
     _, info = defend_model(clean, None, AsvpConfig())
     assert info.inserted_nodes == graph_depth(standalone(32, AsvpConfig()))[0] <= 120
 
@@ -188,7 +187,7 @@ def test_accuracy_at_every_candidate_node(exported, task):
     graph (ONNX Runtime) must also equal the torch mirror up to float32 round-off."""
     from asvp.tasks import get_task
 
-    model = _teacher(exported, task)
+    model = onnx.load(exported(task))
     cfg = AsvpConfig()
     cands = [c for c in select.candidates(model) if c.channels > cfg.k]
     assert cands
@@ -280,14 +279,8 @@ def test_plugin_node_contract():
 
 # ---- selection -------------------------------------------------------------------------------------------
 
-def _teacher(exported, task) -> onnx.ModelProto:
-    if not weights_path(task).exists():
-        pytest.skip(f"no bundled weights for {task} yet")
-    return onnx.load(exported(task))
-
-
 def test_selectors_on_sr(exported):
-    model = _teacher(exported, "sr")
+    model = onnx.load(exported("sr"))
     cands = select.candidates(model)
     convs = [c for c in cands if c.op_type == "Conv"]
     relus = [c for c in cands if c.op_type == "Relu"]
@@ -306,14 +299,14 @@ def test_selectors_on_sr(exported):
                                       ("Conv#99", "indices"), ("Gemm#0", "no candidate"), ("re:(", "regular expression"),
                                       ("", "empty")])
 def test_bad_selectors(exported, sel, msg):
-    model = _teacher(exported, "sr")
+    model = onnx.load(exported("sr"))
     with pytest.raises(AsvpError, match=msg.replace("(", r"\(")):
         select.resolve(model, [sel])
 
 
 @pytest.mark.parametrize("task", TASKS)
 def test_automatic_choice_is_the_last_widest_coarsest_candidate(exported, task):
-    model = _teacher(exported, task)
+    model = onnx.load(exported(task))
     cands = select.candidates(model)
     (auto,) = select.resolve(model, None)
     widest = max(c.channels for c in cands)

@@ -298,6 +298,7 @@ def test_asvp_build_without_tensorrt_exits_3_and_writes_nothing(model_paths, tmp
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_asvp_build_bad_input_exits_2(model_paths, tmp_path):
     clean, _ = model_paths
     out = tmp_path / "m.engine"

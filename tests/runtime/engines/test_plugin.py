@@ -26,7 +26,6 @@ from asvp.runtime.engines import backends, plugin_ort, plugin_trt
 from asvp.graph_passes import plugin_contract
 from asvp.graph_passes.plugin_contract import PLUGIN_DOMAIN, PLUGIN_NAMESPACE, PLUGIN_OP, PLUGIN_VERSION, config_from_attrs
 from asvp.runtime.engines import sessions
-from asvp.exporter.teachers.bundled import weights_path
 from asvp.tasks import TASK_NAMES
 
 REL_TOL = 1e-5
@@ -209,12 +208,6 @@ def test_polygraphy_onnxrt_runner_and_comparator_against_reference(tmp_path):
 
 # ---- the bundled teachers, with plugin nodes inserted --------------------------------------------------------
 
-def require_teacher(task: str) -> None:
-    path = weights_path(task)
-    if not path.exists():
-        pytest.skip(f"bundled weights for {task!r} are not there ({path}); run asvp train-teacher --task {task}")
-
-
 def insert_plugin_nodes(model: onnx.ModelProto, tensors: dict[str, dict]) -> onnx.ModelProto:
     """Inline AsvpPerturb after each named tensor (consumers rewired), exposing its input and output."""
     m = onnx.ModelProto()
@@ -239,7 +232,6 @@ def insert_plugin_nodes(model: onnx.ModelProto, tensors: dict[str, dict]) -> onn
 
 @pytest.mark.parametrize("task", TASK_NAMES)
 def test_bundled_teacher_plugin_nodes_match_reference(task, exported):
-    require_teacher(task)
     from asvp.graph_passes.candidates import feature_candidates
     from asvp.onnx_utils import get_metadata, image_io, load_model
 
@@ -261,19 +253,11 @@ def test_bundled_teacher_plugin_nodes_match_reference(task, exported):
     assert np.abs(res.outputs[out_name] - clean).max() > 1e-4, "inline ASVP must change the teacher's output"
 
 
-def _defend_available():
-    from asvp import api
-
-    return hasattr(api, "defend")
-
-
-@pytest.mark.skipif(not _defend_available(), reason="asvp.api.defend (plugin mode) is not there yet")
 @pytest.mark.parametrize("task", TASK_NAMES)
 def test_defend_plugin_mode_vs_reference_and_subgraph(task, exported, tmp_path):
     """api.defend(mode="plugin"): the AsvpPerturb node matches asvp_reference on the real feature (REL_TOL); the final
     output agrees with subgraph mode (subspace iteration, 30 steps): relative error <= 2e-2 and <= 10% of the
     defence's own effect on the output."""
-    require_teacher(task)
     from asvp import api
     from asvp.graph_passes.candidates import feature_candidates
     from asvp.onnx_utils import get_metadata, image_io, load_model

@@ -155,6 +155,7 @@ def test_peak_memory_sees_an_allocation():
 
 # ---- reports -------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_profile_report_files(teacher, tmp_path):
     from PIL import Image
 

@@ -78,7 +78,7 @@ def make_standin(clean: str, out, placement: str = "inline", factor: float = 1.0
 
 @pytest.fixture(scope="module")
 def defended(teacher, tmp_path_factory):
-    """defended(task, placement) -> a defended model: api.defend if available, else the stand-in."""
+    """defended(task, placement) -> the teacher defended by api.defend (subgraph mode)."""
     root = tmp_path_factory.mktemp("defended")
     cache = {}
 
@@ -86,11 +86,8 @@ def defended(teacher, tmp_path_factory):
         key = (task, placement)
         if key not in cache:
             out = root / f"{task}.{placement}.onnx"
-            if hasattr(api, "defend"):
-                api.defend(teacher(task), out, config=AsvpConfig(placement=placement), mode="subgraph")
-                cache[key] = str(out)
-            else:
-                cache[key] = make_standin(teacher(task), out, placement)
+            api.defend(teacher(task), out, config=AsvpConfig(placement=placement), mode="subgraph")
+            cache[key] = str(out)
         return cache[key]
 
     return get

@@ -1,13 +1,13 @@
 """Evaluate the keyed distillation fingerprint (`asvp fingerprint`): teacher cost, TPR, FPR, ROC/AUC, p-values,
-removal attempts. Writes benchmarks/results/fingerprint.json (one entry per task, written as each task finishes,
-so a stopped run resumes with the missing tasks) and renders benchmarks/results/fingerprint.md from it.
+removal attempts. Writes research/results/fingerprint.json (one entry per task, written as each task finishes,
+so a stopped run resumes with the missing tasks) and renders research/results/fingerprint.md from it.
 
-    python benchmarks/fingerprint_eval.py --task sr [--task lowlight ...] [--profile cpu|tiny]
-    python benchmarks/fingerprint_eval.py --render            # markdown from the JSON only
-    python benchmarks/fingerprint_eval.py --key K --json R.json --task sr   # another evaluation key, its own file
-    python benchmarks/fingerprint_eval.py --compare A.json B.json           # the same arms under each file's key
-    python benchmarks/fingerprint_eval.py --max-drop 0.2 --json R.json --task sr   # another teacher budget, its own file
-    python benchmarks/fingerprint_eval.py --bias-students 16 --json R.json --task derain   # the bias-avoiding key space
+    python -m research.fingerprint_eval --task sr [--task lowlight ...] [--profile cpu|tiny]
+    python -m research.fingerprint_eval --render            # markdown from the JSON only
+    python -m research.fingerprint_eval --key K --json R.json --task sr   # another evaluation key, its own file
+    python -m research.fingerprint_eval --compare A.json B.json           # the same arms under each file's key
+    python -m research.fingerprint_eval --max-drop 0.2 --json R.json --task sr   # another teacher budget, its own file
+    python -m research.fingerprint_eval --bias-students 16 --json R.json --task derain   # the bias-avoiding key space
 
 Every model is trained here on CPU, one thread, from the served models' answers through ONNX Runtime (the attack
 harness: asvp.runtime.attacks.attack.make_queries / get_answers); a suspect is queried only on the verifier's
@@ -58,7 +58,7 @@ from asvp.tasks.architectures import ARCHITECTURES, ResidualCNN
 from asvp.tasks.data import TRAIN_IMAGES, random_crops
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "fingerprint.json"
+RESULTS = ROOT / "research" / "results" / "fingerprint.json"
 KEY = "fingerprint-eval-key-0"  # a fixed, public evaluation key (a deployment uses `asvp fingerprint keygen`)
 NULL_KEYS = 2000  # random keys per task over the negatives: the empirical p-value distribution
 BUDGETS = {"quick": (96, 300), "full": (256, 800),  # (queries, steps), as the attack presets
@@ -417,7 +417,7 @@ def compare_keys(files: list[dict]) -> str:
 
 def render(data: dict) -> str:
     out = ["# Keyed distillation fingerprint: measured\n",
-           f"Written by `python benchmarks/fingerprint_eval.py --task TASK --profile PROFILE` "
+           f"Written by `python -m research.fingerprint_eval --task TASK --profile PROFILE` "
            f"({data.get('written', '?')}; CPU, one thread, on a shared 2-core machine). Key `{data.get('key', KEY)}` (public, for the "
            f"evaluation only); alpha {ALPHA}; p-values exact under 'the suspect never saw the marked outputs' "
            f"(the key is uniform and independent of the suspect; the reference subspace removed is key-free). "

@@ -1,4 +1,4 @@
-"""benchmarks/fingerprint_key_strength.py: the key-scale model solves its budget, and the selection-exact p-value
+"""research/fingerprint_key_strength.py: the key-scale model solves its budget, and the selection-exact p-value
 keeps the null when keeping the strongest key would bias the uniform one."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from asvp.fingerprint import key_direction
 
-import fingerprint_key_strength as ks
+from research import fingerprint_key_strength as ks
 
 KEY = "fingerprint-eval-key-0"
 

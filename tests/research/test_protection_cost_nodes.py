@@ -1,4 +1,4 @@
-"""benchmarks/protection_cost_nodes.py: the node choices read from make bench's JSON, the node comparison and the
+"""research/protection_cost_nodes.py: the node choices read from make bench's JSON, the node comparison and the
 Markdown, without training anything."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from asvp.errors import AsvpError
 
-import protection_cost_nodes as pcn
+from research import protection_cost_nodes as pcn
 
 
 def _cost(index, name, ratio, channels=16, auto=False):

@@ -1,4 +1,4 @@
-"""benchmarks/fingerprint_bias.py: the summary and the Markdown come from the students' rows; bad arguments are
+"""research/fingerprint_bias.py: the summary and the Markdown come from the students' rows; bad arguments are
 one-line errors; a tiny run goes through the whole pipeline (both key spaces, one key)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-import fingerprint_bias as fbias
+from research import fingerprint_bias as fbias
 
 
 def _row(space, marked, twins):
@@ -46,6 +46,7 @@ def test_bad_arguments_are_one_line_errors(args, message, tmp_path, capsys):
     assert message in err and err.count("\n") == 1 and not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_a_tiny_run_writes_json_and_markdown(tmp_path):
     out = tmp_path / "r"
     assert fbias.main(["--tasks", "sr", "--keys", "0", "--bias-students", "2", "--seeds", "2", "--pool", "8",

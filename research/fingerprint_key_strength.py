@@ -1,10 +1,10 @@
 """How much does the fingerprint's power depend on the key drawn, and would keeping the strongest of N keys help?
 
-    python benchmarks/fingerprint_key_strength.py [--json benchmarks/results/fingerprint.json] [--keys 20000]
+    python -m research.fingerprint_key_strength [--json research/results/fingerprint.json] [--keys 20000]
         [--trials 100] [--best 8] [--seed 0] [--other OTHER.json | --predict KEY]
-        [--out benchmarks/results/fingerprint-key-strength]
+        [--out research/results/fingerprint-key-strength]
 
-The evaluation (benchmarks/fingerprint_eval.py) found that weak copies' verdicts depend on the key: under
+The evaluation (research/fingerprint_eval.py) found that weak copies' verdicts depend on the key: under
 `fingerprint-eval-key-1` underwater's mark came out at half the amplitude of key-0's. This script answers two
 questions without training a model.
 
@@ -53,12 +53,12 @@ from asvp.fingerprint import DEFAULT_ALPHA, key_direction, key_statistic, nuisan
 from asvp.io import write_text_atomic
 from asvp.runtime.attacks import fingerprint as fp
 
-from fingerprint_eval import KEY, wilson
-from fingerprint_keyspace_sim import evaluated_models
-from provenance import commit, shown
+from benchmarks.provenance import commit, shown
+from research.fingerprint_eval import KEY, wilson
+from research.fingerprint_keyspace_sim import evaluated_models
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = ROOT / "research" / "results"
 
 
 def key_scales(keys: np.ndarray, terms: dict, target_db: float) -> np.ndarray:
@@ -197,7 +197,7 @@ def cell(k_n: list) -> str:
 def render(data: dict) -> str:
     a = data["args"]
     if a.get("predict"):
-        return "\n".join([f"# Predicted verdicts under `{a['predict']}` (`benchmarks/fingerprint_key_strength.py --predict`)",
+        return "\n".join([f"# Predicted verdicts under `{a['predict']}` (`research/fingerprint_key_strength.py --predict`)",
                           "", f"Written {data['written']} at commit {data['commit']}, from the students of `{a['json']}` "
                           "(linear model; before that key's evaluation). Check: `--other` on its results file.", "",
                           "| task | from key | marked students | flagged, predicted |", "|---|---|---|---|"]
@@ -205,7 +205,7 @@ def render(data: dict) -> str:
                             for t, e in data["tasks"].items()]
                          + checks_markdown(data)) + "\n"
     best = a["best"]
-    lines = ["# How much the fingerprint depends on the key (`benchmarks/fingerprint_key_strength.py`)", "",
+    lines = ["# How much the fingerprint depends on the key (`research/fingerprint_key_strength.py`)", "",
              f"Written {data['written']} at commit {data['commit']}; from `{a['json']}`; {a['keys']} random keys per "
              f"task, {a['trials']} simulated draws, strongest of {best}, seed {a['seed']}. Amplitudes are the mark's "
              "on the probes relative to the median key's (dB); rates at alpha = 0.01 with Wilson 95 % intervals, over "

@@ -1,17 +1,17 @@
 """Protection at the cost-chosen nodes: does defending the node `asvp nodes --cost` picks change what ASVP does to
 a distilled copy, compared with `api.defend`'s automatic node?
 
-    python benchmarks/protection_cost_nodes.py [--tasks dehaze,derain,sr,lowlight,underwater] [--seeds 5]
+    python -m research.protection_cost_nodes [--tasks dehaze,derain,sr,lowlight,underwater] [--seeds 5]
         [--kinds fitnets-1] [--inline] [--three] [--preset standard] [--steps N --pool N] [--work DIR]
-        [--out benchmarks/results/protection-cost-nodes]
+        [--out research/results/protection-cost-nodes]
 
     # the committed runs (docs/protection.md, "Protection at the cost-chosen nodes"): ~25 min, then ~15 and ~4
     # min resumed from the cache under --work
-    python benchmarks/protection_cost_nodes.py --kinds fitnets-1,fitnets-10 --inline --three --seeds 5
-    python benchmarks/protection_cost_nodes.py --tasks underwater,lowlight,dehaze,derain \\
-        --kinds fitnets-1,fitnets-10 --three --seeds 10 --out benchmarks/results/protection-cost-nodes-10seeds
-    python benchmarks/protection_cost_nodes.py --tasks underwater --kinds fitnets-1,fitnets-10 --seeds 20 \\
-        --out benchmarks/results/protection-cost-nodes-underwater-20seeds
+    python -m research.protection_cost_nodes --kinds fitnets-1,fitnets-10 --inline --three --seeds 5
+    python -m research.protection_cost_nodes --tasks underwater,lowlight,dehaze,derain \\
+        --kinds fitnets-1,fitnets-10 --three --seeds 10 --out research/results/protection-cost-nodes-10seeds
+    python -m research.protection_cost_nodes --tasks underwater --kinds fitnets-1,fitnets-10 --seeds 20 \\
+        --out research/results/protection-cost-nodes-underwater-20seeds
 
 `asvp nodes MODEL --cost --budget 1.10 --count 1` (runtime/evaluation/node_cost.py) chooses the cheapest candidate,
 which perturbs a different feature than the automatic node (dehaze: a 16-channel `/Relu` instead of the 64-channel
@@ -55,11 +55,11 @@ from asvp.runtime.evaluation.absorbability import ABSORBABLE_BELOW
 from asvp.runtime.evaluation.stats import paired_drop
 from asvp.tasks import TASK_NAMES
 
-from provenance import commit, shown
+from benchmarks.provenance import commit, shown
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ALL = ROOT / "benchmarks/results/all.json"
-DEFAULT_OUT = ROOT / "benchmarks/results/protection-cost-nodes"
+DEFAULT_OUT = ROOT / "research/results/protection-cost-nodes"
 ORDER = ("dehaze", "derain", "sr", "lowlight", "underwater")  # dehaze first: its choice differs most from auto
 BUDGET = 1.10
 
@@ -242,7 +242,7 @@ def main(argv=None) -> int:
     out = Path(a.out)
     t0 = time.perf_counter()
     res = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit(),
-           "command": "python benchmarks/protection_cost_nodes.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "command": "python -m research.protection_cost_nodes " + " ".join(argv if argv is not None else sys.argv[1:]),
            "preset": a.preset, "steps": a.steps, "pool": a.pool, "seeds_used": f"0-{a.seeds - 1}", "budget": a.budget,
            "choices_from": shown(path),
            "choices_date": recorded.get("machine", {}).get("date"), "absorbable_below": ABSORBABLE_BELOW,

@@ -1,11 +1,11 @@
-"""benchmarks/variants_search.py and benchmarks/variants_ensemble_attack.py: the pieces that decide a verdict."""
+"""research/variants_search.py and research/variants_ensemble_attack.py: the pieces that decide a verdict."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-import variants_ensemble_attack as ensemble
-import variants_search as search
+from research import variants_ensemble_attack as ensemble
+from research import variants_search as search
 
 
 @pytest.mark.parametrize("t", range(8))

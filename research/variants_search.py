@@ -1,6 +1,6 @@
 """Search for a defence variant that distillation does not absorb (issue 13 item 4; docs/variants.md).
 
-    .venv/bin/python benchmarks/variants_search.py --tasks sr lowlight --seeds 5 --work /tmp/asvp-variants
+    .venv/bin/python -m research.variants_search --tasks sr lowlight --seeds 5    # cache: --work (default: TMPDIR/asvp-variants)
 
 Two phases, both resumable (everything is cached under --work):
 
@@ -18,7 +18,7 @@ Two phases, both resumable (everything is cached under --work):
 A configuration protects when, at teacher drop <= 0.1 dB, the BEST attacker's student (the smallest paired drop)
 still loses >= 0.1 dB with a 95 % interval excluding 0 (runtime.evaluation.stats.paired_drop's `counts`).
 
-Writes benchmarks/results/variants.json (every figure, seeds, commands, wall times) and variants.md.
+Writes research/results/variants.json (every figure, seeds, commands, wall times) and variants.md.
 Single-threaded (the attack harness sets torch and ONNX Runtime to one thread).
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,6 +60,7 @@ DEFENCES = [("paper@auto", "paper", "auto"), ("keyed-h@auto", "keyed-h", "auto")
             ("keyed-rotation@early", "keyed-rotation", "early")]
 ATTACKERS = ("adaptive", "fitnets-1", "direct")
 RESULTS = Path(__file__).resolve().parent / "results"
+WORK = Path(tempfile.gettempdir()) / "asvp-variants"  # the cache both phases resume from
 
 
 def config_for(variant: str, strength: float) -> AsvpConfig:
@@ -231,10 +233,10 @@ def main(argv=None) -> int:
                     help="calibrated configurations not to attack (e.g. to fit the time available)")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="the students' budget (default quick)")
-    ap.add_argument("--results-name", default="variants", help="benchmarks/results/NAME.{md,json} (default variants)")
-    ap.add_argument("--work", default="/tmp/asvp-variants", help="cache directory (models, answers, results)")
+    ap.add_argument("--results-name", default="variants", help="research/results/NAME.{md,json} (default variants)")
+    ap.add_argument("--work", default=str(WORK), help="cache directory (models, answers, results; default %(default)s)")
     ap.add_argument("--calibrate-only", action="store_true")
-    ap.add_argument("--no-write", action="store_true", help="print, do not write benchmarks/results/variants.*")
+    ap.add_argument("--no-write", action="store_true", help="print, do not write research/results/variants.*")
     a = ap.parse_args(argv)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -285,7 +287,7 @@ def main(argv=None) -> int:
                         write_text_atomic(rows_path, json.dumps(done, indent=1))
                     rows.extend(done[rk])
     wall = time.perf_counter() - t0
-    result = {"command": "python benchmarks/variants_search.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    result = {"command": "python -m research.variants_search " + " ".join(argv if argv is not None else sys.argv[1:]),
               "finished_utc": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "wall_s": round(wall, 1),
               "wall_note": "this invocation only; cached steps (calibration, finished rows) are not re-timed: "
                            "see each row's wall_s",

@@ -1,4 +1,4 @@
-"""benchmarks/fingerprint_budget.py: the paired beta, the per-budget summary and the Markdown are computed from the
+"""research/fingerprint_budget.py: the paired beta, the per-budget summary and the Markdown are computed from the
 students' rows; bad arguments are one-line errors; a tiny run goes through the whole pipeline."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-import fingerprint_budget as fb
+from research import fingerprint_budget as fb
 
 
 def test_paired_beta_is_the_share_of_the_served_change():
@@ -63,6 +63,7 @@ def test_bad_arguments_are_one_line_errors(args, message, tmp_path, capsys):
     assert message in err and err.count("\n") == 1 and not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_a_tiny_run_writes_json_and_markdown(tmp_path):
     out = tmp_path / "r"
     assert fb.main(["--tasks", "sr", "--budgets", "0.05,0.5", "--seeds", "2", "--pool", "8", "--steps", "2",

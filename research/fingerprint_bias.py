@@ -1,11 +1,11 @@
 """Does a key space kept away from weak copies' own deviations flag more of them? (`mark --bias-students`)
 
-    python benchmarks/fingerprint_bias.py [--tasks derain,underwater,lowlight,dehaze,sr] [--keys 0,1,2]
-        [--bias-students 16] [--seeds 6] [--steps N --pool N] [--out benchmarks/results/fingerprint-bias]
-    python benchmarks/fingerprint_bias.py --merge A.json B.json [--out ...]   # one report from runs in parallel
+    python -m research.fingerprint_bias [--tasks derain,underwater,lowlight,dehaze,sr] [--keys 0,1,2]
+        [--bias-students 16] [--seeds 6] [--steps N --pool N] [--out research/results/fingerprint-bias]
+    python -m research.fingerprint_bias --merge A.json B.json [--out ...]   # one report from runs in parallel
 
 At the 0.05 dB budget, weakly trained copies (the quick attacker: 96 queries, 300 steps) are the fingerprint's
-gap (benchmarks/fingerprint_budget.py). A pilot found what hides the mark in such a copy: its own deviation from
+gap (research/fingerprint_budget.py). A pilot found what hides the mark in such a copy: its own deviation from
 the teacher, which a clean student with the same seed and queries shares, and which lies mostly along a few key
 directions. Per task this script marks the bundled teacher under each evaluation key in two key spaces, on the
 same teacher budget:
@@ -42,12 +42,12 @@ from asvp.runtime.attacks import fingerprint as fp
 from asvp.runtime.attacks.attack import ServedModel, make_queries, single_thread
 from asvp.tasks import TASK_NAMES, get_task
 
-from fingerprint_budget import run_tasks
-from fingerprint_eval import BUDGETS, KEY, REF_SEEDS, auc, build, fn_of, teacher_psnr, train
-from provenance import commit, parse_list, shown
+from benchmarks.provenance import commit, parse_list
+from research.fingerprint_budget import run_tasks
+from research.fingerprint_eval import BUDGETS, KEY, REF_SEEDS, auc, build, fn_of, teacher_psnr, train
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "fingerprint-bias"
+DEFAULT_OUT = ROOT / "research" / "results" / "fingerprint-bias"
 ORDER = ("derain", "underwater", "lowlight", "dehaze", "sr")
 SPACES = ("full", "bias")
 KEY_STEM = KEY[: KEY.rindex("-") + 1]  # fingerprint-eval-key-N: the public evaluation keys
@@ -112,7 +112,7 @@ def summary(row: dict) -> dict:
 
 def render(data: dict) -> str:
     a = data["args"]
-    out = ["# Weak copies against a key space kept away from their own deviations (`benchmarks/fingerprint_bias.py`)\n",
+    out = ["# Weak copies against a key space kept away from their own deviations (`research/fingerprint_bias.py`)\n",
            f"Written {data['written']} at commit {data['commit']}: `{data['command']}`. Teacher budget 0.05 dB. "
            f"Quick output students ({a['pool']} queries of 64 px, {a['steps']} steps, standard width), seeds "
            f"0-{a['seeds'] - 1}, of each marked teacher, and of the clean teacher once (the twins: same queries and "
@@ -197,7 +197,7 @@ def main(argv=None) -> int:
     out = Path(a.out)
     data = {"args": {"keys": keys, "bias_students": a.bias_students, "seeds": a.seeds, "pool": a.pool,
                      "steps": a.steps},
-            "command": "python " + " ".join([shown(Path(__file__))] + list(sys.argv[1:] if argv is None else argv)),
+            "command": "python -m research.fingerprint_bias " + " ".join(sys.argv[1:] if argv is None else argv),
             "commit": commit(), "tasks": {}}
     run_tasks(data, tasks, lambda task, work, log: run_task(task, keys, a.bias_students, a.seeds, a.pool, a.steps,
                                                            work, log), render, out, "asvp-fp-bias-")

@@ -1,9 +1,9 @@
 """What a larger teacher budget buys the fingerprint against weakly trained copies.
 
-    python benchmarks/fingerprint_budget.py [--tasks sr,derain,underwater,lowlight,dehaze] [--budgets 0.05,0.2,0.5,1]
-        [--seeds 6] [--key fingerprint-eval-key-0] [--steps N --pool N] [--out benchmarks/results/fingerprint-budget]
+    python -m research.fingerprint_budget [--tasks sr,derain,underwater,lowlight,dehaze] [--budgets 0.05,0.2,0.5,1]
+        [--seeds 6] [--key fingerprint-eval-key-0] [--steps N --pool N] [--out research/results/fingerprint-budget]
 
-The evaluation (benchmarks/fingerprint_eval.py) met the issue's targets on sr only: at 300 steps the copies carry
+The evaluation (research/fingerprint_eval.py) met the issue's targets on sr only: at 300 steps the copies carry
 too little of a mark that may cost the teacher 0.05 dB. Is that the mark's amplitude, or something a stronger mark
 cannot fix? Per task this script
 
@@ -45,11 +45,11 @@ from asvp.runtime.attacks import fingerprint as fp
 from asvp.runtime.attacks.attack import ServedModel, make_queries, single_thread
 from asvp.tasks import TASK_NAMES, get_task
 
-from fingerprint_eval import BUDGETS, KEY, REF_SEEDS, auc, build, fn_of, teacher_psnr, train
-from provenance import commit, parse_list, shown
+from benchmarks.provenance import commit, parse_list
+from research.fingerprint_eval import BUDGETS, KEY, REF_SEEDS, auc, build, fn_of, teacher_psnr, train
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "fingerprint-budget"
+DEFAULT_OUT = ROOT / "research" / "results" / "fingerprint-budget"
 ORDER = ("sr", "derain", "underwater", "lowlight", "dehaze")
 DROPS = (0.05, 0.2, 0.5, 1.0)
 
@@ -112,7 +112,7 @@ def summary(entry: dict, budget: dict) -> dict:
 
 def render(data: dict) -> str:
     a = data["args"]
-    out = ["# The fingerprint against weak copies, by teacher budget (`benchmarks/fingerprint_budget.py`)\n",
+    out = ["# The fingerprint against weak copies, by teacher budget (`research/fingerprint_budget.py`)\n",
            f"Written {data['written']} at commit {data['commit']}: `{data['command']}`. Key `{a['key']}` (public, for "
            f"evaluations only). Quick output students ({a['pool']} queries of 64 px, {a['steps']} steps, standard "
            f"width), seeds 0-{a['seeds'] - 1}, of the marked teacher at each budget and of the clean teacher (their "
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
         return 2
     out = Path(a.out)
     data = {"args": {"key": a.key, "seeds": a.seeds, "pool": a.pool, "steps": a.steps, "budgets": drops},
-            "command": "python " + " ".join([shown(Path(__file__))] + list(sys.argv[1:] if argv is None else argv)),
+            "command": "python -m research.fingerprint_budget " + " ".join(sys.argv[1:] if argv is None else argv),
             "commit": commit(), "tasks": {}}
     run_tasks(data, tasks, lambda task, work, log: run_task(task, drops, a.seeds, a.key, a.pool, a.steps, work, log),
               render, out, "asvp-fp-budget-")

@@ -1,7 +1,20 @@
-"""benchmarks/fingerprint_eval.py: the verdict on the targets and the rendering are computed, not written in."""
+"""research/fingerprint_eval.py: the verdict on the targets and the rendering are computed, not written in."""
 import math
+import subprocess
+import sys
+from pathlib import Path
 
-import fingerprint_eval as fe
+import pytest
+
+from research import fingerprint_eval as fe
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def script(*args: str) -> subprocess.CompletedProcess:
+    """`python -m research.fingerprint_eval ARGS` from the repository root."""
+    return subprocess.run([sys.executable, "-m", "research.fingerprint_eval", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
 
 
 def _entry(pos_c, neg_c, drop, flagged_neg=0):
@@ -41,25 +54,17 @@ def test_flags_by_budget_are_counted_per_budget():
 
 
 def test_add_refuses_a_task_without_a_recorded_entry(tmp_path):
-    import subprocess
-    import sys
-
     out = tmp_path / "fp.json"
     out.write_text('{"tasks": {}}')
-    proc = subprocess.run([sys.executable, fe.__file__, "--smoke", str(out),
-                           "--add", "--profile", "long-seeds", "--task", "sr"], capture_output=True, text=True, timeout=120)
+    proc = script("--smoke", str(out), "--add", "--profile", "long-seeds", "--task", "sr")
     assert proc.returncode == 2 and "no entry for sr" in proc.stderr and "Traceback" not in proc.stderr
     assert out.read_text() == '{"tasks": {}}'  # nothing written
 
 
 def test_one_results_file_holds_one_key(tmp_path):
-    import subprocess
-    import sys
-
     out = tmp_path / "fp.json"
     out.write_text('{"key": "another-key", "tasks": {"sr": {}}}')
-    proc = subprocess.run([sys.executable, fe.__file__, "--json", str(out), "--task", "sr"], capture_output=True,
-                          text=True, timeout=120)
+    proc = script("--json", str(out), "--task", "sr")
     assert proc.returncode == 2 and "under the key 'another-key'" in proc.stderr and "Traceback" not in proc.stderr
     assert out.read_text() == '{"key": "another-key", "tasks": {"sr": {}}}'  # nothing written
 
@@ -106,18 +111,14 @@ def test_compare_shows_the_budget_only_when_the_files_differ():
     assert "| 0.05 |" in first and "| 0.5 |" in second
 
 
+@pytest.mark.slow
 def test_one_results_file_holds_one_budget(tmp_path):
-    import subprocess
-    import sys
-
     out = tmp_path / "fp.json"
     out.write_text('{"key": "fingerprint-eval-key-0", "tasks": {"sr": {}}}')
-    proc = subprocess.run([sys.executable, fe.__file__, "--json", str(out), "--max-drop", "0.2", "--task", "sr"],
-                          capture_output=True, text=True, timeout=120)
+    proc = script("--json", str(out), "--max-drop", "0.2", "--task", "sr")
     assert proc.returncode == 2 and "at a 0.05 dB budget" in proc.stderr and "Traceback" not in proc.stderr
     assert out.read_text() == '{"key": "fingerprint-eval-key-0", "tasks": {"sr": {}}}'  # nothing written
-    proc = subprocess.run([sys.executable, fe.__file__, "--json", str(out), "--max-drop", "0", "--task", "sr"],
-                          capture_output=True, text=True, timeout=120)
+    proc = script("--json", str(out), "--max-drop", "0", "--task", "sr")
     assert proc.returncode == 2 and "max drop must be in (0, 1] dB" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -130,14 +131,11 @@ def test_compare_shows_the_key_space_only_when_the_files_differ():
     assert "| 0 |" in first and "| 16 |" in second
 
 
+@pytest.mark.slow
 def test_one_results_file_holds_one_key_space(tmp_path):
-    import subprocess
-    import sys
-
     out = tmp_path / "fp.json"
     out.write_text('{"key": "fingerprint-eval-key-0", "tasks": {"sr": {}}}')
     for args, needle in ((["--bias-students", "16"], "with 0 bias students"), (["--bias-students", "-1"], ">= 0")):
-        proc = subprocess.run([sys.executable, fe.__file__, "--json", str(out), "--task", "sr"] + args,
-                              capture_output=True, text=True, timeout=120)
+        proc = script("--json", str(out), "--task", "sr", *args)
         assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
     assert out.read_text() == '{"key": "fingerprint-eval-key-0", "tasks": {"sr": {}}}'  # nothing written

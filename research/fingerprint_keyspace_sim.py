@@ -1,8 +1,8 @@
 """What-if on a committed fingerprint evaluation: would a noise-aware key space have flagged more copies?
 
-    python benchmarks/fingerprint_keyspace_sim.py [--json benchmarks/results/fingerprint.json] [--trials 100]
+    python -m research.fingerprint_keyspace_sim [--json research/results/fingerprint.json] [--trials 100]
 
-No model is trained or run: it reads the projections t of every evaluated model (benchmarks/fingerprint_eval.py)
+No model is trained or run: it reads the projections t of every evaluated model (research/fingerprint_eval.py)
 and simulates, per task, a mark whose key lives in a smaller space. Model: a student of the marked teacher is its
 paired clean student (same seed, queries, recipe) plus beta times the mark, beta measured from the pair along the
 evaluation key; the mark keeps the amplitude the budget gave it. For each of `trials` random keys:
@@ -71,7 +71,7 @@ def simulate(task: dict, mode: str, trials: int, rng) -> tuple[float, float, int
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "fingerprint.json"))
+    ap.add_argument("--json", default=str(ROOT / "research" / "results" / "fingerprint.json"))
     ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)

@@ -1,13 +1,15 @@
 """An attack aimed at keyed-h's label noise: average the teacher's answers over the 8 flips/transposes of each query.
 
-    .venv/bin/python benchmarks/variants_ensemble_attack.py --defended /tmp/asvp-variants/sr/keyed-h_auto-h_max1.6.onnx
+    .venv/bin/python -m research.variants_ensemble_attack --defended WORK/sr/keyed-h_auto-h_max1.6.onnx
+
+WORK: variants_search's cache (--work, default TMPDIR/asvp-variants), which holds the clean and defended models.
 
 keyed-h (docs/variants.md) gives every query a pseudo-random h; a flipped or transposed copy of a query is a different
 query to the hash, so it gets an unrelated h. The attacker sends the 8 dihedral copies of each of its queries,
 undoes the transform on each answer and trains on the mean: the noise averages over 8 draws, while the teacher's
 systematic behaviour (its mean h) stays and is learnt. The clean teacher's student gets the same treatment (same
 queries, seeds, batches: paired). Budget as runtime.attacks.attack's preset (default full), output distillation.
-Writes benchmarks/results/variants-ensemble.{json,md}. Single-threaded.
+Writes research/results/variants-ensemble.{json,md}. Single-threaded.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from asvp.runtime.attacks.attack import ServedModel, get_preset, make_queries, s
 from asvp.runtime.attacks.students import predict, train_student
 from asvp.runtime.evaluation.stats import paired_drop
 from asvp.tasks import get_task
+
+from research.variants_search import WORK
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -58,7 +62,7 @@ def ensemble_answers(model: ServedModel, queries: np.ndarray) -> np.ndarray:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--task", default="sr")
-    ap.add_argument("--clean", default="/tmp/asvp-variants/sr/clean.onnx")
+    ap.add_argument("--clean", default=str(WORK / "sr" / "clean.onnx"))
     ap.add_argument("--defended", required=True)
     ap.add_argument("--preset", default="full")
     ap.add_argument("--seeds", type=int, default=5)
@@ -78,7 +82,7 @@ def main(argv=None) -> int:
                                      desc=f"student<-{name} (8-copy mean)", progress=False)
                 psnr[name].append(float(psnr_ssim(predict(m, h_in), h_tgt.numpy())[0]))
     drop = paired_drop(psnr["clean"], psnr["defended"], interval="t").to_dict()
-    result = {"command": "python benchmarks/variants_ensemble_attack.py " + " ".join(argv or sys.argv[1:]),
+    result = {"command": "python -m research.variants_ensemble_attack " + " ".join(argv or sys.argv[1:]),
               "finished_utc": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "task": a.task,
               "clean": a.clean, "defended": a.defended, "preset": preset.to_dict(), "seeds": list(range(a.seeds)),
               "student_psnr": psnr, "paired_drop": drop, "wall_s": round(time.perf_counter() - t0, 1)}

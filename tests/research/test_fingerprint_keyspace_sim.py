@@ -1,4 +1,4 @@
-"""benchmarks/fingerprint_keyspace_sim.py: the what-if reads the evaluation JSON and its rates respond to the mark."""
+"""research/fingerprint_keyspace_sim.py: the what-if reads the evaluation JSON and its rates respond to the mark."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 
 from asvp.fingerprint import key_direction
 
-import fingerprint_keyspace_sim as sim
+from research import fingerprint_keyspace_sim as sim
 
 
 def _task(shift: float, dim: int = 16, seed: int = 0) -> dict:

@@ -46,7 +46,7 @@ from asvp.errors import AsvpError
 from asvp.exporter.export import export_bundled
 from asvp.fingerprint import coefficients, key_statistic
 from asvp.graph_passes.candidates import feature_candidates
-from asvp.graph_passes.fingerprint import PREFIX
+from asvp.graph_passes.mark import PREFIX
 from asvp.io import write_text_atomic
 from asvp.metrics import psnr_ssim
 from asvp.onnx_utils import load_model

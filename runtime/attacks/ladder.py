@@ -1,6 +1,6 @@
 """The attacker ladder: every attack rung on the chosen tasks, paired seeds, one table (`asvp attack --kind ladder`).
 
-Rungs (runtime/attacks/attack.LADDER_RUNGS, or the preset's subset): output, fitnets-0.1, fitnets-1, fitnets-10,
+Rungs (runtime/attacks/recipes.LADDER_RUNGS, or the preset's subset): output, fitnets-0.1, fitnets-1, fitnets-10,
 direct, staged, adaptive, larger. Each rung is one attack_task with the same queries, seeds and batches for the
 clean and the defended teacher; students whose recipe coincides between rungs are trained once (a StudentStore
 per task, on disk under the report directory), and every (task, rung) result is cached, so an interrupted ladder
@@ -33,12 +33,15 @@ from tqdm import tqdm
 
 from asvp.config import AsvpConfig
 from asvp.errors import AsvpError
-from asvp.runtime.attacks.attack import (LADDER_RUNGS, KINDS, StudentStore, _attack_one, drop_counts, inconclusive,
-                                         is_paired, plan_run, single_thread)
-from asvp.runtime.attacks.students import TrainBudget
+from asvp.runtime.attacks.claims import drop_counts, inconclusive, is_paired
+from asvp.runtime.attacks.recipes import KINDS, LADDER_RUNGS
+from asvp.runtime.attacks.run import attack_one, plan_run
+from asvp.runtime.attacks.store import StudentStore
 from asvp.runtime.attacks.sweep import absorbability_at
 from asvp.runtime.evaluation.report import Section, fmt, md_table, new_figure, write_report
+from asvp.runtime.evaluation.served import THREADS, torch_threads
 from asvp.runtime.evaluation.stats import MIN_DROP_DB, counts_above
+from asvp.runtime.evaluation.students import TrainBudget
 
 
 def rung_drop_key(rung: str) -> str:
@@ -48,7 +51,7 @@ def rung_drop_key(rung: str) -> str:
 
 def verdict(r: dict, key: str = "student") -> str:
     """"counts" / "no" from the paired interval. One seed: with a measured seed noise (preset noise_seeds > 0)
-    the noise-margin rule of attack.drop_counts, marked "(margin)"; without one "inconclusive" (the seed-to-seed
+    the noise-margin rule of claims.drop_counts, marked "(margin)"; without one "inconclusive" (the seed-to-seed
     spread of students is tenths of a dB, docs/protection.md, so one pair cannot decide)."""
     if inconclusive(r, key):
         return "inconclusive"
@@ -236,9 +239,11 @@ def ladder_figure(rows: list[dict]):
 def run_ladder(task: str | None = None, clean=None, defended=None, preset: str = "quick", seed: int = 0, out=None,
                config: AsvpConfig | None = None, nodes=None, steps: int | None = None, pool: int | None = None,
                progress: bool = True, seeds: int | None = None, interval: str = "t",
-               rungs=None) -> LadderResult:
-    """Every rung of the ladder (or `rungs`; default: the preset's, else all) on one task or the preset's tasks."""
-    p, seeds, tasks, skipped = plan_run(task, clean, defended, config, preset, steps, pool, seeds, interval, seed)
+               rungs=None, threads: int = THREADS) -> LadderResult:
+    """Every rung of the ladder (or `rungs`; default: the preset's, else all) on one task or the preset's tasks;
+    torch runs on `threads` threads meanwhile (restored afterwards)."""
+    plan = plan_run(task, clean, defended, config, preset, steps, pool, seeds, interval, seed, nodes)
+    p, seeds, tasks, skipped = plan.preset, plan.seeds, list(plan.tasks), list(plan.skipped)
     rungs = list(rungs or p.rungs or LADDER_RUNGS)
     bad = [r for r in rungs if r not in KINDS]
     if bad:
@@ -251,7 +256,7 @@ def run_ladder(task: str | None = None, clean=None, defended=None, preset: str =
     jobs = [(t, r) for t in tasks for r in rungs] + ([(t, "output-x%d" % p.convergence) for t in tasks]
                                                      if p.convergence > 1 else [])
     bar = tqdm(total=len(jobs), desc=f"ladder ({p.name})", disable=not progress)
-    with single_thread(), contextlib.ExitStack() as stack:
+    with torch_threads(threads), contextlib.ExitStack() as stack:
         # without a report directory the models, answers and students live in one scratch folder for all rungs
         root = out_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="asvp-ladder-")))
         for t in tasks:
@@ -260,8 +265,7 @@ def run_ladder(task: str | None = None, clean=None, defended=None, preset: str =
             for rung in rungs:
                 bar.set_postfix(task=t, rung=rung)
                 try:
-                    got[rung] = _attack_one(t, root, stack, clean, defended, config, nodes, rung, p, seed, False,
-                                            seeds, interval, store=store, name=f"ladder-{rung}")
+                    got[rung] = attack_one(plan, t, rung, root, stack, False, store=store, name=f"ladder-{rung}")
                     res.rows.append(ladder_row(got[rung], rung))
                 except AsvpError as e:  # a rung that cannot apply to this model (e.g. direct without a
                     res.rows.append(na_row(t, rung, str(e)))  # width-matched layer): recorded, not fatal
@@ -269,8 +273,8 @@ def run_ladder(task: str | None = None, clean=None, defended=None, preset: str =
             if p.convergence > 1:
                 bar.set_postfix(task=t, rung=f"output x{p.convergence}")
                 p2 = p.with_(train=TrainBudget(**{**asdict(p.train), "steps": p.train.steps * p.convergence}))
-                long = _attack_one(t, root, stack, clean, defended, config, nodes, "output", p2, seed, False,
-                                   seeds, interval, store=store, name=f"ladder-output-x{p.convergence}")
+                long = attack_one(plan, t, "output", root, stack, False, preset=p2, store=store,
+                                  name=f"ladder-output-x{p.convergence}")
                 bar.update()
                 base = got.get("output")
                 got[f"output-x{p.convergence}"] = long

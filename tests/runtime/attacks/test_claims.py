@@ -16,7 +16,7 @@ def test_claims_are_computed_from_the_numbers():
     bad = claims([row("a", 0.5, 0.05, 0.2)])
     assert not any(c["holds"] for c in bad)
     # the evidence states the measured numbers behind each verdict
-    assert bad[0]["evidence"] == "1/1 tasks; teacher drops: a +0.50 dB"
+    assert bad[0]["evidence"] == "0/1 tasks; teacher drops: a +0.50 dB"
     assert bad[1]["evidence"] == "0/1 tasks count; student drops: a +0.05 dB (margin 0.20)"
     assert bad[3]["evidence"] == "largest student drop +0.05 dB (a)"
 

@@ -1,4 +1,4 @@
-"""General graph-surgery helpers shared by the passes that edit a model (graph_passes.defend inserts ASVP,
+"""General graph-surgery functions shared by the passes that edit a model (graph_passes.defend inserts ASVP,
 graph_passes.mark inserts the fingerprint mark): rewiring consumers to a new tensor, giving an edited model the
 original's header and metadata, and the structural ONNX check every edited model must pass.
 

@@ -9,13 +9,12 @@ from asvp.config import AsvpConfig
 from asvp.errors import AsvpError
 from asvp.exporter import export as ex
 from asvp.exporter.teachers.train import quality_table, train_teacher as _train
-from asvp.fingerprint import new_key
+from asvp.fingerprint import DEFAULT_ALPHA as FP_DEFAULT_ALPHA, DEFAULT_M as FP_DEFAULT_M, new_key
 from asvp.graph_passes.defend import defend_file
 from asvp.graph_passes.select import automatic, candidates, resolve
 from asvp.io import check_output
 from asvp.onnx_utils import get_metadata, image_input, image_io, load_model
-from asvp.runtime.attacks import fingerprint as _fp
-from asvp.runtime.attacks.attack import make_queries, run_attack
+from asvp.runtime.attacks.run import run_attack
 from asvp.runtime.attacks.ladder import run_ladder
 from asvp.runtime.attacks.sweep import run_sweep
 from asvp.runtime.engines.backends import backends_status
@@ -25,7 +24,14 @@ from asvp.runtime.evaluation.images import load_inputs
 from asvp.runtime.evaluation.node_cost import node_costs as _node_costs
 from asvp.runtime.evaluation.profile import profile as _profile
 from asvp.runtime.evaluation.report import check_report_dir, write_report as _write
+from asvp.runtime.evaluation.served import make_queries
 from asvp.runtime.evaluation.validate import resolve_task, validate as _validate
+from asvp.runtime.fingerprint.calibration import calibrate as _fp_calibrate
+from asvp.runtime.fingerprint.check import quick_check as _fp_quick_check
+from asvp.runtime.fingerprint.defaults import (DEFAULT_MAX_DROP_DB as FP_DEFAULT_MAX_DROP_DB, REFERENCE_POOL,
+                                              REFERENCE_SEEDS, REFERENCE_STEPS)
+from asvp.runtime.fingerprint.mark import mark_file as _fp_mark_file
+from asvp.runtime.fingerprint.verifier import verify as _fp_verify
 from asvp.tasks import TASKS
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
@@ -103,7 +109,7 @@ def absorbability(model_path: str | os.PathLike, *, task: str | None = None, ima
                   max_side: int = 256, backend: str = "onnxrt-cpu", progress: bool = True):
     """Absorbability diagnostic (runtime/evaluation/absorbability.py) at the candidate nodes of a CLEAN model.
 
-    Images: the attacker's query crops of `task` (runtime.attacks.attack.make_queries: `queries` crops of side
+    Images: the attacker's query crops of `task` (runtime.evaluation.served.make_queries: `queries` crops of side
     `crop`, seed `seed`; task default: the model's asvp.task metadata), or a folder `images` (DIR/input/* or DIR/*,
     centre-cropped to at most `max_side`). nodes: selectors as for defend (default: every candidate).
     config: AsvpConfig or dict (h, k, k_mode, tau; default AsvpConfig()). Returns an AbsorbabilityResult.
@@ -251,7 +257,7 @@ def attack(task: str | None = None, *, clean=None, defended=None, kind: str = "o
 
     task: one bundled task, or None for the preset's tasks ("quick": sr; "standard", "thorough", "full": all five).
     clean/defended: ONNX paths (one task only); missing ones are exported (bundled teacher) / defended (api.defend
-    with `config`, default AsvpConfig(), and `nodes`) into out/<task>/. kind: one of runtime.attacks.attack.KINDS
+    with `config`, default AsvpConfig(), and `nodes`) into out/<task>/. kind: one of runtime.attacks.recipes.KINDS
     (output, feature, adaptive, the ladder's rungs fitnets-0.1/1/10, direct, staged, larger) or "ladder". steps/pool
     override the preset's training steps / number of queries. Returns an AttackResult; with `out`, a report
     (report.json, report.md, attack-<kind>-drops.png) and per-task resumable results are written there.
@@ -291,8 +297,8 @@ def fingerprint_new_key() -> str:
     return new_key()
 
 
-def fingerprint_mark(model_path, out_path, key: str, *, node=None, m: int = _fp.DEFAULT_M,
-                     strength_db: float | None = None, max_drop_db: float = _fp.DEFAULT_MAX_DROP_DB,
+def fingerprint_mark(model_path, out_path, key: str, *, node=None, m: int = FP_DEFAULT_M,
+                     strength_db: float | None = None, max_drop_db: float = FP_DEFAULT_MAX_DROP_DB,
                      task: str | None = None, bias_students: int = 0, progress: bool = False):
     """Mark a clean or ASVP-defended ONNX model with a secret key (a keyed perturbation in the top-m principal
     subspace of one feature). Its size: as strong as the teacher's budget `max_drop_db` allows (calibrated on
@@ -300,28 +306,28 @@ def fingerprint_mark(model_path, out_path, key: str, *, node=None, m: int = _fp.
     `bias_students` > 0: keep the key away from the directions along which that many quick students of the model
     deviate from it (more power against weakly trained copies on some tasks; docs/fingerprint.md).
     Returns a MarkResult. The key is not stored in the model; keep it (and the marked file) secret."""
-    return _fp.mark_file(model_path, out_path, key, node=node, m=m, strength_db=strength_db,
+    return _fp_mark_file(model_path, out_path, key, node=node, m=m, strength_db=strength_db,
                          max_drop_db=max_drop_db, task=task, bias_students=bias_students, progress=progress)
 
 
-def fingerprint_calibrate(clean, defended, *, cache, task: str | None = None, seeds=(100, 101, 102),
-                          steps: int = 300, pool: int = 96, references=None, test_key: str | None = None,
-                          progress: bool = True):
+def fingerprint_calibrate(clean, defended, *, cache, task: str | None = None, seeds=REFERENCE_SEEDS,
+                          steps: int = REFERENCE_STEPS, pool: int = REFERENCE_POOL, references=None,
+                          test_key: str | None = None, progress: bool = True):
     """Store reference models (students of the clean teacher, and any `references`: ONNX paths or callables that
     never saw the marked outputs) in `cache`; verify removes their systematic bias. Key-independent."""
-    return _fp.calibrate(clean, defended, cache=cache, task=task, seeds=seeds, steps=steps, pool=pool,
+    return _fp_calibrate(clean, defended, cache=cache, task=task, seeds=seeds, steps=steps, pool=pool,
                          references=references, test_key=test_key, progress=progress)
 
 
-def fingerprint_verify(suspect, *, clean, defended, key: str, alpha: float = _fp.DEFAULT_ALPHA, cache=None,
+def fingerprint_verify(suspect, *, clean, defended, key: str, alpha: float = FP_DEFAULT_ALPHA, cache=None,
                        task: str | None = None, references=None, name: str | None = None):
     """Was `suspect` (an ONNX file or a callable batch -> outputs, queried as a black box on probe images)
     distilled from the marked model `defended`? Returns a FingerprintResult: statistic, exact p-value, verdict."""
-    return _fp.verify(suspect, clean, defended, key, alpha=alpha, cache=cache, task=task, references=references,
+    return _fp_verify(suspect, clean, defended, key, alpha=alpha, cache=cache, task=task, references=references,
                       name=name)
 
 
-def fingerprint_check(clean, served, task: str, workdir, *, key: str, steps: int = 300, pool: int = 96,
-                      progress: bool = False) -> dict:
+def fingerprint_check(clean, served, task: str, workdir, *, key: str, steps: int = REFERENCE_STEPS,
+                      pool: int = REFERENCE_POOL, progress: bool = False) -> dict:
     """The demo's quick check: mark `served`, distil a student from it and one from `clean`, verify both."""
-    return _fp.quick_check(clean, served, task, workdir, key=key, steps=steps, pool=pool, progress=progress)
+    return _fp_quick_check(clean, served, task, workdir, key=key, steps=steps, pool=pool, progress=progress)

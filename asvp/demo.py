@@ -13,7 +13,7 @@ from asvp import api
 from asvp.config import AsvpConfig
 from asvp.fingerprint import new_key
 from asvp.io import write_text_atomic
-from asvp.runtime.attacks.attack import kind_for_placement
+from asvp.runtime.attacks.recipes import kind_for_placement
 from asvp.runtime.evaluation.report import Section, check_report_dir, md_table, write_report
 from asvp.tasks import get_task
 

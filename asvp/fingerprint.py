@@ -167,7 +167,7 @@ def coefficients(t: np.ndarray, gram: np.ndarray, nuisance: list | None = None, 
     subspace removed: a <- a - Q Q^T a, Q an orthonormal basis of the span of the `nuisance` coefficient vectors
     (at most half the dimensions: their leading singular directions).
 
-    t: projections <S - T, delta_j> (what asvp.runtime.attacks.fingerprint measures); gram: Gamma_jl =
+    t: projections <S - T, delta_j> (what asvp.runtime.fingerprint.verifier measures); gram: Gamma_jl =
     <delta_j, delta_l>; nuisance: coefficient vectors of reference models that never saw the marked outputs (their
     systematic error, e.g. a small student's blur, whatever its scale and seed), or None. Nothing here depends on
     the key, so the result is a fixed vector for an innocent suspect and key_statistic keeps its exact null;

@@ -212,7 +212,7 @@ def main(argv=None) -> int:
         results["graph_passes"] = bench_graph_passes.run(work / "graph_passes.json", repeats=2, size=64, accuracy=False) \
             if a.smoke else bench_graph_passes.run(bench_graph_passes.DEFAULT_OUT, repeats=20)
         print("[4/5] distillation attack headline (quick preset)", flush=True)
-        from asvp.runtime.attacks.attack import kind_for_placement
+        from asvp.runtime.attacks.recipes import kind_for_placement
 
         att = api.attack(None, kind=kind_for_placement(AsvpConfig().placement), preset="quick",
                          steps=5 if a.smoke else None, pool=16 if a.smoke else None, out=work / "attack", progress=False)

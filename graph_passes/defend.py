@@ -26,14 +26,15 @@ from asvp.config import AsvpConfig
 from asvp.errors import AsvpError
 from asvp.graph_passes import plugin_contract, select
 from asvp.graph_passes.metadata import META_NODES, read_defence, write_defence
+from asvp.graph_passes.surgery import (check_graph, default_opset, finalize_like, next_free_index, output_dims,
+                                      rewire_consumers)
 from asvp.graph_passes.variants import build_defence
-from asvp.onnx_utils import MAX_IR_VERSION, check_model, image_input, load_model, save_model
+from asvp.onnx_utils import image_input, load_model, save_model
 
 MODES = ("subgraph", "plugin")
 MIN_OPSET = 13  # ReduceSum/Split/Unsqueeze take axes/sizes as inputs from opset 13
 TAP_PREFIX = "asvp_tap_"
 _BLOCK = re.compile(r"^asvp/(\d+)/")
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass
@@ -62,68 +63,6 @@ def _check_mode(mode: str, cfg: AsvpConfig | None = None) -> None:
         raise AsvpError(f"variant {cfg.variant} exists only in subgraph mode; the plugin computes the paper's ASVP")
 
 
-def _opset(model: onnx.ModelProto) -> int:
-    for o in model.opset_import:
-        if o.domain in ("", "ai.onnx"):
-            return o.version
-    raise AsvpError("the model imports no default-domain opset")
-
-
-def _dims(shape: tuple, fresh: str) -> list:
-    """Output dims: ints and readable symbolic names kept, anything else (e.g. "floor(H/2 - 1/2) + 1") becomes
-    the symbol f"{fresh}_d{axis}"."""
-    return [d if isinstance(d, int) or (isinstance(d, str) and _IDENT.match(d)) else f"{fresh}_d{axis}"
-            for axis, d in enumerate(shape)]
-
-
-def _next_free(names, pattern: re.Pattern) -> int:
-    used = [int(m.group(1)) for n in names if (m := pattern.match(n))]
-    return max(used, default=-1) + 1
-
-
-def rewire_consumers(graph: gs.Graph, x: gs.Variable, y: gs.Variable, block_prefix: str) -> str | None:
-    """Every consumer of x outside the new block (and the graph outputs) reads y instead.
-
-    If x is a graph output, y takes over its name and x is renamed; returns x's new name then, else None."""
-    for node in list(x.outputs):
-        if node.name.startswith(block_prefix):
-            continue
-        for i, t in enumerate(node.inputs):
-            if t is x:
-                node.inputs[i] = y
-    if any(t is x for t in graph.outputs):
-        graph.outputs = [y if t is x else t for t in graph.outputs]
-        original = x.name
-        x.name = f"{block_prefix}clean:0"
-        y.name = original
-        return x.name
-    return None
-
-
-def finalize_like(out: onnx.ModelProto, original: onnx.ModelProto, plugin: bool) -> None:
-    """Give an edited model the original's IR version (capped), producer, doc string, opsets and metadata."""
-    out.ir_version = min(original.ir_version, MAX_IR_VERSION)
-    out.producer_name = original.producer_name or "asvp"
-    out.producer_version = original.producer_version
-    out.doc_string = original.doc_string
-    del out.opset_import[:]
-    out.opset_import.extend(original.opset_import)
-    if plugin:
-        plugin_contract.ensure_domain(out)
-    del out.metadata_props[:]
-    out.metadata_props.extend(original.metadata_props)
-
-
-def verify(model: onnx.ModelProto, what: str = "defended model") -> None:
-    """onnx.checker (full) and strict ONNX shape inference; AsvpError on failure."""
-    check_model(model, what)
-    try:
-        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise AsvpError(f"{what} fails ONNX shape inference: {first}") from None
-
-
 def _as_config(config) -> AsvpConfig:
     if config is None:
         return AsvpConfig()
@@ -146,7 +85,7 @@ def defend_model(model: onnx.ModelProto, selectors=None, config: AsvpConfig | di
     named tensors that are not feature maps (see graph_passes.select)."""
     cfg = _as_config(config).validate()
     _check_mode(mode, cfg)
-    opset = _opset(model)
+    opset = default_opset(model)
     if opset < MIN_OPSET:
         raise AsvpError(f"the model uses opset {opset}; asvp defend needs opset >= {MIN_OPSET} (re-export with a newer opset)")
 
@@ -165,8 +104,8 @@ def defend_model(model: onnx.ModelProto, selectors=None, config: AsvpConfig | di
 
     graph = gs.import_onnx(model)
     tensors = graph.tensors()
-    block = _next_free([n.name for n in graph.nodes], _BLOCK)
-    tap = _next_free([t.name for t in graph.outputs], re.compile(rf"^{TAP_PREFIX}(\d+)$"))
+    block = next_free_index([n.name for n in graph.nodes], _BLOCK)
+    tap = next_free_index([t.name for t in graph.outputs], re.compile(rf"^{TAP_PREFIX}(\d+)$"))
     before = len(graph.nodes)
     records = []
     for f in features:
@@ -175,7 +114,7 @@ def defend_model(model: onnx.ModelProto, selectors=None, config: AsvpConfig | di
             raise AsvpError(f"tensor {f.output!r} of node {f.name!r} is not a variable tensor of the graph")
         prefix = f"asvp/{block}/"
         tap_name = f"{TAP_PREFIX}{tap}" if cfg.placement == "tap" else None
-        dims = _dims(f.shape, tap_name or f"asvp_{block}")
+        dims = output_dims(f.shape, tap_name or f"asvp_{block}")
         if mode == "subgraph":
             y = build_defence(graph, x, cfg, f.channels, prefix)  # the paper's subgraph or a keyed variant
         else:
@@ -202,7 +141,7 @@ def defend_model(model: onnx.ModelProto, selectors=None, config: AsvpConfig | di
 
     all_records = previous + records
     write_defence(out, all_records, cfg, mode)
-    verify(out)
+    check_graph(out)
     info = DefendInfo(mode, cfg.placement, records, cfg.to_dict(), cfg.digest(), all_records, inserted)
     return out, info
 

@@ -41,8 +41,8 @@ from asvp.errors import AsvpError
 from asvp.exporter.export import export_bundled
 from asvp.fingerprint import DEFAULT_ALPHA, check_key
 from asvp.io import write_text_atomic
-from asvp.runtime.attacks import fingerprint as fp
-from asvp.runtime.attacks.attack import ServedModel, make_queries, single_thread
+from asvp.runtime import fingerprint as fp
+from asvp.runtime.evaluation.served import ServedModel, make_queries, torch_threads as single_thread
 from asvp.tasks import TASK_NAMES, get_task
 
 from benchmarks.provenance import commit, parse_list

@@ -46,13 +46,15 @@ from asvp.errors import AsvpError
 from asvp.exporter.export import export_bundled
 from asvp.fingerprint import coefficients, key_statistic
 from asvp.graph_passes.candidates import feature_candidates
-from asvp.graph_passes.fingerprint import PREFIX
+from asvp.graph_passes.mark import PREFIX
 from asvp.io import write_text_atomic
 from asvp.metrics import psnr_ssim
 from asvp.onnx_utils import load_model
-from asvp.runtime.attacks import fingerprint as fp
-from asvp.runtime.attacks.attack import LADDER, ServedModel, _gauss, filter_outputs, make_queries, single_thread
-from asvp.runtime.attacks.students import STUDENTS, TrainBudget, predict, train_student
+from asvp.runtime import fingerprint as fp
+from asvp.runtime.attacks.adaptive import filter_outputs, gaussian_blur as _gauss
+from asvp.runtime.attacks.recipes import FEATURE_RUNGS as LADDER
+from asvp.runtime.evaluation.served import ServedModel, make_queries, torch_threads as single_thread
+from asvp.runtime.evaluation.students import STUDENTS, TrainBudget, predict, train_student
 from asvp.tasks import get_task
 from asvp.tasks.architectures import ARCHITECTURES, ResidualCNN
 from asvp.tasks.data import TRAIN_IMAGES, random_crops

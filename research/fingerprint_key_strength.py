@@ -51,7 +51,7 @@ import torch
 from asvp.exporter.export import export_bundled
 from asvp.fingerprint import DEFAULT_ALPHA, key_direction, key_statistic, nuisance_basis
 from asvp.io import write_text_atomic
-from asvp.runtime.attacks import fingerprint as fp
+from asvp.runtime import fingerprint as fp
 
 from benchmarks.provenance import commit, shown
 from research.fingerprint_eval import KEY, wilson

@@ -49,7 +49,8 @@ from asvp import api
 from asvp.config import AsvpConfig
 from asvp.errors import AsvpError
 from asvp.io import write_text_atomic
-from asvp.runtime.attacks.attack import KINDS, PRESETS, drop_counts
+from asvp.runtime.attacks.claims import drop_counts
+from asvp.runtime.attacks.recipes import KINDS, PRESETS
 from asvp.runtime.evaluation import node_cost
 from asvp.runtime.evaluation.absorbability import ABSORBABLE_BELOW
 from asvp.runtime.evaluation.stats import paired_drop

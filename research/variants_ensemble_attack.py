@@ -24,8 +24,9 @@ import numpy as np
 
 from asvp.io import write_text_atomic
 from asvp.metrics import psnr_ssim
-from asvp.runtime.attacks.attack import ServedModel, get_preset, make_queries, single_thread
-from asvp.runtime.attacks.students import predict, train_student
+from asvp.runtime.attacks.recipes import get_preset
+from asvp.runtime.evaluation.served import ServedModel, make_queries, torch_threads as single_thread
+from asvp.runtime.evaluation.students import predict, train_student
 from asvp.runtime.evaluation.stats import paired_drop
 from asvp.tasks import get_task
 

@@ -39,10 +39,12 @@ from asvp.graph_passes import select
 from asvp.io import write_text_atomic
 from asvp.metrics import psnr_ssim
 from asvp.method import variant_reference
-from asvp.runtime.attacks.attack import (PRESETS, ServedModel, attack_task, get_preset, make_queries, prepare_models,
-                                         single_thread)
+from asvp.runtime.attacks.models import prepare_models
+from asvp.runtime.attacks.recipes import PRESETS, get_preset
+from asvp.runtime.attacks.task import attack_task
 from asvp.runtime.evaluation.absorbability import DEFAULT_CROP, DEFAULT_QUERIES, measure
 from asvp.runtime.evaluation.report import md_table
+from asvp.runtime.evaluation.served import ServedModel, make_queries, torch_threads as single_thread
 from asvp.runtime.evaluation.stats import MIN_DROP_DB
 from asvp.tasks import get_task
 

@@ -23,6 +23,9 @@ LAYERS = [
     ("engines", ["asvp.runtime", "asvp.runtime.engines"]),
     ("exporter", ["asvp.exporter"]),
     ("evaluation", ["asvp.runtime.evaluation"]),
+    # fingerprint and attacks are siblings on the served-model plumbing of evaluation: neither imports the other
+    # (test_attacks_and_fingerprint_are_siblings); the list needs an order, so fingerprint comes first.
+    ("fingerprint", ["asvp.runtime.fingerprint"]),
     ("attacks", ["asvp.runtime.attacks"]),
     ("api", ["asvp.api"]),
     ("cli", ["asvp.cli", "asvp.demo"]),
@@ -141,6 +144,15 @@ def test_no_upward_imports():
     bad = [f"{m} ({LAYERS[layer_of(m)][0]}) imports {d} ({LAYERS[layer_of(d)][0]})"
            for m, deps in graph.items() for d in sorted(deps) if layer_of(d) > layer_of(m)]
     assert not bad, "upward imports:\n" + "\n".join(bad)
+
+
+def test_attacks_and_fingerprint_are_siblings():
+    """The owner's fingerprint never depends on the attacker, and the attacker never on the fingerprint."""
+    graph = import_graph()
+    pairs = (("asvp.runtime.attacks", "asvp.runtime.fingerprint"), ("asvp.runtime.fingerprint", "asvp.runtime.attacks"))
+    bad = [f"{m} imports {d}" for a, b in pairs for m, deps in graph.items() if layer_of(m) == layer_of(a)
+           for d in sorted(deps) if layer_of(d) == layer_of(b)]
+    assert not bad, "\n".join(bad)
 
 
 def test_no_import_circles():

@@ -23,8 +23,8 @@ from asvp.exporter.teachers.train import DEFAULTS as TRAIN_DEFAULTS
 from asvp.exporter.teachers.train import quality_markdown, record_summary
 from asvp.graph_passes.candidates import candidates_table
 from asvp.runtime.engines.backends import backends_table
-from asvp.runtime.attacks.fingerprint import DEFAULT_MAX_DROP_DB as FP_DEFAULT_MAX_DROP_DB
 from asvp.runtime.evaluation.profile import MEMORY_MODES
+from asvp.runtime.fingerprint.defaults import DEFAULT_MAX_DROP_DB as FP_DEFAULT_MAX_DROP_DB
 
 EXIT_VERDICT_FAILED = 1  # `asvp validate`: the models ran but the defence costs more than the thresholds allow
 EXIT_INTERNAL = 70  # an unforeseen failure (a bug): one line on stderr, EX_SOFTWARE; ASVP_TRACEBACK=1 re-raises it

@@ -1,7 +1,7 @@
 """`asvp sweep`: teacher drop versus student drop over a grid of ASVP configurations.
 
 For each task and each (h, k, placement, node set), the bundled teacher is defended with api.defend and attacked
-(runtime/attack.py) with the attack that can see the perturbation: `output` distillation for inline placement
+(runtime/attacks/task.py) with the attack that can see the perturbation: `output` distillation for inline placement
 (the outputs carry it), `feature` distillation for tap placement (the outputs are unchanged, so an output-only
 student of a tap-defended model is the clean student, exactly). Students of the clean teacher are trained once
 per task and feature set and shared by every configuration. The best configuration is the one with the largest
@@ -24,10 +24,13 @@ from asvp.config import AsvpConfig, PLACEMENTS
 from asvp.errors import AsvpError
 from asvp.graph_passes.select import candidates
 from asvp.onnx_utils import load_model
-from asvp.runtime.attacks.attack import (TEACHER_DROP_LIMIT_DB, attack_task, get_preset, kind_for_placement,
-                                         make_queries, prepare_models, single_thread)
+from asvp.runtime.attacks.claims import TEACHER_DROP_LIMIT_DB
+from asvp.runtime.attacks.models import prepare_models
+from asvp.runtime.attacks.recipes import get_preset, kind_for_placement
+from asvp.runtime.attacks.task import attack_task
 from asvp.runtime.evaluation.absorbability import absorbability
 from asvp.runtime.evaluation.report import Section, fmt, md_table, new_figure, write_report
+from asvp.runtime.evaluation.served import THREADS, make_queries, torch_threads
 from asvp.tasks import get_task
 
 DEFAULT_H = (1.1, 1.5, 3.0)
@@ -108,7 +111,9 @@ def absorbability_at(task: str, clean, tensors: list[str], cfg: AsvpConfig, pres
 
 def run_sweep(tasks, h=None, k=None, placement=None, nodes=None, preset: str = "quick", seed: int = 0, out=None,
               k_mode: str = "adaptive", tau: float = 0.9, steps: int | None = None, pool: int | None = None,
-              progress: bool = True) -> SweepResult:
+              progress: bool = True, threads: int = THREADS) -> SweepResult:
+    """Defend and attack every configuration of the grid on each task; torch runs on `threads` threads meanwhile
+    (restored afterwards)."""
     tasks = [get_task(t).name for t in ([tasks] if isinstance(tasks, str) else (tasks or []))]
     if not tasks:
         raise AsvpError("sweep needs at least one --task")
@@ -124,7 +129,7 @@ def run_sweep(tasks, h=None, k=None, placement=None, nodes=None, preset: str = "
     out_dir = Path(out) if out else None
     t0 = time.perf_counter()
     rows = []
-    with single_thread(), tempfile.TemporaryDirectory(prefix="asvp-sweep-") as scratch:
+    with torch_threads(threads), tempfile.TemporaryDirectory(prefix="asvp-sweep-") as scratch:
         root = out_dir or Path(scratch)
         grid = [(t, cfg, sel) for t in tasks for cfg in configs for sel in sels]
         shared: dict = {}

@@ -30,7 +30,7 @@ share of a few per cent or less and showed no protection; no node with a large s
 "not absorbable" prediction is a candidate for an attack, not evidence of protection.
 
 The images are whatever the caller passes: the attacker's queries (asvp.api builds them with
-runtime.attacks.attack.make_queries) or a user's folder (runtime.evaluation.images.load_inputs). Features come from
+runtime.evaluation.served.make_queries) or a user's folder (runtime.evaluation.images.load_inputs). Features come from
 the clean model with the candidate tensors exposed (FeatureRunner), on any backend.
 """
 from __future__ import annotations
@@ -49,10 +49,11 @@ from asvp.graph_passes.candidates import FeatureNode
 from asvp.method import adaptive_k_mask
 from asvp.onnx_utils import as_model, image_io
 from asvp.runtime.evaluation.report import Section, fmt, md_table
+from asvp.runtime.evaluation.served import torch_threads
 from asvp.runtime.evaluation.spectrum import FeatureRunner
 
 ABSORBABLE_BELOW = 0.10  # predicted absorbable when the held-out unexplained share is below this
-DEFAULT_QUERIES = 64  # the attacker's query crops the diagnostic runs on (runtime.attacks.attack.make_queries)
+DEFAULT_QUERIES = 64  # the attacker's query crops the diagnostic runs on (runtime.evaluation.served.make_queries)
 DEFAULT_CROP = 64
 CHUNK = 16  # images per inference call
 
@@ -290,11 +291,13 @@ def _collect(model, input_name, usable, stats, batches, backend, progress) -> No
 
 def absorbability(model, nodes: list[FeatureNode], images, config: AsvpConfig | None = None, *,
                   backend: str = "onnxrt-cpu", source: str = "", automatic: str | None = None,
-                  model_label: str = "", progress: bool = True) -> AbsorbabilityResult:
+                  model_label: str = "", progress: bool = True, threads: int = 1) -> AbsorbabilityResult:
     """The diagnostic at each of `nodes` (candidates of `model`, e.g. graph_passes.select.candidates) on `images`.
 
     model: the CLEAN model (path or ModelProto). images: an [N, 3, h, w] float32 array (the attacker's queries)
     or a list of [1, 3, h, w] arrays. config: the ASVP settings (h, k, k_mode, tau; default AsvpConfig()).
+    threads: torch's threads while it runs (restored afterwards). One by default: batched eigh of small C x C
+    matrices measured ~100x slower on 2 threads of 2 shared cores.
     """
     t0 = time.perf_counter()
     cfg = (config or AsvpConfig()).validate()
@@ -306,13 +309,8 @@ def absorbability(model, nodes: list[FeatureNode], images, config: AsvpConfig | 
         raise AsvpError(f"the absorbability diagnostic needs at least 2 images (one per fold), got {n_images}")
     usable = [n for n in nodes if n.channels > cfg.k]
     stats = {n.output: _NodeStats(n.channels, cfg) for n in usable}
-    threads = torch.get_num_threads()
-    # One torch thread: batched eigh of small C x C matrices measured ~100x slower on 2 threads of 2 shared cores.
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(threads):
         _collect(model, input_name, usable, stats, batches, backend, progress)
-    finally:
-        torch.set_num_threads(threads)
     rows = []
     for n in nodes:
         if n.output in stats:

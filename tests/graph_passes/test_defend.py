@@ -17,7 +17,8 @@ from asvp import api, cli
 from asvp.config import AsvpConfig
 from asvp.errors import AsvpError
 from asvp.graph_passes import plugin_contract, select
-from asvp.graph_passes.defend import defend_model, verify
+from asvp.graph_passes.defend import defend_model
+from asvp.graph_passes.surgery import check_graph
 from asvp.graph_passes.metadata import read_defence
 from asvp.method import asvp_reference
 from asvp.tasks import TASK_NAMES
@@ -141,7 +142,7 @@ def test_plugin_mode_graph(exported, placement):
         assert attrs["k"] == 3 and attrs["adaptive"] == 1 and attrs["placement"] == placement.encode()
         assert attrs["h"] == pytest.approx(1.8) and attrs["tau"] == pytest.approx(0.85)
     assert any(o.domain == plugin_contract.PLUGIN_DOMAIN and o.version == 1 for o in model.opset_import)
-    verify(model)  # onnx.checker full + strict shape inference
+    check_graph(model)  # onnx.checker full + strict shape inference
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     typed = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
     for n in nodes:  # the plugin output is typed, and inference continues downstream of it

@@ -1,4 +1,6 @@
-"""Students for distillation attacks: smaller versions of each task's teacher architecture, and their training.
+"""Distilled students: smaller versions of each task's teacher architecture, and their training. The attacker
+(runtime.attacks) trains them on a served model's answers; the owner's fingerprint (runtime.fingerprint) trains
+reference students of the clean teacher the same way, which is why they live below both.
 
 A student never sees ground truth: it learns only from what the attacker received from the served model
 (outputs, and for feature attacks the exposed feature maps). Every student is the task's own architecture
@@ -15,7 +17,7 @@ Feature ("hint") distillation follows FitNets: each exposed teacher feature is m
 depth. Hint losses are L1 normalised by the mean |feature| the attacker received, so the weight `hint_weight`
 means the same thing for every layer and task.
 
-Two variants of the recipe (the attacker ladder's rungs, runtime/attacks/attack.LADDER):
+Two variants of the recipe (the attacker ladder's rungs, runtime/attacks/recipes.RUNGS):
   * no adapter (`TrainBudget.adapter=False`): the student layer is aligned to the teacher feature directly, which
     needs the same width there: these runs use WIDE_STUDENTS, the task's architecture at the teacher's width with
     the student's depth (lowlight and dehaze have no depth knob: their width-matched student is the teacher's

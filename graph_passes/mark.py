@@ -24,7 +24,7 @@ import onnx_graphsurgeon as gs
 from asvp.errors import AsvpError
 from asvp.fingerprint import MARK_VERSION
 from asvp.graph_passes import select
-from asvp.graph_passes.defend import finalize_like, rewire_consumers, verify
+from asvp.graph_passes.surgery import check_graph, finalize_like, rewire_consumers
 from asvp.onnx_utils import META_PREFIX, get_metadata, set_metadata
 
 META_FINGERPRINT = META_PREFIX + "fingerprint"
@@ -118,11 +118,16 @@ def resolve_feature(model: onnx.ModelProto, selector: str | None, m: int = 8):
     return feats[0]
 
 
-def _insert(model: onnx.ModelProto, tensor: str, weight) -> onnx.ModelProto:
+def check_unmarked(model: onnx.ModelProto) -> None:
+    """AsvpError when the model already carries a mark: one mark per model."""
     if get_metadata(model).get(META_FINGERPRINT) is not None:
         raise AsvpError("the model is already fingerprinted (metadata asvp.fingerprint); mark the clean or the "
                         "ASVP-defended model, not a marked one")
-    graph = gs.import_onnx(model)
+
+
+def add_mark(graph: gs.Graph, tensor: str, weight) -> None:
+    """The edit on the graph: F' = F + Conv1x1(F, weight) replaces `tensor` for every consumer; `weight` is a
+    constant (the served mark) or a new graph input (the probe model)."""
     x = graph.tensors().get(tensor)
     if not isinstance(x, gs.Variable):
         raise AsvpError(f"tensor {tensor!r} is not a variable tensor of the graph")
@@ -134,6 +139,12 @@ def _insert(model: onnx.ModelProto, tensor: str, weight) -> onnx.ModelProto:
     rewire_consumers(graph, x, y, PREFIX)
     if isinstance(weight, gs.Variable):
         graph.inputs.append(weight)
+
+
+def _insert(model: onnx.ModelProto, tensor: str, weight) -> onnx.ModelProto:
+    check_unmarked(model)
+    graph = gs.import_onnx(model)
+    add_mark(graph, tensor, weight)
     graph.cleanup().toposort()
     out = gs.export_onnx(graph)
     finalize_like(out, model, plugin=False)
@@ -147,7 +158,7 @@ def mark_model(model: onnx.ModelProto, info: MarkInfo, mix: np.ndarray) -> onnx.
         raise AsvpError(f"mix matrix shape {list(mix.shape)} does not match {info.channels} channels")
     out = _insert(model, info.tensor, gs.Constant(PREFIX + "A", mix.reshape(info.channels, info.channels, 1, 1)))
     set_metadata(out, {META_FINGERPRINT: json.dumps(info.to_dict())})
-    verify(out, "fingerprinted model")
+    check_graph(out, "fingerprinted model")
     return out
 
 

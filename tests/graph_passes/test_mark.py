@@ -1,10 +1,10 @@
-"""graph_passes.fingerprint: where the mark goes by default."""
+"""graph_passes.mark: where the mark goes by default."""
 import onnx
 import pytest
 
 from asvp.errors import AsvpError
 from asvp.graph_passes import select
-from asvp.graph_passes.fingerprint import default_feature, resolve_feature
+from asvp.graph_passes.mark import default_feature, resolve_feature
 
 
 @pytest.mark.parametrize("task, expected", [("sr", "/Add"), ("lowlight", "/dec1/dec1.1/Relu"), ("dehaze", "/Concat_2")])

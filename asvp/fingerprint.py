@@ -36,15 +36,14 @@ import secrets
 
 import numpy as np
 
+from asvp.constants import FINGERPRINT_ALPHA as DEFAULT_ALPHA, FINGERPRINT_KEY_ENV as KEY_ENV  # noqa: F401 (public)
+from asvp.constants import FINGERPRINT_M as DEFAULT_M  # noqa: F401 (public: the defaults, owned by asvp.constants)
 from asvp.errors import AsvpError
 
 MARK_VERSION = 1
 KEY_DOMAIN = b"asvp-fingerprint-v1\0"
 MIN_KEY_CHARS = 8
-DEFAULT_M = 8  # principal directions the mark acts in: D = 36 key dimensions
-DEFAULT_ALPHA = 0.01
 RESPONSE_FLOOR = 1e-4  # key directions kept: basis responses >= this x the strongest (response_equalizer)
-KEY_ENV = "ASVP_FINGERPRINT_KEY"
 
 
 def new_key() -> str:

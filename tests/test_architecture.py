@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Bottom first. A module belongs to the first layer whose prefix matches (longest prefixes win).
 LAYERS = [
-    ("core", ["asvp", "asvp.errors", "asvp.io", "asvp.config", "asvp.method", "asvp.metrics", "asvp.onnx_utils",
-              "asvp.tasks"]),
+    ("core", ["asvp", "asvp.errors", "asvp.io", "asvp.config", "asvp.constants", "asvp.options", "asvp.method",
+              "asvp.metrics", "asvp.onnx_utils", "asvp.tasks"]),
     ("graph_passes", ["asvp.graph_passes"]),
     ("engines", ["asvp.runtime", "asvp.runtime.engines"]),
     ("exporter", ["asvp.exporter"]),

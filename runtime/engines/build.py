@@ -25,6 +25,8 @@ from pathlib import Path
 import onnx
 
 import asvp
+from asvp.constants import ENGINE_MAX_SHAPE as DEFAULT_MAX, ENGINE_MIN_SHAPE as DEFAULT_MIN
+from asvp.constants import ENGINE_OPT_SHAPE as DEFAULT_OPT
 from asvp.errors import AsvpError, MissingDependencyError
 from asvp.graph_passes.plugin_contract import (PLUGIN_NAMESPACE, PLUGIN_OP, PLUGIN_VERSION, foreign_custom_ops,
                                                plugin_nodes)
@@ -35,9 +37,6 @@ from asvp.runtime.engines import plugin_trt
 SIDECAR_FORMAT = "asvp-engine-sidecar/1"
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 SIDECAR_SUFFIX = ".json"
-DEFAULT_MIN = (1, 3, 32, 32)
-DEFAULT_OPT = (1, 3, 256, 256)
-DEFAULT_MAX = (4, 3, 512, 512)
 
 
 # ---- shapes and profiles (pure) ----------------------------------------------------------------------------

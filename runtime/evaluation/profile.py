@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
+from asvp.constants import MEMORY_MODES, PROFILE_ITERS as DEFAULT_ITERS, PROFILE_SHAPE as DEFAULT_SHAPE
+from asvp.constants import PROFILE_WARMUP as DEFAULT_WARMUP
 from asvp.errors import AsvpError
 from asvp.io import require_file
 from asvp.onnx_utils import get_metadata, image_io, load_model
@@ -45,9 +47,6 @@ from asvp.runtime.engines import backends, build, plugin_ort  # noqa: F401  (plu
 from asvp.runtime.engines.build import parse_shape as parse_any_rank
 from asvp.runtime.evaluation.report import Section, fmt, jsonable, md_table, new_figure, write_report
 
-DEFAULT_SHAPE = (1, 3, 256, 256)
-DEFAULT_WARMUP, DEFAULT_ITERS = 10, 50
-MEMORY_MODES = ("subprocess", "inprocess", "off")
 
 
 def parse_shape(text: str) -> tuple[int, int, int, int]:

@@ -28,6 +28,7 @@ import numpy as np
 from polygraphy.comparator import Comparator
 from tqdm import tqdm
 
+from asvp.constants import MAX_TEACHER_DROP_DB as DEFAULT_MAX_TEACHER_DROP
 from asvp.errors import AsvpError, first_line
 from asvp.graph_passes.metadata import read_defence
 from asvp.metrics import psnr_from_mse, psnr_ssim
@@ -37,7 +38,6 @@ from asvp.runtime.evaluation import spectrum as sp
 from asvp.runtime.evaluation.images import DEFAULT_HELDOUT_SIZE, check_samples, heldout_samples, load_pairs
 from asvp.runtime.evaluation.report import Section, fmt, jsonable, md_table, new_figure, write_report
 from asvp.tasks import TASKS, get_task
-DEFAULT_MAX_TEACHER_DROP = 0.1  # dB: the drop the paper calls negligible
 
 
 # ---- task -----------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from asvp.exporter import export as ex
 from asvp.exporter.teachers.train import quality_table, train_teacher as _train
 from asvp.fingerprint import new_key
 from asvp.graph_passes.defend import defend_file
+from asvp.graph_passes.metadata import read_export
 from asvp.graph_passes.select import automatic, candidates, resolve
 from asvp.io import check_output
 from asvp.onnx_utils import get_metadata, image_input, image_io, load_model
@@ -113,13 +114,7 @@ def absorbability(model_path: str | os.PathLike, *, task: str | None = None, ima
     meta = get_metadata(model)
     cfg = AsvpConfig.from_dict(config) if isinstance(config, dict) else config
     if images is not None:
-        if task is not None:
-            _, _, _, mult = resolve_task(task, meta, {}, True)
-        else:
-            try:
-                mult = int(meta.get("asvp.size_multiple", "1"))
-            except ValueError:
-                raise AsvpError("the model's asvp.size_multiple metadata is not an integer") from None
+        mult = resolve_task(task, meta, {}, True)[3] if task is not None else read_export(meta).size_multiple
         batch = load_inputs(images, mult, max_side)
         source = f"{len(batch)} image(s) from {images}"
     else:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from asvp.constants import MAX_TEACHER_DROP_DB as DEFAULT_MAX_TEACHER_DROP
 from asvp.errors import AsvpError, first_line
-from asvp.graph_passes.metadata import read_defence
+from asvp.graph_passes.metadata import read_defence, read_export
 from asvp.metrics import psnr_from_mse, psnr_ssim
 from asvp.onnx_utils import get_metadata, image_io, load_model
 from asvp.runtime.engines import backends, build
@@ -44,8 +44,9 @@ from asvp.tasks import TASKS, get_task
 
 def resolve_task(task: str | None, clean_meta: dict, defended_meta: dict, have_images: bool):
     """(task name, TaskSpec or None, scale, size_multiple) from --task and the models' metadata."""
-    recorded = clean_meta.get("asvp.task") or defended_meta.get("asvp.task")
-    d_task = defended_meta.get("asvp.task")
+    clean_info = read_export(clean_meta)
+    d_task = read_export(defended_meta).task
+    recorded = clean_info.task or d_task
     if recorded and d_task and d_task != recorded:
         raise AsvpError(f"CLEAN is a {recorded!r} model but DEFENDED is a {d_task!r} model")
     if task is not None and task not in TASKS and task != recorded:
@@ -58,21 +59,16 @@ def resolve_task(task: str | None, clean_meta: dict, defended_meta: dict, have_i
         raise AsvpError(f"--task {task} does not match the clean model, which was exported for task {recorded!r}")
     if task in TASKS:
         spec = get_task(task)
-        rec_scale = clean_meta.get("asvp.scale")
-        if rec_scale and rec_scale.isdigit() and int(rec_scale) != spec.scale:
-            raise AsvpError(f"the clean model upscales x{rec_scale} but task {task} is x{spec.scale}")
+        if clean_info.scale is not None and clean_info.scale != spec.scale:
+            raise AsvpError(f"the clean model upscales x{clean_info.scale} but task {task} is x{spec.scale}")
         return task, spec, spec.scale, spec.size_multiple
     if task != recorded:
         get_task(task)  # raises the one-line "unknown task" error listing the bundled tasks
     if not have_images:
         raise AsvpError(f"the models were exported for task {task!r}, which has no bundled held-out images: "
                         "give --images DIR (DIR/input/*, DIR/target/*)")
-    try:  # a user model exported with its own task label: geometry from its metadata, images from --images
-        scale = int(clean_meta.get("asvp.scale", "1"))
-        mult = int(clean_meta.get("asvp.size_multiple", "1"))
-    except ValueError:
-        raise AsvpError("the clean model's asvp.scale / asvp.size_multiple metadata are not integers") from None
-    return task, None, scale, mult
+    # a user model exported with its own task label: geometry from its metadata, images from --images
+    return task, None, clean_info.scale or 1, clean_info.size_multiple
 
 
 def baseline(spec, scale: int, inp: np.ndarray) -> np.ndarray:

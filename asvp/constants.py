@@ -5,6 +5,11 @@ them), and the deep module that owns each one (named beside it) imports it from 
 """
 from __future__ import annotations
 
+# exporter.export: the ONNX opsets it exports to (the lowest is the default; the highest is the TorchScript
+# exporter's, torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET), and the exporters, the default first.
+MIN_OPSET, MAX_OPSET = 17, 20
+EXPORTERS = ("auto", "torchscript", "dynamo")
+
 # asvp.tasks: the bundled tasks, in TASKS order (asvp.tasks checks that its specs match).
 TASK_NAMES: tuple[str, ...] = ("sr", "lowlight", "underwater", "dehaze", "derain")
 
@@ -14,8 +19,11 @@ BACKENDS = ("onnxrt-cpu", "onnxrt-cuda", "onnxrt-trt", "tensorrt")
 # graph_passes.defend: how ASVP is inserted, the default first.
 DEFEND_MODES = ("subgraph", "plugin")
 
-# runtime.evaluation.validate: the teacher drop the paper calls negligible, the default verdict threshold.
+# runtime.evaluation.validate, runtime.attacks: the teacher drop the paper calls negligible, the default verdict
+# threshold of validate and the sweep's constraint.
 MAX_TEACHER_DROP_DB = 0.1
+# runtime.evaluation.stats: a student drop below this does not count as protection, whatever its interval.
+MIN_STUDENT_DROP_DB = 0.1
 # runtime.evaluation.images: side (target pixels) of the held-out crops validation runs on.
 HELDOUT_SIZE = 192
 

@@ -2,7 +2,7 @@
 
 Each is a frozen dataclass with the defaults of asvp.constants; the CLI's argument groups (asvp/cli/args.py) build
 them from the command line, and the API functions take them (asvp.api.validate takes Thresholds, profile takes
-Timing, build_engine takes ShapeProfile, export takes ExportOptions). Checking the values is the job of the
+Timing, build_engine takes ShapeProfile, export takes ExportOptions; attack and sweep take AttackBudget's fields). Checking the values is the job of the
 function that uses them (one-line AsvpErrors), not of these containers. Standard library only: the CLI imports this
 module to build its parsers.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from asvp.constants import MAX_TEACHER_DROP_DB, PROFILE_ITERS, PROFILE_SHAPE, PROFILE_WARMUP
+from asvp.constants import DEFAULT_PRESET, MAX_TEACHER_DROP_DB, PROFILE_ITERS, PROFILE_SHAPE, PROFILE_WARMUP
 
 
 @dataclass(frozen=True)
@@ -72,3 +72,17 @@ class ExportOptions:
     exporter: str = "auto"
     static_batch: bool = False
     static_size: str | tuple | None = None
+
+
+@dataclass(frozen=True)
+class AttackBudget:
+    """An attack's budget: the preset ("quick", "standard", "thorough", "full"), the first seed, and overrides of
+    the preset's student training steps and number of queries (None: the preset's)."""
+
+    preset: str = DEFAULT_PRESET
+    seed: int = 0
+    steps: int | None = None
+    pool: int | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

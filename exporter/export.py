@@ -18,6 +18,7 @@ import onnx
 import torch
 from torch.export import Dim
 
+from asvp.constants import EXPORTERS, MAX_OPSET, MIN_OPSET
 from asvp.errors import AsvpError, first_line
 from asvp.exporter.spandrel_loader import load_spandrel_model
 from asvp.exporter.teachers.bundled import load_teacher
@@ -27,13 +28,11 @@ from asvp.onnx_utils import MAX_IR_VERSION, check_model, image_io
 from asvp.runtime.engines.sessions import SessionFromOnnx
 from asvp.tasks.data import heldout_crops
 
-DEFAULT_OPSET = MIN_OPSET = 17
-MAX_OPSET = 20  # the TorchScript exporter's highest (torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+DEFAULT_OPSET = MIN_OPSET
 PARITY_ATOL = 1e-4  # max |onnx - torch| on [0, 1] images; float32 conv reordering stays ~1e-6
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 
 
-EXPORTERS = ("auto", "torchscript", "dynamo")
 _PROBE_SIDES = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 64, 96, 128, 192, 256)
 
 

@@ -28,11 +28,11 @@ import numpy as np
 from polygraphy.comparator import Comparator
 from tqdm import tqdm
 
-from asvp.constants import MAX_TEACHER_DROP_DB as DEFAULT_MAX_TEACHER_DROP
 from asvp.errors import AsvpError, first_line
 from asvp.graph_passes.metadata import read_defence, read_export
 from asvp.metrics import psnr_from_mse, psnr_ssim
 from asvp.onnx_utils import get_metadata, image_io, load_model
+from asvp.options import Thresholds
 from asvp.runtime.engines import backends, build
 from asvp.runtime.evaluation import spectrum as sp
 from asvp.runtime.evaluation.images import DEFAULT_HELDOUT_SIZE, check_samples, heldout_samples, load_pairs
@@ -414,21 +414,18 @@ def _checks(thresholds: dict, finite: bool, drop, sdrop, o_psnr, max_abs: float,
 
 def validate(clean: str | os.PathLike, defended: str | os.PathLike, *, task: str | None = None,
              images: str | os.PathLike | None = None, backend: str = "onnxrt-cpu",
-             heldout_size: int = DEFAULT_HELDOUT_SIZE, max_teacher_drop: float | None = DEFAULT_MAX_TEACHER_DROP,
-             max_ssim_drop: float | None = None, min_output_psnr: float | None = None,
-             max_abs_diff: float | None = None, spectrum: bool = True, out: str | os.PathLike | None = None,
-             progress: bool = True) -> ValidationResult:
+             heldout_size: int = DEFAULT_HELDOUT_SIZE, thresholds: Thresholds | None = None, spectrum: bool = True,
+             out: str | os.PathLike | None = None, progress: bool = True) -> ValidationResult:
     """Run CLEAN and DEFENDED on the same images and judge the quality cost (see the module docstring).
 
     Every input is checked before anything runs; `out` (a report directory) is written only at the end.
-    A failed verdict is a result (`.passed` False), not an exception.
+    A failed verdict is a result (`.passed` False), not an exception. thresholds: default Thresholds() (teacher
+    drop <= asvp.constants.MAX_TEACHER_DROP_DB).
     """
-    thresholds = {"max_teacher_drop": _threshold("max_teacher_drop", max_teacher_drop),
-                  "max_ssim_drop": _threshold("max_ssim_drop", max_ssim_drop),
-                  "min_output_psnr": _threshold("min_output_psnr", min_output_psnr),
-                  "max_abs_diff": _threshold("max_abs_diff", max_abs_diff)}
+    given = (thresholds or Thresholds()).to_dict()
+    thresholds = {name: _threshold(name, v) for name, v in given.items()}
     if thresholds["max_abs_diff"] is not None and thresholds["max_abs_diff"] < 0:
-        raise AsvpError(f"max_abs_diff must be >= 0, got {max_abs_diff}")
+        raise AsvpError(f"max_abs_diff must be >= 0, got {given['max_abs_diff']}")
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise AsvpError(f"--out {out} exists and is not a directory")
     plan = _plan(clean, defended, task, images, heldout_size)

@@ -179,9 +179,9 @@ def validate(clean: str | os.PathLike, defended: str | os.PathLike, *, task: str
     """Quality cost of the defence: clean vs defended on held-out (or `images`: DIR/input + DIR/target) pairs.
 
     Returns a ValidationResult (`.passed` is the verdict against `thresholds`, default Thresholds(): teacher drop
-    <= MAX_TEACHER_DROP_DB; a failed verdict is not an exception). `out`: a report directory (report.json, report.md, PNGs), written atomically at the end; an
-    existing asvp report there gets this section added (reports compose); anything else in the way is refused
-    before the work starts.
+    <= MAX_TEACHER_DROP_DB; a failed verdict is not an exception). `out`: a report directory (report.json,
+    report.md, PNGs), written atomically at the end; an existing asvp report there gets this section added (reports
+    compose); anything else in the way is refused before the work starts.
     """
     if out is not None:
         check_report_dir(out)
@@ -216,8 +216,8 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
     """Build a TensorRT engine (one dynamic-shape profile) and its `<engine>.json` sidecar, atomically.
 
     profile: ShapeProfile (asvp/options.py) of "NxCxHxW" strings or int sequences (defaults ENGINE_MIN_SHAPE /
-    ENGINE_OPT_SHAPE / ENGINE_MAX_SHAPE of asvp.constants, adapted to the model); workspace is bytes or "2G"/"512M". The AsvpPerturb TensorRT plugin is registered before parsing
-    when the model has plugin nodes. MissingDependencyError (exit 3, nothing written) without TensorRT/GPU.
+    ENGINE_OPT_SHAPE / ENGINE_MAX_SHAPE of asvp.constants, adapted to the model); workspace is bytes or
+    "2G"/"512M". The AsvpPerturb TensorRT plugin is registered before parsing when the model has plugin nodes. MissingDependencyError (exit 3, nothing written) without TensorRT/GPU.
     An existing engine (or sidecar) is refused unless force; the engine path equal to the model is always refused.
     aot_plugin: embed the plugin's ahead-of-time implementation (Triton PTX) instead of the Python one; UNVERIFIED,
     never run with a real TensorRT (docs/plugin.md section 5).
@@ -225,7 +225,8 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
     check_output(engine_path, [onnx_path], force=force, what="engine")
     check_output(sidecar_path(engine_path), [onnx_path], force=force, what="engine sidecar")
     p = profile or ShapeProfile()
-    return _build(onnx_path, engine_path, min_shape=p.min, opt_shape=p.opt, max_shape=p.max, fp16=fp16, int8=int8, workspace=workspace, plugin=plugin, aot_plugin=aot_plugin)
+    return _build(onnx_path, engine_path, min_shape=p.min, opt_shape=p.opt, max_shape=p.max, fp16=fp16, int8=int8,
+                  workspace=workspace, plugin=plugin, aot_plugin=aot_plugin)
 
 
 def load_engine(engine_path: str | os.PathLike):
@@ -298,8 +299,8 @@ def fingerprint_mark(model_path, out_path, key: str, *, node=None, m: int = _fp.
 
 
 def fingerprint_calibrate(clean, defended, *, cache, task: str | None = None, seeds=REFERENCE_SEEDS,
-                          steps: int = REFERENCE_STEPS, pool: int = REFERENCE_POOL, references=None, test_key: str | None = None,
-                          progress: bool = True):
+                          steps: int = REFERENCE_STEPS, pool: int = REFERENCE_POOL, references=None,
+                          test_key: str | None = None, progress: bool = True):
     """Store reference models (students of the clean teacher, and any `references`: ONNX paths or callables that
     never saw the marked outputs) in `cache`; verify removes their systematic bias. Key-independent."""
     return _fp.calibrate(clean, defended, cache=cache, task=task, seeds=seeds, steps=steps, pool=pool,

@@ -36,10 +36,11 @@ import secrets
 
 import numpy as np
 
-from asvp.constants import FINGERPRINT_ALPHA as DEFAULT_ALPHA, FINGERPRINT_KEY_ENV as KEY_ENV  # noqa: F401 (public)
-from asvp.constants import FINGERPRINT_M as DEFAULT_M  # noqa: F401 (public: the defaults, owned by asvp.constants)
+from asvp import constants
 from asvp.errors import AsvpError
 
+# the defaults the CLI shows (owned by asvp.constants, which imports nothing)
+DEFAULT_M, DEFAULT_ALPHA, KEY_ENV = constants.FINGERPRINT_M, constants.FINGERPRINT_ALPHA, constants.FINGERPRINT_KEY_ENV
 MARK_VERSION = 1
 KEY_DOMAIN = b"asvp-fingerprint-v1\0"
 MIN_KEY_CHARS = 8

@@ -2,8 +2,9 @@
 
 Each is a frozen dataclass with the defaults of asvp.constants; the CLI's argument groups (asvp/cli/args.py) build
 them from the command line, and the API functions take them (asvp.api.validate takes Thresholds, profile takes
-Timing, build_engine takes ShapeProfile, export takes ExportOptions; attack and sweep take AttackBudget's fields). Checking the values is the job of the
-function that uses them (one-line AsvpErrors), not of these containers. Standard library only: the CLI imports this
+Timing, build_engine takes ShapeProfile, export takes ExportOptions; attack and sweep take AttackBudget's
+fields). Checking the values is the job of the function that uses them (one-line AsvpErrors), not of these
+containers. Standard library only: the CLI imports this
 module to build its parsers.
 """
 from __future__ import annotations

@@ -20,7 +20,8 @@ defended again):
     asvp.config_digest  its short hash (AsvpConfig.digest)
 
 The readers are lenient with hand-made stand-ins (missing fields, a bare tensor name instead of a record, a tap
-output under `tap`), strict with what cannot be read (invalid JSON, a record without a tensor, a size that is not an integer): one-line errors.
+output under `tap`), strict with what cannot be read (invalid JSON, a record without a tensor, a size that is not
+an integer): one-line errors.
 """
 from __future__ import annotations
 

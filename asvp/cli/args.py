@@ -97,18 +97,21 @@ class OutputFile:
 
 
 class OutputFileArgs:
-    """-o/--output FILE (written atomically, only on success) and --force (overwrite an existing one)."""
+    """-o/--output FILE (written atomically, only on success) and, where the command can replace one, --force
+    (overwrite an existing output; force_help=None: no --force)."""
 
-    def __init__(self, what: str = "output file", force_help: str = "overwrite an existing output (never the input)"):
+    def __init__(self, what: str = "output file",
+                 force_help: str | None = "overwrite an existing output (never the input)"):
         self.what, self.force_help = what, force_help
 
     def add(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("-o", "--output", required=True, help=f"{self.what} (written atomically, only on success)")
-        parser.add_argument("--force", action="store_true", help=self.force_help)
+        if self.force_help:
+            parser.add_argument("--force", action="store_true", help=self.force_help)
 
     @staticmethod
     def parse(a) -> OutputFile:
-        return OutputFile(a.output, a.force)
+        return OutputFile(a.output, getattr(a, "force", False))
 
 
 class ReportArgs:
@@ -242,7 +245,8 @@ class ShapeProfileArgs:
 
     def add(self, parser: argparse.ArgumentParser) -> None:
         p = parser.add_argument_group("optimisation profile (TensorRT)")
-        p.add_argument("--min", metavar="NxCxHxW", help=f"smallest input shape (default {shape_text(ENGINE_MIN_SHAPE)})")
+        p.add_argument("--min", metavar="NxCxHxW",
+                       help=f"smallest input shape (default {shape_text(ENGINE_MIN_SHAPE)})")
         p.add_argument("--opt", metavar="NxCxHxW",
                        help=f"shape TensorRT optimises for (default {shape_text(ENGINE_OPT_SHAPE)})")
         p.add_argument("--max", metavar="NxCxHxW", help=f"largest input shape (default {shape_text(ENGINE_MAX_SHAPE)})")
@@ -283,7 +287,8 @@ class ThresholdArgs:
         p = parser.add_argument_group("verdict (fail when a given threshold is not met)")
         p.add_argument("--max-teacher-drop", type=float, default=MAX_TEACHER_DROP_DB, metavar="DB",
                        help=f"fail if clean PSNR - defended PSNR exceeds this (default {MAX_TEACHER_DROP_DB:g} dB)")
-        p.add_argument("--max-ssim-drop", type=float, default=None, help="fail if clean SSIM - defended SSIM exceeds this")
+        p.add_argument("--max-ssim-drop", type=float, default=None,
+                       help="fail if clean SSIM - defended SSIM exceeds this")
         p.add_argument("--min-output-psnr", type=float, default=None, metavar="DB",
                        help="fail if the defended-vs-clean output PSNR is below this")
         p.add_argument("--max-abs-diff", type=float, default=None,

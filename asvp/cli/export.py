@@ -20,7 +20,8 @@ def register(sub) -> None:
     g.add_argument("--kwargs", help="JSON constructor arguments for module:Class sources")
     g.add_argument("--task", help="task label recorded in metadata for user models (default: custom)")
     g.add_argument("--size-multiple", type=int, default=None,
-                   help="input H and W must be multiples of this (user models; default: spandrel's requirement, else 1)")
+                   help="input H and W must be multiples of this (user models; default: spandrel's requirement, "
+                        "else 1)")
     g.add_argument("--opset", type=int, default=None, help=f"ONNX opset ({MIN_OPSET} to {MAX_OPSET}, default {MIN_OPSET})")
     g.add_argument("--exporter", choices=EXPORTERS, default=EXPORTERS[0],
                    help="auto (default): TorchScript, then torch's dynamo exporter (needs onnxscript) when the trace "

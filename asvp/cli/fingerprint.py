@@ -27,7 +27,7 @@ def register(sub) -> None:
 def _register_mark(fs) -> None:
     m = fs.add_parser("mark", help="write a marked copy of a clean or ASVP-defended model")
     m.add_argument("model", help="ONNX model to mark (the one you serve)")
-    add_groups(m, OutputFileArgs("marked ONNX model"), KEY)
+    add_groups(m, OutputFileArgs("marked ONNX model", force_help=None), KEY)
     m.add_argument("--node", help="feature node selector (as for `asvp defend --nodes`; `auto` is defend's automatic "
                    "node). Default: the candidate closest to the output with at least 2m channels (why: "
                    "docs/fingerprint.md)")
@@ -95,8 +95,7 @@ def run_keygen(a) -> None:
 def run_mark(a) -> None:
     from asvp import api
 
-    out = OutputFileArgs.parse(a)
-    OutputArgs.show(a, api.fingerprint_mark(a.model, out.path, KEY.parse(a), node=a.node, m=a.m,
+    OutputArgs.show(a, api.fingerprint_mark(a.model, OutputFileArgs.parse(a).path, KEY.parse(a), node=a.node, m=a.m,
                                             strength_db=a.strength, max_drop_db=a.max_drop, task=TaskArgs.parse(a),
                                             bias_students=a.bias_students, progress=OutputArgs.progress(a)))
 

@@ -41,9 +41,10 @@ import onnx
 from asvp.constants import MEMORY_MODES, PROFILE_ITERS as DEFAULT_ITERS, PROFILE_SHAPE as DEFAULT_SHAPE
 from asvp.constants import PROFILE_WARMUP as DEFAULT_WARMUP
 from asvp.errors import AsvpError
-from asvp.io import require_file
 from asvp.graph_passes.metadata import read_export
+from asvp.io import require_file
 from asvp.onnx_utils import image_io, load_model
+from asvp.runtime import quiet_polygraphy
 from asvp.runtime.engines import backends, build, plugin_ort  # noqa: F401  (plugin_ort: loaded before any memory baseline)
 from asvp.runtime.engines.build import parse_shape
 from asvp.runtime.evaluation.report import Section, fmt, jsonable, md_table, new_figure, write_report
@@ -145,6 +146,7 @@ def measure_memory_subprocess(models, backend: str, shape, seed: int = 0, timeou
 
 
 def _memory_child() -> None:  # runs in the subprocess started by measure_memory_subprocess
+    quiet_polygraphy()  # an entry point: its stdout carries the result
     args = json.loads(sys.argv[1])
     try:
         data = np.random.default_rng(args["seed"]).random(tuple(args["shape"]), dtype=np.float32)

@@ -191,7 +191,8 @@ def test_report_folders_compose(workdir, tmp_path):
 
     r = tmp_path / "r"
     api.write_report(r, {"first": Section("First", {"a": 1})})
-    res = api.profile(workdir / "m.onnx", timing=Timing("1x3x16x16", warmup=0, iters=1), memory="off", out=r, progress=False)
+    res = api.profile(workdir / "m.onnx", timing=Timing("1x3x16x16", warmup=0, iters=1), memory="off", out=r,
+                      progress=False)
     assert res is not None
     doc = json.loads((r / "report.json").read_text())
     assert "first" in doc["sections"] and len(doc["sections"]) == 2

@@ -49,7 +49,8 @@ def test_profile_every_teacher(task, teacher):
 
 
 def test_profile_single_model_and_cli_json(teacher, capsys):
-    res = api.profile(teacher("sr"), timing=Timing((1, 3, 24, 24), warmup=0, iters=3), memory="inprocess", progress=False)
+    res = api.profile(teacher("sr"), timing=Timing((1, 3, 24, 24), warmup=0, iters=3), memory="inprocess",
+                      progress=False)
     assert not res.interleaved and res.ratio == {} and len(res.models) == 1
     _check_stats(res.models[0], 3, 1)
     assert cli.main(["profile", teacher("sr"), "--shape", "1x3x24x24", "--warmup", "1", "--iters", "2", "--json", "-q",
@@ -162,7 +163,8 @@ def test_profile_report_files(teacher, tmp_path):
     from PIL import Image
 
     out = tmp_path / "r"
-    res = api.profile(teacher("sr"), teacher("sr"), timing=Timing("1x3x32x32", warmup=1, iters=5), out=out, progress=False)
+    res = api.profile(teacher("sr"), teacher("sr"), timing=Timing("1x3x32x32", warmup=1, iters=5), out=out,
+                      progress=False)
     assert res.report_dir == str(out)
     # Default memory mode: each model in a fresh process, so both identical models measure alike.
     c, d = res.models

@@ -1,4 +1,4 @@
-"""`asvp nodes --cost`: what the defence costs at each candidate node, measured, and which nodes a latency budget
+"""`asvp node-cost`: what the defence costs at each candidate node, measured, and which nodes a latency budget
 affords.
 
 Why measure: on a small network an exact ASVP costs mostly passes over the feature (its Gram, the apply, the

@@ -6,14 +6,18 @@ import os
 from pathlib import Path
 
 from asvp.config import AsvpConfig
+from asvp.constants import (BACKENDS, DEFAULT_PRESET, FINGERPRINT_MAX_DROP_DB as FP_DEFAULT_MAX_DROP_DB, HELDOUT_SIZE,
+                            MEMORY_MODES, REFERENCE_POOL, REFERENCE_SEEDS, REFERENCE_STEPS)
 from asvp.errors import AsvpError
 from asvp.exporter import export as ex
 from asvp.exporter.teachers.train import quality_table, train_teacher as _train
 from asvp.fingerprint import DEFAULT_ALPHA as FP_DEFAULT_ALPHA, DEFAULT_M as FP_DEFAULT_M, new_key
 from asvp.graph_passes.defend import defend_file
+from asvp.graph_passes.metadata import read_export
 from asvp.graph_passes.select import automatic, candidates, resolve
 from asvp.io import check_output
 from asvp.onnx_utils import get_metadata, image_input, image_io, load_model
+from asvp.options import ExportOptions, ShapeProfile, Thresholds, Timing
 from asvp.runtime.attacks.run import run_attack
 from asvp.runtime.attacks.ladder import run_ladder
 from asvp.runtime.attacks.sweep import run_sweep
@@ -28,8 +32,6 @@ from asvp.runtime.evaluation.served import make_queries
 from asvp.runtime.evaluation.validate import resolve_task, validate as _validate
 from asvp.runtime.fingerprint.calibration import calibrate as _fp_calibrate
 from asvp.runtime.fingerprint.check import quick_check as _fp_quick_check
-from asvp.runtime.fingerprint.defaults import (DEFAULT_MAX_DROP_DB as FP_DEFAULT_MAX_DROP_DB, REFERENCE_POOL,
-                                              REFERENCE_SEEDS, REFERENCE_STEPS)
 from asvp.runtime.fingerprint.mark import mark_file as _fp_mark_file
 from asvp.runtime.fingerprint.verifier import verify as _fp_verify
 from asvp.tasks import TASKS
@@ -47,35 +49,32 @@ def teacher_quality(tasks=None) -> list[dict]:
     return quality_table(tasks)
 
 
-def export(source: str, out: str | os.PathLike, *, weights=None, kwargs=None, task: str | None = None,
-           size_multiple: int | None = None, opset: int | None = None, force: bool = False, exporter: str = "auto",
-           static_batch: bool = False, static_size=None):
+def export(source: str, out: str | os.PathLike, options: ExportOptions | None = None, *, force: bool = False):
     """Export a teacher to ONNX with parity checks at several sizes and batch 2.
 
     source: a bundled task name (sr, lowlight, underwater, dehaze, derain), `package.module:Class`
-    (with `weights` and optional JSON `kwargs`), or a spandrel-loadable checkpoint (.pth/.pt/.safetensors).
-    size_multiple: input H and W must be multiples of this (default: spandrel's requirement, else 1).
-    exporter: "auto" (TorchScript, then dynamo where the trace bakes shapes), "torchscript" or "dynamo".
-    static_batch / static_size ("HxW" or (H, W)): accept a batch of 1 / one input size only, when the model cannot
-    be exported with them dynamic. An existing `out` is refused unless force; `out` equal to the checkpoint or
-    weights file is always refused.
+    (with options.weights and optional JSON options.kwargs), or a spandrel-loadable checkpoint
+    (.pth/.pt/.safetensors). options: ExportOptions (asvp/options.py: task label, size multiple, opset, exporter,
+    static batch / size). An existing `out` is refused unless force; `out` equal to the checkpoint or weights file
+    is always refused.
     """
-    check_output(out, [source if source not in TASKS and ":" not in source else None, weights], force=force,
+    o = options or ExportOptions()
+    check_output(out, [source if source not in TASKS and ":" not in source else None, o.weights], force=force,
                  what="output")
-    kw = {"exporter": exporter, "static_batch": static_batch, "static_size": static_size}
-    if opset is not None:
-        kw["opset"] = opset
+    kw = {"exporter": o.exporter, "static_batch": o.static_batch, "static_size": o.static_size}
+    if o.opset is not None:
+        kw["opset"] = o.opset
     if source in TASKS:
-        if weights is not None:
+        if o.weights is not None:
             raise AsvpError("--weights applies to module:Class sources, not to bundled teachers")
-        if size_multiple is not None:
+        if o.size_multiple is not None:
             raise AsvpError("--size-multiple applies to user models; a bundled teacher records its own")
         return ex.export_bundled(source, out, **kw)
     if Path(source).suffix in CHECKPOINT_SUFFIXES and ":" not in source:
-        return ex.export_spandrel(source, out, task=task or "custom", size_multiple=size_multiple, **kw)
+        return ex.export_spandrel(source, out, task=o.task or "custom", size_multiple=o.size_multiple, **kw)
     if ":" in source:
-        return ex.export_user_module(source, out, weights, kwargs, task=task or "custom",
-                                     size_multiple=size_multiple or 1, **kw)
+        return ex.export_user_module(source, out, o.weights, o.kwargs, task=o.task or "custom",
+                                     size_multiple=o.size_multiple or 1, **kw)
     raise AsvpError(f"unknown teacher {source!r}: give a bundled task ({', '.join(TASKS)}), "
                     "package.module:Class, or a .pth/.safetensors checkpoint")
 
@@ -119,13 +118,7 @@ def absorbability(model_path: str | os.PathLike, *, task: str | None = None, ima
     meta = get_metadata(model)
     cfg = AsvpConfig.from_dict(config) if isinstance(config, dict) else config
     if images is not None:
-        if task is not None:
-            _, _, _, mult = resolve_task(task, meta, {}, True)
-        else:
-            try:
-                mult = int(meta.get("asvp.size_multiple", "1"))
-            except ValueError:
-                raise AsvpError("the model's asvp.size_multiple metadata is not an integer") from None
+        mult = resolve_task(task, meta, {}, True)[3] if task is not None else read_export(meta).size_multiple
         batch = load_inputs(images, mult, max_side)
         source = f"{len(batch)} image(s) from {images}"
     else:
@@ -185,36 +178,35 @@ def defend(model_path: str | os.PathLike, out_path: str | os.PathLike, *, nodes=
 
 
 def validate(clean: str | os.PathLike, defended: str | os.PathLike, *, task: str | None = None, images=None,
-             backend: str = "onnxrt-cpu", heldout_size: int = 192, max_teacher_drop: float | None = 0.1,
-             max_ssim_drop: float | None = None, min_output_psnr: float | None = None,
-             max_abs_diff: float | None = None, spectrum: bool = True, out=None, progress: bool = True):
+             backend: str = BACKENDS[0], heldout_size: int = HELDOUT_SIZE, thresholds: Thresholds | None = None,
+             spectrum: bool = True, out=None, progress: bool = True):
     """Quality cost of the defence: clean vs defended on held-out (or `images`: DIR/input + DIR/target) pairs.
 
-    Returns a ValidationResult (`.passed` is the verdict against the thresholds; a failed verdict is not an
-    exception). `out`: a report directory (report.json, report.md, PNGs), written atomically at the end; an
-    existing asvp report there gets this section added (reports compose); anything else in the way is refused
-    before the work starts.
+    Returns a ValidationResult (`.passed` is the verdict against `thresholds`, default Thresholds(): teacher drop
+    <= MAX_TEACHER_DROP_DB; a failed verdict is not an exception). `out`: a report directory (report.json,
+    report.md, PNGs), written atomically at the end; an existing asvp report there gets this section added (reports
+    compose); anything else in the way is refused before the work starts.
     """
     if out is not None:
         check_report_dir(out)
     return _validate(clean, defended, task=task, images=images, backend=backend, heldout_size=heldout_size,
-                     max_teacher_drop=max_teacher_drop, max_ssim_drop=max_ssim_drop, min_output_psnr=min_output_psnr,
-                     max_abs_diff=max_abs_diff, spectrum=spectrum, out=out, progress=progress)
+                     thresholds=thresholds, spectrum=spectrum, out=out, progress=progress)
 
 
-def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None, *, backend: str = "onnxrt-cpu",
-            shape="1x3x256x256", warmup: int = 10, iters: int = 50, threads: int | None = None,
-            memory: str = "subprocess", out=None, progress: bool = True):
+def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None, *, backend: str = BACKENDS[0],
+            timing: Timing | None = None, memory: str = MEMORY_MODES[0], out=None, progress: bool = True):
     """Latency (p50/p90/p99, mean, throughput), peak memory, and the defended/clean ratio measured interleaved.
 
-    threads: ONNX Runtime intra-op threads (default: all CPUs). memory: "subprocess" (each model in a fresh
+    timing: Timing (asvp/options.py: input shape, warmup and timed iterations per model, ONNX Runtime intra-op
+    threads; default Timing()). memory: "subprocess" (each model in a fresh
     process; default), "inprocess" (order-dependent) or "off". `out`: a report directory, checked before the work
     starts (see validate).
     """
     if out is not None:
         check_report_dir(out)
-    return _profile(clean, defended, backend=backend, shape=shape, warmup=warmup, iters=iters, threads=threads,
-                    memory=memory, out=out, progress=progress)
+    t = timing or Timing()
+    return _profile(clean, defended, backend=backend, shape=t.shape, warmup=t.warmup, iters=t.iters,
+                    threads=t.threads, memory=memory, out=out, progress=progress)
 
 
 def write_report(out_dir: str | os.PathLike, sections: dict):
@@ -222,22 +214,23 @@ def write_report(out_dir: str | os.PathLike, sections: dict):
     return _write(out_dir, sections)
 
 
-def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *, min_shape=None, opt_shape=None,
-                 max_shape=None, fp16: bool = False, int8: bool = False, workspace=None, plugin: bool = True,
-                 force: bool = False, aot_plugin: bool = False):
+def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *, profile: ShapeProfile | None = None,
+                 fp16: bool = False, int8: bool = False, workspace=None, plugin: bool = True, force: bool = False,
+                 aot_plugin: bool = False):
     """Build a TensorRT engine (one dynamic-shape profile) and its `<engine>.json` sidecar, atomically.
 
-    Shapes are "NxCxHxW" strings or int sequences (defaults 1x3x32x32 / 1x3x256x256 / 4x3x512x512, adapted to
-    the model); workspace is bytes or "2G"/"512M". The AsvpPerturb TensorRT plugin is registered before parsing
-    when the model has plugin nodes. MissingDependencyError (exit 3, nothing written) without TensorRT/GPU.
+    profile: ShapeProfile (asvp/options.py) of "NxCxHxW" strings or int sequences (defaults ENGINE_MIN_SHAPE /
+    ENGINE_OPT_SHAPE / ENGINE_MAX_SHAPE of asvp.constants, adapted to the model); workspace is bytes or
+    "2G"/"512M". The AsvpPerturb TensorRT plugin is registered before parsing when the model has plugin nodes. MissingDependencyError (exit 3, nothing written) without TensorRT/GPU.
     An existing engine (or sidecar) is refused unless force; the engine path equal to the model is always refused.
     aot_plugin: embed the plugin's ahead-of-time implementation (Triton PTX) instead of the Python one; UNVERIFIED,
     never run with a real TensorRT (docs/plugin.md section 5).
     """
     check_output(engine_path, [onnx_path], force=force, what="engine")
     check_output(sidecar_path(engine_path), [onnx_path], force=force, what="engine sidecar")
-    return _build(onnx_path, engine_path, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
-                  fp16=fp16, int8=int8, workspace=workspace, plugin=plugin, aot_plugin=aot_plugin)
+    p = profile or ShapeProfile()
+    return _build(onnx_path, engine_path, min_shape=p.min, opt_shape=p.opt, max_shape=p.max, fp16=fp16, int8=int8,
+                  workspace=workspace, plugin=plugin, aot_plugin=aot_plugin)
 
 
 def load_engine(engine_path: str | os.PathLike):
@@ -250,7 +243,7 @@ def backends() -> list[dict]:
     return [s.to_dict() for s in backends_status()]
 
 
-def attack(task: str | None = None, *, clean=None, defended=None, kind: str = "output", preset: str = "quick",
+def attack(task: str | None = None, *, clean=None, defended=None, kind: str = "output", preset: str = DEFAULT_PRESET,
            seed: int = 0, out=None, config=None, nodes=None, steps: int | None = None, pool: int | None = None,
            progress: bool = True, seeds: int | None = None, interval: str = "t"):
     """Distillation attack: students trained only on the served models' answers (ONNX Runtime queries).
@@ -279,7 +272,7 @@ def attack(task: str | None = None, *, clean=None, defended=None, kind: str = "o
                       interval=interval)
 
 
-def sweep(tasks, *, h=None, k=None, placement=None, nodes=None, preset: str = "quick", seed: int = 0, out=None,
+def sweep(tasks, *, h=None, k=None, placement=None, nodes=None, preset: str = DEFAULT_PRESET, seed: int = 0, out=None,
           k_mode: str = "adaptive", tau: float = 0.9, steps: int | None = None, pool: int | None = None,
           progress: bool = True):
     """Grid over h x k x placement x node sets: teacher drop vs student drop per configuration, and the best one
@@ -289,7 +282,6 @@ def sweep(tasks, *, h=None, k=None, placement=None, nodes=None, preset: str = "q
         check_report_dir(out)
     return run_sweep(tasks, h=h, k=k, placement=placement, nodes=nodes, preset=preset, seed=seed, out=out,
                      k_mode=k_mode, tau=tau, steps=steps, pool=pool, progress=progress)
-
 
 
 def fingerprint_new_key() -> str:
@@ -328,6 +320,7 @@ def fingerprint_verify(suspect, *, clean, defended, key: str, alpha: float = FP_
 
 
 def fingerprint_check(clean, served, task: str, workdir, *, key: str, steps: int = REFERENCE_STEPS,
-                      pool: int = REFERENCE_POOL, progress: bool = False) -> dict:
+                      pool: int = REFERENCE_POOL,
+                      progress: bool = False) -> dict:
     """The demo's quick check: mark `served`, distil a student from it and one from `clean`, verify both."""
     return _fp_quick_check(clean, served, task, workdir, key=key, steps=steps, pool=pool, progress=progress)

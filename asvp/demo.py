@@ -11,20 +11,24 @@ from pathlib import Path
 
 from asvp import api
 from asvp.config import AsvpConfig
+from asvp.constants import REFERENCE_STEPS
 from asvp.fingerprint import new_key
 from asvp.io import write_text_atomic
+from asvp.options import Timing
+from asvp.runtime import quiet_polygraphy
 from asvp.runtime.attacks.recipes import kind_for_placement
 from asvp.runtime.evaluation.report import Section, check_report_dir, md_table, write_report
 from asvp.tasks import get_task
 
 PROFILE_SHAPE = {"sr": "1x3x128x128"}  # SR input is the low-resolution image: 128 -> 256 output
-DEFAULT_PROFILE_SHAPE = "1x3x256x256"
+DEFAULT_PROFILE_SHAPE = Timing().shape
 N_STEPS = 8
 
 
 def run_demo(task: str = "sr", out: str | Path = "reports/demo", *, config: AsvpConfig | None = None,
              attack_preset: str = "quick", attack_steps: int | None = None, profile_iters: int = 30,
              progress: bool = True, log=print) -> dict:
+    quiet_polygraphy()
     spec = get_task(task)
     cfg = (config or AsvpConfig()).validate()
     out = check_report_dir(out)  # the demo owns this folder: its models there are rewritten on every run
@@ -48,8 +52,9 @@ def run_demo(task: str = "sr", out: str | Path = "reports/demo", *, config: Asvp
     val = step("validate teacher fidelity on held-out images",
                lambda: api.validate(clean, defended, task=task, out=out, progress=progress))
     prof = step("profile latency, defended vs clean interleaved",
-                lambda: api.profile(clean, defended, shape=PROFILE_SHAPE.get(task, DEFAULT_PROFILE_SHAPE),
-                                    warmup=5, iters=profile_iters, out=out, progress=progress))
+                lambda: api.profile(clean, defended, out=out, progress=progress,
+                                    timing=Timing(PROFILE_SHAPE.get(task, DEFAULT_PROFILE_SHAPE), warmup=5,
+                                                  iters=profile_iters)))
     kind = kind_for_placement(cfg.placement)
     att = step(f"distillation attack ({kind}, {attack_preset} preset)",
                lambda: api.attack(task, clean=clean, defended=defended, kind=kind, preset=attack_preset,
@@ -57,7 +62,7 @@ def run_demo(task: str = "sr", out: str | Path = "reports/demo", *, config: Asvp
     key = new_key()  # a fresh secret per run; written beside the report so `asvp fingerprint verify` can be re-run
     write_text_atomic(out / "fingerprint.key", key + "\n")
     fpc = step("fingerprint check (mark, distil from marked and from clean, verify both)",
-               lambda: api.fingerprint_check(clean, defended, task, out, key=key, steps=attack_steps or 300,
+               lambda: api.fingerprint_check(clean, defended, task, out, key=key, steps=attack_steps or REFERENCE_STEPS,
                                              progress=progress))
     summary = {
         "task": task, "teacher": spec.teacher_name, "config": cfg.to_dict(), "digest": cfg.digest(),

@@ -36,15 +36,15 @@ import secrets
 
 import numpy as np
 
+from asvp import constants
 from asvp.errors import AsvpError
 
+# the defaults the CLI shows (owned by asvp.constants, which imports nothing)
+DEFAULT_M, DEFAULT_ALPHA, KEY_ENV = constants.FINGERPRINT_M, constants.FINGERPRINT_ALPHA, constants.FINGERPRINT_KEY_ENV
 MARK_VERSION = 1
 KEY_DOMAIN = b"asvp-fingerprint-v1\0"
 MIN_KEY_CHARS = 8
-DEFAULT_M = 8  # principal directions the mark acts in: D = 36 key dimensions
-DEFAULT_ALPHA = 0.01
 RESPONSE_FLOOR = 1e-4  # key directions kept: basis responses >= this x the strongest (response_equalizer)
-KEY_ENV = "ASVP_FINGERPRINT_KEY"
 
 
 def new_key() -> str:

@@ -18,21 +18,21 @@ import onnx
 import torch
 from torch.export import Dim
 
+from asvp.constants import EXPORTERS, MAX_OPSET, MIN_OPSET
 from asvp.errors import AsvpError, first_line
 from asvp.exporter.spandrel_loader import load_spandrel_model
 from asvp.exporter.teachers.bundled import load_teacher
+from asvp.graph_passes.metadata import ExportInfo, write_export
 from asvp.io import atomic_output, require_file
-from asvp.onnx_utils import MAX_IR_VERSION, META_PREFIX, check_model, image_io, set_metadata
+from asvp.onnx_utils import MAX_IR_VERSION, check_model, image_io
 from asvp.runtime.engines.sessions import SessionFromOnnx
 from asvp.tasks.data import heldout_crops
 
-DEFAULT_OPSET = MIN_OPSET = 17
-MAX_OPSET = 20  # the TorchScript exporter's highest (torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+DEFAULT_OPSET = MIN_OPSET
 PARITY_ATOL = 1e-4  # max |onnx - torch| on [0, 1] images; float32 conv reordering stays ~1e-6
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 
 
-EXPORTERS = ("auto", "torchscript", "dynamo")
 _PROBE_SIDES = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 64, 96, 128, 192, 256)
 
 
@@ -262,12 +262,9 @@ def export_model(model: torch.nn.Module, out: str | os.PathLike, parity_inputs: 
                 continue
         proto.producer_name = "asvp"
         _rename_io(proto)
-        set_metadata(proto, {
-            META_PREFIX + "teacher": teacher, META_PREFIX + "task": task, META_PREFIX + "scale": scale,
-            META_PREFIX + "value_range": "[0, 1]", META_PREFIX + "layout": "NCHW RGB float32",
-            META_PREFIX + "size_multiple": size_multiple, META_PREFIX + "min_size": min_side,
-            META_PREFIX + "exporter": name, META_PREFIX + "dynamic_dims": ",".join(dynamic) or "none",
-        })
+        write_export(proto, ExportInfo(teacher=teacher, task=task, scale=scale, value_range="[0, 1]",
+                                       layout="NCHW RGB float32", size_multiple=size_multiple, min_size=min_side,
+                                       exporter=name, dynamic_dims=",".join(dynamic) or "none"))
         try:
             check_model(proto, "exported model")
             onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)

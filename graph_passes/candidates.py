@@ -42,6 +42,7 @@ import onnx
 import onnxruntime as ort
 import sympy
 
+from asvp.graph_passes.metadata import read_export
 from asvp.onnx_utils import image_input
 
 MIN_CHANNELS = 4  # ASVP needs k < C and k >= 1; fewer channels leave nothing worth perturbing
@@ -189,13 +190,6 @@ def feature_problem(tensor: str, shapes: dict, reached: set, symbols: tuple, min
     return spatial_problem(shape, symbols, min_channels)
 
 
-def _meta_int(model: onnx.ModelProto, key: str, default: int) -> int:
-    for p in model.metadata_props:
-        if p.key == key and p.value.strip().isdigit():
-            return max(int(p.value), 1) if default else int(p.value)
-    return default
-
-
 def _fixed_batch(model: onnx.ModelProto, image: str | None) -> bool:
     """The image input's batch is fixed (an export with --static-batch): the probes then all use batch 1."""
     for vi in model.graph.input:
@@ -208,10 +202,11 @@ def _fixed_batch(model: onnx.ModelProto, image: str | None) -> bool:
 def probe_sizes(model: onnx.ModelProto, attempt: int = 0, batch2: bool = True) -> list[tuple[int, int, int]]:
     """Three (batch, height, width) probes: base, batch 2 (1 if batch2 is False) with a taller image, a wider
     image."""
-    mult = _meta_int(model, "asvp.size_multiple", 1)
+    info = read_export(model)
+    mult = info.size_multiple
     step = max(mult, 8) * (2 ** attempt)
     step = -(-step // mult) * mult
-    base = max(32, _meta_int(model, "asvp.min_size", 0))
+    base = max(32, info.min_size)
     base = -(-base // step) * step
     # tripled sides: models that pad to a multiple internally (SCUNet: 64) must see the change in their features
     return [(1, base, base + step), (2 if batch2 else 1, 3 * base, base + step), (1, base, 3 * (base + step))]

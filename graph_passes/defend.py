@@ -23,6 +23,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from asvp.config import AsvpConfig
+from asvp.constants import DEFEND_MODES
 from asvp.errors import AsvpError
 from asvp.graph_passes import plugin_contract, select
 from asvp.graph_passes.metadata import META_NODES, read_defence, write_defence
@@ -31,7 +32,7 @@ from asvp.graph_passes.surgery import (check_graph, default_opset, finalize_like
 from asvp.graph_passes.variants import build_defence
 from asvp.onnx_utils import image_input, load_model, save_model
 
-MODES = ("subgraph", "plugin")
+MODES = DEFEND_MODES
 MIN_OPSET = 13  # ReduceSum/Split/Unsqueeze take axes/sizes as inputs from opset 13
 TAP_PREFIX = "asvp_tap_"
 _BLOCK = re.compile(r"^asvp/(\d+)/")

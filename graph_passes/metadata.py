@@ -1,7 +1,14 @@
-"""The defence metadata: what a defended model says about itself, in its ONNX metadata_props.
+"""The asvp metadata: what an exported or defended model says about itself, in its ONNX metadata_props.
 
-One writer (`write_defence`, used by graph_passes.defend) and one reader (`read_defence`, returning a typed
-`DefenceInfo`, used by validation, attacks and defend itself when a model is defended again):
+The export metadata has one writer (`write_export`, used by the exporter) and one reader (`read_export`, returning
+a typed `ExportInfo`, used by the API, candidates, validation, profiling and the engine build):
+
+    asvp.teacher, asvp.task, asvp.scale, asvp.size_multiple, asvp.min_size, asvp.exporter, asvp.dynamic_dims,
+    asvp.value_range, asvp.layout        (ExportInfo's fields; a model not exported by asvp has none of them)
+
+The defence metadata has one writer (`write_defence`, used by graph_passes.defend) and one reader
+(`read_defence`, returning a typed `DefenceInfo`, used by validation, attacks and defend itself when a model is
+defended again):
 
     asvp.defended       "true"
     asvp.mode           "subgraph" | "plugin" | "mixed"
@@ -12,8 +19,9 @@ One writer (`write_defence`, used by graph_passes.defend) and one reader (`read_
     asvp.config         JSON of the latest AsvpConfig
     asvp.config_digest  its short hash (AsvpConfig.digest)
 
-The reader is lenient with hand-made stand-ins (missing fields, a bare tensor name instead of a record, a tap
-output under `tap`), strict with what cannot be read (invalid JSON, a record without a tensor): one-line errors.
+The readers are lenient with hand-made stand-ins (missing fields, a bare tensor name instead of a record, a tap
+output under `tap`), strict with what cannot be read (invalid JSON, a record without a tensor, a size that is not
+an integer): one-line errors.
 """
 from __future__ import annotations
 
@@ -126,3 +134,50 @@ def write_defence(model: onnx.ModelProto, records: list[dict], cfg: AsvpConfig, 
         META_CONFIG: json.dumps(cfg.to_dict(), sort_keys=True),
         META_DIGEST: cfg.digest(),
     })
+
+
+# ---- export metadata ----------------------------------------------------------------------------------------
+
+EXPORT_INTS = ("scale", "size_multiple", "min_size")  # the integer fields
+
+
+@dataclass
+class ExportInfo:
+    """What a model's export metadata says (defaults where it records nothing: a model not exported by asvp)."""
+
+    # in the order the exporter writes them (the exported file's bytes stay as they were)
+    teacher: str | None = None
+    task: str | None = None
+    scale: int | None = None  # output side / input side; None: not recorded
+    value_range: str | None = None
+    layout: str | None = None
+    size_multiple: int = 1  # input H and W must be multiples of this
+    min_size: int = 1  # the smallest input side the export was checked at
+    exporter: str | None = None  # "torchscript" or "dynamo"
+    dynamic_dims: str | None = None  # comma-separated dynamic input dims, or "none"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_export(source) -> ExportInfo:
+    """Parse the export metadata of a ModelProto (or of its metadata_props as a dict)."""
+    meta = get_metadata(source) if isinstance(source, onnx.ModelProto) else dict(source)
+    values = {}
+    for f in fields(ExportInfo):
+        raw = meta.get(META_PREFIX + f.name)
+        if raw is None or raw == "":
+            continue
+        if f.name in EXPORT_INTS:
+            raw = str(raw).strip()
+            if not raw.isdigit() or int(raw) < (1 if f.name != "min_size" else 0):
+                raise AsvpError(f"the model's {META_PREFIX + f.name} metadata is not a positive integer: {raw!r}")
+            values[f.name] = int(raw)
+        else:
+            values[f.name] = str(raw)
+    return ExportInfo(**values)
+
+
+def write_export(model: onnx.ModelProto, info: ExportInfo) -> None:
+    """Record how the model was exported (fields that are None are left out)."""
+    set_metadata(model, {META_PREFIX + k: v for k, v in info.to_dict().items() if v is not None})

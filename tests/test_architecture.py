@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Bottom first. An entry names a module and, if it is a package, everything inside it (the longest entry wins),
 # except the containers below, which name only their own __init__: a new module beside them must be placed.
 LAYERS = [
-    ("core", ["asvp", "asvp.errors", "asvp.io", "asvp.config", "asvp.method", "asvp.metrics", "asvp.onnx_utils",
-              "asvp.tasks", "asvp.fingerprint"]),
+    ("core", ["asvp", "asvp.errors", "asvp.io", "asvp.config", "asvp.constants", "asvp.options", "asvp.method",
+              "asvp.metrics", "asvp.onnx_utils", "asvp.tasks", "asvp.fingerprint"]),
     ("graph_passes", ["asvp.graph_passes"]),
     ("engines", ["asvp.runtime", "asvp.runtime.engines"]),
     ("exporter", ["asvp.exporter"]),

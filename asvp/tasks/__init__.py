@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from asvp.constants import TASK_NAMES
 from asvp.errors import AsvpError
 from asvp.tasks import degradations
 from asvp.tasks.architectures import ARCHITECTURES
@@ -69,7 +70,8 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("derain", "Deraining", "DilatedDerainNet", degradations.rain, arch_kwargs={"ch": 32}),
     )
 }
-TASK_NAMES: tuple[str, ...] = tuple(TASKS)
+if tuple(TASKS) != TASK_NAMES:  # the list the CLI shows without importing torch
+    raise RuntimeError(f"asvp.constants.TASK_NAMES {TASK_NAMES} does not match the task specs {tuple(TASKS)}")
 
 
 def get_task(name: str) -> TaskSpec:

@@ -9,13 +9,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from asvp.constants import TEACHER_TRAIN as DEFAULTS
 from asvp.exporter.teachers.bundled import load_teacher, weights_path
 from asvp.io import atomic_output, write_text_atomic
 from asvp.metrics import psnr_ssim
 from asvp.tasks import TASKS, get_task
 from asvp.tasks.data import TRAIN_IMAGES, random_crops
-
-DEFAULTS = {"steps": 1200, "batch": 12, "patch": 64, "lr": 2e-3, "seed": 0}
 
 
 @torch.no_grad()

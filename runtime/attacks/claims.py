@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from asvp.constants import MAX_TEACHER_DROP_DB
 from asvp.runtime.evaluation.stats import counts_above
 
-TEACHER_DROP_LIMIT_DB = 0.1  # what "negligible" teacher degradation means here (the sweep's constraint too)
+TEACHER_DROP_LIMIT_DB = MAX_TEACHER_DROP_DB  # what "negligible" teacher degradation means here (the sweep's constraint too)
 PAPER_STUDENT_DB = 4.0  # "students lose up to 4 dB PSNR"
 PAPER_SSIM_PCT = (60.0, 75.0)  # "and 60-75% SSIM"
 

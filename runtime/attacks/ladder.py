@@ -32,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from asvp.config import AsvpConfig
+from asvp.constants import DEFAULT_PRESET
 from asvp.errors import AsvpError
 from asvp.runtime.attacks.claims import drop_counts, inconclusive, is_paired
 from asvp.runtime.attacks.recipes import KINDS, LADDER_RUNGS
@@ -128,7 +129,7 @@ def best_attacker(rows: list[dict], task: str) -> dict:
             "best_attacker_drop_db": bc["student_clean_psnr_mean"] - bd["student_defended_psnr_mean"]}
 
 
-def run_ladder(task: str | None = None, clean=None, defended=None, preset: str = "quick", seed: int = 0, out=None,
+def run_ladder(task: str | None = None, clean=None, defended=None, preset: str = DEFAULT_PRESET, seed: int = 0, out=None,
                config: AsvpConfig | None = None, nodes=None, steps: int | None = None, pool: int | None = None,
                progress: bool = True, seeds: int | None = None, interval: str = "t",
                rungs=None, threads: int = THREADS) -> LadderResult:

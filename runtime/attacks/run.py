@@ -14,6 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from asvp.config import AsvpConfig
+from asvp.constants import DEFAULT_PRESET
 from asvp.errors import AsvpError
 from asvp.exporter.teachers.bundled import has_weights
 from asvp.io import write_text_atomic
@@ -141,7 +142,7 @@ def plan_run(task, clean, defended, config, preset: str, steps, pool, seeds, int
     return RunPlan(p, seed, seeds, interval, tuple(tasks), tuple(skipped), clean, defended, config, nodes)
 
 
-def run_attack(task: str | None = None, clean=None, defended=None, kind: str = "output", preset: str = "quick",
+def run_attack(task: str | None = None, clean=None, defended=None, kind: str = "output", preset: str = DEFAULT_PRESET,
                seed: int = 0, out=None, config: AsvpConfig | None = None, nodes=None, steps: int | None = None,
                pool: int | None = None, progress: bool = True, seeds: int | None = None,
                interval: str = "t", threads: int = THREADS) -> AttackResult:

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from asvp.config import AsvpConfig, PLACEMENTS
+from asvp.constants import DEFAULT_PRESET
 from asvp.errors import AsvpError
 from asvp.graph_passes.select import candidates
 from asvp.onnx_utils import load_model
@@ -109,7 +110,7 @@ def absorbability_at(task: str, clean, tensors: list[str], cfg: AsvpConfig, pres
     return cache[key]
 
 
-def run_sweep(tasks, h=None, k=None, placement=None, nodes=None, preset: str = "quick", seed: int = 0, out=None,
+def run_sweep(tasks, h=None, k=None, placement=None, nodes=None, preset: str = DEFAULT_PRESET, seed: int = 0, out=None,
               k_mode: str = "adaptive", tau: float = 0.9, steps: int | None = None, pool: int | None = None,
               progress: bool = True, threads: int = THREADS) -> SweepResult:
     """Defend and attack every configuration of the grid on each task; torch runs on `threads` threads meanwhile

@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from asvp.constants import BACKENDS
 from asvp.errors import AsvpError, MissingDependencyError, first_line
 from asvp.runtime.engines import build, plugin_trt
 from asvp.runtime.engines.sessions import AsvpOnnxrtRunner, INSTALL_ORT_GPU, SessionFromOnnx, count_plugin_nodes
 
-BACKENDS = ("onnxrt-cpu", "onnxrt-cuda", "onnxrt-trt", "tensorrt")
+
 ORT_PROVIDERS = {
     "onnxrt-cpu": ("CPUExecutionProvider",),
     "onnxrt-cuda": ("CUDAExecutionProvider", "CPUExecutionProvider"),

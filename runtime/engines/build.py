@@ -25,7 +25,10 @@ from pathlib import Path
 import onnx
 
 import asvp
+from asvp.constants import ENGINE_MAX_SHAPE as DEFAULT_MAX, ENGINE_MIN_SHAPE as DEFAULT_MIN
+from asvp.constants import ENGINE_OPT_SHAPE as DEFAULT_OPT
 from asvp.errors import AsvpError, MissingDependencyError
+from asvp.graph_passes.metadata import read_export
 from asvp.graph_passes.plugin_contract import (PLUGIN_NAMESPACE, PLUGIN_OP, PLUGIN_VERSION, foreign_custom_ops,
                                                plugin_nodes)
 from asvp.io import atomic_output, require_file
@@ -35,15 +38,29 @@ from asvp.runtime.engines import plugin_trt
 SIDECAR_FORMAT = "asvp-engine-sidecar/1"
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 SIDECAR_SUFFIX = ".json"
-DEFAULT_MIN = (1, 3, 32, 32)
-DEFAULT_OPT = (1, 3, 256, 256)
-DEFAULT_MAX = (4, 3, 512, 512)
 
 
 # ---- shapes and profiles (pure) ----------------------------------------------------------------------------
 
-def parse_shape(value, what: str = "shape") -> tuple[int, ...]:
-    """'1x3x64x64' (or '1,3,64,64', or a sequence of ints) -> (1, 3, 64, 64); every dimension must be >= 1."""
+def parse_shape(value, what: str = "shape", rank: int | None = None) -> tuple[int, ...]:
+    """'1x3x64x64' (or '1,3,64,64', or a sequence of ints) -> (1, 3, 64, 64); every dimension must be >= 1.
+
+    rank: the number of dimensions required (4: an image batch NxCxHxW, as `--shape` takes); None: any (an engine
+    profile's rank is checked against its model)."""
+    try:
+        dims = _shape_dims(value, what)
+    except AsvpError:
+        if rank == 4:
+            raise AsvpError(f"{what} must be NxCxHxW with integers, e.g. 1x3x256x256; got {value!r}") from None
+        raise
+    if rank == 4 and len(dims) != 4:
+        raise AsvpError(f"{what} must be four positive integers NxCxHxW, e.g. 1x3x256x256; got {value!r}")
+    if rank is not None and len(dims) != rank:
+        raise AsvpError(f"{what} {value!r} must have {rank} dimensions")
+    return dims
+
+
+def _shape_dims(value, what: str) -> tuple[int, ...]:
     if isinstance(value, str):
         text = value.strip().lower()
         if not re.fullmatch(r"\d+([x,]\d+)*", text):
@@ -312,11 +329,7 @@ def plan_build(onnx_path, *, min_shape=None, opt_shape=None, max_shape=None, plu
     name, _ = image_io(model)
     dims = onnx_input_dims(model, name)
     meta = get_metadata(model)
-    try:
-        multiple = int(meta.get("asvp.size_multiple", 1))
-    except ValueError:
-        multiple = 1
-    profile = make_profile(name, dims, min_shape, opt_shape, max_shape, multiple)
+    profile = make_profile(name, dims, min_shape, opt_shape, max_shape, read_export(meta).size_multiple)
     nodes = plugin_nodes(model)
     if nodes and not plugin:
         raise AsvpError(f"{p} has {len(nodes)} AsvpPerturb plugin node(s); TensorRT can only build it with the "

@@ -44,6 +44,7 @@ import torch
 from tqdm import tqdm
 
 from asvp.config import AsvpConfig
+from asvp.constants import ABSORBABILITY_CROP, ABSORBABILITY_QUERIES
 from asvp.errors import AsvpError
 from asvp.graph_passes.candidates import FeatureNode
 from asvp.method import adaptive_k_mask
@@ -52,9 +53,8 @@ from asvp.runtime.evaluation.report import Section, fmt, md_table
 from asvp.runtime.evaluation.served import torch_threads
 from asvp.runtime.evaluation.spectrum import FeatureRunner
 
+DEFAULT_QUERIES, DEFAULT_CROP = ABSORBABILITY_QUERIES, ABSORBABILITY_CROP  # the attacker's query crops (make_queries)
 ABSORBABLE_BELOW = 0.10  # predicted absorbable when the held-out unexplained share is below this
-DEFAULT_QUERIES = 64  # the attacker's query crops the diagnostic runs on (runtime.evaluation.served.make_queries)
-DEFAULT_CROP = 64
 CHUNK = 16  # images per inference call
 
 

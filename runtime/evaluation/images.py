@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from asvp.constants import HELDOUT_SIZE as DEFAULT_HELDOUT_SIZE
 from asvp.errors import AsvpError
 from asvp.tasks.data import HELDOUT_IMAGES
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-DEFAULT_HELDOUT_SIZE = 192
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""`asvp nodes --cost`: what the defence costs at each candidate node, measured, and which nodes a latency budget
+"""`asvp node-cost`: what the defence costs at each candidate node, measured, and which nodes a latency budget
 affords.
 
 Why measure: on a small network an exact ASVP costs mostly passes over the feature (its Gram, the apply, the
@@ -36,6 +36,7 @@ import numpy as np
 import onnx
 
 from asvp.config import AsvpConfig
+from asvp.constants import NODE_COST_ITERS as DEFAULT_ITERS, NODE_COST_WARMUP as DEFAULT_WARMUP
 from asvp.errors import AsvpError
 from asvp.graph_passes import select
 from asvp.graph_passes.candidates import text_table
@@ -47,7 +48,6 @@ from asvp.runtime.evaluation.profile import (DEFAULT_SHAPE, active_runners, chec
 from asvp.runtime.evaluation.report import Section, check_report_dir, fmt, jsonable, md_table, new_figure, write_report
 
 GROUP = 8  # defended models timed per round beside the clean one
-DEFAULT_WARMUP, DEFAULT_ITERS = 3, 20
 
 
 @dataclass

@@ -38,27 +38,17 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
+from asvp.constants import MEMORY_MODES, PROFILE_ITERS as DEFAULT_ITERS, PROFILE_SHAPE as DEFAULT_SHAPE
+from asvp.constants import PROFILE_WARMUP as DEFAULT_WARMUP
 from asvp.errors import AsvpError
+from asvp.graph_passes.metadata import read_export
 from asvp.io import require_file
-from asvp.onnx_utils import get_metadata, image_io, load_model
+from asvp.onnx_utils import image_io, load_model
+from asvp.runtime import quiet_polygraphy
 from asvp.runtime.engines import backends, build, plugin_ort  # noqa: F401  (plugin_ort: loaded before any memory baseline)
-from asvp.runtime.engines.build import parse_shape as parse_any_rank
+from asvp.runtime.engines.build import parse_shape
 from asvp.runtime.evaluation.report import Section, fmt, jsonable, md_table, new_figure, write_report
 
-DEFAULT_SHAPE = (1, 3, 256, 256)
-DEFAULT_WARMUP, DEFAULT_ITERS = 10, 50
-MEMORY_MODES = ("subprocess", "inprocess", "off")
-
-
-def parse_shape(text: str) -> tuple[int, int, int, int]:
-    """'1x3x256x256' (or 1,3,256,256) -> (1, 3, 256, 256): build.parse_shape, restricted to NCHW."""
-    try:
-        dims = parse_any_rank(text, "--shape")
-    except AsvpError:
-        raise AsvpError(f"--shape must be NxCxHxW with integers, e.g. 1x3x256x256; got {text!r}") from None
-    if len(dims) != 4:
-        raise AsvpError(f"--shape must be four positive integers NxCxHxW, e.g. 1x3x256x256; got {text!r}")
-    return dims
 
 
 # ---- memory ---------------------------------------------------------------------------------------------
@@ -156,6 +146,7 @@ def measure_memory_subprocess(models, backend: str, shape, seed: int = 0, timeou
 
 
 def _memory_child() -> None:  # runs in the subprocess started by measure_memory_subprocess
+    quiet_polygraphy()  # an entry point: its stdout carries the result
     args = json.loads(sys.argv[1])
     try:
         data = np.random.default_rng(args["seed"]).random(tuple(args["shape"]), dtype=np.float32)
@@ -346,7 +337,7 @@ def check_input_fits(shape) -> None:
 def check_shape(shape) -> tuple[int, int, int, int]:
     """An NxCxHxW input shape (text or ints) for an RGB image model: 3 channels, and an input that fits in this
     machine's memory (check_size_multiple then checks it against each model)."""
-    shape = parse_shape(shape if isinstance(shape, str) else "x".join(map(str, shape)))
+    shape = parse_shape(shape if isinstance(shape, str) else "x".join(map(str, shape)), "--shape", rank=4)
     if shape[1] != 3:
         raise AsvpError(f"--shape must have 3 channels (NCHW RGB), got {shape[1]}")
     check_input_fits(shape)
@@ -355,8 +346,7 @@ def check_shape(shape) -> tuple[int, int, int, int]:
 
 def check_size_multiple(model: onnx.ModelProto, shape, name: str = "clean") -> None:
     """Refuse a shape whose height or width is not a multiple of the `name` model's asvp.size_multiple."""
-    mult = get_metadata(model).get("asvp.size_multiple", "1")
-    mult = int(mult) if mult.isdigit() else 1
+    mult = read_export(model).size_multiple
     if mult > 1 and (shape[2] % mult or shape[3] % mult):
         raise AsvpError(f"--shape {'x'.join(map(str, shape))}: the {name} model needs height and width "
                         f"multiples of {mult}")

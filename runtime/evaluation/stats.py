@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats as _sp
 
+from asvp.constants import MIN_STUDENT_DROP_DB as MIN_DROP_DB
 from asvp.errors import AsvpError
 
-MIN_DROP_DB = 0.1  # a student drop below this does not count as protection, whatever its interval
 CONFIDENCE = 0.95
 INTERVALS = ("t", "bootstrap")
 BOOTSTRAP_RESAMPLES = 10000

@@ -29,23 +29,24 @@ from polygraphy.comparator import Comparator
 from tqdm import tqdm
 
 from asvp.errors import AsvpError, first_line
-from asvp.graph_passes.metadata import read_defence
+from asvp.graph_passes.metadata import read_defence, read_export
 from asvp.metrics import psnr_from_mse, psnr_ssim
 from asvp.onnx_utils import get_metadata, image_io, load_model
+from asvp.options import Thresholds
 from asvp.runtime.engines import backends, build
 from asvp.runtime.evaluation import spectrum as sp
 from asvp.runtime.evaluation.images import DEFAULT_HELDOUT_SIZE, check_samples, heldout_samples, load_pairs
 from asvp.runtime.evaluation.report import Section, fmt, jsonable, md_table, new_figure, write_report
 from asvp.tasks import TASKS, get_task
-DEFAULT_MAX_TEACHER_DROP = 0.1  # dB: the drop the paper calls negligible
 
 
 # ---- task -----------------------------------------------------------------------------------------------
 
 def resolve_task(task: str | None, clean_meta: dict, defended_meta: dict, have_images: bool):
     """(task name, TaskSpec or None, scale, size_multiple) from --task and the models' metadata."""
-    recorded = clean_meta.get("asvp.task") or defended_meta.get("asvp.task")
-    d_task = defended_meta.get("asvp.task")
+    clean_info = read_export(clean_meta)
+    d_task = read_export(defended_meta).task
+    recorded = clean_info.task or d_task
     if recorded and d_task and d_task != recorded:
         raise AsvpError(f"CLEAN is a {recorded!r} model but DEFENDED is a {d_task!r} model")
     if task is not None and task not in TASKS and task != recorded:
@@ -58,21 +59,16 @@ def resolve_task(task: str | None, clean_meta: dict, defended_meta: dict, have_i
         raise AsvpError(f"--task {task} does not match the clean model, which was exported for task {recorded!r}")
     if task in TASKS:
         spec = get_task(task)
-        rec_scale = clean_meta.get("asvp.scale")
-        if rec_scale and rec_scale.isdigit() and int(rec_scale) != spec.scale:
-            raise AsvpError(f"the clean model upscales x{rec_scale} but task {task} is x{spec.scale}")
+        if clean_info.scale is not None and clean_info.scale != spec.scale:
+            raise AsvpError(f"the clean model upscales x{clean_info.scale} but task {task} is x{spec.scale}")
         return task, spec, spec.scale, spec.size_multiple
     if task != recorded:
         get_task(task)  # raises the one-line "unknown task" error listing the bundled tasks
     if not have_images:
         raise AsvpError(f"the models were exported for task {task!r}, which has no bundled held-out images: "
                         "give --images DIR (DIR/input/*, DIR/target/*)")
-    try:  # a user model exported with its own task label: geometry from its metadata, images from --images
-        scale = int(clean_meta.get("asvp.scale", "1"))
-        mult = int(clean_meta.get("asvp.size_multiple", "1"))
-    except ValueError:
-        raise AsvpError("the clean model's asvp.scale / asvp.size_multiple metadata are not integers") from None
-    return task, None, scale, mult
+    # a user model exported with its own task label: geometry from its metadata, images from --images
+    return task, None, clean_info.scale or 1, clean_info.size_multiple
 
 
 def baseline(spec, scale: int, inp: np.ndarray) -> np.ndarray:
@@ -418,21 +414,18 @@ def _checks(thresholds: dict, finite: bool, drop, sdrop, o_psnr, max_abs: float,
 
 def validate(clean: str | os.PathLike, defended: str | os.PathLike, *, task: str | None = None,
              images: str | os.PathLike | None = None, backend: str = "onnxrt-cpu",
-             heldout_size: int = DEFAULT_HELDOUT_SIZE, max_teacher_drop: float | None = DEFAULT_MAX_TEACHER_DROP,
-             max_ssim_drop: float | None = None, min_output_psnr: float | None = None,
-             max_abs_diff: float | None = None, spectrum: bool = True, out: str | os.PathLike | None = None,
-             progress: bool = True) -> ValidationResult:
+             heldout_size: int = DEFAULT_HELDOUT_SIZE, thresholds: Thresholds | None = None, spectrum: bool = True,
+             out: str | os.PathLike | None = None, progress: bool = True) -> ValidationResult:
     """Run CLEAN and DEFENDED on the same images and judge the quality cost (see the module docstring).
 
     Every input is checked before anything runs; `out` (a report directory) is written only at the end.
-    A failed verdict is a result (`.passed` False), not an exception.
+    A failed verdict is a result (`.passed` False), not an exception. thresholds: default Thresholds() (teacher
+    drop <= asvp.constants.MAX_TEACHER_DROP_DB).
     """
-    thresholds = {"max_teacher_drop": _threshold("max_teacher_drop", max_teacher_drop),
-                  "max_ssim_drop": _threshold("max_ssim_drop", max_ssim_drop),
-                  "min_output_psnr": _threshold("min_output_psnr", min_output_psnr),
-                  "max_abs_diff": _threshold("max_abs_diff", max_abs_diff)}
+    given = (thresholds or Thresholds()).to_dict()
+    thresholds = {name: _threshold(name, v) for name, v in given.items()}
     if thresholds["max_abs_diff"] is not None and thresholds["max_abs_diff"] < 0:
-        raise AsvpError(f"max_abs_diff must be >= 0, got {max_abs_diff}")
+        raise AsvpError(f"max_abs_diff must be >= 0, got {given['max_abs_diff']}")
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise AsvpError(f"--out {out} exists and is not a directory")
     plan = _plan(clean, defended, task, images, heldout_size)

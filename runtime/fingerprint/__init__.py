@@ -9,20 +9,17 @@ asvp.fingerprint; the graph edit is graph_passes.mark; this package runs them on
     verifier     Verifier and verify: the statistic, its exact p-value, the verdict
     calibration  calibrate: store reference projections for later verifications
     check        quick_check: the demo's end-to-end check
-    defaults     the user-facing defaults (imports nothing heavy)
 
 It sits beside runtime.attacks, on the served-model plumbing of runtime.evaluation (served, students), and never
 imports the attacker. The names below are importable from the package itself (`from asvp.runtime import
-fingerprint as fp; fp.mark_file(...)`); each is loaded from its module on first use, so importing the package (or
-its defaults) stays cheap.
+fingerprint as fp; fp.mark_file(...)`); each is loaded from its module on first use, so importing the package stays
+cheap. Its user-facing defaults live in asvp.constants, with the CLI's.
 """
 from __future__ import annotations
 
 from importlib import import_module
 
 _HOMES = {
-    "DEFAULT_MAX_DROP_DB": "defaults", "REFERENCE_SEEDS": "defaults", "REFERENCE_STEPS": "defaults",
-    "REFERENCE_POOL": "defaults",
     "PROBE_SEED": "probes", "ProbeModel": "probes", "as_suspect": "probes", "probe_inputs": "probes",
     "projections": "probes", "query_outputs": "probes", "task_of": "probes",
     "CAL_MARGIN": "keyspace", "KeySpace": "keyspace", "calibration_pairs": "keyspace",

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from asvp.errors import AsvpError
 from asvp.fingerprint import key_direction
 from asvp.onnx_utils import load_model
-from asvp.runtime.fingerprint.defaults import REFERENCE_POOL, REFERENCE_SEEDS, REFERENCE_STEPS
+from asvp.constants import REFERENCE_POOL, REFERENCE_SEEDS, REFERENCE_STEPS
 from asvp.runtime.fingerprint.probes import task_of
 from asvp.runtime.fingerprint.references import save_references, train_reference_students
 from asvp.runtime.fingerprint.verifier import Verifier

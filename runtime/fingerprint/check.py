@@ -10,7 +10,7 @@ from asvp.fingerprint import DEFAULT_ALPHA, key_id
 from asvp.metrics import psnr_ssim
 from asvp.runtime.evaluation.served import THREADS, ServedModel, get_answers, make_queries, torch_threads
 from asvp.runtime.evaluation.students import TrainBudget, train_student
-from asvp.runtime.fingerprint.defaults import REFERENCE_POOL, REFERENCE_SEEDS, REFERENCE_STEPS
+from asvp.constants import REFERENCE_POOL, REFERENCE_SEEDS, REFERENCE_STEPS
 from asvp.runtime.fingerprint.mark import mark_file
 from asvp.runtime.fingerprint.references import student_fn, train_reference_students
 from asvp.runtime.fingerprint.verifier import Verifier

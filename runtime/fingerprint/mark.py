@@ -20,7 +20,7 @@ from asvp.fingerprint import DEFAULT_M, check_key, key_direction, key_id, mix_ma
 from asvp.graph_passes.mark import MarkInfo, mark_model
 from asvp.metrics import pooled_psnr
 from asvp.onnx_utils import image_io, load_model, save_model
-from asvp.runtime.fingerprint.defaults import DEFAULT_MAX_DROP_DB
+from asvp.constants import FINGERPRINT_MAX_DROP_DB as DEFAULT_MAX_DROP_DB
 from asvp.runtime.fingerprint.keyspace import CAL_MARGIN, CAL_SEED, KeySpace, calibration_psnr, key_space
 from asvp.runtime.fingerprint.probes import task_of
 

@@ -11,7 +11,7 @@ import torch
 from asvp.io import atomic_output
 from asvp.runtime.evaluation.served import THREADS, ServedModel, get_answers, make_queries, torch_threads
 from asvp.runtime.evaluation.students import TrainBudget, predict, train_student
-from asvp.runtime.fingerprint.defaults import REFERENCE_POOL, REFERENCE_SEEDS, REFERENCE_STEPS
+from asvp.constants import REFERENCE_POOL, REFERENCE_SEEDS, REFERENCE_STEPS
 
 
 def train_reference_students(clean, task: str, seeds=REFERENCE_SEEDS, steps: int = REFERENCE_STEPS,

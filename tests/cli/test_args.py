@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from asvp.cli import SUBCOMMANDS, build_parser, main
+from asvp.cli import COMMANDS, build_parser, main
 from asvp.cli.args import DefenceArgs
 from asvp.config import AsvpConfig
 
@@ -16,7 +16,7 @@ def _subparsers():
 
 def test_every_subcommand_has_help(capsys):
     names = list(_subparsers())
-    assert len(names) == len(SUBCOMMANDS)
+    assert len(names) == len(COMMANDS)
     for name in names:
         with pytest.raises(SystemExit) as e:
             main([name, "--help"])
@@ -46,3 +46,31 @@ def test_help_shows_the_real_defaults(capsys):
     d = AsvpConfig()
     for text in (f"(default {d.h})", f"default {d.k};", f"(default {d.tau})", f"(default {d.placement})"):
         assert text in out
+
+
+def test_groups_parse_into_the_typed_options_the_api_takes():
+    from asvp.cli.args import ShapeProfileArgs, ThresholdArgs, TimingArgs
+    from asvp.constants import MAX_TEACHER_DROP_DB, PROFILE_ITERS, PROFILE_WARMUP
+    from asvp.options import ShapeProfile, Thresholds, Timing
+
+    sub = _subparsers()
+    v = sub["validate"].parse_args(["c.onnx", "d.onnx", "--max-abs-diff", "0.5"])
+    assert ThresholdArgs.parse(v) == Thresholds(max_teacher_drop=MAX_TEACHER_DROP_DB, max_abs_diff=0.5)
+    p = sub["profile"].parse_args(["c.onnx", "--threads", "2"])
+    assert TimingArgs.parse(p) == Timing("1x3x256x256", PROFILE_WARMUP, PROFILE_ITERS, threads=2)
+    b = sub["build"].parse_args(["m.onnx", "-o", "m.engine", "--max", "2x3x64x64"])
+    assert ShapeProfileArgs.parse(b) == ShapeProfile(max="2x3x64x64")
+
+
+def test_constants_match_their_owners():
+    """The CLI shows defaults from asvp.constants without importing their owners; the owners agree."""
+    import inspect
+
+    from asvp import api, constants
+    from asvp.graph_passes.defend import MODES
+    from asvp.tasks import TASKS
+
+    assert tuple(TASKS) == constants.TASK_NAMES and MODES == constants.DEFEND_MODES
+    mark = inspect.signature(api.fingerprint_mark).parameters
+    assert mark["max_drop_db"].default == constants.FINGERPRINT_MAX_DROP_DB
+    assert mark["m"].default == constants.FINGERPRINT_M

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from asvp.cli import main
+from asvp.options import Timing
 
 # (id, argv; {m} = a clean ONNX model, {pth} = a spandrel checkpoint, in the working folder; expected exit status)
 TABLE = [
@@ -57,15 +58,16 @@ TABLE = [
     ("profile-huge-shape", ["profile", "{m}", "--shape", "1x3x99999x99999", "--memory", "off"], 2),
     ("profile-bad-shape", ["profile", "{m}", "--shape", "1x3x0x4"], 2),
     ("profile-bad-threads", ["profile", "{m}", "--threads", "0", "--memory", "off"], 2),
-    ("nodes-budget-without-cost", ["nodes", "{m}", "--budget", "1.1"], 2),
-    ("nodes-count-without-budget", ["nodes", "{m}", "--cost", "--count", "3"], 2),
-    ("nodes-cost-and-absorbability", ["nodes", "{m}", "--cost", "--absorbability"], 2),
-    ("nodes-cost-budget-not-a-ratio", ["nodes", "{m}", "--cost", "--budget", "0.9"], 2),
-    ("nodes-cost-bad-threads", ["nodes", "{m}", "--cost", "--threads", "0"], 2),
-    ("nodes-cost-shape-not-rgb", ["nodes", "{m}", "--cost", "--shape", "1x1x16x16"], 2),
-    ("nodes-cost-unknown-node", ["nodes", "{m}", "--cost", "--nodes", "nope"], 2),
-    ("nodes-cost-out-under-file", ["nodes", "{m}", "--cost", "--out", "afile/r"], 2),
-    ("nodes-cost-tensorrt", ["nodes", "{m}", "--cost", "--backend", "tensorrt"], 2),
+    ("nodes-budget-is-node-cost", ["nodes", "{m}", "--budget", "1.1"], 2),
+    ("node-cost-count-without-budget", ["node-cost", "{m}", "--count", "3"], 2),
+    ("nodes-old-cost-and-absorbability", ["nodes", "{m}", "--cost", "--absorbability"], 2),
+    ("node-cost-budget-not-a-ratio", ["node-cost", "{m}", "--budget", "0.9"], 2),
+    ("node-cost-bad-threads", ["node-cost", "{m}", "--threads", "0"], 2),
+    ("node-cost-shape-not-rgb", ["node-cost", "{m}", "--shape", "1x1x16x16"], 2),
+    ("node-cost-unknown-node", ["node-cost", "{m}", "--nodes", "nope"], 2),
+    ("node-cost-out-under-file", ["node-cost", "{m}", "--out", "afile/r"], 2),
+    ("node-cost-tensorrt", ["node-cost", "{m}", "--backend", "tensorrt"], 2),
+    ("absorbability-no-input-option", ["absorbability", "{m}", "--input", "image"], 2),
     ("attack-out-is-file", ["attack", "--task", "sr", "--out", "afile"], 2),
     ("attack-unknown-kind", ["attack", "--task", "sr", "--kind", "nope"], 2),
     ("attack-ladder-unknown-preset", ["attack", "--kind", "ladder", "--preset", "nope"], 2),
@@ -189,7 +191,8 @@ def test_report_folders_compose(workdir, tmp_path):
 
     r = tmp_path / "r"
     api.write_report(r, {"first": Section("First", {"a": 1})})
-    res = api.profile(workdir / "m.onnx", shape="1x3x16x16", warmup=0, iters=1, memory="off", out=r, progress=False)
+    res = api.profile(workdir / "m.onnx", timing=Timing("1x3x16x16", warmup=0, iters=1), memory="off", out=r,
+                      progress=False)
     assert res is not None
     doc = json.loads((r / "report.json").read_text())
     assert "first" in doc["sections"] and len(doc["sections"]) == 2

@@ -18,6 +18,7 @@ from asvp.cli import main
 from asvp.errors import AsvpError
 from asvp.exporter.spandrel_loader import import_spandrel
 from asvp.onnx_utils import get_metadata
+from asvp.options import ExportOptions
 
 
 def _arch(name: str):
@@ -98,7 +99,7 @@ def test_batch_baked_export_names_the_batch_and_the_option(tmp_path):
     pth = tmp_path / "s.pth"
     torch.save(_arch("SwinIR").state_dict(), pth)
     with pytest.raises(AsvpError, match=r"parity fails at 2x3x\d+x\d+ .*--static-batch") as e:
-        api.export(str(pth), tmp_path / "s.onnx", exporter="torchscript")
+        api.export(str(pth), tmp_path / "s.onnx", ExportOptions(exporter="torchscript"))
     assert "\n" not in str(e.value)
     assert not (tmp_path / "s.onnx").exists()
 
@@ -106,13 +107,13 @@ def test_batch_baked_export_names_the_batch_and_the_option(tmp_path):
 def test_static_size_fixes_height_and_width(tmp_path):
     pth = tmp_path / "c.pth"
     torch.save(_arch("RealESRGAN Compact").state_dict(), pth)
-    res = api.export(str(pth), tmp_path / "c.onnx", static_size="40x48", static_batch=True)
+    res = api.export(str(pth), tmp_path / "c.onnx", ExportOptions(static_size="40x48", static_batch=True))
     m = onnx.load(res.path)
     dims = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 3, 40, 48] and res.dynamic == []
     assert [tuple(s) for s in res.parity_inputs] == [(1, 3, 40, 48)]
     with pytest.raises(AsvpError, match="static-size"):
-        api.export(str(pth), tmp_path / "d.onnx", static_size="40by48")
+        api.export(str(pth), tmp_path / "d.onnx", ExportOptions(static_size="40by48"))
 
 
 class NeedsSixteen(torch.nn.Module):
@@ -143,7 +144,7 @@ def test_dynamo_exporter_on_request(tmp_path):
     pytest.importorskip("onnxscript", reason="the dynamo exporter needs onnxscript (pip install 'asvp[dynamo]')")
     pth = tmp_path / "c.pth"
     torch.save(_arch("RealESRGAN Compact").state_dict(), pth)
-    res = api.export(str(pth), tmp_path / "c.onnx", exporter="dynamo")
+    res = api.export(str(pth), tmp_path / "c.onnx", ExportOptions(exporter="dynamo"))
     m = onnx.load(res.path)
     assert res.exporter == "dynamo" and get_metadata(m)["asvp.exporter"] == "dynamo"
     assert res.dynamic == ["N", "H", "W"] and 2 in {s[0] for s in res.parity_inputs}
@@ -163,6 +164,6 @@ def test_onnxruntime_failure_in_parity_is_one_line(tmp_path):
     pth = tmp_path / "d.pth"
     torch.save(net.state_dict(), pth)
     with pytest.raises(AsvpError, match=r"ONNX Runtime fails.*LayerNormalization.*traced shape itself") as e:
-        api.export(str(pth), tmp_path / "d.onnx", exporter="torchscript", static_batch=True)
+        api.export(str(pth), tmp_path / "d.onnx", ExportOptions(exporter="torchscript", static_batch=True))
     assert "\n" not in str(e.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.pth"]

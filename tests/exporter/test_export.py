@@ -16,8 +16,9 @@ from asvp.cli import main
 from asvp.errors import AsvpError
 from asvp.exporter.export import export_model
 from asvp.onnx_utils import MAX_IR_VERSION
+from asvp.options import ExportOptions
 from asvp.exporter.teachers.bundled import load_teacher, weights_path
-from asvp.tasks import get_task
+from asvp.tasks import TASKS, get_task
 from asvp.onnx_utils import get_metadata
 from asvp.tasks import TASK_NAMES
 
@@ -83,12 +84,12 @@ def test_module_class_source_with_weights(tmp_path):
     weights = tmp_path / "w.pt"
     torch.save(net.state_dict(), weights)
     res = api.export("asvp.tasks.architectures:ResidualCNN", tmp_path / "m.onnx",
-                     weights=weights, kwargs='{"ch": 8, "blocks": 1}', task="underwater")
+                     ExportOptions(weights=weights, kwargs='{"ch": 8, "blocks": 1}', task="underwater"))
     assert res.task == "underwater" and res.scale == 1
     # Wrong kwargs -> weights do not fit -> one clear error, no file.
     with pytest.raises(AsvpError, match="cannot load weights"):
         api.export("asvp.tasks.architectures:ResidualCNN", tmp_path / "bad.onnx",
-                   weights=weights, kwargs='{"ch": 16, "blocks": 1}')
+                   ExportOptions(weights=weights, kwargs='{"ch": 16, "blocks": 1}'))
     assert not (tmp_path / "bad.onnx").exists()
 
 

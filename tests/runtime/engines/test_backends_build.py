@@ -17,6 +17,7 @@ from onnx import TensorProto, helper
 from asvp import api
 from asvp.errors import AsvpError, MissingDependencyError
 from asvp.graph_passes import plugin_contract
+from asvp.options import ShapeProfile
 from asvp.runtime.engines import backends, build, plugin_trt, sessions
 
 TRT_OK, TRT_WHY = plugin_trt.tensorrt_status()
@@ -327,8 +328,7 @@ def test_cli_backends_json():
 def test_build_load_and_run_engine_with_plugin(model_paths, tmp_path):
     _, plug = model_paths
     eng = tmp_path / "m.engine"
-    res = api.build_engine(plug, eng, min_shape="1x3x8x8", opt_shape="2x3x32x32", max_shape="2x3x64x64",
-                           workspace="1G")
+    res = api.build_engine(plug, eng, profile=ShapeProfile("1x3x8x8", "2x3x32x32", "2x3x64x64"), workspace="1G")
     side = build.read_sidecar(eng)
     assert res.plugin_nodes == 1 and side["plugins"][0]["name"] == "AsvpPerturb"
     assert side["tensorrt_version"] == res.tensorrt_version and side["engine_sha256"] == build.sha256_file(eng)
@@ -436,7 +436,7 @@ def fake_tensorrt(monkeypatch):
 def test_build_and_load_orchestration_with_stand_in_tensorrt(fake_tensorrt, model_paths, tmp_path):
     _, plug = model_paths
     eng = tmp_path / "out" / "m.engine"
-    res = api.build_engine(plug, eng, max_shape="2x3x64x64", fp16=True, workspace="1G")
+    res = api.build_engine(plug, eng, profile=ShapeProfile(max="2x3x64x64"), fp16=True, workspace="1G")
     calls = fake_tensorrt
     assert calls["order"] == ["register", "parse", "build"], "the plugin must be registered before parsing"
     cfg = calls["config"]

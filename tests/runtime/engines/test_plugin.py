@@ -22,6 +22,7 @@ from polygraphy.common import TensorMetadata
 from asvp.config import AsvpConfig
 from asvp.errors import AsvpError, MissingDependencyError
 from asvp.method import asvp_reference
+from asvp.options import ShapeProfile
 from asvp.runtime.engines import backends, plugin_ort, plugin_trt
 from asvp.graph_passes import plugin_contract
 from asvp.graph_passes.plugin_contract import PLUGIN_DOMAIN, PLUGIN_NAMESPACE, PLUGIN_OP, PLUGIN_VERSION, config_from_attrs
@@ -365,7 +366,7 @@ def test_trt_engine_with_plugin_matches_reference(tmp_path):
     src = tmp_path / "m.onnx"
     onnx.save(model, str(src))
     eng = tmp_path / "m.engine"
-    res = api.build_engine(src, eng, min_shape="1x3x8x8", opt_shape="2x3x16x16", max_shape="2x3x32x32")
+    res = api.build_engine(src, eng, profile=ShapeProfile("1x3x8x8", "2x3x16x16", "2x3x32x32"))
     assert res.plugin_nodes == 2 and eng.exists()
     x = np.random.default_rng(1).random((2, 3, 16, 12), dtype=np.float32)
     got = backends.run(str(eng), x, backend="tensorrt")

@@ -67,15 +67,23 @@ def test_a_budget_nothing_fits_is_said_not_hidden(dehaze):
 
 
 def test_cli_cost_json(dehaze, capsys):
-    assert main(["nodes", dehaze, "--cost", "--nodes", "/Relu", "--shape", "1x3x16x16", "--warmup", "0",
+    assert main(["node-cost", dehaze, "--nodes", "/Relu", "--shape", "1x3x16x16", "--warmup", "0",
                  "--iters", "2", "--threads", "1", "--json", "-q"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [c["name"] for c in out["costs"]] == ["/Relu"] and out["iters"] == 2 and out["shape"] == [1, 3, 16, 16]
 
 
-def test_cli_timing_options_need_cost(dehaze, capsys):
-    assert main(["nodes", dehaze, "--iters", "5"]) == 2
-    assert "apply to --cost only" in capsys.readouterr().err
+def test_cli_timing_options_belong_to_node_cost(dehaze, capsys):
+    with pytest.raises(SystemExit) as e:  # `asvp nodes` only lists: argparse refuses the options of node-cost
+        main(["nodes", dehaze, "--iters", "5"])
+    assert e.value.code == 2 and "unrecognized arguments: --iters 5" in capsys.readouterr().err
+
+
+def test_the_old_cost_flag_is_redirected_for_one_release(dehaze, capsys):
+    assert main(["nodes", dehaze, "--cost", "--nodes", "/Relu", "--shape", "1x3x16x16", "--warmup", "0",
+                 "--iters", "1", "--threads", "1", "--json", "-q"]) == 0
+    captured = capsys.readouterr()
+    assert "is now `asvp node-cost`" in captured.err and json.loads(captured.out)["iters"] == 1
 
 
 def test_threads_reach_every_session(dehaze, monkeypatch):

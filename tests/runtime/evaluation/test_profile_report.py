@@ -8,6 +8,7 @@ import pytest
 
 from asvp import api, cli
 from asvp.errors import AsvpError, MissingDependencyError
+from asvp.options import Timing
 from asvp.runtime.evaluation import profile as prof
 from asvp.runtime.evaluation.report import Section, jsonable, new_figure, write_report
 from asvp.tasks import TASK_NAMES
@@ -36,7 +37,7 @@ def _check_stats(m, iters, batch, memory=True):
 @pytest.mark.parametrize("task", TASKS)
 def test_profile_every_teacher(task, teacher):
     clean = teacher(task)
-    res = api.profile(clean, clean, shape="2x3x32x32", warmup=1, iters=4, memory="off", progress=False)
+    res = api.profile(clean, clean, timing=Timing("2x3x32x32", warmup=1, iters=4), memory="off", progress=False)
     assert res.interleaved and [m.name for m in res.models] == ["clean", "defended"]
     for m in res.models:
         _check_stats(m, 4, 2, memory=False)
@@ -48,7 +49,8 @@ def test_profile_every_teacher(task, teacher):
 
 
 def test_profile_single_model_and_cli_json(teacher, capsys):
-    res = api.profile(teacher("sr"), shape=(1, 3, 24, 24), warmup=0, iters=3, memory="inprocess", progress=False)
+    res = api.profile(teacher("sr"), timing=Timing((1, 3, 24, 24), warmup=0, iters=3), memory="inprocess",
+                      progress=False)
     assert not res.interleaved and res.ratio == {} and len(res.models) == 1
     _check_stats(res.models[0], 3, 1)
     assert cli.main(["profile", teacher("sr"), "--shape", "1x3x24x24", "--warmup", "1", "--iters", "2", "--json", "-q",
@@ -116,7 +118,9 @@ def test_profile_interleaves_and_alternates_order(teacher, monkeypatch):
 def test_profile_bad_input(kw, message, teacher, tmp_path, capsys):
     task = kw.pop("task", "sr")
     with pytest.raises(AsvpError) as ei:
-        api.profile(teacher(task), **{"shape": "1x3x32x32", **kw}, out=tmp_path / "o", progress=False)
+        given = {"shape": "1x3x32x32", **kw}
+        timing = Timing(**{k: given.pop(k) for k in ("shape", "warmup", "iters", "threads") if k in given})
+        api.profile(teacher(task), timing=timing, **given, out=tmp_path / "o", progress=False)
     assert message in str(ei.value)
     assert not (tmp_path / "o").exists()
     argv = ["profile", teacher(task), "--out", str(tmp_path / "o")]
@@ -140,7 +144,7 @@ def test_profile_missing_model_and_backend(teacher, tmp_path, capsys):
     missing = [b for b in ("tensorrt", "onnxrt-cuda") if b not in available_backends()]
     if missing:
         with pytest.raises(MissingDependencyError):
-            api.profile(teacher("sr"), backend=missing[0], shape="1x3x32x32", iters=1, progress=False)
+            api.profile(teacher("sr"), backend=missing[0], timing=Timing("1x3x32x32", iters=1), progress=False)
         assert cli.main(["profile", teacher("sr"), "--backend", missing[0], "--out", str(tmp_path / "o")]) == 3
         assert not (tmp_path / "o").exists()
 
@@ -160,7 +164,8 @@ def test_profile_report_files(teacher, tmp_path):
     from PIL import Image
 
     out = tmp_path / "r"
-    res = api.profile(teacher("sr"), teacher("sr"), shape="1x3x32x32", warmup=1, iters=5, out=out, progress=False)
+    res = api.profile(teacher("sr"), teacher("sr"), timing=Timing("1x3x32x32", warmup=1, iters=5), out=out,
+                      progress=False)
     assert res.report_dir == str(out)
     # Default memory mode: each model in a fresh process, so both identical models measure alike.
     c, d = res.models
@@ -228,7 +233,7 @@ def test_profile_on_tensorrt(teacher):
 
     if "tensorrt" not in available_backends():
         pytest.skip("TensorRT with a CUDA device is not available here (asvp backends lists why)")
-    res = api.profile(teacher("sr"), teacher("sr"), backend="tensorrt", shape="1x3x64x64", warmup=2, iters=5,
+    res = api.profile(teacher("sr"), teacher("sr"), backend="tensorrt", timing=Timing("1x3x64x64", warmup=2, iters=5),
                       progress=False)
     assert res.models[0].provider.startswith("TensorRT")
     assert res.models[0].device_memory_mb is not None and res.models[0].device_memory_mb >= 0

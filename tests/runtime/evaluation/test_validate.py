@@ -18,6 +18,7 @@ import pytest
 from asvp import api, cli
 from asvp.config import AsvpConfig
 from asvp.errors import AsvpError, MissingDependencyError
+from asvp.options import Thresholds
 from asvp.tasks import TASK_NAMES
 
 TASKS = TASK_NAMES
@@ -146,10 +147,10 @@ def test_verdict_flips_with_impossible_thresholds(teacher, tmp_path, capsys):
     dfd = make_standin(clean, tmp_path / "d.onnx", "inline", factor=1.01)
     ok = api.validate(clean, dfd, heldout_size=32, progress=False)
     assert ok.passed and abs(ok.teacher_psnr_drop) < 0.1 and [c.name for c in ok.checks] == ["finite", "max_teacher_drop"]
-    bad = api.validate(clean, dfd, heldout_size=32, max_teacher_drop=-1.0, progress=False)
+    bad = api.validate(clean, dfd, heldout_size=32, thresholds=Thresholds(max_teacher_drop=-1.0), progress=False)
     assert not bad.passed and [c.name for c in bad.failed_checks()] == ["max_teacher_drop"]
-    bad = api.validate(clean, dfd, heldout_size=32, min_output_psnr=1e6, max_abs_diff=0.0, max_ssim_drop=1.0,
-                       progress=False)
+    bad = api.validate(clean, dfd, heldout_size=32, progress=False,
+                       thresholds=Thresholds(min_output_psnr=1e6, max_abs_diff=0.0, max_ssim_drop=1.0))
     assert {c.name for c in bad.failed_checks()} == {"min_output_psnr", "max_abs_diff"}
     # CLI: 0 on pass, 1 on a failed verdict (distinct from 2 = bad input).
     assert cli.main(["validate", clean, dfd, "--size", "32", "-q"]) == 0
@@ -162,8 +163,8 @@ def test_verdict_flips_with_impossible_thresholds(teacher, tmp_path, capsys):
 
 def test_identical_models_pass_with_infinite_output_psnr(teacher, tmp_path):
     clean = teacher("dehaze")
-    res = api.validate(clean, clean, heldout_size=32, min_output_psnr=200, max_abs_diff=0.0, out=tmp_path / "r",
-                       progress=False)
+    res = api.validate(clean, clean, heldout_size=32, out=tmp_path / "r", progress=False,
+                       thresholds=Thresholds(min_output_psnr=200, max_abs_diff=0.0))
     assert res.passed and res.output_psnr == math.inf and res.output_max_abs_diff == 0.0
     assert res.teacher_psnr_drop == 0.0 and not res.spectrum
     assert any("asvp.defended" in n for n in res.notes)

@@ -60,7 +60,7 @@ def _stats(ms: list[float]) -> dict:
             "min_ms": s[0], "n": len(s)}
 
 
-def _interleaved(runners: dict, repeats: int, warmup: int = 3, cpu: dict | None = None) -> dict:
+def interleaved(runners: dict, repeats: int, warmup: int = 3, cpu: dict | None = None) -> dict:
     """name -> list of wall-clock ms; each repeat runs every model once, rotating the order.
 
     cpu: a dict to fill with the same runs' CPU time of this thread (ms). With one intra-op thread ONNX Runtime
@@ -296,7 +296,7 @@ def run(out_path: str | Path = DEFAULT_OUT, repeats: int = 20, size: int = 256, 
         sessions = {"clean": _session(clean), "defended_1": _session(one), "defended_3": _session(three)}
         feeds = {n: (s, {s.get_inputs()[0].name: x}) for n, s in sessions.items()}
         cpu: dict = {}
-        times = _interleaved({n: (lambda s=s, f=f: s.run(None, f)) for n, (s, f) in feeds.items()}, repeats, cpu=cpu)
+        times = interleaved({n: (lambda s=s, f=f: s.run(None, f)) for n, (s, f) in feeds.items()}, repeats, cpu=cpu)
         lat, lat_cpu = {n: _stats(v) for n, v in times.items()}, {n: _stats(v) for n, v in cpu.items()}
         ratio = {n: lat[n]["median_ms"] / lat["clean"]["median_ms"] for n in ("defended_1", "defended_3")}
         ratio_cpu = {n: lat_cpu[n]["median_ms"] / lat_cpu["clean"]["median_ms"] for n in ("defended_1", "defended_3")}
@@ -318,7 +318,7 @@ def run(out_path: str | Path = DEFAULT_OUT, repeats: int = 20, size: int = 256, 
         torch_threads = torch.get_num_threads()
         torch.set_num_threads(THREADS)  # like the ONNX Runtime sessions
         alone_cpu: dict = {}
-        alone = _interleaved({
+        alone = interleaved({
             "subgraph_ort": lambda: sub.run(None, {"x": f}),
             "torch_svd_f32": lambda: torch.linalg.svd(mat, full_matrices=False),
             "asvp_exact_f64": lambda: asvp_exact(ft, cfg),
@@ -461,7 +461,7 @@ def cost_breakdown(tasks=TASKS, counts=(1, 3), placement: str = "tap", size: int
                     sessions[name] = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
                 feed = {sessions["clean"].get_inputs()[0].name: x}
                 cpu: dict = {}
-                _interleaved({n: (lambda s=s: s.run(None, feed)) for n, s in sessions.items()}, repeats, warmup, cpu=cpu)
+                interleaved({n: (lambda s=s: s.run(None, feed)) for n, s in sessions.items()}, repeats, warmup, cpu=cpu)
                 med = {}
                 for n, sess in sessions.items():  # warm-up runs are profiled too: skip them
                     wall = _kernel_means(sess.end_profiling(), warmup)
@@ -564,7 +564,7 @@ def apply_forms(shapes=((16, 256), (24, 256), (32, 256), (48, 256), (64, 256), (
         runners = {key: (lambda s=s: s.run(None, {i.name: feeds[i.name] for i in s.get_inputs()}))
                    for key, s in sessions.items()}
         cpu: dict = {}
-        _interleaved(runners, repeats, cpu=cpu)
+        interleaved(runners, repeats, cpu=cpu)
         for (form, pl), v in cpu.items():
             rows.append({"channels": c, "side": side, "form": form, "placement": pl, "cpu_median_ms": statistics.median(v)})
     return rows

@@ -133,7 +133,7 @@ def latency_ratios(work: Path, smoke: bool, repeats: int = 40, threads: int = 1,
         sessions = {n: ort_session(p, threads=threads, inter_op_threads=1) for n, p in paths.items()}
         feed = {sessions["clean"].get_inputs()[0].name: x}
         cpu: dict = {}
-        wall = bench_graph_passes._interleaved({n: (lambda s=s: s.run(None, feed)) for n, s in sessions.items()},
+        wall = bench_graph_passes.interleaved({n: (lambda s=s: s.run(None, feed)) for n, s in sessions.items()},
                                                repeats, warmup=warmup, cpu=cpu)
         for label, count, placement in VARIANTS:
             row = {"task": task, "variant": label, "nodes": count, "placement": "tap" if placement == "budget" else placement,

@@ -183,3 +183,44 @@ def test_the_checker_sees_a_planted_upward_import(tmp_path):
     f.write_text("def f():\n    from asvp import api\n    return api\n")
     deps = own_imports("asvp.method", f, set(all_modules()))
     assert "asvp.api" in deps and layer_of("asvp.api") > layer_of("asvp.method")
+
+
+OWN_TOPS = ("asvp", "benchmarks", "research")
+
+
+def private_imports(path: Path) -> list[str]:
+    """Private names (`_x`, not dunders) that a file takes from another of the project's modules: `from m import _x`,
+    or `m._x` on a module it imported (`import asvp.m as m`, `from asvp import m`)."""
+    tree = ast.parse(path.read_text())
+    own_aliases, found = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] in OWN_TOPS:
+            for a in node.names:
+                if a.name.startswith("_") and not a.name.startswith("__"):
+                    found.append(f"from {node.module} import {a.name}")
+                own_aliases.add(a.asname or a.name)
+        elif isinstance(node, ast.Import):
+            own_aliases |= {a.asname or a.name.split(".")[0] for a in node.names if a.name.split(".")[0] in OWN_TOPS}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in own_aliases
+                and node.attr.startswith("_") and not node.attr.startswith("__")):
+            found.append(f"{node.value.id}.{node.attr}")
+    return found
+
+
+def project_files() -> list[Path]:
+    files = list(all_modules().values())
+    for top in ("benchmarks", "research"):
+        files += sorted((ROOT / top).glob("*.py"))
+    return files
+
+
+def test_no_private_name_is_imported_across_modules():
+    bad = [f"{p.relative_to(ROOT)}: {what}" for p in project_files() for what in private_imports(p)]
+    assert not bad, "private names used across modules:\n" + "\n".join(bad)
+
+
+def test_the_checker_sees_a_planted_private_import(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("from asvp.runtime.attacks.run import _helper\nfrom asvp import api\napi._fp\n")
+    assert private_imports(f) == ["from asvp.runtime.attacks.run import _helper", "api._fp"]

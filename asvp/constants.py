@@ -49,7 +49,7 @@ DEFAULT_PRESET = "quick"
 FINGERPRINT_M = 8  # D = m(m+1)/2 = 36 key dimensions
 FINGERPRINT_ALPHA = 0.01
 FINGERPRINT_KEY_ENV = "ASVP_FINGERPRINT_KEY"
-# the fingerprint's marking and calibration (runtime.attacks.fingerprint): the teacher's PSNR budget for the mark,
+# the fingerprint's marking and calibration (runtime.fingerprint): the teacher's PSNR budget for the mark,
 # and the reference students of the clean teacher whose bias verification removes (seeds, steps, queries).
 FINGERPRINT_MAX_DROP_DB = 0.05
 REFERENCE_SEEDS = (100, 101, 102)

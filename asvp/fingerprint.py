@@ -23,7 +23,7 @@ architecture or training data) without reference models: the only assumptions ar
 random and kept secret. A student of the marked model reproduces delta_u ~ sum_j u_j delta_j, which pushes c
 towards 1. Reference models (students of the clean teacher) are used for power, not validity: the span of their
 (key-free) coefficient vectors is removed before the test (coefficients). Models trained on ground truth, other
-architectures and baselines check the calibration empirically (benchmarks/fingerprint_eval.py).
+architectures and baselines check the calibration empirically (research/fingerprint_eval.py).
 
 The key space can also be restricted, key-free, to the directions that do not change the teacher's error to
 first order on the owner's calibration data (cost_neutral_directions): D' counts what is left.

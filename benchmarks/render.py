@@ -33,7 +33,7 @@ def floor_markdown(latency: list[dict], placement: str) -> list[str]:
 
 
 def budget_markdown(latency: list[dict], costs: dict) -> list[str]:
-    """Per teacher and node count: what `asvp nodes --cost --budget` chose, its own measurement of the set, and the
+    """Per teacher and node count: what `asvp node-cost --budget` chose, its own measurement of the set, and the
     set timed in the benchmark's loop, against the target."""
     lines = []
     for x in latency:
@@ -49,7 +49,7 @@ def budget_markdown(latency: list[dict], costs: dict) -> list[str]:
     if not lines:
         return []
     rounds = "/".join(sorted({str(c.get("iters")) for c in costs.values()})) or "?"
-    return ["", "Within the budget (tap placement): the nodes `asvp nodes --cost --budget TARGET --count N` chooses "
+    return ["", "Within the budget (tap placement): the nodes `asvp node-cost --budget TARGET --count N` chooses "
             "(one node: the cheapest candidate; three: the cheapest of three contiguous runs of candidates, dropped "
             "while the set, measured together, does not fit: its paired ratios' p75 above the target). `selection's timing`: the set as the tool measured "
             f"it (random input, its own {rounds} rounds, wall clock of the inference call at the same threads); `benchmark`: "
@@ -123,7 +123,7 @@ def render_markdown(r: dict, json_path: Path, gpu_dir=None) -> str:
             "ratios are given beside it. Ratios: of the medians (p50), and the median of the per-repeat paired ratios "
             "with their p25-p75. `tap only` exposes the automatic node's clean feature as an extra output and computes "
             "nothing: the floor of the tap placement. 1 node = the automatic node; 3 nodes = three candidates spread "
-            "evenly over the network; `within budget` = the nodes `asvp nodes --cost --budget` chooses (table below). `floor: ..., tap + Gram` exposes the same features and computes only their Gram "
+            "evenly over the network; `within budget` = the nodes `asvp node-cost --budget` chooses (table below). `floor: ..., tap + Gram` exposes the same features and computes only their Gram "
             "matrices M M^T (no eigensolver, no apply, no perturbed output): the cost below which no exact ASVP can go "
             "on this runtime at these nodes; `floor: ..., Gram + apply` adds the apply step with a fixed U (the "
             "defence without its eigensolver). Targets (issue 11): SR one node <= 1.05, every teacher and three nodes <= "

@@ -10,13 +10,13 @@ so a stopped run resumes with the missing tasks) and renders research/results/fi
     python -m research.fingerprint_eval --bias-students 16 --json R.json --task derain   # the bias-avoiding key space
 
 Every model is trained here on CPU, one thread, from the served models' answers through ONNX Runtime (the attack
-harness: asvp.runtime.attacks.attack.make_queries / get_answers); a suspect is queried only on the verifier's
+harness: asvp.runtime.evaluation.served.make_queries / get_answers); a suspect is queried only on the verifier's
 probe images. Seeds are fixed and listed in the output. The mark is calibrated to the teacher's budget
 (fingerprint.mark_file: max drop 0.05 dB by default, the issue's budget, or --max-drop; 40 % of it on training-image
 calibration crops); the teacher's cost is measured on the held-out images.
 
 Positives (students of the MARKED model), profile cpu: output distillation at the quick budget (seeds 0-2), the
-full budget (seed 0) and the long budget (1024 queries, 3000 steps; seed 0); the ladder's feature rungs fitnets-1, direct and staged (asvp.runtime.attacks.attack.LADDER,
+full budget (seed 0) and the long budget (1024 queries, 3000 steps; seed 0); the ladder's feature rungs fitnets-1, direct and staged (asvp.runtime.attacks.recipes.FEATURE_RUNGS,
 the marked feature exposed to the attacker; seed 0); a smaller and a larger student (half / double width, seed 0).
 Removal attempts: the adaptive rung's output filtering, post-hoc residual smoothing of a marked student's outputs,
 fine-tuning it on ground truth, and training on a 50/50 mix of marked answers and ground-truth pairs.

@@ -10,7 +10,7 @@ questions without training a model.
 
 1. **How strong can a key's mark be?** (measured, key-free, about 30 s per task.) It exports the bundled
    teacher and rebuilds the mark's key space exactly as `fingerprint mark` does
-   (`runtime.attacks.fingerprint.key_space`), with the quadratic model of the calibration cost
+   (`runtime.fingerprint.keyspace.key_space`), with the quadratic model of the calibration cost
    (`KeySpace.cost_terms`). For `--keys` random keys it solves the largest scale s (eps = s x basis_eps) whose
    pooled-PSNR drop on the calibration crops stays within the mark's target, outputs unclipped. The key
    directions are equalised on the probes, so the mark's amplitude where the verifier looks is proportional to

@@ -8,7 +8,7 @@ keyed-h (docs/variants.md) gives every query a pseudo-random h; a flipped or tra
 query to the hash, so it gets an unrelated h. The attacker sends the 8 dihedral copies of each of its queries,
 undoes the transform on each answer and trains on the mean: the noise averages over 8 draws, while the teacher's
 systematic behaviour (its mean h) stays and is learnt. The clean teacher's student gets the same treatment (same
-queries, seeds, batches: paired). Budget as runtime.attacks.attack's preset (default full), output distillation.
+queries, seeds, batches: paired). Budget as runtime.attacks.recipes' preset (default full), output distillation.
 Writes research/results/variants-ensemble.{json,md}. Single-threaded.
 """
 from __future__ import annotations

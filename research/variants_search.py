@@ -10,10 +10,10 @@ Two phases, both resumable (everything is cached under --work):
              drop is <= TEACHER_BUDGET_DB is kept: protection is only worth having at that teacher cost.
   attack     for each kept configuration, inline placement, paired students at the `quick` budget (the same queries,
              initial weights and batches for the clean and the defended teacher's student; seeds 0..seeds-1; t
-             intervals), one run per attacker kind of runtime.attacks.attack: `adaptive` (which also trains the
+             intervals), one run per attacker kind of runtime.attacks.recipes: `adaptive` (which also trains the
              plain output-distillation student: rows `output` and `adaptive`), `fitnets-1`, `direct`. The adaptive
              attacker filters the outputs (it does not know the key). Clean students are trained once per task,
-             kind and node set and shared by every defence (runtime.attacks.attack.attack_task's cache).
+             kind and node set and shared by every defence (runtime.attacks.task.attack_task's cache).
 
 A configuration protects when, at teacher drop <= 0.1 dB, the BEST attacker's student (the smallest paired drop)
 still loses >= 0.1 dB with a 95 % interval excluding 0 (runtime.evaluation.stats.paired_drop's `counts`).

@@ -97,7 +97,7 @@ class Preset:
         return Preset(**{**{f: getattr(self, f) for f in self.__dataclass_fields__}, **changes})
 
 
-# Wall times are measured in benchmarks/results/ladder-*.md (docs/protection.md "Presets").
+# Wall times are measured in research/results/ladder-*.md (docs/protection.md "Presets").
 PRESETS = {
     # one task, one seed: a smoke test of a single attack (~1 min), or of the ladder's cheap rungs
     "quick": Preset("quick", ("sr",), pool=96, crop=64, train=TrainBudget(steps=300, batch=8),

@@ -61,7 +61,7 @@ class KeySpace:
     """Everything about a mark that does not depend on the key: the feature, its principal directions W, the
     verifier's basis scale, the public key space R (equalised on the probes and, with cost calibration,
     restricted to the cost-neutral directions) and the owner's calibration data with the key directions'
-    responses on it. mark.mark_file draws the key's scale from it; benchmarks/fingerprint_key_strength.py studies how
+    responses on it. mark.mark_file draws the key's scale from it; research/fingerprint_key_strength.py studies how
     that scale varies over keys (cost_terms)."""
     feat: object  # graph_passes.candidates.FeatureNode
     probe: ProbeModel

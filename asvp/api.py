@@ -22,7 +22,9 @@ from asvp.runtime.attacks.run import run_attack
 from asvp.runtime.attacks.ladder import run_ladder
 from asvp.runtime.attacks.sweep import run_sweep
 from asvp.runtime.engines.backends import backends_status
-from asvp.runtime.engines.build import build_engine as _build, load_engine as _load, sidecar_path
+from asvp.runtime.engines.build import build_engine as _build
+from asvp.runtime.engines.load import load_engine as _load
+from asvp.runtime.engines.sidecar import sidecar_path
 from asvp.runtime.evaluation import absorbability as _ab
 from asvp.runtime.evaluation.images import load_inputs
 from asvp.runtime.evaluation.node_cost import node_costs as _node_costs

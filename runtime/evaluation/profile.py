@@ -45,8 +45,9 @@ from asvp.graph_passes.metadata import read_export
 from asvp.io import require_file
 from asvp.onnx_utils import image_io, load_model
 from asvp.runtime import quiet_polygraphy
-from asvp.runtime.engines import backends, build, plugin_ort  # noqa: F401  (plugin_ort: loaded before any memory baseline)
-from asvp.runtime.engines.build import parse_shape
+from asvp.runtime.engines import backends, plugin_ort  # noqa: F401  (plugin_ort: loaded before any memory baseline)
+from asvp.runtime.engines.shapes import parse_shape
+from asvp.runtime.engines.sidecar import is_engine_path
 from asvp.runtime.evaluation.report import Section, fmt, jsonable, md_table, new_figure, write_report
 
 
@@ -368,7 +369,7 @@ def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None,
     paths = [("clean", clean)] + ([("defended", defended)] if defended is not None else [])
     input_name = None
     for name, p in paths:
-        if build.is_engine_path(p):  # a TensorRT engine: no ONNX metadata to check; the runner checks
+        if is_engine_path(p):  # a TensorRT engine: no ONNX metadata to check; the runner checks
             require_file(p, "TensorRT engine")
             continue
         m = load_model(p)

@@ -33,7 +33,8 @@ from asvp.graph_passes.metadata import read_defence, read_export
 from asvp.metrics import psnr_from_mse, psnr_ssim
 from asvp.onnx_utils import get_metadata, image_io, load_model
 from asvp.options import Thresholds
-from asvp.runtime.engines import backends, build
+from asvp.runtime.engines import backends
+from asvp.runtime.engines.sidecar import is_engine_path
 from asvp.runtime.evaluation import spectrum as sp
 from asvp.runtime.evaluation.images import DEFAULT_HELDOUT_SIZE, check_samples, heldout_samples, load_pairs
 from asvp.runtime.evaluation.report import Section, fmt, jsonable, md_table, new_figure, write_report
@@ -294,7 +295,7 @@ class _Plan:
 
 def _plan(clean, defended, task, images, heldout_size) -> _Plan:
     for p in (clean, defended):
-        if build.is_engine_path(p):
+        if is_engine_path(p):
             raise AsvpError(f"{p}: validate takes ONNX models (metadata, node tensors); with --backend tensorrt "
                             "it builds their engines itself")
     cm, dm = load_model(clean), load_model(defended)

@@ -31,7 +31,8 @@ from asvp.runtime.evaluation.node_cost import node_costs as _node_costs
 from asvp.runtime.evaluation.profile import profile as _profile
 from asvp.runtime.evaluation.report import check_report_dir, write_report as _write
 from asvp.runtime.evaluation.served import make_queries
-from asvp.runtime.evaluation.validate import resolve_task, validate as _validate
+from asvp.runtime.evaluation.validate import validate as _validate
+from asvp.runtime.evaluation.validate_inputs import resolve_task
 from asvp.runtime.fingerprint.calibration import calibrate as _fp_calibrate
 from asvp.runtime.fingerprint.check import quick_check as _fp_quick_check
 from asvp.runtime.fingerprint.mark import mark_file as _fp_mark_file

@@ -22,14 +22,17 @@ from asvp.runtime.attacks.run import run_attack
 from asvp.runtime.attacks.ladder import run_ladder
 from asvp.runtime.attacks.sweep import run_sweep
 from asvp.runtime.engines.backends import backends_status
-from asvp.runtime.engines.build import build_engine as _build, load_engine as _load, sidecar_path
+from asvp.runtime.engines.build import build_engine as _build
+from asvp.runtime.engines.load import load_engine as _load
+from asvp.runtime.engines.sidecar import sidecar_path
 from asvp.runtime.evaluation import absorbability as _ab
 from asvp.runtime.evaluation.images import load_inputs
 from asvp.runtime.evaluation.node_cost import node_costs as _node_costs
 from asvp.runtime.evaluation.profile import profile as _profile
 from asvp.runtime.evaluation.report import check_report_dir, write_report as _write
 from asvp.runtime.evaluation.served import make_queries
-from asvp.runtime.evaluation.validate import resolve_task, validate as _validate
+from asvp.runtime.evaluation.validate import validate as _validate
+from asvp.runtime.evaluation.validate_inputs import resolve_task
 from asvp.runtime.fingerprint.calibration import calibrate as _fp_calibrate
 from asvp.runtime.fingerprint.check import quick_check as _fp_quick_check
 from asvp.runtime.fingerprint.mark import mark_file as _fp_mark_file

@@ -37,7 +37,7 @@ NODE_COST_WARMUP, NODE_COST_ITERS = 3, 20
 # runtime.evaluation.absorbability: the attacker's query crops the diagnostic runs on.
 ABSORBABILITY_QUERIES, ABSORBABILITY_CROP = 64, 64
 
-# runtime.engines.build: the TensorRT optimisation profile when none is given (adapted to the model).
+# runtime.engines.shapes: the TensorRT optimisation profile when none is given (adapted to the model).
 ENGINE_MIN_SHAPE = (1, 3, 32, 32)
 ENGINE_OPT_SHAPE = (1, 3, 256, 256)
 ENGINE_MAX_SHAPE = (4, 3, 512, 512)

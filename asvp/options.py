@@ -48,7 +48,7 @@ class Thresholds:
 @dataclass(frozen=True)
 class ShapeProfile:
     """A TensorRT optimisation profile for the image input: "NxCxHxW" strings or int sequences; None takes
-    runtime.engines.build's default for that end, adapted to the model."""
+    runtime.engines.shapes' default for that end, adapted to the model."""
 
     min: str | tuple | None = None
     opt: str | tuple | None = None

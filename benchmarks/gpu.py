@@ -43,7 +43,7 @@ from asvp.exporter.teachers.bundled import load_teacher
 from asvp.tasks import TASKS
 from asvp.io import write_text_atomic
 from asvp.method import asvp_exact, asvp_reference
-from asvp.runtime.engines.build import format_shape, parse_shape
+from asvp.runtime.engines.shapes import format_shape, parse_shape
 from asvp.runtime.engines.kernels import triton_asvp
 
 PROG = "gpu.py"

@@ -7,7 +7,7 @@
 `run_model` is the one-call convenience used by validation, profiling and attacks (returns the outputs);
 `run` returns the same outputs plus what actually ran them (`RunResult.actual_provider`, from
 `actual_provider(runner, backend)`, which profiling and validation use too). Sessions and ONNX
-Runtime runners come from runtime.engines.sessions, TensorRT engines and runners from runtime.engines.build.
+Runtime runners come from runtime.engines.sessions, TensorRT runners from runtime.engines.load.
 
 Backends:
     onnxrt-cpu   ONNX Runtime, CPUExecutionProvider (always available)
@@ -31,8 +31,10 @@ import onnx
 
 from asvp.constants import BACKENDS
 from asvp.errors import AsvpError, MissingDependencyError, first_line
-from asvp.runtime.engines import build, plugin_trt
+from asvp.runtime.engines import plugin_trt
+from asvp.runtime.engines.load import trt_runner
 from asvp.runtime.engines.sessions import AsvpOnnxrtRunner, INSTALL_ORT_GPU, SessionFromOnnx, count_plugin_nodes
+from asvp.runtime.engines.sidecar import is_engine_path
 
 
 ORT_PROVIDERS = {
@@ -127,16 +129,16 @@ def make_runner(model, backend: str = "onnxrt-cpu", *, input_shape=None, name: s
     """A Polygraphy runner for `model` (ONNX path/bytes/ModelProto, or an engine file for `tensorrt`).
 
     input_shape: for `tensorrt` over an ONNX model, the shape the engine built on the fly is optimised for
-    (default: the build defaults, see asvp.runtime.engines.build). threads: ONNX Runtime's intra-op threads
-    (default: the CPUs this process may use; ignored by TensorRT).
+    (default: the build defaults, see asvp.runtime.engines.shapes.make_profile). threads: ONNX Runtime's
+    intra-op threads (default: the CPUs this process may use; ignored by TensorRT).
     """
     if backend not in BACKENDS:
         raise AsvpError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     label = name or f"{backend}:{_label(model)}"
     if backend == "tensorrt":
         require_backend(backend)
-        return build.trt_runner(model, input_shape=input_shape, name=label)
-    if build.is_engine_path(model):
+        return trt_runner(model, input_shape=input_shape, name=label)
+    if is_engine_path(model):
         raise AsvpError(f"{model} is a TensorRT engine; run it with backend 'tensorrt'")
     require_backend(backend)
     providers = ORT_PROVIDERS[backend]
@@ -180,7 +182,7 @@ def run(model, batch: np.ndarray, backend: str = "onnxrt-cpu") -> RunResult:
     if not np.all(np.isfinite(batch)):
         raise AsvpError("input images contain NaN or infinite values")
     runner = make_runner(model, backend, input_shape=batch.shape)
-    n_plugin = 0 if build.is_engine_path(model) else count_plugin_nodes(model)
+    n_plugin = 0 if is_engine_path(model) else count_plugin_nodes(model)
     notes = []
     with runner:
         feed = {next(iter(runner.get_input_metadata().keys())): batch}

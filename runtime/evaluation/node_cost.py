@@ -9,7 +9,7 @@ its 64-channel concatenation costs about x1.20 and a 16-channel ReLU x1.03. The 
 threads and input shape you deploy:
 
 1. Per candidate, the model defended at that node alone (your config and mode) is timed against the clean model,
-   interleaved (`profile.time_interleaved`: each round runs the clean model and a group of at most GROUP defended
+   interleaved (`timing.time_interleaved`: each round runs the clean model and a group of at most GROUP defended
    ones in rotating order; one ONNX Runtime session per model, and each group's defended models are built when it
    is timed, so groups bound the memory). The cost of a node is
    the median over rounds of defended / clean latency in the same round, with the p25-p75 of those ratios.
@@ -37,14 +37,15 @@ import onnx
 
 from asvp.config import AsvpConfig
 from asvp.constants import NODE_COST_ITERS as DEFAULT_ITERS, NODE_COST_WARMUP as DEFAULT_WARMUP
+from asvp.constants import PROFILE_SHAPE as DEFAULT_SHAPE
 from asvp.errors import AsvpError
 from asvp.graph_passes import select
 from asvp.graph_passes.candidates import text_table
 from asvp.graph_passes.defend import MODES, defend_model
 from asvp.onnx_utils import image_io, load_model
 from asvp.runtime.engines import backends
-from asvp.runtime.evaluation.profile import (DEFAULT_SHAPE, active_runners, check_shape, check_size_multiple,
-                                             check_timing, time_interleaved)
+from asvp.runtime.evaluation.timing import (active_runners, check_shape, check_size_multiple, check_timing,
+                                            time_interleaved)
 from asvp.runtime.evaluation.report import Section, check_report_dir, fmt, jsonable, md_table, new_figure, write_report
 
 GROUP = 8  # defended models timed per round beside the clean one

@@ -1,5 +1,6 @@
-"""Backends (availability, provider actually used, runners) and TensorRT engine building (pure parts on CPU;
-the real build/load under @pytest.mark.tensorrt, skipped with the reason when TensorRT or a GPU is absent)."""
+"""Backends (availability, provider actually used, runners) and TensorRT engine building and loading (planning on
+CPU, the orchestration against a stand-in TensorRT; the real build/load under @pytest.mark.tensorrt, skipped with the
+reason when TensorRT or a GPU is absent). Shapes and profiles: test_shapes.py; the sidecar: test_sidecar.py."""
 from __future__ import annotations
 
 import dataclasses
@@ -18,7 +19,8 @@ from asvp import api
 from asvp.errors import AsvpError, MissingDependencyError
 from asvp.graph_passes import plugin_contract
 from asvp.options import ShapeProfile
-from asvp.runtime.engines import backends, build, plugin_trt, sessions
+from asvp.runtime.engines import backends, build, load, plugin_trt, sessions
+from asvp.runtime.engines.sidecar import read_sidecar, sha256_file, sidecar_path
 
 TRT_OK, TRT_WHY = plugin_trt.tensorrt_status()
 CUDA_OK, CUDA_WHY = plugin_trt.cuda_status()
@@ -173,47 +175,7 @@ def test_onnxrt_cuda_really_runs_on_cuda(model_paths):
     np.testing.assert_allclose(r.outputs["out"], backends.run_model(plug, x), rtol=1e-4, atol=1e-5)
 
 
-# ---- pure parts of building ---------------------------------------------------------------------------------
-
-def test_parse_shape_and_size():
-    assert build.parse_shape("1x3x64x64") == (1, 3, 64, 64)
-    assert build.parse_shape(" 2,3,32,48 ") == (2, 3, 32, 48)
-    assert build.parse_shape([1, 3, 8, 8]) == (1, 3, 8, 8)
-    assert build.parse_shape("1x3x64") == (1, 3, 64)  # rank is checked against the model, not here
-    for bad in ("", "ax3x4x4", "1x3x-4x4", "0x3x4x4", "1x3x4.5x4", [1, 3, 4.5, 4]):
-        with pytest.raises(AsvpError):
-            build.parse_shape(bad)
-    assert build.parse_size("2G") == 2 << 30 and build.parse_size("512M") == 512 << 20
-    assert build.parse_size(4096) == 4096 and build.parse_size("64k") == 64 << 10 and build.parse_size("1GiB") == 1 << 30
-    for bad in ("lots", "0", "-1G"):
-        with pytest.raises(AsvpError):
-            build.parse_size(bad)
-
-
-def test_profile_defaults_and_validation():
-    dims = ["N", 3, "H", "W"]
-    p = build.make_profile("img", dims)
-    assert (p.min, p.opt, p.max) == ((1, 3, 32, 32), (1, 3, 256, 256), (4, 3, 512, 512))
-    # defaults stretch around what is given
-    q = build.make_profile("img", dims, max_shape="1x3x16x16")
-    assert (q.min, q.opt, q.max) == ((1, 3, 16, 16),) * 3
-    r = build.make_profile("img", dims, opt_shape="2x3x640x640")
-    assert r.min == (1, 3, 32, 32) and r.max == (4, 3, 640, 640) and r.contains((2, 3, 640, 640))
-    # the model's size multiple
-    s = build.make_profile("img", dims, size_multiple=24)
-    assert s.min == (1, 3, 48, 48) and s.opt == (1, 3, 264, 264) and s.max == (4, 3, 528, 528)
-    with pytest.raises(AsvpError, match="multiples of 8"):
-        build.make_profile("img", dims, min_shape="1x3x12x12", size_multiple=8)
-    with pytest.raises(AsvpError, match="dimension 1 must be 3"):
-        build.make_profile("img", dims, min_shape="1x4x32x32")
-    with pytest.raises(AsvpError, match="min <= opt <= max"):
-        build.make_profile("img", dims, min_shape="1x3x64x64", opt_shape="1x3x32x32", max_shape="1x3x128x128")
-    with pytest.raises(AsvpError, match="rank 3"):
-        build.make_profile("img", dims, max_shape="1x3x64")
-    pg = p.to_polygraphy()["img"]  # Polygraphy's Profile, built without TensorRT
-    assert (tuple(pg.min), tuple(pg.opt), tuple(pg.max)) == (p.min, p.opt, p.max)
-    assert build.ShapeProfile.from_dict(json.loads(json.dumps(p.to_dict()))) == p
-
+# ---- planning a build (pure) ---------------------------------------------------------------------------------
 
 def test_plan_build_reads_the_model(model_paths):
     clean, plug = model_paths
@@ -241,44 +203,6 @@ def test_foreign_custom_ops_are_named_in_build_errors(tmp_path):
     assert str(plain) == f"TensorRT could not build {plan.onnx_path}: out of memory"
 
 
-def test_sidecar_roundtrip_and_checks(tmp_path):
-    prof = build.make_profile("img", ["N", 3, "H", "W"])
-    data = b"fake engine bytes"
-    src = tmp_path / "m.onnx"
-    src.write_bytes(b"onnx")
-    side = build.make_sidecar(engine_sha256=build.sha256_bytes(data), tensorrt_version="10.9.0.34", profile=prof,
-                              source_path=src, source_sha256=build.sha256_file(src), fp16=True, int8=False,
-                              workspace=1 << 30, plugins=[{"namespace": "asvp", "name": "AsvpPerturb", "version": "1"}],
-                              device={"name": "GPU", "compute_capability": "9.0"})
-    eng = tmp_path / "m.engine"
-    build.write_engine(data, eng, side)
-    assert eng.read_bytes() == data and build.sidecar_path(eng) == tmp_path / "m.engine.json"
-    back = build.read_sidecar(eng)
-    assert back == json.loads(json.dumps(side)) and back["profile"]["opt"] == [1, 3, 256, 256]
-    assert back["source_model"]["sha256"] == build.sha256_file(src) and back["precision"]["fp16"] is True
-    build.check_sidecar(back, tensorrt_version="10.9.0.34", engine_sha256=build.sha256_bytes(data),
-                        device={"compute_capability": "9.0"}, engine_path=eng)
-    with pytest.raises(AsvpError) as e:
-        build.check_sidecar(back, tensorrt_version="10.13.0.35", engine_path=eng)
-    msg = str(e.value)
-    assert "10.9.0.34" in msg and "10.13.0.35" in msg and "asvp build" in msg and "\n" not in msg
-    with pytest.raises(AsvpError, match="digest differs"):
-        build.check_sidecar(back, tensorrt_version="10.9.0.34", engine_sha256="0" * 64, engine_path=eng)
-    with pytest.raises(AsvpError, match="compute capability 9.0"):
-        build.check_sidecar(back, tensorrt_version="10.9.0.34", device={"compute_capability": "8.6"}, engine_path=eng)
-    build.sidecar_path(eng).write_text("{not json")
-    with pytest.raises(AsvpError, match="not readable JSON"):
-        build.read_sidecar(eng)
-    assert build.read_sidecar(tmp_path / "none.engine") is None
-
-
-def test_write_engine_is_atomic(tmp_path):
-    eng = tmp_path / "a.engine"
-    with pytest.raises(TypeError):
-        build.write_engine(b"bytes", eng, {"unserialisable": object()})
-    assert sorted(os.listdir(tmp_path)) == [], "a failed write leaves neither engine, sidecar nor temporary files"
-
-
 # ---- without TensorRT: one line, exit 3, nothing written -----------------------------------------------------
 
 @pytest.mark.skipif(TRT_IMPORTABLE, reason="TensorRT is importable here")
@@ -290,7 +214,7 @@ def test_asvp_build_without_tensorrt_exits_3_and_writes_nothing(model_paths, tmp
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("asvp: error: TensorRT is not installed"), res.stderr
     assert "pip install" in lines[0]
-    assert not out.exists() and not build.sidecar_path(out).exists()
+    assert not out.exists() and not sidecar_path(out).exists()
     assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
     with pytest.raises(MissingDependencyError):
         api.build_engine(plug, out)
@@ -329,9 +253,9 @@ def test_build_load_and_run_engine_with_plugin(model_paths, tmp_path):
     _, plug = model_paths
     eng = tmp_path / "m.engine"
     res = api.build_engine(plug, eng, profile=ShapeProfile("1x3x8x8", "2x3x32x32", "2x3x64x64"), workspace="1G")
-    side = build.read_sidecar(eng)
+    side = read_sidecar(eng)
     assert res.plugin_nodes == 1 and side["plugins"][0]["name"] == "AsvpPerturb"
-    assert side["tensorrt_version"] == res.tensorrt_version and side["engine_sha256"] == build.sha256_file(eng)
+    assert side["tensorrt_version"] == res.tensorrt_version and side["engine_sha256"] == sha256_file(eng)
     assert api.load_engine(eng) is not None
     x = np.random.default_rng(3).random((2, 3, 24, 40), dtype=np.float32)
     got = backends.run(str(eng), x, backend="tensorrt")
@@ -340,7 +264,7 @@ def test_build_load_and_run_engine_with_plugin(model_paths, tmp_path):
     assert rel <= 1e-5, rel
     # another TensorRT version in the sidecar: refused in one line, before TensorRT sees the bytes
     side["tensorrt_version"] = "9.0.0"
-    build.sidecar_path(eng).write_text(json.dumps(side))
+    sidecar_path(eng).write_text(json.dumps(side))
     with pytest.raises(AsvpError, match="built with TensorRT 9.0.0"):
         api.load_engine(eng)
 
@@ -403,7 +327,8 @@ def fake_tensorrt(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt.plugin", trtp)
     monkeypatch.setattr(plugin_trt, "_REGISTERED", False)
     monkeypatch.setattr(plugin_trt, "cuda_status", lambda: (True, "CUDA device FakeGPU"))
-    monkeypatch.setattr(build, "current_device", lambda: {"name": "FakeGPU", "compute_capability": "9.0"})
+    for mod in (build, load):  # each imports current_device: both the build and the load see the fake GPU
+        monkeypatch.setattr(mod, "current_device", lambda: {"name": "FakeGPU", "compute_capability": "9.0"})
 
     def network_from_onnx_path(path):
         calls["order"].append("parse")
@@ -444,9 +369,9 @@ def test_build_and_load_orchestration_with_stand_in_tensorrt(fake_tensorrt, mode
     prof = cfg["profiles"][0]["img"]
     assert (tuple(prof.min), tuple(prof.opt), tuple(prof.max)) == ((1, 3, 32, 32), (1, 3, 64, 64), (2, 3, 64, 64))
     assert eng.read_bytes() == b"ENGINE:" + str(plug).encode()
-    side = build.read_sidecar(eng)
+    side = read_sidecar(eng)
     assert side["tensorrt_version"] == "10.9.0.34" == res.tensorrt_version and side["plugins"][0]["nodes"] == 1
-    assert side["engine_sha256"] == build.sha256_file(eng) and side["source_model"]["sha256"] == build.sha256_file(plug)
+    assert side["engine_sha256"] == sha256_file(eng) and side["source_model"]["sha256"] == sha256_file(plug)
     assert side["device"] == {"name": "FakeGPU", "compute_capability": "9.0"} and res.plugin_nodes == 1
     assert sorted(os.listdir(eng.parent)) == ["m.engine", "m.engine.json"]
     # load: sidecar checks pass, plugin registered (already), then deserialised from the file's bytes
@@ -455,7 +380,7 @@ def test_build_and_load_orchestration_with_stand_in_tensorrt(fake_tensorrt, mode
     from asvp import cli
 
     assert cli.main(["build", str(plug), "-o", str(tmp_path / "cli.engine"), "--json"]) == 0
-    assert build.read_sidecar(tmp_path / "cli.engine")["profile"]["max"] == [4, 3, 512, 512]
+    assert read_sidecar(tmp_path / "cli.engine")["profile"]["max"] == [4, 3, 512, 512]
 
 
 def test_load_engine_refusals_with_stand_in_tensorrt(fake_tensorrt, model_paths, tmp_path, monkeypatch):
@@ -463,17 +388,17 @@ def test_load_engine_refusals_with_stand_in_tensorrt(fake_tensorrt, model_paths,
     eng = tmp_path / "m.engine"
     api.build_engine(plug, eng)
     n_deser = fake_tensorrt["order"].count("deserialize")
-    side = build.read_sidecar(eng)
+    side = read_sidecar(eng)
     # built by another TensorRT
-    build.sidecar_path(eng).write_text(json.dumps({**side, "tensorrt_version": "10.13.0.35"}))
+    sidecar_path(eng).write_text(json.dumps({**side, "tensorrt_version": "10.13.0.35"}))
     with pytest.raises(AsvpError, match=r"built with TensorRT 10\.13\.0\.35, this is TensorRT 10\.9\.0\.34"):
         api.load_engine(eng)
     # another GPU
-    build.sidecar_path(eng).write_text(json.dumps({**side, "device": {"name": "Old", "compute_capability": "7.5"}}))
+    sidecar_path(eng).write_text(json.dumps({**side, "device": {"name": "Old", "compute_capability": "7.5"}}))
     with pytest.raises(AsvpError, match="compute capability 7.5"):
         api.load_engine(eng)
     # engine replaced behind the sidecar's back
-    build.sidecar_path(eng).write_text(json.dumps(side))
+    sidecar_path(eng).write_text(json.dumps(side))
     eng.write_bytes(b"something else")
     with pytest.raises(AsvpError, match="digest differs"):
         api.load_engine(eng)
@@ -501,7 +426,7 @@ def test_trt_failure_is_one_line_with_stand_in_tensorrt(fake_tensorrt, model_pat
     with pytest.raises(AsvpError) as e:
         api.build_engine(clean, out)
     assert str(e.value) == f"TensorRT could not build {clean}: Invalid Engine. Please ensure the engine was built correctly"
-    assert not out.exists() and not build.sidecar_path(out).exists()
+    assert not out.exists() and not sidecar_path(out).exists()
 
 
 def test_aot_plugin_build_with_stand_in_tensorrt(fake_tensorrt, model_paths, tmp_path, monkeypatch):
@@ -564,12 +489,12 @@ def test_aot_plugin_build_with_stand_in_tensorrt(fake_tensorrt, model_paths, tmp
     res = api.build_engine(plug, eng, aot_plugin=True)
     assert calls["order"] == ["register", "aot_impl", "parse", "build"]
     assert calls["network_flags"] == 1 << 2
-    side = build.read_sidecar(eng)
+    side = read_sidecar(eng)
     assert side["plugins"][0]["implementation"] == build.AOT_IMPLEMENTATION and "UNVERIFIED" in build.AOT_IMPLEMENTATION
     assert any("UNVERIFIED" in n for n in res.notes)
     # the CLI flag reaches the same path; a model without plugin nodes is refused (exit 2, nothing written)
     assert cli.main(["build", str(plug), "-o", str(tmp_path / "cli.engine"), "--aot-plugin", "--json"]) == 0
-    assert build.read_sidecar(tmp_path / "cli.engine")["plugins"][0]["implementation"] == build.AOT_IMPLEMENTATION
+    assert read_sidecar(tmp_path / "cli.engine")["plugins"][0]["implementation"] == build.AOT_IMPLEMENTATION
     with pytest.raises(AsvpError, match="no AsvpPerturb plugin nodes"):
         api.build_engine(clean, tmp_path / "c.engine", aot_plugin=True)
     assert not (tmp_path / "c.engine").exists()

@@ -25,12 +25,13 @@ tile before writing it, and the Gram pass has finished by then).
 
 `asvp_triton_fused` runs the same math as one kernel with one program per sample and no workspace: slower (one
 SM streams a whole sample) but a single launch, which is what TensorRT's AOT plugin route can embed
-(`compile_fused`).
+(`triton_compile.compile_fused`).
 
 Status: numerics verified only in Triton's CPU interpreter (TRITON_INTERPRET=1 with CPU tensors; tests/runtime/
 engines/test_triton_kernel.py). Compiled for sm_80 ... sm_120 with explicit targets: every kernel's shared memory
-fits every one of those architectures at every C (`kernel_resources`, benchmarks/kernel_compile.py). Nothing here
-has run on a GPU yet: GPU speed and CUDA-graph capture are unverified (benchmarks/gpu.py measures them).
+fits every one of those architectures at every C (`triton_compile.kernel_resources`, benchmarks/kernel_compile.py).
+Nothing here has run on a GPU yet: GPU speed and CUDA-graph capture are unverified (benchmarks/gpu.py measures
+them).
 
 This module is the torch-facing side (checks, workspace, launches). Beside it: triton_launch.py (the launch
 settings), triton_env.py (Triton's availability; the only loader of the kernels), triton_compile.py (ahead-of-time

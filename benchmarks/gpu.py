@@ -43,8 +43,8 @@ from asvp.exporter.teachers.bundled import load_teacher
 from asvp.tasks import TASKS
 from asvp.io import write_text_atomic
 from asvp.method import asvp_exact, asvp_reference
+from asvp.runtime.engines.kernels import triton_asvp, triton_env
 from asvp.runtime.engines.shapes import format_shape, parse_shape
-from asvp.runtime.engines.kernels import triton_asvp
 
 PROG = "gpu.py"
 SHAPES = ("1x3x128x128", "1x3x256x256", "8x3x256x256", "1x3x540x960")
@@ -521,7 +521,7 @@ def write_results(res: dict, out_dir) -> tuple[Path, Path]:
 
 def run(args) -> dict:
     require_cuda()
-    triton_asvp.require_triton()
+    triton_env.require_triton()
     runtime = pick_subgraph_runtime(args.subgraph_runtime)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

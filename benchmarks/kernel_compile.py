@@ -8,7 +8,7 @@ compiles to one of these), compiles the four kernels (gram, eig, apply, fused) w
 target, and reads what one block needs: registers per thread and stack bytes per thread (the cubin's resource
 table, `cuobjdump --dump-resource-usage`; ptxas puts spilled registers on the stack) and dynamic shared memory
 (Triton's metadata). A kernel launches only where its shared memory is within the architecture's per-block limit
-(`triton_asvp.SHARED_LIMITS`, from the CUDA programming guide); Triton refuses the launch otherwise.
+(`triton_launch.SHARED_LIMITS`, from the CUDA programming guide); Triton refuses the launch otherwise.
 
 Static facts only: nothing is launched, so nothing here says how fast the kernels run (benchmarks/gpu.py measures
 that on a GPU). The figures move with the Triton version, which the report names.
@@ -28,14 +28,14 @@ from pathlib import Path
 
 from asvp.errors import AsvpError
 from asvp.io import write_text_atomic
-from asvp.runtime.engines.kernels import triton_asvp
+from asvp.runtime.engines.kernels import triton_compile, triton_env, triton_launch
 
 from benchmarks import provenance
 
 PROG = "kernel_compile.py"
 DEFAULT_OUT_DIR = provenance.ROOT / "benchmarks" / "results"
 STEM = "kernel-compile"
-ARCHS = tuple(triton_asvp.SHARED_LIMITS)  # every architecture with a known shared-memory limit
+ARCHS = tuple(triton_launch.SHARED_LIMITS)  # every architecture with a known shared-memory limit
 CHANNELS = (16, 32, 64, 128)
 
 
@@ -57,20 +57,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     a = ap.parse_args(argv)
     a.archs = allowed(provenance.parse_list(a.archs, int, "--archs"), "--archs", ARCHS)
     a.channels = allowed(provenance.parse_list(a.channels, int, "--channels"), "--channels",
-                         range(1, triton_asvp.MAX_CHANNELS + 1))
+                         range(1, triton_launch.MAX_CHANNELS + 1))
     return a
 
 
 def run(archs, channels, progress: bool = True) -> dict:
     """Compile every kernel for every (arch, C); the results as a JSON-ready dict."""
-    triton = triton_asvp.require_triton()
+    triton = triton_env.require_triton()
     env = {key: val for key, val in os.environ.items() if key.startswith("TRITON_")}
     rows = []
     t0 = time.perf_counter()
     for arch in archs:
         for c in channels:
-            for kernel in triton_asvp.KERNELS:
-                r = triton_asvp.kernel_resources(kernel, c, arch)
+            for kernel in triton_launch.KERNELS:
+                r = triton_compile.kernel_resources(kernel, c, arch)
                 rows.append(dict(dataclasses.asdict(r), fits=r.fits))
             if progress:
                 print(f"[{time.perf_counter() - t0:6.1f} s] sm_{arch} C={c}", file=sys.stderr, flush=True)
@@ -102,7 +102,7 @@ def summary_markdown(res: dict, json_path=None) -> str:
              "kernels with spill stack |", "|---|---|---|---|---|---|"]
     for arch in res["archs"]:
         s = summary[str(arch)]
-        lines.append(f"| sm_{arch} | {triton_asvp.ARCH_EXAMPLES.get(arch, '')} | {s['shared_limit'] // 1024} KB | "
+        lines.append(f"| sm_{arch} | {triton_launch.ARCH_EXAMPLES.get(arch, '')} | {s['shared_limit'] // 1024} KB | "
                      f"{s['max_shared_bytes'] // 1024} KB, {s['max_shared_kernel']} | "
                      f"{'yes' if s['all_fit'] else '**no**'} | {', '.join(s['spilling']) or 'none'} |")
     return "\n".join(lines) + "\n"
@@ -112,17 +112,17 @@ def detail_markdown(res: dict) -> str:
     """One row per (architecture, C): registers / spill stack / shared memory of each kernel."""
     lines = ["Per kernel: registers per thread / spill stack bytes per thread / shared memory KB per block "
              "(warps); **bold** where the shared memory is over the architecture's limit.", "",
-             "| arch | C (CP) | " + " | ".join(triton_asvp.KERNELS) + " |",
-             "|---|---|" + "---|" * len(triton_asvp.KERNELS)]
+             "| arch | C (CP) | " + " | ".join(triton_launch.KERNELS) + " |",
+             "|---|---|" + "---|" * len(triton_launch.KERNELS)]
     for arch in res["archs"]:
         for c in res["channels"]:
             cells = []
-            for kernel in triton_asvp.KERNELS:
+            for kernel in triton_launch.KERNELS:
                 r = next(r for r in res["rows"] if (r["arch"], r["channels"], r["kernel"]) == (arch, c, kernel))
                 shared = f"{r['shared_bytes'] / 1024:g}"
                 cells.append(f"{r['registers']} / {r['stack_bytes']} / {shared if r['fits'] else f'**{shared}**'} "
                              f"({r['warps']})")
-            lines.append(f"| sm_{arch} | {c} ({triton_asvp.padded_channels(c)}) | " + " | ".join(cells) + " |")
+            lines.append(f"| sm_{arch} | {c} ({triton_launch.padded_channels(c)}) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -2,7 +2,7 @@
 
 `build_asvp(graph, x, cfg, channels, prefix)` appends to an onnx-graphsurgeon graph the nodes computing
 ASVP(x) for a rank-4 float32 tensor x [N, C, H, W] (N, H, W dynamic) and returns the output variable. It is,
-operation for operation, `asvp.method.asvp_subspace` (the torch mirror; docs/method.md explains the algorithm):
+operation for operation, `asvp.subspace.asvp_subspace` (the torch mirror; docs/method.md explains the algorithm):
 
     M = Reshape(x, [0, C, -1]);  G = M M^T + SIGMA I;  Gs = G / (trace(G) / sqrt(C)) + SHIFT sqrt(C) I
     for j < kb - 1 (kb = block_width(C, k)):  P_j = I - sum_{i<j} v_i v_i^T,  A = P_j Gs (A = Gs for j = 0),
@@ -27,8 +27,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from asvp.config import AsvpConfig
-from asvp.method import (DENSE_APPLY_MAX_C, SHIFT, SIGMA, TINY, adaptive_thresholds, block_width,
-                         column_squarings, initial_basis, normalise_before)
+from asvp.subspace import (DENSE_APPLY_MAX_C, SHIFT, SIGMA, TINY, adaptive_thresholds, block_width,
+                           column_squarings, initial_basis, normalise_before)
 from asvp.onnx_utils import MAX_IR_VERSION, check_model
 
 OPSET = 17
@@ -90,7 +90,7 @@ class Emitter:
 
 
 def deflated_basis(e: Emitter, gs_, c: int, kb: int, iters: int):
-    """kb columns by sequentially deflated repeated squaring (method.deflated_basis), concatenated [N, C, kb]."""
+    """kb columns by sequentially deflated repeated squaring (subspace.deflated_basis), concatenated [N, C, kb]."""
     x = initial_basis(c, kb)
     squarings = column_squarings(iters, kb)
     cols, proj, p = [], None, None
@@ -125,7 +125,7 @@ def _angles(e: Emitter, b, kb: int, diag_scale: float):
 
 
 def jacobi_exp_step(e: Emitter, b, kb: int):
-    """Orthogonal V = exp(Phi) from the exact 2 x 2 Jacobi angles of B (method.jacobi_exp_step)."""
+    """Orthogonal V = exp(Phi) from the exact 2 x 2 Jacobi angles of B (subspace.jacobi_exp_step)."""
     eye = e.eye(kb)
     _, tan2phi = _angles(e, b, kb, 0.5)
     a = e.op("Mul", [e.op("Atan", [tan2phi]), e.scalar(0.125)])  # phi / 4
@@ -136,7 +136,7 @@ def jacobi_exp_step(e: Emitter, b, kb: int):
 
 
 def jacobi_polish_step(e: Emitter, b, kb: int):
-    """First-order Jacobi rotation V and the doubled Ritz values 2 diag(B) (method.jacobi_polish_step)."""
+    """First-order Jacobi rotation V and the doubled Ritz values 2 diag(B) (subspace.jacobi_polish_step)."""
     d, phi = _angles(e, b, kb, 1.0)
     phi = e.op("Clip", [phi, e.const("minus_one", np.array(-1.0, np.float32)), e.const("one", np.array(1.0, np.float32))])
     return e.lp_normalise(e.op("Add", [e.eye(kb), phi]), 1), d

@@ -1,7 +1,7 @@
 """The keyed defence variants (docs/variants.md) as standard ONNX ops: `build_defence` is what defend inserts.
 
 `build_defence(graph, x, cfg, channels, prefix)` returns subgraph.build_asvp's block for the paper's ASVP and, for
-a keyed variant (cfg.variant "keyed-h" or "keyed-rotation"), a block computing `asvp.method.variant_reference` up to
+a keyed variant (cfg.variant "keyed-h" or "keyed-rotation"), a block computing `asvp.variants.variant_reference` up to
 float32 round-off and the subspace approximation:
 
     M, Gs, Q, U, energies, mask       as in subgraph.build_asvp (same helpers, same constants)
@@ -21,7 +21,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from asvp.config import DEFAULT_ANGLE_MAX, AsvpConfig
-from asvp.method import SIGMA, key_constants, pair_selector, rotation_pairs, rotation_sign_pattern
+from asvp.subspace import SIGMA
+from asvp.variants import key_constants, pair_selector, rotation_pairs, rotation_sign_pattern
 from asvp.graph_passes.subgraph import Emitter, apply_update, build_asvp, standalone_model, top_directions
 
 
@@ -33,7 +34,7 @@ def build_defence(graph: gs.Graph, x: gs.Variable, cfg: AsvpConfig, channels: in
 
 
 def keyed_uniforms(e: Emitter, m, gram, c: int, consts: dict):
-    """[N, 1, n] in [0, 1]: the keyed hash of each sample's matrix m [N, C, P] (method.keyed_uniforms), given its
+    """[N, 1, n] in [0, 1]: the keyed hash of each sample's matrix m [N, C, P] (variants.keyed_uniforms), given its
     Gram matrix M M^T + SIGMA I. The sums come from MatMuls (blocked accumulation: ~1e-6 relative error in float32);
     a single ReduceSumSquare over all C x P elements is ~100x less accurate."""
     n_stats = consts["proj"].shape[0]
@@ -58,7 +59,7 @@ def _top_directions(e: Emitter, gram, cfg: AsvpConfig, c: int):
 
 
 def _rotation_core(e: Emitter, uniforms, u, weight, cfg: AsvpConfig, c: int, consts: dict):
-    """A = R_q H - I [N, k, k] (method.keyed_rotation_core)."""
+    """A = R_q H - I [N, k, k] (variants.keyed_rotation_core)."""
     k = cfg.k
     pairs = rotation_pairs(k)
     angle = np.deg2rad(cfg.angle_max if cfg.angle_max is not None else DEFAULT_ANGLE_MAX)

@@ -38,7 +38,7 @@ from asvp.config import AsvpConfig
 from asvp.graph_passes import select
 from asvp.io import write_text_atomic
 from asvp.metrics import psnr_ssim
-from asvp.method import variant_reference
+from asvp.variants import variant_reference
 from asvp.runtime.attacks.models import prepare_models
 from asvp.runtime.attacks.recipes import PRESETS, get_preset
 from asvp.runtime.attacks.task import attack_task

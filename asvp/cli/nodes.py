@@ -37,7 +37,7 @@ def register(sub) -> None:
 
 def run(a) -> None:
     from asvp import api
-    from asvp.graph_passes.candidates import candidates_table
+    from asvp.graph_passes.tables import candidates_table
 
     nodes = api.list_nodes(a.model, input_name=a.input_name)
     OutputArgs.print_json([n.to_dict() for n in nodes]) if a.json else print(candidates_table(nodes))

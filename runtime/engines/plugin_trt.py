@@ -37,7 +37,7 @@ from typing import List, Tuple, Union
 from asvp.errors import AsvpError, MissingDependencyError
 from asvp.graph_passes.plugin_contract import PLUGIN_ID, PLUGIN_NAMESPACE, PLUGIN_OP, PLUGIN_VERSION, config_from_attrs
 from asvp.method import asvp_exact
-from asvp.runtime.engines.kernels import triton_asvp
+from asvp.runtime.engines.kernels import triton_asvp, triton_compile, triton_env
 
 MIN_TRT_VERSION = (10, 8)
 INSTALL_TRT = "pip install 'asvp[tensorrt]' (tensorrt>=10.8,<12: the full builder, which needs an NVIDIA GPU and driver)"
@@ -173,7 +173,7 @@ def aot_kernel(trtp, inp0, k: int, h: float, tau: float, adaptive: int, compile_
     """
     dims = inp0.shape_expr
     cfg = config_from_attrs(k, h, tau, adaptive)
-    compile_fn = compile_fn or triton_asvp.compile_fused
+    compile_fn = compile_fn or triton_compile.compile_fused
     kern = compile_fn(_constant(dims[1]), *triton_asvp.config_args(cfg), dtype="fp32")
     params = trtp.KernelLaunchParams()
     params.grid_x = trtp.SymInt32(dims[0])
@@ -254,7 +254,7 @@ def register_asvp_plugin(aot: bool = False) -> str:
             if not hasattr(trtp, "aot_impl"):
                 raise MissingDependencyError(f"TensorRT {getattr(trt, '__version__', '?')} has no "
                                              f"tensorrt.plugin.aot_impl (AOT plugins need TensorRT >= 10.9): {INSTALL_TRT}")
-            triton_asvp.require_triton()  # the AOT impl compiles the Triton kernel at build time
+            triton_env.require_triton()  # the AOT impl compiles the Triton kernel at build time
             _define_aot(trtp)
             _AOT_DEFINED = True
     return PLUGIN_ID

@@ -221,7 +221,7 @@ def measure(features, config: AsvpConfig | None = None, perturb=None) -> dict:
     even-numbered images form one fold, odd-numbered the other).
 
     perturb: optional function M [n, C, H*W] float64 tensor -> M' of the same shape, whose change M' - M is measured
-    instead of the paper's ASVP with `config` (e.g. a keyed variant, asvp.method.variant_reference; benchmarks/
+    instead of the paper's ASVP with `config` (e.g. a keyed variant, asvp.variants.variant_reference; benchmarks/
     variants_search.py). The subspace statistics stay those of `config`'s amplified directions."""
     cfg = (config or AsvpConfig()).validate()
     stats, seen = None, 0

@@ -40,7 +40,7 @@ from asvp.constants import NODE_COST_ITERS as DEFAULT_ITERS, NODE_COST_WARMUP as
 from asvp.constants import PROFILE_SHAPE as DEFAULT_SHAPE
 from asvp.errors import AsvpError
 from asvp.graph_passes import select
-from asvp.graph_passes.candidates import text_table
+from asvp.graph_passes.tables import text_table
 from asvp.graph_passes.defend import MODES, defend_model
 from asvp.onnx_utils import image_io, load_model
 from asvp.runtime.engines import backends

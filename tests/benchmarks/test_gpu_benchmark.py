@@ -22,7 +22,7 @@ from asvp.errors import AsvpError  # noqa: E402
 from asvp.exporter.teachers.bundled import load_teacher  # noqa: E402
 from asvp.tasks import TASKS  # noqa: E402
 from asvp.graph_passes import select  # noqa: E402
-from asvp.runtime.engines.kernels import triton_asvp  # noqa: E402
+from asvp.runtime.engines.kernels import triton_env  # noqa: E402
 
 from benchmarks import gpu  # noqa: E402
 
@@ -71,7 +71,7 @@ def fake_env():
 def test_pipeline_with_stand_in_timers(tmp_path, monkeypatch):
     """run() end to end on CPU: hooks on the real sr teacher, the Triton kernels (interpreted) at the node and their
     parity, export + defend + a subgraph runner (ONNX Runtime CPU standing in for onnx2torch), result files."""
-    ok, why = triton_asvp.triton_status()
+    ok, why = triton_env.triton_status()
     if not ok:
         pytest.skip(why)
     calls = []

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from asvp.errors import AsvpError
-from asvp.runtime.engines.kernels import triton_asvp
+from asvp.runtime.engines.kernels import triton_launch
 
 from benchmarks import kernel_compile
 
@@ -21,7 +21,7 @@ SCRIPT = [sys.executable, "-m", "benchmarks.kernel_compile"]
 
 def test_arguments():
     a = kernel_compile.parse_args([])
-    assert a.archs == list(triton_asvp.SHARED_LIMITS) and a.channels == list(kernel_compile.CHANNELS)
+    assert a.archs == list(triton_launch.SHARED_LIMITS) and a.channels == list(kernel_compile.CHANNELS)
     b = kernel_compile.parse_args(["--archs", "86,87", "--channels", "96"])
     assert b.archs == [86, 87] and b.channels == [96]
     for bad, match in [(["--archs", "75"], "not one of"), (["--channels", "129"], "not one of"),
@@ -38,15 +38,15 @@ def test_bad_arguments_are_one_line_and_write_nothing(tmp_path):
 
 
 def _row(kernel, arch, c, shared, stack=0):
-    limit = triton_asvp.SHARED_LIMITS[arch]
-    return dict(kernel=kernel, arch=arch, channels=c, cp=triton_asvp.padded_channels(c), warps=8, registers=64,
+    limit = triton_launch.SHARED_LIMITS[arch]
+    return dict(kernel=kernel, arch=arch, channels=c, cp=triton_launch.padded_channels(c), warps=8, registers=64,
                 stack_bytes=stack, shared_bytes=shared, shared_limit=limit, fits=shared <= limit)
 
 
 def test_summary_and_markdown_flag_what_does_not_fit():
     rows = [_row(k, 86, 128, 131072 if k == "eig" else 8192, stack=96 if k == "apply" else 0)
-            for k in triton_asvp.KERNELS]
-    rows += [_row(k, 90, 128, 131072 if k == "eig" else 8192) for k in triton_asvp.KERNELS]
+            for k in triton_launch.KERNELS]
+    rows += [_row(k, 90, 128, 131072 if k == "eig" else 8192) for k in triton_launch.KERNELS]
     res = {"triton": "3.9.0", "commit": "abc1234", "archs": [86, 90], "channels": [128], "seconds": 1.0,
            "triton_env": {}, "rows": rows}
     s = kernel_compile.summarize(res)
@@ -64,7 +64,7 @@ def test_a_real_compile_writes_both_files(tmp_path):
                           str(tmp_path)], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-2000:]
     data = json.loads((tmp_path / "kernel-compile.json").read_text())
-    assert [r["kernel"] for r in data["rows"]] == list(triton_asvp.KERNELS)
+    assert [r["kernel"] for r in data["rows"]] == list(triton_launch.KERNELS)
     for r in data["rows"]:
         assert r["arch"] == 90 and r["cp"] == 16 and r["fits"] and 0 < r["registers"] <= 255 and r["shared_bytes"] > 0
     md = (tmp_path / "kernel-compile.md").read_text()

@@ -130,7 +130,8 @@ class NeedsSixteen(torch.nn.Module):
 
 
 def test_minimum_size_is_detected(tmp_path):
-    from asvp.exporter.export import detect_min_size, export_model
+    from asvp.exporter.export import export_model
+    from asvp.exporter.parity import detect_min_size
 
     model = NeedsSixteen().eval()
     assert detect_min_size(model, 1) == 24

@@ -175,7 +175,8 @@ def test_fixed_size_model_falls_back_to_symbolic_shapes(tmp_path):
     torch.onnx.export(Fixed().eval(), (torch.rand(1, 3, 16, 16),), str(path), dynamo=False, opset_version=17,
                       input_names=["input"], output_names=["out"])  # no dynamic axes at all
     model = onnx.load(path)
-    from asvp.graph_passes.candidates import analysis_copy, probe_shapes
+    from asvp.graph_passes.probe import probe_shapes
+    from asvp.graph_passes.symbolic import analysis_copy
 
     m, name, _ = analysis_copy(model)
     assert probe_shapes(m, name, [model.graph.node[0].output[0]])[0] is None  # cannot run at other sizes

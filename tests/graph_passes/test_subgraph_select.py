@@ -15,7 +15,8 @@ from asvp.config import AsvpConfig
 from asvp.errors import AsvpError
 from asvp.graph_passes import plugin_contract, select
 from asvp.graph_passes.subgraph import build_asvp, emitted_op_types, graph_depth
-from asvp.method import asvp_reference, asvp_subspace
+from asvp.method import asvp_reference
+from asvp.subspace import asvp_subspace
 from asvp.tasks import TASK_NAMES
 
 TRT_OPS = Path(__file__).resolve().parents[2] / "graph_passes" / "data" / "trt_onnx_supported_ops.json"

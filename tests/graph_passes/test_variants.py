@@ -1,4 +1,4 @@
-"""The keyed defence variants: the float64 reference (asvp/method.py), their standard-op emission
+"""The keyed defence variants: the float64 reference (asvp/variants.py), their standard-op emission
 (graph_passes/variants.py), defend's plugin refusal and the defend CLI flags. Their configuration fields:
 tests/core/test_config.py."""
 from __future__ import annotations
@@ -17,7 +17,8 @@ from asvp.errors import AsvpError
 from asvp.graph_passes import select
 from asvp.graph_passes.defend import defend_model
 from asvp.graph_passes.variants import standalone_variant_model
-from asvp.method import asvp_reference, keyed_uniforms, variant_reference
+from asvp.method import asvp_reference
+from asvp.variants import keyed_uniforms, variant_reference
 from asvp.tasks import get_task
 
 KEYED_H = AsvpConfig(variant="keyed-h", h=1.0, h_max=1.5, key="k1", placement="inline")

@@ -1,4 +1,4 @@
-"""The Triton kernels behind `triton_asvp` (this module imports triton; `triton_asvp` imports it lazily).
+"""The Triton kernels behind `triton_asvp` (this module imports triton; only `triton_env.load_kernels` imports it).
 
 Per sample n, M = F[n] viewed as C x HW (contiguous NCHW), CP = C padded to a power of two >= 16:
 

@@ -438,14 +438,14 @@ def test_aot_plugin_build_with_stand_in_tensorrt(fake_tensorrt, model_paths, tmp
     import polygraphy.backend.trt.util as pg_trt_util
 
     from asvp import cli
-    from asvp.runtime.engines.kernels import triton_asvp
+    from asvp.runtime.engines.kernels import triton_env
 
     calls = fake_tensorrt
     clean, plug = model_paths
     trt, trtp = sys.modules["tensorrt"], sys.modules["tensorrt.plugin"]
     trtp.aot_impl = lambda plugin_id: (lambda fn: calls["order"].append("aot_impl") or fn)
     trtp.KernelLaunchParams, trtp.SymIntExprs = type("KernelLaunchParams", (), {}), type("SymIntExprs", (), {})
-    monkeypatch.setattr(triton_asvp, "require_triton", lambda: None)
+    monkeypatch.setattr(triton_env, "require_triton", lambda: None)
     monkeypatch.setattr(plugin_trt, "_AOT_DEFINED", False)
 
     # a TensorRT without the flag (< 10.9): exit 3, nothing written

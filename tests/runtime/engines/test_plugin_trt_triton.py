@@ -21,7 +21,7 @@ from asvp.errors import AsvpError, MissingDependencyError
 from asvp.graph_passes.plugin_contract import config_from_attrs
 from asvp.method import asvp_reference
 from asvp.runtime.engines import plugin_trt
-from asvp.runtime.engines.kernels import triton_asvp
+from asvp.runtime.engines.kernels import triton_asvp, triton_compile, triton_env, triton_launch
 
 
 # ---- the JIT impl's dispatch -------------------------------------------------------------------------------------
@@ -54,9 +54,9 @@ def test_usable_for_needs_cuda_and_at_most_128_channels():
 
 def test_kernels_are_meant_for_compute_capability_8_and_later():
     """T4 (7.5) and V100 (7.0) get the torch fallback: Triton's README lists 8.0+, and SHARED_LIMITS starts there."""
-    assert [triton_asvp.arch_supported(c) for c in [(7, 0), (7, 5), (8, 0), (8, 6), (8, 7), (9, 0), (12, 0)]] == [
+    assert [triton_launch.arch_supported(c) for c in [(7, 0), (7, 5), (8, 0), (8, 6), (8, 7), (9, 0), (12, 0)]] == [
         False, False, True, True, True, True, True]
-    assert min(triton_asvp.SHARED_LIMITS) == 10 * triton_asvp.MIN_CAPABILITY[0] + triton_asvp.MIN_CAPABILITY[1]
+    assert min(triton_launch.SHARED_LIMITS) == 10 * triton_launch.MIN_CAPABILITY[0] + triton_launch.MIN_CAPABILITY[1]
 
 
 # ---- the AOT impl (UNVERIFIED with TensorRT) ---------------------------------------------------------------------
@@ -91,7 +91,7 @@ def test_aot_kernel_builds_the_launch_from_shape_expressions(fake_trtp, nchw):
 
     def compile_fn(channels, k, h, tau, adaptive, dtype):
         got.update(channels=channels, k=k, h=h, tau=tau, adaptive=adaptive, dtype=dtype)
-        return triton_asvp.CompiledKernel("_asvp_fused_kernel", ".entry _asvp_fused_kernel", 8, 8192, "cuda:90")
+        return triton_compile.CompiledKernel("_asvp_fused_kernel", ".entry _asvp_fused_kernel", 8, 8192, "cuda:90")
 
     name, ptx, params, extra = plugin_trt.aot_kernel(fake, fake.TensorDesc(nchw()), 4, 1.5, 0.9, 1, compile_fn)
     cfg = config_from_attrs(4, 1.5, 0.9, 1)
@@ -124,7 +124,7 @@ def stand_in_tensorrt(monkeypatch, fake_trtp):
 
 
 def test_register_with_aot_defines_both_implementations_once(stand_in_tensorrt, monkeypatch):
-    monkeypatch.setattr(triton_asvp, "require_triton", lambda: None)
+    monkeypatch.setattr(triton_env, "require_triton", lambda: None)
     trtp = stand_in_tensorrt()
     assert plugin_trt.register_asvp_plugin() == plugin_trt.PLUGIN_ID
     assert "aot_impl" not in trtp.defs  # JIT only unless asked: existing engine builds keep working unchanged
@@ -143,6 +143,6 @@ def test_register_with_aot_refuses_in_one_line_without_the_aot_api_or_triton(sta
     def no_triton():
         raise MissingDependencyError("Triton is not installed (ModuleNotFoundError): pip install 'asvp[kernels]'")
 
-    monkeypatch.setattr(triton_asvp, "require_triton", no_triton)
+    monkeypatch.setattr(triton_env, "require_triton", no_triton)
     with pytest.raises(MissingDependencyError, match="Triton"):
         plugin_trt.register_asvp_plugin(aot=True)

@@ -1,4 +1,5 @@
 """The Triton ASVP kernels (asvp.runtime.engines.kernels.triton_asvp) against the float64 reference.
+(Their ahead-of-time compiles: test_triton_compile.py.)
 
 Without a CUDA device these run in Triton's CPU interpreter (TRITON_INTERPRET=1 is set below, before the kernels
 are imported; Triton reads it when a kernel is defined). That checks the kernels' numerics (fp32 math, masks,
@@ -13,10 +14,7 @@ amplified subspace is NOT unique (a tie exactly at the k boundary), only what is
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import types
 
 import pytest
@@ -29,8 +27,9 @@ from asvp.config import AsvpConfig  # noqa: E402
 from asvp.errors import AsvpError, MissingDependencyError  # noqa: E402
 from asvp.method import asvp_reference  # noqa: E402
 from asvp.runtime.engines.kernels import triton_asvp as ta  # noqa: E402
+from asvp.runtime.engines.kernels import triton_env, triton_launch as launch  # noqa: E402
 
-OK, WHY = ta.triton_status()
+OK, WHY = triton_env.triton_status()
 pytestmark = pytest.mark.skipif(not OK, reason=WHY)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 F64 = torch.float64
@@ -238,9 +237,9 @@ def test_half_precision_inputs(dtype, tol):
 
 def test_split_gram_reduction_and_odd_sizes(monkeypatch):
     """Several partials and several tiles per program (MAX_SPLITS lowered), H * W not a multiple of the tile."""
-    monkeypatch.setattr(ta, "MAX_SPLITS", 2)
+    monkeypatch.setattr(launch, "MAX_SPLITS", 2)
     x = feature([spectral(decay(32), 17 * 23, seed=11)], 17, 23)
-    plan = ta.LaunchPlan.for_shape(1, 32, 17 * 23)
+    plan = launch.LaunchPlan.for_shape(1, 32, 17 * 23)
     assert plan.nsplit == 2 and plan.iters == 2  # 4 tiles of 128 px -> 2 programs x 2 tiles
     check_parity(x, ADAPTIVE)
 
@@ -277,74 +276,10 @@ def test_bad_inputs_are_one_line_errors():
 
 
 def test_status_and_launch_plans():
-    ok, detail = ta.triton_status()
+    ok, detail = triton_env.triton_status()
     assert ok and "Triton" in detail and "\n" not in detail
-    assert [ta.padded_channels(c) for c in (1, 8, 16, 17, 24, 32, 33, 96, 128)] == [16, 16, 16, 32, 32, 32, 64, 128, 128]
+    assert [launch.padded_channels(c) for c in (1, 8, 16, 17, 24, 32, 33, 96, 128)] == [16, 16, 16, 32, 32, 32, 64, 128, 128]
     for n, c, h, w in [(1, 32, 256, 256), (8, 32, 256, 256), (1, 32, 540, 960), (1, 128, 64, 64)]:
-        p = ta.LaunchPlan.for_shape(n, c, h * w)
-        assert p.nsplit <= ta.MAX_SPLITS and p.nsplit * p.iters * p.block_p >= h * w
+        p = launch.LaunchPlan.for_shape(n, c, h * w)
+        assert p.nsplit <= launch.MAX_SPLITS and p.nsplit * p.iters * p.block_p >= h * w
         assert p.iters & (p.iters - 1) == 0 and (p.nsplit - 1) * p.iters * p.block_p < h * w
-
-
-def _compiled(code: str) -> str:
-    """Run `code` in a subprocess without TRITON_INTERPRET (Triton's real compiler; no GPU needed): its stdout."""
-    env = {key: val for key, val in os.environ.items() if key != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return res.stdout
-
-
-def test_kernels_compile_for_sm90_and_fit_a_tensorrt_aot_launch():
-    """Every kernel compiles for sm_90 (C = 24, fp16 in/out for the streaming ones), and the fused kernel that the
-    TensorRT AOT route embeds takes exactly the arguments TensorRT passes (no hidden scratch buffer in use)."""
-    out = _compiled("""
-from asvp.runtime.engines.kernels import triton_asvp as ta
-for kernel in ta.KERNELS:
-    ta.compile_kernel(kernel, 24, ("cuda", 90, 32), "fp16")
-k = ta.compile_fused(32, 4, 1.5, 0.9, True, target=("cuda", 90, 32))
-entry = k.ptx[k.ptx.index(".entry " + k.name):]
-params = entry[: entry.index(")")].count(".param")
-print(k.name, k.num_warps, k.shared, params)
-""")
-    name, warps, shared, params = out.split()
-    # x, H*W, y, then Triton's two hidden scratch pointers (unused: compile_fused checks their sizes are 0)
-    assert name == "_asvp_fused_kernel" and int(warps) == ta.FUSED_TILES[32][1] and int(params) == 5
-
-
-def test_kernels_fit_every_supported_architecture_and_streaming_kernels_do_not_spill():
-    """At C = 128 (the largest padding) every kernel's shared memory is within sm_86's 99 KB, the smallest
-    per-block limit of the architectures Triton supports (A10, L4, RTX: the eig and fused kernels needed 128 KB
-    when Q was one CP x CP dot). The two kernels that stream the feature (gram, apply) keep every value in
-    registers on sm_90 at every padding: no spill stack (apply spilled up to 3.5 KB per thread with a whole
-    CP x CP operand). benchmarks/kernel_compile.py reports the rest."""
-    out = _compiled("""
-import json
-from asvp.runtime.engines.kernels import triton_asvp as ta
-rows = [ta.kernel_resources(k, 128, 86) for k in ta.KERNELS]
-rows += [ta.kernel_resources(k, c, 90) for k in ("gram", "apply") for c in (16, 32, 64, 128)]
-print(json.dumps([r.__dict__ for r in rows]))
-""")
-    rows = json.loads(out)
-    assert len(rows) == 12
-    for r in rows[:4]:
-        assert r["shared_limit"] == 99 * 1024 and r["shared_bytes"] <= r["shared_limit"], r
-    for r in rows[4:]:
-        assert r["stack_bytes"] == 0 and r["registers"] <= 255, r
-
-
-def test_compile_fused_refuses_what_the_target_cannot_launch(monkeypatch):
-    """A fused kernel over the target architecture's shared memory limit (or one needing Triton's hidden scratch
-    buffers) is refused in one line at compile time, not left to fail at TensorRT's enqueue."""
-    def fake(shared, scratch=0):
-        meta = types.SimpleNamespace(name="_asvp_fused_kernel", num_warps=8, shared=shared, global_scratch_size=scratch)
-        return lambda *a, **kw: types.SimpleNamespace(metadata=meta, asm={"ptx": "ptx"})
-
-    monkeypatch.setattr(ta, "compile_kernel", fake(101377))
-    with pytest.raises(AsvpError, match=r"needs 101377 bytes of shared memory, more than sm_89 gives one block") as e:
-        ta.compile_fused(96, 4, 1.5, 0.9, True, target=("cuda", 89, 32))
-    assert "\n" not in str(e.value)
-    assert ta.compile_fused(96, 4, 1.5, 0.9, True, target=("cuda", 90, 32)).shared == 101377  # 227 KB there
-    assert ta.compile_fused(96, 4, 1.5, 0.9, True).target == "current device"  # Triton checks at load
-    monkeypatch.setattr(ta, "compile_kernel", fake(1024, scratch=64))
-    with pytest.raises(AsvpError, match="hidden scratch buffers"):
-        ta.compile_fused(32, 4, 1.5, 0.9, True, target=("cuda", 90, 32))

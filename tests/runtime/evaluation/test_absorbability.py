@@ -147,7 +147,7 @@ def test_bad_input_is_one_line_and_exit_2(exported, argv, needle, capsys):
 def test_a_given_perturbation_is_measured_instead_of_asvp():
     """measure(..., perturb=f): the paper's ASVP as f gives the default numbers; one global linear map as f is fully
     explained; a keyed variant (a per-image h on a shared subspace) is not, although ASVP itself is there."""
-    from asvp.method import variant_reference
+    from asvp.variants import variant_reference
 
     feats = _spiked(16, shared=True, seed=7)
     cfg = AsvpConfig(h=1.5, k=3, k_mode="fixed")

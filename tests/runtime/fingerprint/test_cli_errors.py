@@ -1,3 +1,4 @@
+import pytest
 """The fingerprint subcommands' errors and output: one line, exit 2, nothing written; --json."""
 import json
 
@@ -15,6 +16,7 @@ def _cli(capsys, *argv):
     return rc, err
 
 
+@pytest.mark.slow
 def test_bad_inputs_get_one_line_errors(models, capsys, tmp_path, monkeypatch):
     monkeypatch.delenv("ASVP_FINGERPRINT_KEY", raising=False)
     c, a = str(models["clean"]), str(models["A"])

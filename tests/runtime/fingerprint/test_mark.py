@@ -23,6 +23,7 @@ KEY_A = "test-key-alpha-0001"  # the keys of conftest's marked models
 KEY_B = "test-key-bravo-0002"
 
 
+@pytest.mark.slow
 def test_cost_calibrated_mark_meets_its_drop_budget_on_the_calibration_data(models, tmp_path, monkeypatch):
     """The default strength: the largest eps whose measured drop on the owner's calibration crops is at most
     CAL_MARGIN x the budget; the key space loses the cost-bearing directions; nothing key-specific is recorded."""
@@ -63,6 +64,7 @@ def test_mark_is_small_recorded_without_the_key_and_costs_what_it_says(models):
 
 
 
+@pytest.mark.slow
 def test_bias_students_key_space_is_recorded_and_verify_removes_no_span(models, tmp_path):
     """--bias-students: the key space is the half of the default one along which students of the clean model
     deviate least; the metadata says so (key-free), the planted case still flips, and verify removes no reference

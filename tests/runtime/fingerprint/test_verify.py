@@ -35,6 +35,7 @@ def _ground_truth_model():
 
 
 
+@pytest.mark.slow
 def test_verdict_flips_on_the_planted_case(models):
     c, a = models["clean"], models["A"]
     hit = api.fingerprint_verify(a, clean=c, defended=a, key=KEY_A)
@@ -78,6 +79,7 @@ def test_one_pass_verdict_equals_verify(models):
 
 
 
+@pytest.mark.slow
 def test_reference_bias_is_removed_and_cached(models, tmp_path):
     c, a = models["clean"], models["A"]
     bias = lambda b: get_task("sr").baseline_output(torch.from_numpy(b)).numpy()  # noqa: E731

@@ -17,7 +17,7 @@ LAYERS = [
     ("core", ["asvp", "asvp.errors", "asvp.io", "asvp.config", "asvp.method", "asvp.metrics", "asvp.onnx_utils",
               "asvp.tasks"]),
     ("graph_passes", ["asvp.graph_passes"]),
-    ("engines", ["asvp.runtime", "asvp.runtime.engines"]),
+    ("engines", ["asvp.runtime", "asvp.runtime.engines", "asvp.runtime.serving"]),
     ("exporter", ["asvp.exporter"]),
     ("evaluation", ["asvp.runtime.evaluation"]),
     ("attacks", ["asvp.runtime.attacks"]),

@@ -19,13 +19,20 @@ from asvp.runtime.attacks.attack import make_queries, run_attack
 from asvp.runtime.attacks.ladder import run_ladder
 from asvp.runtime.attacks.sweep import run_sweep
 from asvp.runtime.engines.backends import backends_status
-from asvp.runtime.engines.build import build_engine as _build, load_engine as _load, sidecar_path
+from asvp.runtime.engines.build import (build_engine as _build, load_engine as _load, make_profile, onnx_input_dims,
+                                       sidecar_path)
 from asvp.runtime.evaluation import absorbability as _ab
 from asvp.runtime.evaluation.images import load_inputs
 from asvp.runtime.evaluation.node_cost import node_costs as _node_costs
 from asvp.runtime.evaluation.profile import profile as _profile
 from asvp.runtime.evaluation.report import check_report_dir, write_report as _write
+from asvp.runtime.evaluation.served import ServedCheckOptions, compare_served
 from asvp.runtime.evaluation.validate import resolve_task, validate as _validate
+from asvp.runtime.serving import env as _serve_env
+from asvp.runtime.serving.client import RemoteOptions
+from asvp.runtime.serving.model_config import TensorRTAccel
+from asvp.runtime.serving.repository import RepoOptions, write_repository
+from asvp.runtime.serving.server import ServerOptions, serve_until_stopped
 from asvp.tasks import TASKS
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
@@ -325,3 +332,31 @@ def fingerprint_check(clean, served, task: str, workdir, *, key: str, steps: int
                       progress: bool = False) -> dict:
     """The demo's quick check: mark `served`, distil a student from it and one from `clean`, verify both."""
     return _fp.quick_check(clean, served, task, workdir, key=key, steps=steps, pool=pool, progress=progress)
+
+
+# ---- serving: Triton model repository, the Triton server, a served model as a backend ---------------------
+
+def triton_repo(model_path: str | os.PathLike, repo: str | os.PathLike, opts: RepoOptions, *,
+                trt_shapes: dict | None = None):
+    """Write `<repo>/<opts.name>/` for an ONNX model (an engine for the tensorrt_plan form): config.pbtxt
+    (schema-checked), the model file, and for the python form its model.py. trt_shapes ({"min", "opt", "max"},
+    NxCxHxW strings) sets the TensorRT accelerator's profile like `asvp build` (onnxruntime form with opts.tensorrt)."""
+    if opts.tensorrt is not None and trt_shapes and any(trt_shapes.values()):
+        model = load_model(model_path)
+        name = image_input(model).name
+        opts.tensorrt.profile = make_profile(name, onnx_input_dims(model, name), trt_shapes.get("min"),
+                                             trt_shapes.get("opt"), trt_shapes.get("max"))
+    return write_repository(model_path, repo, opts)
+
+
+def serve(opts: ServerOptions, *, announce=print, setup: bool = False) -> int:
+    """Run Triton on a model repository until Ctrl-C or SIGTERM (127.0.0.1, free ports unless given).
+    announce(server) is called once it is ready. setup: create the serving environment first (.venv-serve)."""
+    if setup:
+        _serve_env.create_env(opts.env)
+    return serve_until_stopped(opts, announce)
+
+
+def validate_served(onnx_path: str | os.PathLike, remote: RemoteOptions, opts: ServedCheckOptions | None = None):
+    """Compare the model served at remote.url (any KServe v2 endpoint) with its ONNX file run in-process."""
+    return compare_served(onnx_path, remote, opts or ServedCheckOptions())

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from asvp import api, demo
+from asvp.cli import serve as serve_cli, triton_repo as triton_repo_cli, validate_served
 from asvp.cli.args import (TASKS_HELP, BackendArgs, BudgetArgs, DefenceArgs, OutputArgs, ShapeProfileArgs,
                            TimingArgs, add_groups)
 from asvp.errors import AsvpError, first_line
@@ -218,11 +219,11 @@ def add_validate(sub):
                                    "(Polygraphy Comparator), tap feature perturbation, and a verdict. Exit status: "
                                    "0 pass, 1 verdict failed, 2 bad input, 3 backend not available.")
     s.add_argument("clean", help="clean ONNX model")
-    s.add_argument("defended", help="defended ONNX model (asvp defend)")
+    s.add_argument("defended", nargs="?", help="defended ONNX model (asvp defend); not with --url")
     s.add_argument("--task", help=f"one of {TASKS_HELP} (default: the model's asvp.task metadata)")
     s.add_argument("--images", metavar="DIR", help="paired images DIR/input/* and DIR/target/* (default: held-out images)")
     s.add_argument("--size", type=int, default=192, help="held-out crop side in target pixels (default 192)")
-    add_groups(s, BackendArgs())
+    add_groups(s, BackendArgs(), validate_served.ServedArgs())
     s.add_argument("--max-teacher-drop", type=float, default=0.1, metavar="DB",
                    help="fail if clean PSNR - defended PSNR exceeds this (default 0.1 dB)")
     s.add_argument("--max-ssim-drop", type=float, default=None, help="fail if clean SSIM - defended SSIM exceeds this")
@@ -234,6 +235,8 @@ def add_validate(sub):
     add_groups(s, OutputArgs())
 
     def run(a):
+        if a.url or not a.defended:  # a served model vs its ONNX file (asvp/cli/validate_served.py)
+            return validate_served.run(a) if a.url else s.error("give DEFENDED, or --url URL --model NAME")
         res = api.validate(a.clean, a.defended, task=a.task, images=a.images, backend=a.backend, heldout_size=a.size,
                            max_teacher_drop=a.max_teacher_drop, max_ssim_drop=a.max_ssim_drop,
                            min_output_psnr=a.min_output_psnr, max_abs_diff=a.max_abs_diff, out=a.out,
@@ -472,6 +475,8 @@ def add_fingerprint(sub):
 
 
 SUBCOMMANDS = SUBCOMMANDS + (add_fingerprint,)
+# serving commands, one module each (asvp/cli/triton_repo.py, asvp/cli/serve.py)
+SUBCOMMANDS = SUBCOMMANDS + (triton_repo_cli.register, serve_cli.register)
 
 
 class OneLineParser(argparse.ArgumentParser):

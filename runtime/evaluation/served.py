@@ -20,13 +20,13 @@ from asvp.onnx_utils import image_input, load_model
 from asvp.runtime.engines.build import parse_shape
 from asvp.runtime.engines.sessions import create_session
 from asvp.runtime.serving.client import RemoteOptions, TritonRunner
+from asvp.runtime.serving.constants import DEFAULT_CHECK_SHAPES
 
-DEFAULT_SHAPES = ("1x3x32x32", "2x3x24x40")
 
 
 @dataclass
 class ServedCheckOptions:
-    shapes: tuple = DEFAULT_SHAPES  # NxCxHxW strings (C is taken from the model when it is static)
+    shapes: tuple = DEFAULT_CHECK_SHAPES  # NxCxHxW strings (C is taken from the model when it is static)
     max_abs_diff: float = 0.0
     seed: int = 0
 

@@ -21,9 +21,9 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 
 from asvp.errors import AsvpError, MissingDependencyError, first_line
+from asvp.runtime.serving.constants import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, PROTOCOLS
 from asvp.runtime.serving.model_config import INSTALL_CLIENT
 
-PROTOCOLS = ("http", "grpc")
 _REQUEST_ID = re.compile(r"^\[request id: [^\]]*\]\s*")
 
 
@@ -47,8 +47,8 @@ class RemoteOptions:
     model: str
     protocol: str | None = None  # http | grpc; None: from the URL's scheme, else http
     version: str = ""
-    timeout: float = 60.0  # seconds per request
-    retries: int = 2  # further tries after a connection failure
+    timeout: float = DEFAULT_TIMEOUT_S  # seconds per request
+    retries: int = DEFAULT_RETRIES  # further tries after a connection failure
     backoff: float = 0.5  # seconds before the first retry, doubled each time
 
     def endpoint(self) -> tuple[str, str]:
@@ -134,7 +134,8 @@ class TritonRunner(BaseRunner):
         if not self.call("a readiness check", self.client.is_server_live):
             raise ServerUnreachable(f"server {self.host} is not live")
         if not self.call("a readiness check", self.client.is_model_ready, self.opts.model, self.opts.version):
-            raise ServerUnreachable(f"server {self.host} has no ready model {self.opts.model!r}")
+            raise AsvpError(f"server {self.host} has no ready model {self.opts.model!r} (check --model, and the "
+                            "server log for a model that failed to load)")
         meta = self.call("the model metadata", self.client.get_model_metadata, self.opts.model, self.opts.version)
         self.metadata = meta if isinstance(meta, dict) else _grpc_dict(meta)
 

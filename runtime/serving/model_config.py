@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from asvp.errors import AsvpError, MissingDependencyError, first_line
+from asvp.runtime.serving.constants import DEFAULT_MAX_BATCH, DEFAULT_QUEUE_DELAY_US
 
 # ONNX element type -> Triton DataType name
 DTYPES = {
@@ -25,7 +26,6 @@ DTYPES = {
     onnx.TensorProto.UINT16: "TYPE_UINT16", onnx.TensorProto.UINT32: "TYPE_UINT32",
     onnx.TensorProto.UINT64: "TYPE_UINT64", onnx.TensorProto.BOOL: "TYPE_BOOL", onnx.TensorProto.STRING: "TYPE_STRING",
 }
-DEFAULT_MAX_BATCH = 8
 INSTALL_CLIENT = "pip install 'tritonclient[http,grpc]>=2.51,<2.74'"
 
 
@@ -69,7 +69,7 @@ class ConfigOptions:
     backend: str = "python"  # python | onnxruntime | tensorrt (tensorrt_plan platform)
     max_batch_size: int = DEFAULT_MAX_BATCH  # used when the model's batch dim is dynamic
     dynamic_batching: bool = True
-    max_queue_delay_us: int = 2000
+    max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
     instances: int = 1
     kind: str = "KIND_CPU"  # KIND_CPU | KIND_GPU | KIND_AUTO
     parameters: dict = field(default_factory=dict)  # string parameters (metadata, EXECUTION_ENV_PATH)

@@ -35,11 +35,10 @@ from asvp.io import check_output_dir, require_file
 from asvp.onnx_utils import get_metadata, load_model
 from asvp.runtime.engines.build import is_engine_path, read_sidecar, sha256_file
 from asvp.runtime.serving import python_model
+from asvp.runtime.serving.constants import DEFAULT_QUEUE_DELAY_US, FORMS
 from asvp.runtime.serving.env import default_env_path
-from asvp.runtime.serving.model_config import (DEFAULT_MAX_BATCH, ConfigOptions, TensorRTAccel, config_text,
-                                               model_config)
+from asvp.runtime.serving.model_config import DEFAULT_MAX_BATCH, ConfigOptions, TensorRTAccel, config_text, model_config
 
-FORMS = ("python", "onnxruntime", "tensorrt_plan")
 VERSION = "1"
 PLAN_FILE = "model.plan"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -55,7 +54,7 @@ class RepoOptions:
     form: str = "python"
     max_batch_size: int = DEFAULT_MAX_BATCH  # 0 turns batching off; ignored when the model's batch is static
     dynamic_batching: bool = True
-    max_queue_delay_us: int = 2000
+    max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
     instances: int = 1
     gpu: bool = False  # instance_group kind GPU (tensorrt_plan is always GPU)
     max_side: int = 0  # python form: refuse larger inputs with a 4xx (0: no limit)

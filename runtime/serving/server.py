@@ -31,9 +31,9 @@ from pathlib import Path
 
 from asvp.errors import AsvpError, MissingDependencyError
 from asvp.io import require_file
+from asvp.runtime.serving.constants import DEFAULT_STARTUP_TIMEOUT_S, LOOPBACK
 from asvp.runtime.serving.env import find_env
 
-LOOPBACK = "127.0.0.1"
 BINARY = "tritonserver"
 _BENIGN = ("CudaDriverHelper", "CUDA driver", "cuda driver")
 _ERROR_LINE = re.compile(r"^E\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] (.*)$")
@@ -50,7 +50,7 @@ class ServerOptions:
     metrics_port: int | None = None  # None: metrics off; 0: a free port
     binary: str = "auto"  # auto (PATH, else the serving env's wheel) | wheel | a path to tritonserver
     env: str | None = None  # the serving environment (default: ASVP_SERVE_ENV or .venv-serve)
-    startup_timeout: float = 180.0
+    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT_S
     stop_timeout: float = 15.0
     log_verbose: int = 0
 
@@ -216,3 +216,25 @@ class TritonServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def serve_until_stopped(opts: ServerOptions, announce) -> int:
+    """Start the server, call announce(server), and keep it running until Ctrl-C or SIGTERM (then stop it, 0) or
+    until it exits by itself (one-line AsvpError with its log's first error)."""
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    server = TritonServer(opts)
+    try:
+        server.start()
+        announce(server)
+        while server.running:
+            time.sleep(0.5)
+        why = first_error(server.log_text()) or "no error in its log"
+        raise AsvpError(f"tritonserver exited by itself: {why}")
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)

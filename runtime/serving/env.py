@@ -130,4 +130,4 @@ def create_env(path=None, *, python: str = sys.executable, quiet: bool = True) -
 
 if __name__ == "__main__":
     target = sys.argv[1] if len(sys.argv) > 1 else None
-    print(f"serving environment ready: {create_env(target, quiet=False).path}")
+    print(f"serving environment ready: {create_env(target).path}")

@@ -27,6 +27,7 @@ from asvp.runtime.evaluation.node_cost import node_costs as _node_costs
 from asvp.runtime.evaluation.profile import profile as _profile
 from asvp.runtime.evaluation.report import check_report_dir, write_report as _write
 from asvp.runtime.evaluation.served import ServedCheckOptions, compare_served
+from asvp.runtime.evaluation.served_load import LoadOptions, run_load
 from asvp.runtime.evaluation.validate import resolve_task, validate as _validate
 from asvp.runtime.serving import env as _serve_env
 from asvp.runtime.serving.client import RemoteOptions
@@ -360,3 +361,8 @@ def serve(opts: ServerOptions, *, announce=print, setup: bool = False) -> int:
 def validate_served(onnx_path: str | os.PathLike, remote: RemoteOptions, opts: ServedCheckOptions | None = None):
     """Compare the model served at remote.url (any KServe v2 endpoint) with its ONNX file run in-process."""
     return compare_served(onnx_path, remote, opts or ServedCheckOptions())
+
+
+def profile_served(remote: RemoteOptions, opts: LoadOptions | None = None):
+    """Client-side latency p50/p90/p99, throughput and errors of a served model at each concurrency level."""
+    return run_load(remote, opts or LoadOptions())

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from asvp import api, demo
-from asvp.cli import serve as serve_cli, triton_repo as triton_repo_cli, validate_served
+from asvp.cli import profile_served, serve as serve_cli, triton_repo as triton_repo_cli, validate_served
 from asvp.cli.args import (TASKS_HELP, BackendArgs, BudgetArgs, DefenceArgs, OutputArgs, ShapeProfileArgs,
                            TimingArgs, add_groups)
 from asvp.errors import AsvpError, first_line
@@ -251,15 +251,18 @@ def add_profile(sub):
                        description="Time CLEAN (and DEFENDED) on one backend with a random input of --shape. With two "
                                    "models every iteration runs both, alternating which goes first, so the "
                                    "defended/clean ratio comes from one run under the same conditions.")
-    s.add_argument("clean", help="clean ONNX model (or a TensorRT engine with --backend tensorrt)")
+    s.add_argument("clean", nargs="?", help="clean ONNX model (or a TensorRT engine with --backend tensorrt)")
     s.add_argument("defended", nargs="?", help="defended model (optional)")
-    add_groups(s, BackendArgs(), TimingArgs(warmup=10, iters=50))
+    add_groups(s, BackendArgs(), TimingArgs(warmup=10, iters=50), validate_served.ServedArgs(shapes=False),
+               profile_served.LoadArgs())
     s.add_argument("--memory", choices=MEMORY_MODES, default=MEMORY_MODES[0],
                    help="peak memory: per model in a fresh process (default), in this process (order-dependent), or off")
     s.add_argument("--out", metavar="DIR", help="write report.json, report.md and PNG plots here")
     add_groups(s, OutputArgs())
 
     def run(a):
+        if a.url or not a.clean:  # a served model under load (asvp/cli/profile_served.py)
+            return profile_served.run(a) if a.url else s.error("give CLEAN, or --url URL --model NAME")
         _show(a, api.profile(a.clean, a.defended, backend=a.backend, **TimingArgs.kwargs(a), memory=a.memory,
                              out=a.out, progress=progress(a)))
     s.set_defaults(func=run)

@@ -70,7 +70,7 @@ def first_error(log_text: str) -> str | None:
         m = _ERROR_LINE.match(line.strip())
         msg = m.group(1).strip().strip('"') if m else (line.strip() if line.startswith("error:") else None)
         if msg and not any(benign in msg for benign in _BENIGN):
-            errors.append(msg)
+            errors.append(msg.split("\\n")[0].strip())  # the log escapes a Python traceback's newlines: keep line 1
     return next((e for e in errors if "failed to load" in e), errors[0] if errors else None)
 
 

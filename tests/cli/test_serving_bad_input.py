@@ -36,6 +36,12 @@ TABLE = [
     ("validate-url-unreachable", ["validate", "{m}", "--url", "{url}", "--model", "sr", "--retries", "0"], 3),
     ("validate-url-bad-shape", ["validate", "{m}", "--url", "{url}", "--model", "sr", "--check-shape", "1x3"], 2),
     ("validate-neither-defended-nor-url", ["validate", "{m}"], 2),
+    ("profile-url-without-model", ["profile", "--url", "{url}"], 2),
+    ("profile-url-with-a-model-file", ["profile", "{m}", "--url", "{url}", "--model", "sr"], 2),
+    ("profile-url-bad-concurrency", ["profile", "--url", "{url}", "--model", "sr", "--concurrency", "1,x"], 2),
+    ("profile-url-zero-concurrency", ["profile", "--url", "{url}", "--model", "sr", "--concurrency", "0"], 2),
+    ("profile-url-unreachable", ["profile", "--url", "{url}", "--model", "sr", "--retries", "0"], 3),
+    ("profile-neither-model-nor-url", ["profile"], 2),
 ]
 
 

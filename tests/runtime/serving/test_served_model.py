@@ -135,6 +135,17 @@ def test_bad_request_gets_4xx_and_the_next_succeeds(server, bad):
         assert runner.infer({"input": _x((1, 3, 8, 8))})["output"].shape == (1, 3, 16, 16)
 
 
+def test_profile_url_measures_each_concurrency(server, capsys):
+    rc = main(["profile", "--url", server.http_url, "--model", "sr", "--concurrency", "1,4", "--iters", "3",
+               "--warmup", "1", "--shape", "1x3x16x16", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 0 and [lv["concurrency"] for lv in doc["levels"]] == [1, 4]
+    for lv in doc["levels"]:
+        assert lv["requests"] == 3 * lv["concurrency"] and lv["errors"] == 0
+        assert 0 < lv["p50_ms"] <= lv["p90_ms"] <= lv["p99_ms"] and lv["throughput_rps"] > 0
+        assert lv["inferences"] == 4 * lv["concurrency"]  # warm-up included: the server saw every request
+
+
 def test_runner_errors_are_one_line(server):
     with TritonRunner(RemoteOptions(server.http_url, "sr")) as runner:
         with pytest.raises(ServerRefused) as e:

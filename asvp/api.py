@@ -30,7 +30,7 @@ from asvp.runtime.evaluation.served import ServedCheckOptions, compare_served
 from asvp.runtime.evaluation.served_load import LoadOptions, run_load
 from asvp.runtime.evaluation.validate import resolve_task, validate as _validate
 from asvp.runtime.serving import env as _serve_env
-from asvp.runtime.serving.client import RemoteOptions
+from asvp.runtime.serving.client import RemoteOptions, ServedFunction
 from asvp.runtime.serving.model_config import TensorRTAccel
 from asvp.runtime.serving.repository import RepoOptions, write_repository
 from asvp.runtime.serving.server import ServerOptions, serve_until_stopped
@@ -366,3 +366,11 @@ def validate_served(onnx_path: str | os.PathLike, remote: RemoteOptions, opts: S
 def profile_served(remote: RemoteOptions, opts: LoadOptions | None = None):
     """Client-side latency p50/p90/p99, throughput and errors of a served model at each concurrency level."""
     return run_load(remote, opts or LoadOptions())
+
+
+def fingerprint_verify_served(remote: RemoteOptions, *, clean, defended, key: str, alpha: float = _fp.DEFAULT_ALPHA,
+                              cache=None, task: str | None = None, references=None):
+    """fingerprint_verify with the suspect a served model (any KServe v2 endpoint), queried over the network."""
+    with ServedFunction(remote) as fn:
+        return _fp.verify(fn, clean, defended, key, alpha=alpha, cache=cache, task=task, references=references,
+                          name=fn.__name__)

@@ -463,7 +463,7 @@ def add_fingerprint(sub):
     v = fs.add_parser("verify", help="test whether SUSPECT was distilled from the marked model",
                       description="Queries SUSPECT (an ONNX model, black box) on probe images and prints the statistic, "
                                   "the exact p-value and the verdict (flagged when p < --alpha).")
-    v.add_argument("suspect", help="suspect ONNX model")
+    v.add_argument("suspect", nargs="?", help="suspect ONNX model (or --url URL --model NAME: a served suspect)")
     v.add_argument("--clean", required=True, help="your clean model (before marking)")
     v.add_argument("--defended", required=True, help="your marked model")
     key_args(v)
@@ -471,10 +471,16 @@ def add_fingerprint(sub):
     v.add_argument("--cache", metavar="DIR", help="reuse basis responses and the reference models stored by calibrate")
     v.add_argument("--reference", action="append", metavar="ONNX", help="a reference model that never saw the marked outputs (repeatable)")
     v.add_argument("--task", help=f"task ({TASKS_HELP}; default: from the models' metadata)")
-    add_groups(v, OutputArgs(quiet=False))
-    v.set_defaults(func=lambda a: _show(a, api.fingerprint_verify(
-        a.suspect, clean=a.clean, defended=a.defended, key=_fingerprint_key(a), alpha=a.alpha, cache=a.cache,
-        task=a.task, references=a.reference)))
+    add_groups(v, OutputArgs(quiet=False), validate_served.ServedArgs(shapes=False))
+
+    def verify(a):
+        if bool(a.url) == bool(a.suspect):  # a served suspect: --url/--model (asvp/cli/validate_served.py's group)
+            v.error("give SUSPECT (an ONNX file) or --url URL --model NAME (a served suspect), not both")
+        kw = dict(clean=a.clean, defended=a.defended, key=_fingerprint_key(a), alpha=a.alpha, cache=a.cache,
+                  task=a.task, references=a.reference)
+        _show(a, api.fingerprint_verify_served(validate_served.ServedArgs.parse(a), **kw) if a.url
+              else api.fingerprint_verify(a.suspect, **kw))
+    v.set_defaults(func=verify)
 
 
 SUBCOMMANDS = SUBCOMMANDS + (add_fingerprint,)

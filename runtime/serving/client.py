@@ -210,3 +210,38 @@ def _grpc_dict(message) -> dict:
     from google.protobuf.json_format import MessageToDict
 
     return MessageToDict(message, preserving_proto_field_name=True)
+
+
+class ServedFunction:
+    """A served model as a function batch -> its first output (the image), for code that takes a callable suspect
+    or teacher (the fingerprint verifier, the attacker). Batches larger than the model's max_batch_size are sent in
+    chunks; the connection opens on the first call and closes with close() or the `with` block."""
+
+    def __init__(self, opts: RemoteOptions):
+        self.runner = TritonRunner(opts)
+        self.__name__ = f"{opts.model}@{opts.url}"
+        self.output = None
+        self.chunk = 0
+
+    def _open(self):
+        self.runner.activate()
+        self.output = self.runner.output_names()[0]
+        self.input = self.runner.metadata["inputs"][0]["name"]
+        self.chunk = int(self.runner.config().get("max_batch_size", 0) or 0)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if not self.runner.is_active:
+            self._open()
+        step = self.chunk or len(x)
+        return np.concatenate([self.runner.infer({self.input: np.ascontiguousarray(x[i:i + step])})[self.output]
+                               for i in range(0, len(x), step)])
+
+    def close(self) -> None:
+        if self.runner.is_active:
+            self.runner.deactivate()
+
+    def __enter__(self) -> "ServedFunction":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

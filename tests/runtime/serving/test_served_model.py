@@ -26,6 +26,7 @@ from asvp.runtime.serving.repository import RepoOptions, write_repository
 from asvp.runtime.serving.server import ServerOptions, TritonServer
 
 TAP = AsvpConfig(placement="tap")
+KEY = "serving-test-key-0123456789"
 QUEUE_DELAY_US = 50_000  # long enough that concurrent requests meet in the batcher on a busy 2-core machine
 
 
@@ -35,13 +36,14 @@ def models(exported, tmp_path_factory):
     clean = exported("sr")
     sub = api.defend(clean, root / "sr-tap.onnx", config=TAP).path
     plug = api.defend(clean, root / "sr-plugin.onnx", config=TAP, mode="plugin").path
-    return {"clean": str(clean), "sr": str(sub), "sr_plugin": str(plug)}
+    marked = api.fingerprint_mark(clean, root / "sr-marked.onnx", KEY, strength_db=40.0).path
+    return {"clean": str(clean), "sr": str(sub), "sr_plugin": str(plug), "marked": str(marked)}
 
 
 @pytest.fixture(scope="module")
 def server(serving_env, models, tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo")
-    for name in ("sr", "sr_plugin"):
+    for name in ("sr", "sr_plugin", "marked", "clean"):
         write_repository(models[name], repo, RepoOptions(name=name, form="python", max_side=64,
                                                          max_queue_delay_us=QUEUE_DELAY_US))
     with TritonServer(ServerOptions(str(repo), env=str(serving_env.path))) as srv:
@@ -199,3 +201,13 @@ def test_asvp_serve_cli_prints_endpoints_and_stops_on_sigterm(serving_env, model
     assert "server stopped" in out
     with pytest.raises(ProcessLookupError):
         os.killpg(info["pid"], 0)  # no server, no backend stub left in its group
+
+
+@pytest.mark.parametrize("name,flagged", [("marked", True), ("clean", False)])
+def test_fingerprint_verify_url(server, models, capsys, name, flagged):
+    """A served marked model passes its key check and is flagged; a served clean model is not flagged."""
+    rc = main(["fingerprint", "verify", "--url", server.http_url, "--model", name, "--clean", models["clean"],
+               "--defended", models["marked"], "--key", KEY, "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 0 and doc["flagged"] is flagged, doc
+    assert doc["key_check"] > 0.99 and name in doc["suspect"]

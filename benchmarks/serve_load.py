@@ -145,8 +145,8 @@ def run(clients: int, requests: int) -> dict:
             "malformed": bad, "corrupt_model": corrupt, "killed_mid_run": killed}
 
 
-def markdown(r: dict) -> str:
-    lines = [f"# Serving under load, faults and bad input (`benchmarks/serve_load.py`, commit {r['commit']})", "",
+def markdown(r: dict, heading: str = "#") -> str:
+    lines = [f"{heading} Serving under load, faults and bad input (`benchmarks/serve_load.py`, commit {r['commit']})", "",
              f"{r['server']}; the bundled sr teacher defended (tap placement), python form; {r['clients']} clients x "
              f"{r['requests_per_client']} requests, sizes {', '.join(r['shapes'])} in rotation; client-side times "
              "on a shared 2-core CPU machine.", "",

@@ -5,6 +5,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+from asvp import api_serving
 from asvp.config import AsvpConfig
 from asvp.errors import AsvpError
 from asvp.exporter import export as ex
@@ -19,21 +20,13 @@ from asvp.runtime.attacks.attack import make_queries, run_attack
 from asvp.runtime.attacks.ladder import run_ladder
 from asvp.runtime.attacks.sweep import run_sweep
 from asvp.runtime.engines.backends import backends_status
-from asvp.runtime.engines.build import (build_engine as _build, load_engine as _load, make_profile, onnx_input_dims,
-                                       sidecar_path)
+from asvp.runtime.engines.build import build_engine as _build, load_engine as _load, sidecar_path
 from asvp.runtime.evaluation import absorbability as _ab
 from asvp.runtime.evaluation.images import load_inputs
 from asvp.runtime.evaluation.node_cost import node_costs as _node_costs
 from asvp.runtime.evaluation.profile import profile as _profile
 from asvp.runtime.evaluation.report import check_report_dir, write_report as _write
-from asvp.runtime.evaluation.served import ServedCheckOptions, compare_served
-from asvp.runtime.evaluation.served_load import LoadOptions, run_load
 from asvp.runtime.evaluation.validate import resolve_task, validate as _validate
-from asvp.runtime.serving import env as _serve_env
-from asvp.runtime.serving.client import RemoteOptions, ServedFunction
-from asvp.runtime.serving.model_config import TensorRTAccel
-from asvp.runtime.serving.repository import RepoOptions, write_repository
-from asvp.runtime.serving.server import ServerOptions, serve_until_stopped
 from asvp.tasks import TASKS
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
@@ -334,43 +327,6 @@ def fingerprint_check(clean, served, task: str, workdir, *, key: str, steps: int
     """The demo's quick check: mark `served`, distil a student from it and one from `clean`, verify both."""
     return _fp.quick_check(clean, served, task, workdir, key=key, steps=steps, pool=pool, progress=progress)
 
-
-# ---- serving: Triton model repository, the Triton server, a served model as a backend ---------------------
-
-def triton_repo(model_path: str | os.PathLike, repo: str | os.PathLike, opts: RepoOptions, *,
-                trt_shapes: dict | None = None):
-    """Write `<repo>/<opts.name>/` for an ONNX model (an engine for the tensorrt_plan form): config.pbtxt
-    (schema-checked), the model file, and for the python form its model.py. trt_shapes ({"min", "opt", "max"},
-    NxCxHxW strings) sets the TensorRT accelerator's profile like `asvp build` (onnxruntime form with opts.tensorrt)."""
-    if opts.tensorrt is not None and trt_shapes and any(trt_shapes.values()):
-        model = load_model(model_path)
-        name = image_input(model).name
-        opts.tensorrt.profile = make_profile(name, onnx_input_dims(model, name), trt_shapes.get("min"),
-                                             trt_shapes.get("opt"), trt_shapes.get("max"))
-    return write_repository(model_path, repo, opts)
-
-
-def serve(opts: ServerOptions, *, announce=print, setup: bool = False) -> int:
-    """Run Triton on a model repository until Ctrl-C or SIGTERM (127.0.0.1, free ports unless given).
-    announce(server) is called once it is ready. setup: create the serving environment first (.venv-serve)."""
-    if setup:
-        _serve_env.create_env(opts.env)
-    return serve_until_stopped(opts, announce)
-
-
-def validate_served(onnx_path: str | os.PathLike, remote: RemoteOptions, opts: ServedCheckOptions | None = None):
-    """Compare the model served at remote.url (any KServe v2 endpoint) with its ONNX file run in-process."""
-    return compare_served(onnx_path, remote, opts or ServedCheckOptions())
-
-
-def profile_served(remote: RemoteOptions, opts: LoadOptions | None = None):
-    """Client-side latency p50/p90/p99, throughput and errors of a served model at each concurrency level."""
-    return run_load(remote, opts or LoadOptions())
-
-
-def fingerprint_verify_served(remote: RemoteOptions, *, clean, defended, key: str, alpha: float = _fp.DEFAULT_ALPHA,
-                              cache=None, task: str | None = None, references=None):
-    """fingerprint_verify with the suspect a served model (any KServe v2 endpoint), queried over the network."""
-    with ServedFunction(remote) as fn:
-        return _fp.verify(fn, clean, defended, key, alpha=alpha, cache=cache, task=task, references=references,
-                          name=fn.__name__)
+# The serving commands' functions live in asvp.api_serving (docs/serving.md); asvp.api offers them like the rest.
+triton_repo, serve, validate_served = api_serving.triton_repo, api_serving.serve, api_serving.validate_served
+profile_served, fingerprint_verify_served = api_serving.profile_served, api_serving.fingerprint_verify_served

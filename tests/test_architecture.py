@@ -21,7 +21,7 @@ LAYERS = [
     ("exporter", ["asvp.exporter"]),
     ("evaluation", ["asvp.runtime.evaluation"]),
     ("attacks", ["asvp.runtime.attacks"]),
-    ("api", ["asvp.api"]),
+    ("api", ["asvp.api", "asvp.api_serving"]),
     ("cli", ["asvp.cli", "asvp.demo"]),
 ]
 

@@ -55,7 +55,8 @@ class RepoArgs:
         from asvp.runtime.serving.repository import RepoOptions
 
         name = a.name or re.sub(r"[^A-Za-z0-9_.\-]", "_", Path(a.model).name.split(".")[0])
-        trt = TensorRTAccel(precision="FP16" if a.fp16 else "FP32", engine_cache=a.engine_cache) if a.tensorrt else None
+        trt = (TensorRTAccel(precision="FP16" if a.fp16 else "FP32", engine_cache=a.engine_cache,
+                             shapes={"min": a.min, "opt": a.opt, "max": a.max}) if a.tensorrt else None)
         return RepoOptions(name=name, form=a.form, max_batch_size=a.max_batch_size,
                            dynamic_batching=not a.no_dynamic_batching, max_queue_delay_us=a.max_queue_delay_us,
                            instances=a.instances, gpu=a.gpu, max_side=a.max_side, threads=a.threads, tensorrt=trt,
@@ -74,5 +75,5 @@ def register(sub) -> None:
 def run(a):
     from asvp import api
 
-    res = api.triton_repo(a.model, a.repo, RepoArgs.parse(a), trt_shapes={"min": a.min, "opt": a.opt, "max": a.max})
+    res = api.triton_repo(a.model, a.repo, RepoArgs.parse(a))
     print(json.dumps(res.to_dict(), indent=2) if a.json else "\n".join(res.summary_lines()))

@@ -45,6 +45,7 @@ class TensorRTAccel:
 
     precision: str = "FP32"  # FP32 | FP16
     profile: object | None = None  # asvp.runtime.engines.build.ShapeProfile, or None for TensorRT's own
+    shapes: dict | None = None  # {"min", "opt", "max"}: NxCxHxW strings; the writer makes `profile` from them
     engine_cache: str | None = None  # folder for ONNX Runtime's TensorRT engine cache (enables the cache)
     workspace_bytes: int | None = None
 

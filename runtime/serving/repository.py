@@ -32,8 +32,8 @@ from asvp.graph_passes.fingerprint import read_mark
 from asvp.graph_passes.metadata import read_defence
 from asvp.graph_passes.plugin_contract import plugin_nodes
 from asvp.io import check_output_dir, require_file
-from asvp.onnx_utils import get_metadata, load_model
-from asvp.runtime.engines.build import is_engine_path, read_sidecar, sha256_file
+from asvp.onnx_utils import get_metadata, image_input, load_model
+from asvp.runtime.engines.build import is_engine_path, make_profile, onnx_input_dims, read_sidecar
 from asvp.runtime.serving import python_model
 from asvp.runtime.serving.constants import DEFAULT_QUEUE_DELAY_US, FORMS
 from asvp.runtime.serving.env import default_env_path
@@ -139,7 +139,18 @@ def _engine_source(engine: Path, opts: RepoOptions) -> tuple[dict, Path]:
     return side, src
 
 
+def _trt_profile(model: onnx.ModelProto, accel: TensorRTAccel) -> None:
+    """The accelerator's profile from its min/opt/max shapes, validated as `asvp build` validates them."""
+    shapes = accel.shapes or {}
+    if accel.profile is None and any(shapes.values()):
+        name = image_input(model).name
+        accel.profile = make_profile(name, onnx_input_dims(model, name), shapes.get("min"), shapes.get("opt"),
+                                     shapes.get("max"))
+
+
 def _config_options(model: onnx.ModelProto, opts: RepoOptions, sidecar: dict | None) -> ConfigOptions:
+    if opts.tensorrt is not None:
+        _trt_profile(model, opts.tensorrt)
     params = metadata_parameters(model, opts.key_id)
     co = ConfigOptions(name=opts.name, backend={"tensorrt_plan": "tensorrt"}.get(opts.form, opts.form),
                        max_batch_size=opts.max_batch_size, dynamic_batching=opts.dynamic_batching,

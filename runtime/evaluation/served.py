@@ -2,7 +2,8 @@
 
     rep = compare_served("sr.asvp.onnx", RemoteOptions("127.0.0.1:8000", "sr"), ServedCheckOptions())
 
-Both run the same seeded inputs (uniform in [0, 1], at each of `shapes`). Every output the ONNX model declares
+Both run the same seeded inputs (uniform in [0, 1], at each of `shapes`, H and W rounded up to the model's size
+multiple, the model's static dims kept). Every output the ONNX model declares
 must be served (tap outputs included) with the same shape, and differ by at most `max_abs_diff` (default 0: the
 python form runs the same ONNX Runtime session as asvp, so tap placement must be bit-identical; give a tolerance
 for another runtime, e.g. Triton's onnxruntime backend on a GPU). The served config's defence digest, when it
@@ -16,7 +17,7 @@ import numpy as np
 
 from asvp.errors import AsvpError
 from asvp.graph_passes.metadata import read_defence
-from asvp.onnx_utils import image_input, load_model
+from asvp.onnx_utils import get_metadata, image_input, load_model
 from asvp.runtime.engines.build import parse_shape
 from asvp.runtime.engines.sessions import create_session
 from asvp.runtime.serving.client import RemoteOptions, TritonRunner
@@ -68,15 +69,15 @@ class ServedReport:
 def _inputs(model, shapes, seed: int) -> list[dict]:
     vi = image_input(model)
     name, dims = vi.name, vi.type.tensor_type.shape.dim
-    channels = dims[1].dim_value if len(dims) > 1 and dims[1].dim_value > 0 else None
+    multiple = max(1, int(get_metadata(model).get("asvp.size_multiple", 1) or 1))
     rng = np.random.default_rng(seed)
     feeds = []
     for s in shapes:
         shape = list(parse_shape(s, "input shape"))
         if len(shape) != len(dims):
             raise AsvpError(f"input shape {s} has rank {len(shape)}; the model's input {name!r} has rank {len(dims)}")
-        if channels:
-            shape[1] = channels
+        shape[2:] = [-(-d // multiple) * multiple for d in shape[2:]]  # the model's size multiple (H, W)
+        shape = [d.dim_value if d.dim_value > 0 else s for d, s in zip(dims, shape)]  # its static dims win
         feeds.append({name: rng.random(shape, dtype=np.float32)})
     return feeds
 

@@ -11,7 +11,8 @@ workspace, removed on stop).
 
 The server runs in its own process group: stop() sends SIGTERM to the group (the Python backend's stub processes
 included), waits, then SIGKILL. A server that exits while starting (a model that fails to load, a port taken)
-raises one line, the server log's first error.
+raises one line, the server log's first error. The log lives in the temporary workspace, removed on stop
+(ASVP_KEEP_SERVER_LOG=1 keeps it, for debugging a model that fails to load).
 """
 from __future__ import annotations
 

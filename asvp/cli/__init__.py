@@ -223,7 +223,7 @@ def add_validate(sub):
     s.add_argument("--task", help=f"one of {TASKS_HELP} (default: the model's asvp.task metadata)")
     s.add_argument("--images", metavar="DIR", help="paired images DIR/input/* and DIR/target/* (default: held-out images)")
     s.add_argument("--size", type=int, default=192, help="held-out crop side in target pixels (default 192)")
-    add_groups(s, BackendArgs(), validate_served.ServedArgs())
+    add_groups(s, BackendArgs(), validate_served.ServedArgs(description=validate_served.VALIDATE_NOTE))
     s.add_argument("--max-teacher-drop", type=float, default=0.1, metavar="DB",
                    help="fail if clean PSNR - defended PSNR exceeds this (default 0.1 dB)")
     s.add_argument("--max-ssim-drop", type=float, default=None, help="fail if clean SSIM - defended SSIM exceeds this")

@@ -11,16 +11,19 @@ import json
 from asvp.runtime.serving.constants import DEFAULT_CHECK_SHAPES, DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, PROTOCOLS
 
 EXIT_DIFFERS = 1
+VALIDATE_NOTE = ("With --url, validate compares the served model with the ONNX file given first (the served model's "
+                 "own file), output by output on seeded inputs: every output served, same shapes, differences within "
+                 "--max-abs-diff (default 0: bit-identical). Exit 0 pass, 1 differs, 2 bad input, 3 unreachable.")
 
 
 class ServedArgs:
     """--url/--model/--protocol/--timeout/--retries (a served model) and --check-shape -> RemoteOptions."""
 
-    def __init__(self, shapes: bool = True):
-        self.shapes = shapes
+    def __init__(self, shapes: bool = True, description: str | None = None):
+        self.shapes, self.description = shapes, description
 
     def add(self, parser: argparse.ArgumentParser) -> None:
-        p = parser.add_argument_group("served model (KServe v2: Triton, KServe, MLServer)")
+        p = parser.add_argument_group("served model (KServe v2: Triton, KServe, MLServer)", self.description)
         p.add_argument("--url", help="host:port of the server (http:// or grpc:// prefix picks the protocol)")
         p.add_argument("--model", help="the model's name on the server")
         p.add_argument("--protocol", choices=PROTOCOLS, help="http or grpc (default: from --url, else http)")

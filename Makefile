@@ -3,10 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The serving environment (numpy < 2, the nvidia-pytriton wheel's Triton server): docs/serving.md says why it is apart.
+SERVE_ENV ?= .venv-serve
+SERVE_STAMP := $(SERVE_ENV)/.installed
 TASK ?= sr
 OUT ?= reports/demo
 
-.PHONY: venv demo test test-fast bench teachers clean
+.PHONY: venv serve-env demo test test-fast bench teachers clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,13 +19,20 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+$(SERVE_STAMP): $(STAMP)
+	$(PY) -m asvp.runtime.serving.env $(SERVE_ENV)
+	touch $(SERVE_STAMP)
+
+serve-env: $(SERVE_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/asvp demo --task $(TASK) --out $(OUT)
 
-# `make test` runs every test (CI); `make test-fast` leaves out the slow ones (over ~10 s each) and the research
-# scripts' tests (tests/research/), for development.
-test: $(STAMP)
-	$(PY) -m pytest -q -ra tests
+# `make test` runs every test (CI), the real Triton server's included (it sets up .venv-serve first);
+# `make test-fast` leaves out the slow ones (over ~10 s each) and the research scripts' tests (tests/research/),
+# for development.
+test: $(STAMP) $(SERVE_STAMP)
+	ASVP_SERVE_ENV=$(abspath $(SERVE_ENV)) $(PY) -m pytest -q -ra tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not slow and not research" tests
@@ -36,4 +46,4 @@ teachers: $(STAMP)
 	for t in sr lowlight underwater dehaze derain; do $(VENV)/bin/asvp train-teacher --task $$t || exit 1; done
 
 clean:
-	rm -rf $(VENV) reports build *.egg-info
+	rm -rf $(VENV) $(SERVE_ENV) reports build *.egg-info

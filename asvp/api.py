@@ -5,6 +5,7 @@ import dataclasses
 import os
 from pathlib import Path
 
+from asvp import api_serving
 from asvp.config import AsvpConfig
 from asvp.constants import (BACKENDS, DEFAULT_PRESET, FINGERPRINT_MAX_DROP_DB as FP_DEFAULT_MAX_DROP_DB, HELDOUT_SIZE,
                             MEMORY_MODES, REFERENCE_POOL, REFERENCE_SEEDS, REFERENCE_STEPS)
@@ -327,3 +328,8 @@ def fingerprint_check(clean, served, task: str, workdir, *, key: str, steps: int
                       progress: bool = False) -> dict:
     """The demo's quick check: mark `served`, distil a student from it and one from `clean`, verify both."""
     return _fp_quick_check(clean, served, task, workdir, key=key, steps=steps, pool=pool, progress=progress)
+
+
+# The serving commands' functions live in asvp.api_serving (docs/serving.md); asvp.api offers them like the rest.
+triton_repo, serve, validate_served = api_serving.triton_repo, api_serving.serve, api_serving.validate_served
+profile_served, fingerprint_verify_served = api_serving.profile_served, api_serving.fingerprint_verify_served

@@ -94,6 +94,19 @@ def gpu_markdown(gpu_dir) -> list[str]:
     return out
 
 
+def serve_load_markdown(results_dir) -> list[str]:
+    """BENCHMARKS.md's serving section: the committed benchmarks/serve_load.py result, or that it is pending."""
+    import serve_load
+
+    path = Path(results_dir) / "serve-load.json"
+    if not path.exists():
+        return ["## Serving under load (`benchmarks/serve_load.py`)", "",
+                "**Pending:** run `python benchmarks/serve_load.py` (it needs `make serve-env`).", ""]
+    return [serve_load.markdown(json.loads(path.read_text()), heading="##"),
+            "Command: `python benchmarks/serve_load.py` (needs `make serve-env`). Full result: "
+            "`benchmarks/results/serve-load.json`; the serving page is [docs/serving.md](docs/serving.md).", ""]
+
+
 def render_markdown(r: dict, json_path: Path, gpu_dir=None) -> str:
     from asvp.exporter.teachers.train import quality_markdown
 
@@ -149,6 +162,7 @@ def render_markdown(r: dict, json_path: Path, gpu_dir=None) -> str:
     out += ["", bench_graph_passes.markdown(r["graph_passes"]), ""]
     out += kernel_compile_markdown(r.get("kernel_compile"))
     out += gpu_markdown(gpu_dir if gpu_dir is not None else Path(__file__).resolve().parent / "results")
+    out += serve_load_markdown(gpu_dir if gpu_dir is not None else Path(__file__).resolve().parent / "results")
     att = r["attack"]
     out += [f"## Distillation attack headline (`asvp attack`, preset {att['preset']}, kind {att['kind']}, seed {att['seed']})", "",
             "| task | placement | teacher drop dB | student drop dB | student SSIM drop % | seed spread dB |", "|---|---|---|---|---|---|"]

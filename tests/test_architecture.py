@@ -20,14 +20,14 @@ LAYERS = [
     ("core", ["asvp", "asvp.errors", "asvp.io", "asvp.config", "asvp.constants", "asvp.options", "asvp.method",
               "asvp.subspace", "asvp.variants", "asvp.metrics", "asvp.onnx_utils", "asvp.tasks", "asvp.fingerprint"]),
     ("graph_passes", ["asvp.graph_passes"]),
-    ("engines", ["asvp.runtime", "asvp.runtime.engines"]),
+    ("engines", ["asvp.runtime", "asvp.runtime.engines", "asvp.runtime.serving"]),
     ("exporter", ["asvp.exporter"]),
     ("evaluation", ["asvp.runtime.evaluation"]),
     # fingerprint and attacks are siblings on the served-model plumbing of evaluation: neither imports the other
     # (test_attacks_and_fingerprint_are_siblings); the list needs an order, so fingerprint comes first.
     ("fingerprint", ["asvp.runtime.fingerprint"]),
     ("attacks", ["asvp.runtime.attacks"]),
-    ("api", ["asvp.api"]),
+    ("api", ["asvp.api", "asvp.api_serving"]),
     ("cli", ["asvp.cli", "asvp.demo"]),
 ]
 CONTAINERS = {"asvp", "asvp.runtime"}

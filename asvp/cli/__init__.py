@@ -21,7 +21,7 @@ from asvp.errors import AsvpError, first_line
 
 # The subcommands, in the order `asvp --help` lists them: module asvp.cli.<name> for each.
 COMMANDS = ("train_teacher", "eval_teachers", "export", "nodes", "node_cost", "absorbability", "defend", "validate",
-            "profile", "build", "backends", "attack", "sweep", "demo", "fingerprint")
+            "profile", "build", "backends", "attack", "sweep", "demo", "fingerprint", "triton_repo", "serve")
 EXIT_VERDICT_FAILED = 1  # `asvp validate`: the models ran but the defence costs more than the thresholds allow
 EXIT_INTERNAL = 70  # an unforeseen failure (a bug): one line on stderr, EX_SOFTWARE; ASVP_TRACEBACK=1 re-raises it
 EXIT_INTERRUPTED = 130

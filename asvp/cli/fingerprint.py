@@ -1,6 +1,7 @@
 """`asvp fingerprint ACTION`: the keyed distillation fingerprint (keygen, mark, calibrate, verify)."""
 from __future__ import annotations
 
+from asvp.cli import validate_served
 from asvp.cli.args import KeyArgs, OutputArgs, OutputFileArgs, TaskArgs, add_groups
 from asvp.constants import (FINGERPRINT_ALPHA, FINGERPRINT_M, FINGERPRINT_MAX_DROP_DB, REFERENCE_POOL,
                             REFERENCE_SEEDS, REFERENCE_STEPS)
@@ -72,7 +73,7 @@ def _register_verify(fs) -> None:
     v = fs.add_parser("verify", help="test whether SUSPECT was distilled from the marked model",
                       description="Queries SUSPECT (an ONNX model, black box) on probe images and prints the statistic, "
                                   "the exact p-value and the verdict (flagged when p < --alpha).")
-    v.add_argument("suspect", help="suspect ONNX model")
+    v.add_argument("suspect", nargs="?", help="suspect ONNX model (or --url URL --model NAME: a served suspect)")
     v.add_argument("--clean", required=True, help="your clean model (before marking)")
     v.add_argument("--defended", required=True, help="your marked model")
     add_groups(v, KEY)
@@ -82,8 +83,8 @@ def _register_verify(fs) -> None:
     v.add_argument("--reference", action="append", metavar="ONNX",
                    help="a reference model that never saw the marked outputs (repeatable)")
     TaskArgs("task:", note=FROM_MODELS).add(v)
-    add_groups(v, OutputArgs(quiet=False))
-    v.set_defaults(func=run_verify)
+    add_groups(v, OutputArgs(quiet=False), validate_served.ServedArgs(shapes=False))
+    v.set_defaults(func=run_verify, parser=v)
 
 
 def run_keygen(a) -> None:
@@ -110,8 +111,11 @@ def run_calibrate(a) -> None:
 
 
 def run_verify(a) -> None:
+    if bool(a.url) == bool(a.suspect):
+        a.parser.error("give SUSPECT (an ONNX file) or --url URL --model NAME (a served suspect), not both")
     from asvp import api
 
-    OutputArgs.show(a, api.fingerprint_verify(a.suspect, clean=a.clean, defended=a.defended, key=KEY.parse(a),
-                                              alpha=a.alpha, cache=a.cache, task=TaskArgs.parse(a),
-                                              references=a.reference))
+    kw = dict(clean=a.clean, defended=a.defended, key=KEY.parse(a), alpha=a.alpha, cache=a.cache,
+              task=TaskArgs.parse(a), references=a.reference)
+    OutputArgs.show(a, api.fingerprint_verify_served(validate_served.ServedArgs.parse(a), **kw) if a.url
+                    else api.fingerprint_verify(a.suspect, **kw))

@@ -1,6 +1,8 @@
-"""`asvp validate CLEAN DEFENDED`: the defence's quality cost (PSNR/SSIM of clean vs defended) and a verdict."""
+"""`asvp validate CLEAN DEFENDED`: the defence's quality cost (PSNR/SSIM of clean vs defended) and a verdict.
+`asvp validate MODEL --url URL --model NAME`: a served model against its ONNX file (asvp/cli/validate_served.py)."""
 from __future__ import annotations
 
+from asvp.cli import validate_served
 from asvp.cli.args import BackendArgs, OutputArgs, ReportArgs, TaskArgs, ThresholdArgs, add_groups
 from asvp.constants import HELDOUT_SIZE
 
@@ -15,17 +17,20 @@ def register(sub) -> None:
                                    "(Polygraphy Comparator), tap feature perturbation, and a verdict. Exit status: "
                                    "0 pass, 1 verdict failed, 2 bad input, 3 backend not available.")
     s.add_argument("clean", help="clean ONNX model")
-    s.add_argument("defended", help="defended ONNX model (asvp defend)")
+    s.add_argument("defended", nargs="?", help="defended ONNX model (asvp defend); not with --url")
     g = s.add_argument_group("images")
     TaskArgs().add(g)
     g.add_argument("--images", metavar="DIR", help="paired images DIR/input/* and DIR/target/* (default: held-out images)")
     g.add_argument("--size", type=int, default=HELDOUT_SIZE,
                    help=f"held-out crop side in target pixels (default {HELDOUT_SIZE})")
-    add_groups(s, BackendArgs(), ThresholdArgs(), ReportArgs(), OutputArgs())
-    s.set_defaults(func=run)
+    add_groups(s, BackendArgs(), ThresholdArgs(), ReportArgs(), OutputArgs(),
+               validate_served.ServedArgs(description=validate_served.VALIDATE_NOTE))
+    s.set_defaults(func=run, parser=s)
 
 
 def run(a) -> int:
+    if a.url or not a.defended:  # a served model against its ONNX file
+        return validate_served.run(a) if a.url else a.parser.error("give DEFENDED, or --url URL --model NAME")
     from asvp import api
 
     res = api.validate(a.clean, a.defended, task=TaskArgs.parse(a), images=a.images, backend=BackendArgs.parse(a),

@@ -96,14 +96,14 @@ def gpu_markdown(gpu_dir) -> list[str]:
 
 def serve_load_markdown(results_dir) -> list[str]:
     """BENCHMARKS.md's serving section: the committed benchmarks/serve_load.py result, or that it is pending."""
-    import serve_load
+    from benchmarks import serve_load
 
     path = Path(results_dir) / "serve-load.json"
     if not path.exists():
         return ["## Serving under load (`benchmarks/serve_load.py`)", "",
-                "**Pending:** run `python benchmarks/serve_load.py` (it needs `make serve-env`).", ""]
+                "**Pending:** run `python -m benchmarks.serve_load` (it needs `make serve-env`).", ""]
     return [serve_load.markdown(json.loads(path.read_text()), heading="##"),
-            "Command: `python benchmarks/serve_load.py` (needs `make serve-env`). Full result: "
+            "Command: `python -m benchmarks.serve_load` (needs `make serve-env`). Full result: "
             "`benchmarks/results/serve-load.json`; the serving page is [docs/serving.md](docs/serving.md).", ""]
 
 

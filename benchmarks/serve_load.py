@@ -1,6 +1,6 @@
 """Load, faults and bad input against the real Triton server (the nvidia-pytriton wheel's, from .venv-serve).
 
-    python benchmarks/serve_load.py [--clients 16] [--requests 200] [--out benchmarks/results/serve-load]
+    python -m benchmarks.serve_load [--clients 16] [--requests 200] [--out benchmarks/results/serve-load]
 
 It serves the bundled sr teacher, defended with tap placement, in the python form, on 127.0.0.1, on free ports.
 Two entries are served, one with dynamic batching and one without. It then measures:
@@ -30,7 +30,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from provenance import ROOT, commit
+from benchmarks.provenance import ROOT, commit
 
 from asvp import api
 from asvp.config import AsvpConfig

@@ -17,8 +17,10 @@ import torch
 
 from asvp.cli import main
 from asvp.options import Timing
+from asvp.runtime.serving.server import free_port
 
-# (id, argv; {m} = a clean ONNX model, {pth} = a spandrel checkpoint, in the working folder; expected exit status)
+# (id, argv; {m} = a clean ONNX model, {pth} = a spandrel checkpoint, in the working folder, {url} = a loopback
+# address nothing listens on; expected exit status)
 TABLE = [
     # argparse's own usage errors: one line too
     ("no-command", [], 2),
@@ -85,6 +87,38 @@ TABLE = [
     ("export-static-size-below-minimum", ["export", "{pth}", "-o", "x.onnx", "--static-size", "0x8"], 2),
     ("export-bad-exporter", ["export", "{pth}", "-o", "x.onnx", "--exporter", "onnx2"], 2),
     ("export-size-multiple-for-bundled", ["export", "sr", "-o", "x.onnx", "--size-multiple", "4"], 2),
+    # the serving commands (triton-repo, serve, validate/profile --url); {url}: a port nothing listens on
+    ("repo-model-missing", ["triton-repo", "missing.onnx", "--repo", "r"], 2),
+    ("repo-model-garbage", ["triton-repo", "garbage.onnx", "--repo", "r"], 2),
+    ("repo-bad-form", ["triton-repo", "{m}", "--repo", "r", "--form", "savedmodel"], 2),
+    ("repo-bad-name", ["triton-repo", "{m}", "--repo", "r", "--name", "a b"], 2),
+    ("repo-entry-exists", ["triton-repo", "{m}", "--repo", "repo", "--name", "existing"], 2),
+    ("repo-is-a-file", ["triton-repo", "{m}", "--repo", "afile"], 2),
+    ("repo-under-a-file", ["triton-repo", "{m}", "--repo", "afile/r"], 2),
+    ("repo-engine-without-sidecar", ["triton-repo", "x.engine", "--repo", "r", "--form", "tensorrt_plan"], 2),
+    ("repo-onnx-as-plan", ["triton-repo", "{m}", "--repo", "r", "--form", "tensorrt_plan"], 2),
+    ("repo-engine-as-python", ["triton-repo", "x.engine", "--repo", "r"], 2),
+    ("repo-tensorrt-on-python-form", ["triton-repo", "{m}", "--repo", "r", "--tensorrt"], 2),
+    ("repo-negative-batch", ["triton-repo", "{m}", "--repo", "r", "--max-batch-size", "-1"], 2),
+    ("repo-bad-profile", ["triton-repo", "{m}", "--repo", "r", "--form", "onnxruntime", "--tensorrt",
+                          "--min", "1x3x64x64", "--max", "1x3x32x32"], 2),
+    ("serve-repo-missing", ["serve", "nowhere"], 2),
+    ("serve-repo-is-a-file", ["serve", "afile"], 2),
+    ("serve-bad-port", ["serve", "repo", "--http-port", "70000"], 2),
+    ("serve-binary-missing", ["serve", "repo", "--binary", "no/tritonserver"], 2),
+    ("serve-no-serving-env", ["serve", "repo", "--binary", "wheel", "--env", "no-env"], 3),
+    ("validate-url-without-model", ["validate", "{m}", "--url", "{url}"], 2),
+    ("validate-url-without-port", ["validate", "{m}", "--url", "localhost", "--model", "sr"], 2),
+    ("validate-url-two-models", ["validate", "{m}", "{m}", "--url", "{url}", "--model", "sr"], 2),
+    ("validate-url-unreachable", ["validate", "{m}", "--url", "{url}", "--model", "sr", "--retries", "0"], 3),
+    ("validate-url-bad-shape", ["validate", "{m}", "--url", "{url}", "--model", "sr", "--check-shape", "1x3"], 2),
+    ("validate-neither-defended-nor-url", ["validate", "{m}"], 2),
+    ("profile-url-without-model", ["profile", "--url", "{url}"], 2),
+    ("profile-url-with-a-model-file", ["profile", "{m}", "--url", "{url}", "--model", "sr"], 2),
+    ("profile-url-bad-concurrency", ["profile", "--url", "{url}", "--model", "sr", "--concurrency", "1,x"], 2),
+    ("profile-url-zero-concurrency", ["profile", "--url", "{url}", "--model", "sr", "--concurrency", "0"], 2),
+    ("profile-url-unreachable", ["profile", "--url", "{url}", "--model", "sr", "--retries", "0"], 3),
+    ("profile-neither-model-nor-url", ["profile"], 2),
 ]
 
 
@@ -119,6 +153,9 @@ def workdir(exported, tmp_path_factory):
     (root / "afile").write_text("a file")
     (root / "adir").mkdir()
     (root / "adir" / "keep.txt").write_text("keep")
+    (root / "x.engine").write_bytes(b"not an engine")
+    (root / "repo" / "existing").mkdir(parents=True)
+    (root / "repo" / "existing" / "keep.txt").write_text("keep")
     (root / "foreign").mkdir()
     (root / "foreign" / "report.md").write_text("# someone else's report\n")
     (root / "link.onnx").symlink_to("m.onnx")
@@ -128,7 +165,8 @@ def workdir(exported, tmp_path_factory):
 @pytest.mark.parametrize("argv,expected", [pytest.param(a, e, id=i) for i, a, e in TABLE])
 def test_bad_input_one_line_exit_status_nothing_touched(workdir, monkeypatch, capsys, argv, expected):
     monkeypatch.chdir(workdir)
-    argv = [a.replace("{m}", "m.onnx").replace("{pth}", "c.pth") for a in argv]
+    url = f"127.0.0.1:{free_port()}"
+    argv = [a.replace("{m}", "m.onnx").replace("{pth}", "c.pth").replace("{url}", url) for a in argv]
     before = _snapshot(workdir)
     try:
         rc = main(argv)

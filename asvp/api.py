@@ -249,7 +249,7 @@ def backends() -> list[dict]:
 
 def attack(task: str | None = None, *, clean=None, defended=None, kind: str = "output", preset: str = DEFAULT_PRESET,
            seed: int = 0, out=None, config=None, nodes=None, steps: int | None = None, pool: int | None = None,
-           progress: bool = True, seeds: int | None = None, interval: str = "t"):
+           progress: bool = True, seeds: int | None = None, interval: str = "t", remote=None):
     """Distillation attack: students trained only on the served models' answers (ONNX Runtime queries).
 
     task: one bundled task, or None for the preset's tasks ("quick": sr; "standard", "thorough", "full": all five).
@@ -265,15 +265,19 @@ def attack(task: str | None = None, *, clean=None, defended=None, kind: str = "o
     kind "ladder": every rung of the attacker ladder (runtime/attacks/ladder.py; the preset's rungs, all for
     standard and thorough), with convergence at two budgets and the absorbability diagnostic against the measured
     drops; returns a LadderResult (report section "ladder", figure ladder-drops.png).
+    remote (RemoteOptions): the defended model is the one served at that KServe v2 endpoint (`defended` is its
+    file), so the attacker's queries and the defended teacher's held-out answers go over the network.
     """
     if out is not None:
         check_report_dir(out)
     if kind == "ladder":
+        if remote is not None:
+            raise AsvpError("--kind ladder runs in-process only; over --url run one kind at a time")
         return run_ladder(task, clean=clean, defended=defended, preset=preset, seed=seed, out=out, config=config,
                           nodes=nodes, steps=steps, pool=pool, progress=progress, seeds=seeds, interval=interval)
     return run_attack(task, clean=clean, defended=defended, kind=kind, preset=preset, seed=seed, out=out,
                       config=config, nodes=nodes, steps=steps, pool=pool, progress=progress, seeds=seeds,
-                      interval=interval)
+                      interval=interval, remote=remote)
 
 
 def sweep(tasks, *, h=None, k=None, placement=None, nodes=None, preset: str = DEFAULT_PRESET, seed: int = 0, out=None,

@@ -1,6 +1,7 @@
 """`asvp attack`: distillation attack, students trained on a clean and a defended model's answers."""
 from __future__ import annotations
 
+from asvp.cli import validate_served
 from asvp.cli.args import BudgetArgs, DefenceArgs, OutputArgs, ReportArgs, TaskArgs, add_groups
 from asvp.constants import MIN_STUDENT_DROP_DB
 
@@ -23,14 +24,16 @@ def register(sub) -> None:
                                    "of the training images and trains a smaller student on the answers; students of "
                                    "the clean and the defended teacher get identical budgets, seeds and queries. "
                                    "Reports teacher and student PSNR/SSIM on held-out images and the drops. Without "
-                                   "--clean/--defended the bundled teacher is exported and defended into --out.")
+                                   "--clean/--defended the bundled teacher is exported and defended into --out. "
+                                   "With --url/--model the defended model is the one served there (any KServe v2 "
+                                   "endpoint, --defended its file): the queries go over the network.")
     TaskArgs(note="default: the preset's tasks").add(s)
     s.add_argument("--clean", help="clean ONNX model (default: export the bundled teacher)")
     s.add_argument("--defended", help="defended ONNX model (default: asvp defend the clean one)")
     s.add_argument("--kind", default="output", help=KINDS_HELP)
     add_groups(s, BudgetArgs(PRESETS_HELP),
                ReportArgs("report directory (resumable: finished tasks, rungs and students are reused)"),
-               DEFENCE, OutputArgs())
+               DEFENCE, OutputArgs(), validate_served.ServedArgs(shapes=False))
     s.add_argument("--seeds", type=int, default=None, metavar="N",
                    help="paired seeds: a clean and a defended student share each of seed .. seed+N-1; N > 1 reports "
                         "the mean drop with a 95%% confidence interval and the verdicts use it (a drop counts when "
@@ -46,4 +49,6 @@ def run(a) -> None:
     task = TaskArgs.parse(a)
     OutputArgs.show(a, api.attack(task, clean=a.clean, defended=a.defended, kind=a.kind, config=DEFENCE.parse(a),
                                   nodes=a.nodes, progress=OutputArgs.progress(a), seeds=a.seeds,
-                                  interval=a.interval, out=ReportArgs.parse(a), **BudgetArgs.parse(a).to_dict()))
+                                  interval=a.interval, out=ReportArgs.parse(a),
+                                  remote=validate_served.ServedArgs.parse(a) if a.url else None,
+                                  **BudgetArgs.parse(a).to_dict()))

@@ -19,11 +19,12 @@ import torch
 from asvp.config import AsvpConfig
 from asvp.errors import AsvpError
 from asvp.metrics import pooled_psnr, psnr_ssim
+from asvp.onnx_utils import image_io, load_model
 from asvp.runtime.attacks.adaptive import filter_outputs, invert_asvp, rel_err
 from asvp.runtime.attacks.models import Feature, feature_plan
 from asvp.runtime.attacks.recipes import Preset, get_rung, split_queries
 from asvp.runtime.attacks.store import cache_version
-from asvp.runtime.evaluation.served import ServedModel, get_answers, make_queries
+from asvp.runtime.evaluation.served import RemoteServedModel, ServedModel, get_answers, make_queries
 from asvp.runtime.evaluation.stats import paired_drop, plateau
 from asvp.runtime.evaluation.students import TrainBudget, predict, train_student
 from asvp.tasks import get_task
@@ -47,6 +48,7 @@ class AttackPlan:
     clean_path: Path
     defended_path: Path
     digests: dict = field(default_factory=dict)
+    remote: object = None  # RemoteOptions: the defended model is queried at this KServe v2 endpoint instead
 
     @property
     def use_feats(self) -> bool:
@@ -58,7 +60,8 @@ class AttackPlan:
                 json.dumps(self.preset.to_dict(), sort_keys=True), json.dumps(self.budget.to_dict(), sort_keys=True))
 
 
-def plan_attack(task: str, clean_path: Path, defended_path: Path, kind: str, preset: Preset, seed: int) -> AttackPlan:
+def plan_attack(task: str, clean_path: Path, defended_path: Path, kind: str, preset: Preset, seed: int,
+                remote=None) -> AttackPlan:
     """Resolve the rung against the defended model's placement; a one-line error when a feature the rung needs
     cannot be found."""
     rung = get_rung(kind)
@@ -69,7 +72,7 @@ def plan_attack(task: str, clean_path: Path, defended_path: Path, kind: str, pre
         raise AsvpError(f"{defended_path}: cannot find the {what} of node(s) "
                         f"{[f.key for f in feats if f.output is None]} needed by the {kind} attack")
     return AttackPlan(task, kind, base_kind, placement, feats, expose, cfg, preset, rung.budget(preset.train), seed,
-                      clean_path, defended_path)
+                      clean_path, defended_path, remote=remote)
 
 
 def serve(plan: AttackPlan) -> tuple[ServedModel, ServedModel]:
@@ -77,9 +80,20 @@ def serve(plan: AttackPlan) -> tuple[ServedModel, ServedModel]:
     expose = plan.expose if plan.use_feats else None
     clean = ServedModel(plan.clean_path, expose=expose, read=expose)
     read_def = [f.output for f in plan.feats] if plan.use_feats else None
+    if plan.remote is not None:
+        return clean, served_defended(plan, read_def)
     if plan.placement == "tap" or not read_def:
         return clean, ServedModel(plan.defended_path, read=read_def)
     return clean, ServedModel(plan.defended_path, expose=read_def, read=read_def)
+
+
+def served_defended(plan: AttackPlan, read: list[str] | None) -> RemoteServedModel:
+    """The defended model as the attacker meets it in production: behind an endpoint, which answers the image and
+    the tap outputs it serves, nothing internal (so a feature rung needs tap placement)."""
+    if read and plan.placement != "tap":
+        raise AsvpError(f"the {plan.kind} attack reads internal tensors of an {plan.placement} model, which a served "
+                        "model does not answer: over --url use an output rung, or a tap-placement model")
+    return RemoteServedModel(plan.remote, image_io(load_model(plan.defended_path))[1], read)
 
 
 @dataclass
@@ -124,7 +138,8 @@ def collect_answers(plan: AttackPlan, models: tuple[ServedModel, ServedModel], w
     queries = make_queries(plan.task, plan.preset.pool, plan.preset.crop, plan.seed)
     cache = workdir / "answers" if workdir is not None else None
     y_c, f_c = get_answers(models[0], queries, cache, "clean", progress)
-    y_d, f_d = get_answers(models[1], queries, cache, "defended", progress)
+    # a served model's answers are never taken from the cache: they are what this run measures
+    y_d, f_d = get_answers(models[1], queries, None if plan.remote else cache, "defended", progress)
     train, val_q = split_queries(queries, plan.preset.val_frac)
     identical = bool(np.array_equal(y_c, y_d) and all(np.array_equal(a, b) for a, b in zip(f_c, f_d)))
     meta = [{"name": f.key, "hw": tuple(fc.shape[-2:]), "depth": f.depth} for f, fc in zip(plan.feats, f_c)]

@@ -67,15 +67,18 @@ class RunPlan:
     defended: object = None
     config: AsvpConfig | None = None
     nodes: object = None
+    remote: object = None  # RemoteOptions: query the defended model at this endpoint (its file is `defended`)
 
 
 def result_key(task, clean, defended, kind, preset: Preset, seed, seeds: int = 1, interval: str = "t",
-               version: str | None = None) -> str:
+               version: str | None = None, remote=None) -> str:
     """The cache key of one task's result: the code version (store.cache_version() unless given), the models'
     digests, the kind, the preset and the seeds."""
     parts = [version or cache_version(), task, file_digest(clean), file_digest(defended), kind, preset.to_dict(), seed]
     if seeds != 1:
         parts += [seeds, interval]
+    if remote is not None:  # answers from a server are a different measurement from the file's
+        parts += [remote.url, remote.model]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -90,7 +93,7 @@ def attack_one(plan: RunPlan, task: str, kind: str, out_dir: Path | None, stack:
     else:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="asvp-attack-")))
     c, d, _ = prepare_models(task, work, plan.clean, plan.defended, plan.config, plan.nodes)
-    key = result_key(task, c, d, kind, p, plan.seed, plan.seeds, plan.interval)
+    key = result_key(task, c, d, kind, p, plan.seed, plan.seeds, plan.interval, remote=plan.remote)
     cached = work / f"result-{name or kind}.json"
     if out_dir is not None and cached.exists():
         try:
@@ -102,7 +105,7 @@ def attack_one(plan: RunPlan, task: str, kind: str, out_dir: Path | None, stack:
     if store is None:
         store = StudentStore(work / "students" if out_dir is not None else None)
     row = attack_task(task, c, d, kind, p, plan.seed, work if out_dir is not None else None, progress, store,
-                      seeds=plan.seeds, interval=plan.interval)
+                      seeds=plan.seeds, interval=plan.interval, remote=plan.remote)
     if out_dir is not None:
         write_text_atomic(cached, dumps({"key": key, "result": row}))
     return row
@@ -115,7 +118,7 @@ def check_seeds(seeds) -> int:
 
 
 def plan_run(task, clean, defended, config, preset: str, steps, pool, seeds, interval: str, seed,
-             nodes=None) -> RunPlan:
+             nodes=None, remote=None) -> RunPlan:
     """Check the arguments that run_attack and the ladder share.
 
     Without --task the preset's task list is used, and tasks whose teacher is not bundled are skipped and listed
@@ -129,6 +132,9 @@ def plan_run(task, clean, defended, config, preset: str, steps, pool, seeds, int
     tasks = [get_task(task).name] if task else list(p.tasks)
     if (clean or defended) and len(tasks) != 1:
         raise AsvpError("--clean/--defended need exactly one --task")
+    if remote is not None and not (task and clean and defended):
+        raise AsvpError("--url needs --task, --clean and --defended: the defended file is the one the server "
+                        "serves (its taps and digest), the clean one is the reference")
     if config is not None:
         config.validate()
     skipped = []
@@ -139,17 +145,18 @@ def plan_run(task, clean, defended, config, preset: str, steps, pool, seeds, int
                 tasks.remove(t)
         if not tasks:
             raise AsvpError("none of the preset's tasks has bundled teacher weights")
-    return RunPlan(p, seed, seeds, interval, tuple(tasks), tuple(skipped), clean, defended, config, nodes)
+    return RunPlan(p, seed, seeds, interval, tuple(tasks), tuple(skipped), clean, defended, config, nodes, remote)
 
 
 def run_attack(task: str | None = None, clean=None, defended=None, kind: str = "output", preset: str = DEFAULT_PRESET,
                seed: int = 0, out=None, config: AsvpConfig | None = None, nodes=None, steps: int | None = None,
                pool: int | None = None, progress: bool = True, seeds: int | None = None,
-               interval: str = "t", threads: int = THREADS) -> AttackResult:
+               interval: str = "t", threads: int = THREADS, remote=None) -> AttackResult:
     """One attack kind on one task or the preset's tasks (seeds None: the preset's paired seeds); torch runs on
-    `threads` threads meanwhile (restored afterwards)."""
+    `threads` threads meanwhile (restored afterwards). remote (RemoteOptions): the attacker's queries go to the
+    defended model served there (any KServe v2 endpoint) instead of the `defended` file run in-process."""
     get_rung(kind)
-    plan = plan_run(task, clean, defended, config, preset, steps, pool, seeds, interval, seed, nodes)
+    plan = plan_run(task, clean, defended, config, preset, steps, pool, seeds, interval, seed, nodes, remote)
     p, skipped = plan.preset, list(plan.skipped)
     out_dir = Path(out) if out else None
     t0 = time.perf_counter()

@@ -32,7 +32,7 @@ def drop(ref: dict, got: dict) -> dict:
 
 def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, preset: Preset, seed: int,
                 workdir: Path | None, progress: bool = True, clean_students=None,
-                seeds: int = 1, interval: str = "t") -> dict:
+                seeds: int = 1, interval: str = "t", remote=None) -> dict:
     """Distil students from the clean and the defended model of one task and evaluate everything.
 
     clean_students: optional store {key: (metrics, record)} shared across calls (the sweep, the ladder: a dict or a
@@ -44,10 +44,14 @@ def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, pre
     its PSNR against the clean teacher's outputs on the held-out images (how close the copy is).
     """
     t0 = time.perf_counter()
-    plan = plan_attack(task, clean_path, defended_path, kind, preset, seed)
+    plan = plan_attack(task, clean_path, defended_path, kind, preset, seed, remote)
     models = serve(plan)
-    answers = collect_answers(plan, models, workdir, progress)
-    held = evaluate_teachers(plan, models, answers)
+    try:  # the models answer only here: the rest trains and scores students on their answers
+        answers = collect_answers(plan, models, workdir, progress)
+        held = evaluate_teachers(plan, models, answers)
+    finally:
+        for m in models:
+            m.close()
     plan.digests = {"clean": file_digest(clean_path), "defended": file_digest(defended_path)}  # hashed once
     trainer = Students(plan, answers, held, {} if clean_students is None else clean_students, progress)
 
@@ -77,6 +81,7 @@ def attack_task(task: str, clean_path: Path, defended_path: Path, kind: str, pre
         "nodes": [{"tensor": f.key, "read_as": f.output, "channels": f.channels, "depth": round(f.depth, 3)}
                   for f in plan.feats],
         "models": {"clean": str(clean_path), "defended": str(defended_path),
+                   "defended_served_at": models[1].path if remote is not None else None,
                    "clean_digest": plan.digests["clean"], "defended_digest": plan.digests["defended"]},
         "queries": {"count": int(len(q)), "train": int(answers.nt), "validation": int(len(q) - answers.nt),
                     "shape": list(q.shape[1:]), "crop": preset.crop, "seed": seed,

@@ -26,6 +26,7 @@ from asvp.graph_passes.expose import expose_tensors
 from asvp.io import atomic_output
 from asvp.onnx_utils import image_io, load_model
 from asvp.runtime.engines.sessions import SessionFromOnnx
+from asvp.runtime.serving.client import RemoteOptions, TritonRunner
 from asvp.tasks import get_task
 from asvp.tasks.data import TRAIN_IMAGES, random_crops
 
@@ -87,6 +88,42 @@ class ServedModel:
                 feats[j].append(r)
         return np.concatenate(outs), [np.concatenate(f) for f in feats]
 
+    def close(self) -> None:
+        """Nothing to release (the session goes with the object); RemoteServedModel closes its connection."""
+
+
+class RemoteServedModel:
+    """The same black box behind a KServe v2 endpoint (runtime.serving.client.TritonRunner): `query` sends the
+    batch over the network and returns (output, [features]), where the features can only be outputs the server
+    declares (tap outputs). An internal tensor is not part of a served API, so nothing can be exposed."""
+
+    def __init__(self, remote: RemoteOptions, output_name: str, read: list[str] | None = None):
+        self.path = f"{remote.model}@{remote.url}"
+        self.output_name, self.read = output_name, list(read or [])
+        self.runner = TritonRunner(remote)
+        self.runner.activate()
+        served = self.runner.output_names()
+        missing = [n for n in [output_name, *self.read] if n not in served]
+        if missing:
+            self.close()
+            raise AsvpError(f"{self.path} does not serve {missing} (its outputs: {served})")
+        self.input_name = self.runner.metadata["inputs"][0]["name"]
+        self.max_batch = int(self.runner.config().get("max_batch_size", 0) or 0)
+
+    def query(self, batch: np.ndarray, chunk: int = 16) -> tuple[np.ndarray, list[np.ndarray]]:
+        step = min(chunk, self.max_batch) if self.max_batch else chunk
+        outs, feats = [], [[] for _ in self.read]
+        for i in range(0, len(batch), step):
+            res = self.runner.infer({self.input_name: np.ascontiguousarray(batch[i : i + step], np.float32)})
+            outs.append(res[self.output_name])
+            for j, name in enumerate(self.read):
+                feats[j].append(res[name])
+        return np.concatenate(outs), [np.concatenate(f) for f in feats]
+
+    def close(self) -> None:
+        if self.runner.is_active:
+            self.runner.deactivate()
+
 
 def make_queries(task: str, count: int, crop: int, seed: int) -> np.ndarray:
     """Queries: degraded random crops of the TRAINING images (never the held-out ones).
@@ -101,19 +138,23 @@ def make_queries(task: str, count: int, crop: int, seed: int) -> np.ndarray:
     return inputs.numpy().astype(np.float32)
 
 
+def answers_key(model: ServedModel, queries: np.ndarray) -> str:
+    """The cache key of a model file's answers: its digest, the queries, and the outputs read."""
+    h = hashlib.sha256()
+    h.update(file_digest(model.path).encode())
+    h.update(queries.tobytes())
+    h.update(json.dumps(model.read).encode())
+    h.update(str(model.session.get_outputs()[0].name).encode())
+    return h.hexdigest()[:16]
+
+
 def get_answers(model: ServedModel, queries: np.ndarray, cache_dir: Path | None, tag: str,
                 progress: bool = True) -> tuple[np.ndarray, list[np.ndarray]]:
     """Query the served model (or reload the cached answers: key = model file digest + queries + outputs read).
 
     Features are kept as float16 (the attacker's storage; relative error ~1e-3).
     """
-    h = hashlib.sha256()
-    h.update(file_digest(model.path).encode())
-    h.update(queries.tobytes())
-    h.update(json.dumps(model.read).encode())
-    h.update(str(model.session.get_outputs()[0].name).encode())
-    key = h.hexdigest()[:16]
-    path = cache_dir / f"answers-{tag}-{key}.npz" if cache_dir else None
+    path = cache_dir / f"answers-{tag}-{answers_key(model, queries)}.npz" if cache_dir else None
     if path is not None and path.exists():
         with np.load(path) as z:
             return z["output"], [z[f"f{i}"] for i in range(len(model.read))]

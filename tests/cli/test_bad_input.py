@@ -119,6 +119,9 @@ TABLE = [
     ("profile-url-zero-concurrency", ["profile", "--url", "{url}", "--model", "sr", "--concurrency", "0"], 2),
     ("profile-url-unreachable", ["profile", "--url", "{url}", "--model", "sr", "--retries", "0"], 3),
     ("profile-neither-model-nor-url", ["profile"], 2),
+    ("attack-url-without-files", ["attack", "--url", "{url}", "--model", "sr"], 2),
+    ("attack-url-ladder", ["attack", "--task", "sr", "--clean", "{m}", "--defended", "{m}", "--kind", "ladder",
+                           "--url", "{url}", "--model", "sr"], 2),
 ]
 
 

@@ -23,7 +23,7 @@ from asvp.errors import AsvpError
 from asvp.runtime.engines.sessions import create_session
 from asvp.runtime.serving.client import RemoteOptions, ServerRefused, ServerUnreachable, TritonRunner
 from asvp.runtime.serving.repository import RepoOptions, write_repository
-from asvp.runtime.serving.server import ServerOptions, TritonServer
+from asvp.runtime.serving.server import ServerOptions, TritonServer, free_port
 
 TAP = AsvpConfig(placement="tap")
 KEY = "serving-test-key-0123456789"
@@ -46,6 +46,8 @@ def server(serving_env, models, tmp_path_factory):
     for name in ("sr", "sr_plugin", "marked", "clean"):
         write_repository(models[name], repo, RepoOptions(name=name, form="python", max_side=64,
                                                          max_queue_delay_us=QUEUE_DELAY_US))
+    # the attacker's test also sends the held-out images, larger than max_side: the same model without the limit
+    write_repository(models["sr"], repo, RepoOptions(name="sr_open", form="python"))
     with TritonServer(ServerOptions(str(repo), env=str(serving_env.path))) as srv:
         yield srv
     assert not srv.running
@@ -211,3 +213,35 @@ def test_fingerprint_verify_url(server, models, capsys, name, flagged):
     doc = json.loads(capsys.readouterr().out)
     assert rc == 0 and doc["flagged"] is flagged, doc
     assert doc["key_check"] > 0.99 and name in doc["suspect"]
+
+
+@pytest.mark.parametrize("kind", ["output", "feature"])
+def test_attack_over_the_network_equals_the_in_process_attack(server, models, tmp_path, kind):
+    """asvp attack --url: the defended model's answers (and tap features, for a feature rung) come from the server,
+    which counts every query, and the attack's result equals the same attack on the defended file in-process (the
+    python form serves bit-identical answers)."""
+    remote = RemoteOptions(server.http_url, "sr_open")
+    run = dict(clean=models["clean"], defended=models["sr"], kind=kind, steps=12, pool=16, progress=False)
+    with TritonRunner(remote) as runner:
+        before = runner.statistics()["inference_count"]
+        served = api.attack("sr", remote=remote, **run)
+        queried = runner.statistics()["inference_count"] - before
+    local = api.attack("sr", **run)
+    row, ref = served.tasks[0], local.tasks[0]
+    assert queried >= 16  # every query crop went over the network, besides the held-out images
+    assert row["models"]["defended_served_at"] == f"sr_open@{server.http_url}"
+    assert ref["models"]["defended_served_at"] is None
+    for key in ("teacher", "students", "drops", "answers_identical"):
+        assert row[key] == ref[key], key
+
+
+def test_attack_over_the_network_refuses_what_a_server_cannot_answer(server, models):
+    remote = RemoteOptions(server.http_url, "sr_open")
+    with pytest.raises(AsvpError, match="--url needs --task, --clean and --defended"):
+        api.attack("sr", remote=remote, kind="output", steps=12, pool=16, progress=False)
+    with pytest.raises(AsvpError, match="ladder runs in-process only"):
+        api.attack("sr", clean=models["clean"], defended=models["sr"], remote=remote, kind="ladder", progress=False)
+    nobody = RemoteOptions(f"127.0.0.1:{free_port()}", "sr_open", retries=0)
+    with pytest.raises(ServerUnreachable):  # exit 3 at the command line
+        api.attack("sr", clean=models["clean"], defended=models["sr"], remote=nobody, steps=12, pool=16,
+                   progress=False)

@@ -21,7 +21,7 @@ that registered the plugin.
 
 AOT route (UNVERIFIED: written against TensorRT's documented `tensorrt.plugin.aot_impl` API, never run; no
 TensorRT or GPU was available): `register_asvp_plugin(aot=True)` also defines `@trtp.aot_impl`, which returns the
-PTX of the single-launch `_asvp_fused_kernel` (one program per sample; grid (N,), arguments (x, H*W, y)) with
+PTX of the single-launch `asvp_fused_kernel` (one program per sample; grid (N,), arguments (x, H*W, y)) with
 k/h/tau/adaptive compiled in, so the engine embeds the kernel and loads without Python. It covers FP32 linear
 NCHW inputs with a static channel count C <= 128. TensorRT needs a creation preference when a plugin has both
 implementations: build the network with NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS (or

@@ -124,12 +124,12 @@ def asvp_triton(feat: torch.Tensor, k: int, h: float, tau: float, adaptive: bool
     aux = torch.empty((n, 3, cp), dtype=torch.float32, device=x.device)
     dtype = DTYPES[x.dtype]
     _, consts, opts = launch_spec("gram", c, dtype)
-    kernels._asvp_gram_kernel[(n, plan.nsplit)](x, part, plan.hw, **dict(consts, ITERS=plan.iters), **opts)
+    kernels.asvp_gram_kernel[(n, plan.nsplit)](x, part, plan.hw, **dict(consts, ITERS=plan.iters), **opts)
     _, consts, opts = launch_spec("eig", c, dtype)
-    kernels._asvp_eig_kernel[(n,)](part, plan.nsplit, q, aux, int(k), float(h) - 1.0, float(tau),
+    kernels.asvp_eig_kernel[(n,)](part, plan.nsplit, q, aux, int(k), float(h) - 1.0, float(tau),
                                    int(bool(adaptive)), **consts, **opts)
     _, consts, opts = launch_spec("apply", c, dtype)
-    kernels._asvp_apply_kernel[(n, plan.nsplit)](x, q, y, plan.hw, **dict(consts, ITERS=plan.iters), **opts)
+    kernels.asvp_apply_kernel[(n, plan.nsplit)](x, q, y, plan.hw, **dict(consts, ITERS=plan.iters), **opts)
     if not stats:
         return y
     return y, KernelStats(aux[:, 0, :c], aux[:, 1, :c], aux[:, 2, 0].to(torch.int32))
@@ -147,5 +147,5 @@ def asvp_triton_fused(feat: torch.Tensor, k: int, h: float, tau: float, adaptive
     if x.numel() == 0:
         return y
     _, consts, opts = launch_spec("fused", c, DTYPES[x.dtype], k, h, tau, adaptive)
-    kernels._asvp_fused_kernel[(n,)](x, hh * ww, y, **consts, **opts)
+    kernels.asvp_fused_kernel[(n,)](x, hh * ww, y, **consts, **opts)
     return y

@@ -2,12 +2,12 @@
 
 Per sample n, M = F[n] viewed as C x HW (contiguous NCHW), CP = C padded to a power of two >= 16:
 
-    _asvp_gram_kernel    grid (N, S): program (n, s) sums M_t M_t^T over its pixel range -> part[n, s] (CP x CP fp32)
-    _asvp_eig_kernel     grid (N,):   G = sum_s part[n, s]; Jacobi eigendecomposition of G / trace(G) on chip;
+    asvp_gram_kernel    grid (N, S): program (n, s) sums M_t M_t^T over its pixel range -> part[n, s] (CP x CP fp32)
+    asvp_eig_kernel     grid (N,):   G = sum_s part[n, s]; Jacobi eigendecomposition of G / trace(G) on chip;
                                       adaptive mask; Q = U diag((h - 1) mask) U^T -> q[n] (CP x CP fp32)
-    _asvp_apply_kernel   grid (N, S'): out tile = M_t + Q M_t (a K-loop over CP x 16 blocks of Q), stored in the
+    asvp_apply_kernel   grid (N, S'): out tile = M_t + Q M_t (a K-loop over CP x 16 blocks of Q), stored in the
                                       output's dtype
-    _asvp_fused_kernel   grid (N,):   all three in one program per sample, no workspace; the kernel the TensorRT
+    asvp_fused_kernel   grid (N,):   all three in one program per sample, no workspace; the kernel the TensorRT
                                       AOT route embeds (its argument order is TensorRT's: inputs, scalars, outputs)
 
 Every dot is fp32 with input_precision="ieee" (TF32 would cost ~1e-3 relative). Loops whose trip count depends
@@ -113,7 +113,7 @@ def _asvp_update(g, k, hm1, tau, adaptive, CP: tl.constexpr, MAX_SWEEPS: tl.cons
 
 
 @triton.jit
-def _asvp_gram_kernel(x_ptr, part_ptr, HW, C: tl.constexpr, CP: tl.constexpr, BLOCK_P: tl.constexpr,
+def asvp_gram_kernel(x_ptr, part_ptr, HW, C: tl.constexpr, CP: tl.constexpr, BLOCK_P: tl.constexpr,
                       ITERS: tl.constexpr):
     n = tl.program_id(0)
     sid = tl.program_id(1)
@@ -132,7 +132,7 @@ def _asvp_gram_kernel(x_ptr, part_ptr, HW, C: tl.constexpr, CP: tl.constexpr, BL
 
 
 @triton.jit
-def _asvp_eig_kernel(part_ptr, nsplit, q_ptr, aux_ptr, k, hm1, tau, adaptive, CP: tl.constexpr,
+def asvp_eig_kernel(part_ptr, nsplit, q_ptr, aux_ptr, k, hm1, tau, adaptive, CP: tl.constexpr,
                      MAX_SWEEPS: tl.constexpr, TOL: tl.constexpr):
     n = tl.program_id(0)
     idx = tl.arange(0, CP)
@@ -152,7 +152,7 @@ def _asvp_eig_kernel(part_ptr, nsplit, q_ptr, aux_ptr, k, hm1, tau, adaptive, CP
 
 
 @triton.jit
-def _asvp_apply_kernel(x_ptr, q_ptr, y_ptr, HW, C: tl.constexpr, CP: tl.constexpr, BLOCK_P: tl.constexpr,
+def asvp_apply_kernel(x_ptr, q_ptr, y_ptr, HW, C: tl.constexpr, CP: tl.constexpr, BLOCK_P: tl.constexpr,
                        ITERS: tl.constexpr, BLOCK_K: tl.constexpr):
     """out tile = M_t + Q M_t as a K-loop: Q is read in CP x BLOCK_K column blocks (from L2/L1; it is the same for
     every program of a sample), so no thread holds a whole row of Q: a full [CP, CP] operand spilled registers."""
@@ -178,7 +178,7 @@ def _asvp_apply_kernel(x_ptr, q_ptr, y_ptr, HW, C: tl.constexpr, CP: tl.constexp
 
 
 @triton.jit
-def _asvp_fused_kernel(x_ptr, HW, y_ptr, C: tl.constexpr, CP: tl.constexpr, K: tl.constexpr, HM1: tl.constexpr,
+def asvp_fused_kernel(x_ptr, HW, y_ptr, C: tl.constexpr, CP: tl.constexpr, K: tl.constexpr, HM1: tl.constexpr,
                        TAU: tl.constexpr, ADAPTIVE: tl.constexpr, BLOCK_P: tl.constexpr,
                        MAX_SWEEPS: tl.constexpr, TOL: tl.constexpr):
     """One program per sample: Gram, eigensolver, update. Needs no workspace and no second launch."""

@@ -18,7 +18,7 @@ from asvp.runtime.engines.kernels.triton_launch import DTYPES, MAX_CHANNELS, SHA
 
 @dataclass(frozen=True)
 class CompiledKernel:
-    """A compiled `_asvp_fused_kernel`: launch it with grid (N,), block (num_warps * 32,), `shared` bytes of
+    """A compiled `asvp_fused_kernel`: launch it with grid (N,), block (num_warps * 32,), `shared` bytes of
     dynamic shared memory and arguments (x_ptr, HW as int32, y_ptr)."""
 
     name: str
@@ -47,7 +47,7 @@ def compile_kernel(kernel: str, channels: int, target: Optional[Tuple[str, int, 
         raise AsvpError("compiling the ASVP kernels needs them compiled, not interpreted: unset TRITON_INTERPRET")
     signature, consts, options = launch_spec(kernel, channels, dtype, **attrs)
     signature.update({name: "constexpr" for name in consts})
-    fn = getattr(kernels, f"_asvp_{kernel}_kernel")
+    fn = getattr(kernels, f"asvp_{kernel}_kernel")
     src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=consts)
     return triton.compile(src, target=GPUTarget(*target) if target is not None else None, options=options)
 

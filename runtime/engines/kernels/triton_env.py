@@ -65,4 +65,4 @@ def load_kernels():
 
 def interpreted(kernels) -> bool:
     """Whether the loaded kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1 when they were imported)."""
-    return type(kernels._asvp_fused_kernel).__name__ == "InterpretedFunction"
+    return type(kernels.asvp_fused_kernel).__name__ == "InterpretedFunction"

@@ -91,12 +91,12 @@ def test_aot_kernel_builds_the_launch_from_shape_expressions(fake_trtp, nchw):
 
     def compile_fn(channels, k, h, tau, adaptive, dtype):
         got.update(channels=channels, k=k, h=h, tau=tau, adaptive=adaptive, dtype=dtype)
-        return triton_compile.CompiledKernel("_asvp_fused_kernel", ".entry _asvp_fused_kernel", 8, 8192, "cuda:90")
+        return triton_compile.CompiledKernel("asvp_fused_kernel", ".entry asvp_fused_kernel", 8, 8192, "cuda:90")
 
     name, ptx, params, extra = plugin_trt.aot_kernel(fake, fake.TensorDesc(nchw()), 4, 1.5, 0.9, 1, compile_fn)
     cfg = config_from_attrs(4, 1.5, 0.9, 1)
     assert got == dict(channels=32, k=4, h=cfg.h, tau=cfg.tau, adaptive=True, dtype="fp32")
-    assert (name, ptx) == ("_asvp_fused_kernel", ".entry _asvp_fused_kernel")
+    assert (name, ptx) == ("asvp_fused_kernel", ".entry asvp_fused_kernel")
     assert params.grid_x == ("SymInt32", "N") and params.block_x == 256 and params.shared_mem == 8192
     assert list(extra) == [("SymInt32", "(H*W)")]  # the kernel's int32 HW argument, between x_ptr and y_ptr
     with pytest.raises(AsvpError, match="static channel count"):

@@ -50,7 +50,7 @@ print(k.name, k.num_warps, k.shared, params)
 """)
     name, warps, shared, params = out.split()
     # x, H*W, y, then Triton's two hidden scratch pointers (unused: compile_fused checks their sizes are 0)
-    assert name == "_asvp_fused_kernel" and int(warps) == launch.FUSED_TILES[32][1] and int(params) == 5
+    assert name == "asvp_fused_kernel" and int(warps) == launch.FUSED_TILES[32][1] and int(params) == 5
 
 
 @pytest.mark.usefixtures("needs_triton")
@@ -79,7 +79,7 @@ def test_compile_fused_refuses_what_the_target_cannot_launch(monkeypatch):
     """A fused kernel over the target architecture's shared memory limit (or one needing Triton's hidden scratch
     buffers) is refused in one line at compile time, not left to fail at TensorRT's enqueue."""
     def fake(shared, scratch=0):
-        meta = types.SimpleNamespace(name="_asvp_fused_kernel", num_warps=8, shared=shared, global_scratch_size=scratch)
+        meta = types.SimpleNamespace(name="asvp_fused_kernel", num_warps=8, shared=shared, global_scratch_size=scratch)
         return lambda *a, **kw: types.SimpleNamespace(metadata=meta, asm={"ptx": "ptx"})
 
     monkeypatch.setattr(tc, "compile_kernel", fake(101377))

@@ -269,7 +269,7 @@ def test_bad_inputs_are_one_line_errors():
         ta.asvp_triton(x, 0, 1.5, 0.9, True)
     with pytest.raises(AsvpError, match="out must be"):
         ta.asvp_triton(x, 2, 1.5, 0.9, True, out=torch.empty(1, 8, 4, 5, device=DEVICE))
-    fake = types.SimpleNamespace(_asvp_fused_kernel=object())  # compiled (not interpreted) kernels
+    fake = types.SimpleNamespace(asvp_fused_kernel=object())  # compiled (not interpreted) kernels
     with pytest.raises(MissingDependencyError, match="TRITON_INTERPRET") as e:
         ta._check(torch.zeros(1, 8, 4, 4), 2, 1.5, 0.9, None, fake)
     assert "\n" not in str(e.value) and e.value.exit_code == 3

@@ -26,7 +26,7 @@ from asvp.graph_passes.expose import expose_tensors
 from asvp.io import atomic_output
 from asvp.onnx_utils import image_io, load_model
 from asvp.runtime.engines.sessions import SessionFromOnnx
-from asvp.runtime.serving.client import RemoteOptions, TritonRunner
+from asvp.runtime.serving.client import RemoteOptions, ServedFunction
 from asvp.tasks import get_task
 from asvp.tasks.data import TRAIN_IMAGES, random_crops
 
@@ -93,36 +93,26 @@ class ServedModel:
 
 
 class RemoteServedModel:
-    """The same black box behind a KServe v2 endpoint (runtime.serving.client.TritonRunner): `query` sends the
+    """The same black box behind a KServe v2 endpoint (runtime.serving.client.ServedFunction): `query` sends the
     batch over the network and returns (output, [features]), where the features can only be outputs the server
     declares (tap outputs). An internal tensor is not part of a served API, so nothing can be exposed."""
 
     def __init__(self, remote: RemoteOptions, output_name: str, read: list[str] | None = None):
-        self.path = f"{remote.model}@{remote.url}"
+        self.fn = ServedFunction(remote)
+        self.path = self.fn.__name__
         self.output_name, self.read = output_name, list(read or [])
-        self.runner = TritonRunner(remote)
-        self.runner.activate()
-        served = self.runner.output_names()
+        served = self.fn.served_outputs()
         missing = [n for n in [output_name, *self.read] if n not in served]
         if missing:
             self.close()
             raise AsvpError(f"{self.path} does not serve {missing} (its outputs: {served})")
-        self.input_name = self.runner.metadata["inputs"][0]["name"]
-        self.max_batch = int(self.runner.config().get("max_batch_size", 0) or 0)
 
     def query(self, batch: np.ndarray, chunk: int = 16) -> tuple[np.ndarray, list[np.ndarray]]:
-        step = min(chunk, self.max_batch) if self.max_batch else chunk
-        outs, feats = [], [[] for _ in self.read]
-        for i in range(0, len(batch), step):
-            res = self.runner.infer({self.input_name: np.ascontiguousarray(batch[i : i + step], np.float32)})
-            outs.append(res[self.output_name])
-            for j, name in enumerate(self.read):
-                feats[j].append(res[name])
-        return np.concatenate(outs), [np.concatenate(f) for f in feats]
+        out, *feats = self.fn.outputs(np.asarray(batch, np.float32), [self.output_name, *self.read], chunk)
+        return out, feats
 
     def close(self) -> None:
-        if self.runner.is_active:
-            self.runner.deactivate()
+        self.fn.close()
 
 
 def make_queries(task: str, count: int, crop: int, seed: int) -> np.ndarray:

@@ -214,8 +214,9 @@ def _grpc_dict(message) -> dict:
 
 class ServedFunction:
     """A served model as a function batch -> its first output (the image), for code that takes a callable suspect
-    or teacher (the fingerprint verifier, the attacker). Batches larger than the model's max_batch_size are sent in
-    chunks; the connection opens on the first call and closes with close() or the `with` block."""
+    or teacher (the fingerprint verifier, the attacker); `outputs` returns any outputs it serves by name. Batches
+    larger than the model's max_batch_size (or a given chunk) are sent in chunks; the connection opens on the first
+    call and closes with close() or the `with` block."""
 
     def __init__(self, opts: RemoteOptions):
         self.runner = TritonRunner(opts)
@@ -223,18 +224,27 @@ class ServedFunction:
         self.output = None
         self.chunk = 0
 
-    def _open(self):
-        self.runner.activate()
-        self.output = self.runner.output_names()[0]
-        self.input = self.runner.metadata["inputs"][0]["name"]
-        self.chunk = int(self.runner.config().get("max_batch_size", 0) or 0)
+    def open(self) -> "ServedFunction":
+        """Connect (once): check the server and the model, read its input, first output and max_batch_size."""
+        if not self.runner.is_active:
+            self.runner.activate()
+            self.output = self.runner.output_names()[0]
+            self.input = self.runner.metadata["inputs"][0]["name"]
+            self.chunk = int(self.runner.config().get("max_batch_size", 0) or 0)
+        return self
+
+    def served_outputs(self) -> list[str]:
+        return self.open().runner.output_names()
+
+    def outputs(self, x: np.ndarray, names: list[str], chunk: int = 0) -> list[np.ndarray]:
+        """The named outputs for batch `x`, sent in requests of at most max_batch_size (and `chunk`, if given)."""
+        self.open()
+        step = min(s for s in (self.chunk, chunk, len(x)) if s)
+        parts = [self.runner.infer({self.input: np.ascontiguousarray(x[i:i + step])}) for i in range(0, len(x), step)]
+        return [np.concatenate([p[n] for p in parts]) for n in names]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if not self.runner.is_active:
-            self._open()
-        step = self.chunk or len(x)
-        return np.concatenate([self.runner.infer({self.input: np.ascontiguousarray(x[i:i + step])})[self.output]
-                               for i in range(0, len(x), step)])
+        return self.outputs(x, [self.open().output])[0]
 
     def close(self) -> None:
         if self.runner.is_active:

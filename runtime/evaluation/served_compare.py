@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from asvp.errors import AsvpError
-from asvp.graph_passes.metadata import read_defence
-from asvp.onnx_utils import get_metadata, image_input, load_model
+from asvp.graph_passes.metadata import read_defence, read_export
+from asvp.onnx_utils import image_input, load_model
 from asvp.runtime.engines.shapes import parse_shape
 from asvp.runtime.engines.sessions import create_session
 from asvp.runtime.serving.client import RemoteOptions, TritonRunner
@@ -69,7 +69,7 @@ class ServedReport:
 def _inputs(model, shapes, seed: int) -> list[dict]:
     vi = image_input(model)
     name, dims = vi.name, vi.type.tensor_type.shape.dim
-    multiple = max(1, int(get_metadata(model).get("asvp.size_multiple", 1) or 1))
+    multiple = read_export(model).size_multiple
     rng = np.random.default_rng(seed)
     feeds = []
     for s in shapes:

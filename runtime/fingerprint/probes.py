@@ -16,7 +16,8 @@ import torch
 from asvp.errors import AsvpError
 from asvp.fingerprint import sym_basis
 from asvp.graph_passes.mark import MIX_INPUT, probe_model
-from asvp.onnx_utils import META_PREFIX, get_metadata, image_io, load_model
+from asvp.graph_passes.metadata import read_export
+from asvp.onnx_utils import image_io, load_model
 from asvp.runtime.engines.sessions import SessionFromOnnx
 from asvp.runtime.evaluation.served import THREADS
 from asvp.tasks import TASKS, get_task
@@ -30,7 +31,7 @@ CHUNK = 4
 
 def task_of(model) -> str | None:
     """The task the model's metadata records (asvp.task), if it is a known one."""
-    t = get_metadata(model).get(META_PREFIX + "task")
+    t = read_export(model).task
     return t if t in TASKS else None
 
 

@@ -18,7 +18,7 @@ from asvp.graph_passes.metadata import read_export
 from asvp.graph_passes.select import automatic, candidates, resolve
 from asvp.io import check_output
 from asvp.onnx_utils import get_metadata, image_input, image_io, load_model
-from asvp.options import ExportOptions, ShapeProfile, Thresholds, Timing
+from asvp.options import EngineOptions, ExportOptions, ShapeProfile, Thresholds, Timing
 from asvp.runtime.attacks.run import run_attack
 from asvp.runtime.attacks.ladder import run_ladder
 from asvp.runtime.attacks.sweep import run_sweep
@@ -219,22 +219,20 @@ def write_report(out_dir: str | os.PathLike, sections: dict):
 
 
 def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *, profile: ShapeProfile | None = None,
-                 fp16: bool = False, int8: bool = False, workspace=None, plugin: bool = True, force: bool = False,
-                 aot_plugin: bool = False):
+                 options: EngineOptions | None = None, force: bool = False, **fields):
     """Build a TensorRT engine (one dynamic-shape profile) and its `<engine>.json` sidecar, atomically.
 
     profile: ShapeProfile (asvp/options.py) of "NxCxHxW" strings or int sequences (defaults ENGINE_MIN_SHAPE /
-    ENGINE_OPT_SHAPE / ENGINE_MAX_SHAPE of asvp.constants, adapted to the model); workspace is bytes or
-    "2G"/"512M". The AsvpPerturb TensorRT plugin is registered before parsing when the model has plugin nodes. MissingDependencyError (exit 3, nothing written) without TensorRT/GPU.
+    ENGINE_OPT_SHAPE / ENGINE_MAX_SHAPE of asvp.constants, adapted to the model). options: EngineOptions
+    (precisions, workspace, plugin, timing cache, portability; UNVERIFIED with a real TensorRT), or its fields as
+    keywords (fp16=True, aot_plugin=True, ...). MissingDependencyError (exit 3, nothing written) without TensorRT/GPU.
     An existing engine (or sidecar) is refused unless force; the engine path equal to the model is always refused.
-    aot_plugin: embed the plugin's ahead-of-time implementation (Triton PTX) instead of the Python one; UNVERIFIED,
-    never run with a real TensorRT (docs/plugin.md section 5).
     """
     check_output(engine_path, [onnx_path], force=force, what="engine")
     check_output(sidecar_path(engine_path), [onnx_path], force=force, what="engine sidecar")
     p = profile or ShapeProfile()
-    return _build(onnx_path, engine_path, min_shape=p.min, opt_shape=p.opt, max_shape=p.max, fp16=fp16, int8=int8,
-                  workspace=workspace, plugin=plugin, aot_plugin=aot_plugin)
+    opts = dataclasses.replace(options or EngineOptions(), **fields)
+    return _build(onnx_path, engine_path, min_shape=p.min, opt_shape=p.opt, max_shape=p.max, options=opts)
 
 
 def load_engine(engine_path: str | os.PathLike):

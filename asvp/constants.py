@@ -42,6 +42,13 @@ ENGINE_MIN_SHAPE = (1, 3, 32, 32)
 ENGINE_OPT_SHAPE = (1, 3, 256, 256)
 ENGINE_MAX_SHAPE = (4, 3, 512, 512)
 
+# runtime.engines.build (issue 26.2, 26.5): where the ASVP/mark layers run under --fp16/--bf16/--int8 ("fp32":
+# pinned by layer-precision constraints, the default), the hardware-compatibility levels `build` offers, and
+# TensorRT's builder optimisation levels (None: TensorRT's default, 3).
+ASVP_PRECISIONS = ("fp32", "reduced")
+HARDWARE_COMPATIBILITY = ("none", "ampere+")
+ENGINE_OPT_LEVELS = (0, 1, 2, 3, 4, 5)
+
 # runtime.attacks: the attack presets, the default first.
 DEFAULT_PRESET = "quick"
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from asvp.constants import DEFAULT_PRESET, MAX_TEACHER_DROP_DB, PROFILE_ITERS, PROFILE_SHAPE, PROFILE_WARMUP
+from asvp.constants import (ASVP_PRECISIONS, DEFAULT_PRESET, HARDWARE_COMPATIBILITY, MAX_TEACHER_DROP_DB, PROFILE_ITERS,
+                            PROFILE_SHAPE, PROFILE_WARMUP)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,38 @@ class AttackBudget:
     seed: int = 0
     steps: int | None = None
     pool: int | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How `build` makes a TensorRT engine beyond its shape profile (issue 26.2, 26.5; TensorRT parts unverified).
+
+    fp16 / bf16 / int8: the reduced precisions TensorRT may use (int8: explicitly quantized Q/DQ models only);
+    asvp_precision: "fp32" pins the ASVP subgraph's and the fingerprint mark's layers to fp32 under a reduced
+    precision, "reduced" lets them follow it; workspace: bytes or "2G"; plugin / aot_plugin: register the
+    AsvpPerturb plugin / embed its AOT implementation; timing_cache: a file read if present and updated after the
+    build; hardware_compatibility: "none" or "ampere+"; version_compatible: loadable by later TensorRT versions;
+    opt_level: TensorRT's builder optimisation level 0-5 (None: TensorRT's default)."""
+
+    fp16: bool = False
+    bf16: bool = False
+    int8: bool = False
+    asvp_precision: str = ASVP_PRECISIONS[0]
+    workspace: str | int | None = None
+    plugin: bool = True
+    aot_plugin: bool = False
+    timing_cache: str | None = None
+    hardware_compatibility: str = HARDWARE_COMPATIBILITY[0]
+    version_compatible: bool = False
+    opt_level: int | None = None
+
+    @property
+    def reduced(self) -> bool:
+        """Whether any reduced precision is allowed."""
+        return self.fp16 or self.bf16 or self.int8
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

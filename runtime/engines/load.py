@@ -4,7 +4,9 @@
     runner = trt_runner("sr.engine")            # or trt_runner("sr.onnx", input_shape=(1, 3, 64, 64))
 
 `load_engine` reads the sidecar first and refuses, in one line, an engine built by another TensorRT version or
-on another GPU, or one whose plugin cannot be registered: TensorRT itself fails obscurely on such an engine.
+on another GPU (honouring its hardware and version compatibility: runtime.engines.portability), or one whose
+plugin cannot be registered: TensorRT itself fails obscurely on such an engine. A version-compatible engine is
+deserialised by a runtime allowed to run its embedded host code (UNVERIFIED with a real TensorRT).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import os
 
 from asvp.errors import AsvpError, MissingDependencyError
 from asvp.io import require_file
-from asvp.runtime.engines import plugin_trt
+from asvp.runtime.engines import plugin_trt, portability
 from asvp.runtime.engines.build import plan_build, require_builder
 from asvp.runtime.engines.shapes import format_shape
 from asvp.runtime.engines.sidecar import check_sidecar, current_device, is_engine_path, read_sidecar, sha256_bytes
@@ -47,7 +49,7 @@ def load_engine(path):
     from polygraphy.exception import PolygraphyException
 
     try:
-        engine = EngineFromBytes(data)()
+        engine = EngineFromBytes(data, runtime=portability.runtime_loader(trt, sidecar))()
     except PolygraphyException:
         hint = ("it needs the asvp::AsvpPerturb plugin registered before deserialising "
                 "(asvp.runtime.engines.plugin_trt.register_asvp_plugin())" if needs_plugin else

@@ -1,6 +1,7 @@
-"""An engine file's JSON sidecar `<engine>.json`: what built it (TensorRT version, GPU, profile, precision,
-plugins, source model digest), written atomically beside the engine and checked before loading (pure: needs
-neither TensorRT nor a GPU).
+"""An engine file's JSON sidecar `<engine>.json`: what built it (TensorRT version, GPU and its compute capability,
+profile, precision and the layers pinned to fp32, portability flags, plugins, source model digest), written
+atomically beside the engine and checked before loading (pure: needs neither TensorRT nor a GPU; the version and
+GPU rules, with hardware and version compatibility: runtime.engines.portability).
 
 TensorRT engines only load in the TensorRT version and on the GPU kind that built them, and fail obscurely
 otherwise; the sidecar lets `load_engine` refuse in one line that says how to rebuild.
@@ -16,6 +17,7 @@ from pathlib import Path
 import asvp
 from asvp.errors import AsvpError
 from asvp.io import atomic_output
+from asvp.runtime.engines.portability import check_runs_here
 from asvp.runtime.engines.shapes import ShapeProfile
 
 SIDECAR_FORMAT = "asvp-engine-sidecar/1"
@@ -50,8 +52,11 @@ def sidecar_path(engine_path) -> Path:
 
 def make_sidecar(*, engine_sha256: str, tensorrt_version: str, profile: ShapeProfile, source_path,
                  source_sha256: str, fp16: bool, int8: bool, workspace: int | None, plugins: list[dict],
-                 device: dict | None = None, source_metadata: dict | None = None) -> dict:
-    """The sidecar's content for an engine just built (SIDECAR_FORMAT)."""
+                 device: dict | None = None, source_metadata: dict | None = None, precision: dict | None = None,
+                 portability: dict | None = None) -> dict:
+    """The sidecar's content for an engine just built (SIDECAR_FORMAT). precision: more of the precision section
+    (runtime.engines.precision.record); portability: runtime.engines.portability.record (absent: a plain engine,
+    tied to its TensorRT version and GPU)."""
     return {
         "format": SIDECAR_FORMAT,
         "asvp_version": asvp.__version__,
@@ -60,7 +65,8 @@ def make_sidecar(*, engine_sha256: str, tensorrt_version: str, profile: ShapePro
         "engine_sha256": engine_sha256,
         "device": device or {},
         "profile": profile.to_dict(),
-        "precision": {"fp32": True, "fp16": bool(fp16), "int8": bool(int8)},
+        "precision": {"fp32": True, "fp16": bool(fp16), "int8": bool(int8), **(precision or {})},
+        "portability": portability or {},
         "workspace_bytes": workspace,
         "plugins": plugins,
         "source_model": {"path": str(source_path), "sha256": source_sha256, "metadata": source_metadata or {}},
@@ -84,21 +90,14 @@ def read_sidecar(engine_path) -> dict | None:
 
 def check_sidecar(sidecar: dict, *, tensorrt_version: str, engine_sha256: str | None = None,
                   device: dict | None = None, engine_path="engine") -> None:
-    """One-line AsvpError when the engine cannot run here; says what to do."""
+    """One-line AsvpError when the engine cannot run here (digest, then TensorRT version and GPU as
+    portability.check_runs_here rules); says what to do."""
     src = sidecar.get("source_model", {}).get("path", "the source ONNX model")
     rebuild = f"rebuild it here with: asvp build {src} -o {engine_path}"
     if engine_sha256 is not None and sidecar.get("engine_sha256") != engine_sha256:
         raise AsvpError(f"{engine_path} does not match its sidecar {sidecar_path(engine_path).name} (digest differs): "
                         f"the engine was replaced or truncated; {rebuild}")
-    built = sidecar.get("tensorrt_version")
-    if built != tensorrt_version:
-        raise AsvpError(f"{engine_path} was built with TensorRT {built}, this is TensorRT {tensorrt_version}; "
-                        f"engines only load in the TensorRT version that built them: {rebuild}")
-    want_cc = (sidecar.get("device") or {}).get("compute_capability")
-    have_cc = (device or {}).get("compute_capability")
-    if want_cc and have_cc and want_cc != have_cc:
-        raise AsvpError(f"{engine_path} was built for a GPU of compute capability {want_cc} "
-                        f"({sidecar['device'].get('name', '?')}), this GPU is {have_cc}: {rebuild}")
+    check_runs_here(sidecar, tensorrt_version=tensorrt_version, device=device, engine_path=engine_path, rebuild=rebuild)
 
 
 def write_engine(engine_bytes, engine_path, sidecar: dict) -> Path:

@@ -281,89 +281,12 @@ def test_tensorrt_backend_builds_onnx_on_the_fly(model_paths):
 
 # ---- the TensorRT code paths against a stand-in `tensorrt` (orchestration only; no real TensorRT) -------------
 
-@pytest.fixture
-def fake_tensorrt(monkeypatch):
-    """A stand-in `tensorrt` + `tensorrt.plugin` and Polygraphy TensorRT loaders that record what they get.
-
-    This exercises asvp's orchestration (order, arguments, files, errors); it says nothing about real TensorRT.
-    """
-    import types
-
-    import polygraphy.backend.trt as pg_trt
-
-    calls = {"order": [], "registered": set()}
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = "10.9.0.34"
-    trt.Builder = object
-    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-
-    class Registry:
-        def get_creator(self, name, version, namespace):
-            return object() if (namespace, name, version) in calls["registered"] else None
-
-    trt.get_plugin_registry = lambda: Registry()
-    trtp = types.ModuleType("tensorrt.plugin")
-
-    class _Ns(types.SimpleNamespace):
-        pass
-
-    trtp.op = _Ns()
-
-    def register(plugin_id):
-        def deco(fn):
-            ns, name = plugin_id.split("::")
-            calls["registered"].add((ns, name, "1"))
-            calls["order"].append("register")
-            setattr(trtp.op, ns, _Ns(**{name: fn}))
-            return fn
-        return deco
-
-    trtp.register = register
-    trtp.autotune = trtp.impl = lambda plugin_id: (lambda fn: fn)
-    trtp.TensorDesc, trtp.Tensor = type("TensorDesc", (), {}), type("Tensor", (), {})
-    trtp.AutoTuneCombination = lambda *a: a
-    trt.plugin = trtp
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setitem(sys.modules, "tensorrt.plugin", trtp)
-    monkeypatch.setattr(plugin_trt, "_REGISTERED", False)
-    monkeypatch.setattr(plugin_trt, "cuda_status", lambda: (True, "CUDA device FakeGPU"))
-    for mod in (build, load):  # each imports current_device: both the build and the load see the fake GPU
-        monkeypatch.setattr(mod, "current_device", lambda: {"name": "FakeGPU", "compute_capability": "9.0"})
-
-    def network_from_onnx_path(path):
-        calls["order"].append("parse")
-        calls["parsed"] = path
-        return "network"
-
-    def create_config(**kw):
-        calls["config"] = kw
-        return "config"
-
-    def engine_bytes(network, config):
-        def call():
-            calls["order"].append("build")
-            return b"ENGINE:" + calls["parsed"].encode()
-        return call
-
-    def engine_from_bytes(data):
-        def call():
-            calls["order"].append("deserialize")
-            return ("engine", bytes(data))
-        return call
-
-    monkeypatch.setattr(pg_trt, "NetworkFromOnnxPath", network_from_onnx_path)
-    monkeypatch.setattr(pg_trt, "CreateConfig", create_config)
-    monkeypatch.setattr(pg_trt, "EngineBytesFromNetwork", engine_bytes)
-    monkeypatch.setattr(pg_trt, "EngineFromBytes", engine_from_bytes)
-    return calls
-
-
 def test_build_and_load_orchestration_with_stand_in_tensorrt(fake_tensorrt, model_paths, tmp_path):
     _, plug = model_paths
     eng = tmp_path / "out" / "m.engine"
     res = api.build_engine(plug, eng, profile=ShapeProfile(max="2x3x64x64"), fp16=True, workspace="1G")
     calls = fake_tensorrt
-    assert calls["order"] == ["register", "parse", "build"], "the plugin must be registered before parsing"
+    assert calls["order"] == ["register", "parse", "config", "build"], "the plugin must be registered before parsing"
     cfg = calls["config"]
     assert cfg["fp16"] is True and cfg["int8"] is False and cfg["memory_pool_limits"] == {"WORKSPACE": 1 << 30}
     prof = cfg["profiles"][0]["img"]

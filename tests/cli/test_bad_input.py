@@ -121,7 +121,13 @@ TABLE = [
     ("profile-neither-model-nor-url", ["profile"], 2),
     ("attack-url-without-files", ["attack", "--url", "{url}", "--model", "sr"], 2),
     ("attack-url-ladder", ["attack", "--task", "sr", "--clean", "{m}", "--defended", "{m}", "--kind", "ladder",
-                           "--url", "{url}", "--model", "sr"], 2),
+                           "--url", "{url}", "--model", "sr"], 2),    # issue 26.2 / 26.5 (precbuild): build's precision and portability options, refused before TensorRT is needed
+    ("build-int8-without-qdq", ["build", "{m}", "-o", "new.engine", "--int8"], 2),
+    ("build-asvp-precision-without-reduced", ["build", "{m}", "-o", "new.engine", "--asvp-precision", "reduced"], 2),
+    ("build-timing-cache-is-dir", ["build", "{m}", "-o", "new.engine", "--timing-cache", "adir"], 2),
+    ("build-timing-cache-is-input", ["build", "{m}", "-o", "new.engine", "--timing-cache", "{m}"], 2),
+    ("build-opt-level-out-of-range", ["build", "{m}", "-o", "new.engine", "--opt-level", "9"], 2),
+    ("build-bad-hardware-compat", ["build", "{m}", "-o", "new.engine", "--hardware-compatibility", "turing+"], 2),
 ]
 
 

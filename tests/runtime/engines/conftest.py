@@ -133,6 +133,12 @@ class FakeBuilderConfig:
         return types.SimpleNamespace(serialize=lambda: self.cache)
 
 
+@pytest.fixture
+def trt_layers():
+    """The stand-in TensorRT network classes: .Layer(name, kind, [(output, dtype)]), .Network(layers)."""
+    return types.SimpleNamespace(Layer=FakeLayer, Network=FakeNetwork)
+
+
 def default_network():
     return FakeNetwork([FakeLayer("conv1", "CONVOLUTION", [("f", "FLOAT")]),
                         FakeLayer("conv2", "CONVOLUTION", [("out", "FLOAT")])])
@@ -150,6 +156,7 @@ def fake_tensorrt(monkeypatch):
     import sys
 
     import polygraphy.backend.trt as pg_trt
+    import polygraphy.backend.trt.util as pg_trt_util
 
     from asvp.runtime.engines import build, load, plugin_trt
 
@@ -236,4 +243,5 @@ def fake_tensorrt(monkeypatch):
     monkeypatch.setattr(pg_trt, "CreateConfig", create_config)
     monkeypatch.setattr(pg_trt, "EngineBytesFromNetwork", engine_bytes)
     monkeypatch.setattr(pg_trt, "EngineFromBytes", engine_from_bytes)
+    monkeypatch.setattr(pg_trt_util, "get_trt_logger", lambda: "logger")
     return calls

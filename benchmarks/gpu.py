@@ -20,7 +20,10 @@ For each: CUDA kernels per forward and busy time (sum of kernel durations from t
 excluded), host wall time per forward eager and replayed from a CUDA graph, and whether capture succeeded. Also
 the kernel alone on a [1, 32, 256, 256] feature (target <= 50 us), the fused one-launch variant, the torch
 `asvp_exact` baseline, and the kernels' error against the float64 reference on the features seen.
-fp32 throughout, TF32 off. Nothing here has been run yet: no GPU was available when it was written.
+fp32 throughout, TF32 off; then the reduced-precision section (benchmarks/gpu_precision.py, issue 26.6): the
+Triton kernel in fp16/bf16 at three activation scales, and the defended models through onnx2torch in fp32/fp16/
+bf16 against float64 (skipped with the reason when onnx2torch is not importable): accuracy, inf/NaN, timing.
+Nothing here has been run yet: no GPU was available when it was written (the figures are pending).
 """
 from __future__ import annotations
 
@@ -45,6 +48,11 @@ from asvp.io import write_text_atomic
 from asvp.method import asvp_exact, asvp_reference
 from asvp.runtime.engines.kernels import triton_asvp, triton_env
 from asvp.runtime.engines.shapes import format_shape, parse_shape
+
+try:
+    from benchmarks import gpu_precision
+except ImportError:  # run as a script (benchmarks/gpu_remote.sh): this file's folder is on sys.path
+    import gpu_precision
 
 PROG = "gpu.py"
 SHAPES = ("1x3x128x128", "1x3x256x256", "8x3x256x256", "1x3x540x960")
@@ -388,8 +396,8 @@ def subgraph_rows(task: str, shapes, runtime: str, iters: int, warmup: int, work
 
 # ---- the kernel alone ------------------------------------------------------------------------------------------------
 
-def kernel_rows(iters: int, warmup: int, errors: list) -> list:
-    """The kernels on a real-network-like [1, 32, 256, 256] feature: the sr teacher's defended tensor."""
+def sr_feature() -> torch.Tensor:
+    """The sr teacher's defended tensor for a KERNEL_FEATURE-sized input (a real network's feature)."""
     model, _ = load_teacher("sr")
     model = model.to(DEVICE).eval()
     seen = {}
@@ -399,6 +407,12 @@ def kernel_rows(iters: int, warmup: int, errors: list) -> list:
     handle.remove()
     feat = seen["feat"].contiguous()
     assert tuple(feat.shape) == KERNEL_FEATURE, feat.shape
+    return feat
+
+
+def kernel_rows(iters: int, warmup: int, errors: list) -> list:
+    """The kernels on a real-network-like [1, 32, 256, 256] feature: the sr teacher's defended tensor."""
+    feat = sr_feature()
     args = triton_asvp.config_args(CONFIG)
     out = torch.empty_like(feat)
     candidates = [
@@ -472,6 +486,8 @@ def render_markdown(res: dict) -> str:
             worst = max(errs, key=lambda r: r["kernel_rel_err"])
             lines += ["", f"Kernel vs float64 reference on the features seen (first sample): max relative error "
                           f"{worst['kernel_rel_err']:.1e} ({worst['task']} {worst['shape']})."]
+    if res.get("precision"):
+        lines += gpu_precision.markdown(res["precision"])
     if res["errors"]:
         lines += ["", "## Problems during the run", ""] + [f"- {e}" for e in res["errors"]]
     return "\n".join(lines) + "\n"
@@ -543,8 +559,40 @@ def run(args) -> dict:
                                              res["errors"])
     print(f"[{time.perf_counter() - t0:6.1f} s] the kernel alone", file=sys.stderr, flush=True)
     res["kernel"] = kernel_rows(args.iters, args.warmup, res["errors"])
+    print(f"[{time.perf_counter() - t0:6.1f} s] reduced precision (fp16/bf16)", file=sys.stderr, flush=True)
+    res["precision"] = precision_section(args, res["errors"])
     res["settings"]["seconds"] = round(time.perf_counter() - t0, 1)
     return res
+
+
+def require_onnx2torch() -> None:
+    """MissingDependencyError, with the reason, when onnx2torch is not importable (it is optional)."""
+    try:
+        import onnx2torch  # noqa: F401
+    except Exception as exc:
+        raise MissingDependencyError(f"onnx2torch is not importable ({type(exc).__name__}); carry its wheel "
+                                     "(benchmarks/gpu_remote.sh)") from None
+
+
+def precision_section(args, errors: list) -> dict:
+    """issue 26.6: the kernel in fp16/bf16 on the sr feature, and each defended model in fp32/fp16/bf16 (onnx2torch)
+    against float64 at the first shape (skipped, with the reason, without onnx2torch)."""
+    kern = gpu_precision.kernel_rows(sr_feature(), kernel_fn(CONFIG), CONFIG, measure, args.iters, args.warmup,
+                                     errors)
+    try:
+        require_onnx2torch()
+    except MissingDependencyError as exc:
+        return {"kernel": kern, "models": [{"skipped": str(exc)}]}
+    with tempfile.TemporaryDirectory(prefix="asvp-gpu-half-") as work:
+        defended = {}
+        for task in args.tasks:
+            clean, path = Path(work) / f"{task}.onnx", Path(work) / f"{task}.inline.onnx"
+            api.export(task, clean, force=True)
+            api.defend(clean, path, config=CONFIG, force=True)
+            defended[task] = path
+        models = gpu_precision.model_rows(defended, args.shapes[0], DEVICE, onnx2torch_module, measure, args.iters,
+                                          args.warmup, errors)
+    return {"kernel": kern, "models": models}
 
 
 def main(argv=None) -> int:

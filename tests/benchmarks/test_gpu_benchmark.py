@@ -2,6 +2,7 @@
 stand-in timers on CPU (Triton's interpreter runs the kernels). The GPU figures themselves are not tested here."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -24,7 +25,7 @@ from asvp.tasks import TASKS  # noqa: E402
 from asvp.graph_passes import select  # noqa: E402
 from asvp.runtime.engines.kernels import triton_env  # noqa: E402
 
-from benchmarks import gpu  # noqa: E402
+from benchmarks import gpu, gpu_precision  # noqa: E402
 
 SCRIPT = Path(gpu.__file__)
 
@@ -105,11 +106,18 @@ def test_pipeline_with_stand_in_timers(tmp_path, monkeypatch):
     assert plugin[0]["node"] == sub[0]["node"] == "/Add" and plugin[0]["ratio"]["busy"] == 1.0
     assert plugin[0]["kernel_rel_err"] <= 1e-4  # the kernel at the hooked node vs the float64 reference
     assert [r["rel_err"] <= 1e-4 for r in res["kernel"]] == [True] * 3, res["kernel"]
-    assert calls.count((1, 3, 32, 32)) == 4 and calls.count((1, 32, 16, 16)) == 3  # sr doubles H and W
+    assert calls.count((1, 3, 32, 32)) == 4  # sr doubles H and W
+    assert calls.count((1, 32, 16, 16)) == 3 + 6  # the fp32 kernels, then fp16/bf16 at three scales
+    kern = res["precision"]["kernel"]
+    assert [(r["dtype"], r["scale"]) for r in kern] == [(d, s) for d in ("fp16", "bf16") for s in gpu_precision.SCALES]
+    assert all(r["nonfinite"] == 0 and r["rel_err"] < 5e-2 for r in kern), kern  # real fp16/bf16 kernel outputs
+    if importlib.util.find_spec("onnx2torch") is None:
+        assert "onnx2torch is not importable" in res["precision"]["models"][0]["skipped"]
     js, md = gpu.write_results(res, tmp_path)
     assert js.name == "gpu-stand-in-gpu.json" and json.loads(js.read_text())["settings"]["tasks"] == ["sr"]
     text = md.read_text()
     for needle in ("# GPU benchmark: Stand-in GPU", "## The kernel alone", "## Plugin path", "## Subgraph path",
+                   "## Reduced precision (fp16 / bf16)", "| fp16 | x100 | 1x32x16x16 |",
                    "| sr | /Add (32) | 1x3x16x16 | 10 -> 10 | 100.0 | 1.000x | 1.000x | 1.000x | yes / yes |"):
         assert needle in text, needle
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu-stand-in-gpu.json", "gpu-stand-in-gpu.md"]
@@ -171,3 +179,31 @@ def test_benchmarks_md_gpu_section_reads_the_committed_results(tmp_path):
     (tmp_path / "gpu-made-up-gpu.json").write_text(json.dumps(_gpu_result()))
     text = "\n".join(render.gpu_markdown(tmp_path))
     assert "pending" not in text and "**Made-up GPU**" in text and "`benchmarks/results/gpu-made-up-gpu.md`" in text
+
+
+def test_precision_model_rows_compute_in_reduced_precision():
+    """model_rows on CPU with a stand-in for onnx2torch's module: float64 reference, fp32/fp16/bf16 rows whose
+    errors grow as the precision falls (so they really ran in that precision), inf/NaN counted; a missing
+    converter gives one skipped row with the reason."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 1))
+
+    def measure(fn, iters, warmup):
+        return {"busy_us": 1.0}
+
+    errors = []
+    rows = gpu_precision.model_rows({"sr": "m.onnx"}, (1, 3, 8, 8), "cpu", lambda path: net, measure, 1, 0, errors)
+    assert errors == [] and [r["dtype"] for r in rows] == ["fp32", "fp16", "bf16"]
+    err = {r["dtype"]: r["rel_err"] for r in rows}
+    assert err["fp32"] < 1e-6 < err["fp16"] < err["bf16"] < 5e-2, err
+    assert all(r["nonfinite"] == 0 and r["busy_us"] == 1.0 for r in rows)
+
+    def missing(path):
+        raise gpu_precision.MissingDependencyError("onnx2torch is not importable (ModuleNotFoundError)")
+
+    assert gpu_precision.model_rows({"sr": "m"}, (1, 3, 8, 8), "cpu", missing, measure, 1, 0, []) == \
+        [{"skipped": "onnx2torch is not importable (ModuleNotFoundError)"}]
+    huge = gpu_precision.accuracy(torch.tensor([float("inf"), 1.0], dtype=torch.float16), torch.tensor([7e4, 1.0]))
+    assert huge == {"nonfinite": 1, "rel_err": None}
+    md = "\n".join(gpu_precision.markdown({"kernel": [], "models": rows}))
+    assert "| sr | fp16 | 1x3x8x8 |" in md and "Skipped" not in md

@@ -29,6 +29,17 @@ def shape_text(dims) -> str:
     return "x".join(map(str, dims))
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (anything else is a usage error: one line, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
 def add_groups(p: argparse.ArgumentParser, *groups) -> argparse.ArgumentParser:
     for g in groups:
         g.add(p)

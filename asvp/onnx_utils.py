@@ -30,7 +30,7 @@ def capped_ir_version(model: onnx.ModelProto, ir_version: int) -> int:
 def _parsed(model: onnx.ModelProto, what) -> onnx.ModelProto:
     """`model` if it is one: protobuf parses an empty file (or stray bytes) as an empty ModelProto without error."""
     if not model.HasField("graph") and not model.opset_import:
-        raise AsvpError(f"{what} is not an ONNX model (it holds no graph)")
+        raise AsvpError(f"{what} is not an ONNX model (no graph in it)")
     return model
 
 

@@ -78,7 +78,7 @@ def export(source: str, out: str | os.PathLike, options: ExportOptions | None = 
         return ex.export_spandrel(source, out, task=o.task or "custom", size_multiple=o.size_multiple, **kw)
     if ":" in source:
         return ex.export_user_module(source, out, o.weights, o.kwargs, task=o.task or "custom",
-                                     size_multiple=o.size_multiple or 1, **kw)
+                                     size_multiple=1 if o.size_multiple is None else o.size_multiple, **kw)
     raise AsvpError(f"unknown teacher {source!r}: give a bundled task ({', '.join(TASKS)}), "
                     "package.module:Class, or a .pth/.safetensors checkpoint")
 

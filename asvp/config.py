@@ -18,6 +18,17 @@ DEFAULT_ANGLE_MAX = 30.0  # keyed-rotation: per-query angles uniform in [-angle_
 # The variant fields are written by to_dict only when they differ from these, so configurations without a variant
 # keep the dict and digest they had before variants existed (cached attack results and model metadata stay valid).
 _VARIANT_DEFAULTS = {"variant": "paper", "h_max": None, "angle_max": None}
+# The largest h (and keyed-h h_max). h becomes a float32 constant and the defended output grows in proportion to it
+# (inline; h = 1e30 still gave finite outputs on the bundled sr teacher, h = 1e39 is inf in float32 and every output
+# NaN/inf). 1e3 already makes the perturbed feature worthless, and keeps several chained inline nodes (h^n) far
+# inside float32's range (3.4e38). `asvp sweep` tries 1.1 to 3 by default.
+MAX_H = 1e3
+# The largest power-iteration depth. Each step squares the deflated Gram again (its power doubles). An eigenvalue
+# ratio r that float32 can tell from 1 is at most 1 - 2^-24, and r^(2^s) <= exp(-2^(s - 24)): exp(-16) = 1.1e-7 at
+# s = 28 squarings, about float32's epsilon (6e-8), exp(-32) at 29. Beyond iters = 28 (29 squarings for the columns
+# after the second) no float32 spectrum converges further; the measured error is at float32's floor from iters = 4
+# on (docs/method.md section 4). Unbounded, iters = 100000 built its graph for more than ten minutes.
+MAX_ITERS = 28
 
 
 @dataclass(frozen=True)
@@ -65,12 +76,16 @@ class AsvpConfig:
             raise AsvpError(f"h must be a finite number, got {self.h!r}")
         if self.h <= 0:
             raise AsvpError(f"h must be > 0 (it scales singular values), got {self.h}")
+        if self.h > MAX_H:
+            raise AsvpError(f"h must be <= {MAX_H:g} (the defended output grows with h), got {self.h:g}")
         if not (isinstance(self.tau, (int, float)) and math.isfinite(self.tau)) or not 0 < self.tau <= 1:
             raise AsvpError(f"tau must be in (0, 1], got {self.tau!r}")
         if not isinstance(self.k, int) or self.k < 1:
             raise AsvpError(f"k must be an integer >= 1, got {self.k!r}")
         if not isinstance(self.iters, int) or self.iters < 1:
             raise AsvpError(f"iters must be an integer >= 1, got {self.iters!r}")
+        if self.iters > MAX_ITERS:
+            raise AsvpError(f"iters must be <= {MAX_ITERS} (float32 converges no further beyond it), got {self.iters}")
         if self.k_mode not in K_MODES:
             raise AsvpError(f"k_mode must be one of {K_MODES}, got {self.k_mode!r}")
         if self.placement not in PLACEMENTS:
@@ -95,6 +110,8 @@ class AsvpConfig:
                 raise AsvpError("angle_max only applies to variant keyed-rotation")
             if not (isinstance(self.h_max, (int, float)) and math.isfinite(self.h_max)) or self.h_max <= self.h:
                 raise AsvpError(f"variant keyed-h needs h_max > h (= {self.h}), got {self.h_max!r}")
+            if self.h_max > MAX_H:
+                raise AsvpError(f"h_max must be <= {MAX_H:g}, got {self.h_max}")
         else:
             if self.h_max is not None:
                 raise AsvpError("h_max only applies to variant keyed-h")

@@ -15,7 +15,7 @@ from asvp.constants import REFERENCE_STEPS
 from asvp.fingerprint import new_key
 from asvp.io import write_text_atomic
 from asvp.options import Timing
-from asvp.runtime import quiet_polygraphy
+from asvp.runtime import quiet_libraries
 from asvp.runtime.attacks.recipes import kind_for_placement
 from asvp.runtime.evaluation.report import Section, check_report_dir, md_table, write_report
 from asvp.tasks import get_task
@@ -28,7 +28,7 @@ N_STEPS = 8
 def run_demo(task: str = "sr", out: str | Path = "reports/demo", *, config: AsvpConfig | None = None,
              attack_preset: str = "quick", attack_steps: int | None = None, profile_iters: int = 30,
              progress: bool = True, log=print) -> dict:
-    quiet_polygraphy()
+    quiet_libraries()
     spec = get_task(task)
     cfg = (config or AsvpConfig()).validate()
     out = check_report_dir(out)  # the demo owns this folder: its models there are rewritten on every run

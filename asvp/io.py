@@ -9,6 +9,10 @@ from typing import Iterator
 
 from asvp.errors import AsvpError
 
+# Outputs that check_output refused to overwrite (no force): atomic_output creates them exclusively, so that two
+# processes that both found the name free cannot both write it (absolute paths; this process only).
+_NEW_ONLY: set[str] = set()
+
 
 def require_file(path: str | os.PathLike, what: str = "file") -> Path:
     p = Path(path)
@@ -58,16 +62,18 @@ def check_output(path: str | os.PathLike, inputs=(), *, force: bool = False, wha
     """Refuse, before any work, an output path that would destroy an input or cannot be written.
 
     Refused: the output is one of `inputs` (same file, also through links; even with force); an existing
-    directory; a path under a file; a folder that refuses new files; an existing file unless force.
-    Creates nothing (a probe file is made and removed at once)."""
+    directory; a path under a file; a folder that refuses new files; a link that loops; an existing file unless
+    force. Without force, atomic_output(path) later creates the file exclusively (a file that appeared meanwhile is
+    refused). Creates nothing (a probe file is made and removed at once)."""
     p = Path(path)
     if str(path) == "":
         raise AsvpError(f"{what}: empty path")
+    target = _resolve(p, what)
     for src in inputs:
         if src is None:
             continue
         s = Path(src)
-        same = (p.exists() and s.exists() and os.path.samefile(p, s)) or p.resolve() == s.resolve()
+        same = (p.exists() and s.exists() and os.path.samefile(p, s)) or target == _resolve(s, "input")
         if same:
             raise AsvpError(f"{what} {p} is the input {s}; asvp never overwrites its input: choose another path")
     if p.is_dir():
@@ -75,14 +81,25 @@ def check_output(path: str | os.PathLike, inputs=(), *, force: bool = False, wha
     if os.path.lexists(p) and not force:
         raise AsvpError(f"{what} {p} already exists; pass --force (force=True) to overwrite it")
     _check_writable_folder(p.parent, p, what)
+    (_NEW_ONLY.discard if force else _NEW_ONLY.add)(os.path.abspath(p))
     return p
 
 
+def _resolve(p: Path, what: str) -> Path:
+    """p with its links followed; a loop of links is bad input (RuntimeError before Python 3.13, OSError after)."""
+    try:
+        return p.resolve()
+    except (RuntimeError, OSError):
+        raise AsvpError(f"{what} {p} is a symbolic link that loops; remove the link or choose another path") from None
+
+
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike, exclusive: bool | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
 
-    A failure (or Ctrl-C) part-way never leaves a half-written output behind.
+    A failure (or Ctrl-C) part-way never leaves a half-written output behind. exclusive: the output must be new,
+    and a file that appeared at `path` meanwhile (another asvp writing the same output) is refused, not replaced;
+    None (default): exclusive when check_output(path) last ran without force in this process.
     """
     final = Path(path)
     if final.is_dir():
@@ -100,13 +117,44 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)
-        try:
-            os.replace(tmp_path, final)
-        except OSError as exc:
-            raise AsvpError(f"cannot write {final}: {exc.strerror or type(exc).__name__}") from None
+        key = os.path.abspath(final)
+        if exclusive or (exclusive is None and key in _NEW_ONLY):
+            _create_exclusive(tmp_path, final)
+        else:
+            _move(tmp_path, final)
+        _NEW_ONLY.discard(key)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _move(tmp: Path, final: Path) -> None:
+    try:
+        os.replace(tmp, final)
+    except OSError as exc:
+        raise AsvpError(f"cannot write {final}: {exc.strerror or type(exc).__name__}") from None
+
+
+def _create_exclusive(tmp: Path, final: Path) -> None:
+    """Give tmp the name `final` only if nothing has that name: a hard link is created atomically or fails, so of two
+    processes racing to a new output exactly one wins. Where the file system has no hard links, an O_EXCL create of
+    the final name claims it first (it is empty for the instant before the rename)."""
+    try:
+        os.link(tmp, final)
+        return
+    except FileExistsError:
+        raise AsvpError(f"output {final} appeared while asvp was working (written by another process?); "
+                        "pass --force (force=True) to overwrite it") from None
+    except OSError:
+        pass  # no hard links here (FAT, some network file systems)
+    try:
+        os.close(os.open(final, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    except FileExistsError:
+        raise AsvpError(f"output {final} appeared while asvp was working (written by another process?); "
+                        "pass --force (force=True) to overwrite it") from None
+    except OSError as exc:
+        raise AsvpError(f"cannot write {final}: {exc.strerror or type(exc).__name__}") from None
+    _move(tmp, final)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -9,6 +9,10 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from asvp.errors import AsvpError
 
 
+# scikit-image's SSIM slides a 7 x 7 window: both sides of an image must be at least this.
+SSIM_MIN_SIDE = 7
+
+
 def _hwc(img) -> np.ndarray:
     a = np.asarray(img, dtype=np.float64)
     return np.clip(np.transpose(a, (1, 2, 0)), 0.0, 1.0)
@@ -26,6 +30,9 @@ def psnr_ssim(pred, target) -> tuple[float, float]:
         raise AsvpError(f"prediction shape {pred.shape} does not match target shape {target.shape}")
     check_finite(pred, "prediction")
     check_finite(target, "target")
+    if pred.ndim == 4 and min(pred.shape[2:]) < SSIM_MIN_SIDE:
+        raise AsvpError(f"images of {pred.shape[2]}x{pred.shape[3]} are too small for SSIM (its window needs at "
+                        f"least {SSIM_MIN_SIDE}x{SSIM_MIN_SIDE})")
     ps, ss = [], []
     for p, t in zip(pred, target):
         p, t = _hwc(p), _hwc(t)

@@ -15,13 +15,35 @@ META_PREFIX = "asvp."
 MAX_IR_VERSION = 8
 
 
+def min_ir_version(model: onnx.ModelProto) -> int:
+    """The lowest IR version the model's opsets allow (onnx.helper.VERSION_TABLE; unknown domains ignored): opset
+    17-18 need IR 8, 19-20 IR 9, 21 IR 10."""
+    return onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
+
+
+def capped_ir_version(model: onnx.ModelProto, ir_version: int) -> int:
+    """ir_version capped at MAX_IR_VERSION, but never below what the model's opsets require (the ONNX spec ties each
+    opset to a minimum IR version; capping an opset-21 model at IR 8 would write an invalid model)."""
+    return max(min(ir_version, MAX_IR_VERSION), min_ir_version(model))
+
+
+def _parsed(model: onnx.ModelProto, what) -> onnx.ModelProto:
+    """`model` if it is one: protobuf parses an empty file (or stray bytes) as an empty ModelProto without error."""
+    if not model.HasField("graph") and not model.opset_import:
+        raise AsvpError(f"{what} is not an ONNX model (no graph in it)")
+    return model
+
+
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Load an ONNX file, turning every failure into one clear line."""
     p = require_file(path, "ONNX model")
+    if p.stat().st_size == 0:
+        raise AsvpError(f"{p} is empty, not an ONNX model")
     try:
-        return onnx.load(str(p))
+        model = onnx.load(str(p))
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise AsvpError(f"{p} is not a readable ONNX model ({type(exc).__name__})") from None
+    return _parsed(model, p)
 
 
 def as_model(model) -> onnx.ModelProto:
@@ -29,13 +51,21 @@ def as_model(model) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         return model
     if isinstance(model, (bytes, bytearray)):
+        if not model:
+            raise AsvpError("the given bytes are empty, not an ONNX model")
         try:
-            return onnx.load_from_string(bytes(model))
+            return _parsed(onnx.load_from_string(bytes(model)), "the given bytes")
+        except AsvpError:
+            raise
         except Exception as exc:
             raise AsvpError(f"the given bytes are not a readable ONNX model ({type(exc).__name__})") from None
     p = require_file(model, "ONNX model")
+    if p.stat().st_size == 0:
+        raise AsvpError(f"{p} is empty, not an ONNX model")
     try:
-        return onnx.load(str(p), load_external_data=False)
+        return _parsed(onnx.load(str(p), load_external_data=False), p)
+    except AsvpError:
+        raise
     except Exception as exc:
         raise AsvpError(f"{p} is not a readable ONNX model ({type(exc).__name__})") from None
 
@@ -83,6 +113,18 @@ def graph_inputs(model: onnx.ModelProto) -> list:
     return [i for i in model.graph.input if i.name not in inits]
 
 
+def _dtype(vi) -> str:
+    """The element type's name ("float32", "float16", ...) as numpy spells it."""
+    try:
+        return str(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+    except Exception:  # undefined, or a type numpy lacks (bfloat16, float8)
+        return onnx.TensorProto.DataType.Name(vi.type.tensor_type.elem_type).lower()
+
+
+def _described(vi) -> str:
+    return f"{vi.name} {_dtype(vi)} {_dims(vi)}"
+
+
 def _is_image_like(vi) -> bool:
     """A float rank-4 input whose H and W are not both the constant 1 (those are per-sample values: noise levels)."""
     dims = _dims(vi)
@@ -104,7 +146,7 @@ def image_input(model: onnx.ModelProto, name: str | None = None):
         vi = found[0]
         dims = _dims(vi)
         if len(dims) != 4 or vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-            raise AsvpError(f"input {name!r} is not a float32 NCHW image (shape {dims})")
+            raise AsvpError(f"input {name!r} is not a float32 NCHW image ({_dtype(vi)}, shape {dims})")
         return vi
     images = [i for i in inputs if _is_image_like(i)]
     if len(images) > 1:
@@ -114,7 +156,7 @@ def image_input(model: onnx.ModelProto, name: str | None = None):
         return images[0]
     if not images:
         raise AsvpError(f"the model has no float32 NCHW image input (inputs: "
-                        f"{', '.join(f'{i.name} {_dims(i)}' for i in inputs) or 'none'}); asvp defends image models")
+                        f"{', '.join(_described(i) for i in inputs) or 'none'}); asvp defends float32 image models")
     raise AsvpError(f"the model has several image-like inputs ({', '.join(i.name for i in images)}); "
                     "name the image with --input NAME")
 
@@ -132,5 +174,5 @@ def image_io(model: onnx.ModelProto) -> tuple[str, str]:
         raise AsvpError(f"input {inputs[0].name!r} is not an NCHW RGB image (shape {dims}); this command feeds RGB "
                         "images (`asvp nodes` and `asvp defend` accept grey and multi-channel images)")
     if inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-        raise AsvpError(f"input {inputs[0].name!r} must be float32")
+        raise AsvpError(f"input {inputs[0].name!r} is {_dtype(inputs[0])}; this command runs float32 models")
     return inputs[0].name, model.graph.output[0].name

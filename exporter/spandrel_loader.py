@@ -13,7 +13,7 @@ import types
 import warnings
 from pathlib import Path
 
-from asvp.errors import AsvpError, MissingDependencyError
+from asvp.errors import AsvpError, MissingDependencyError, detail_line
 
 
 def _torchvision_works() -> bool:
@@ -67,7 +67,7 @@ def load_spandrel_model(path: str | Path, with_sizes: bool = False):
     except spandrel.UnsupportedModelError:
         raise AsvpError(f"{path}: spandrel does not recognise this checkpoint's architecture") from None
     except Exception as exc:
-        raise AsvpError(f"{path}: could not load with spandrel ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise AsvpError(f"{path}: could not load with spandrel ({type(exc).__name__}: {detail_line(exc)})") from None
     if not isinstance(desc, spandrel.ImageModelDescriptor):
         raise AsvpError(f"{path}: {desc.architecture.name} is not a single-image restoration model")
     if desc.input_channels != 3 or desc.output_channels != 3:

@@ -8,7 +8,7 @@ import os
 
 import torch
 
-from asvp.errors import AsvpError, first_line
+from asvp.errors import AsvpError, first_line, weights_load_detail
 from asvp.io import require_file
 
 
@@ -50,5 +50,5 @@ def load_user_module(target: str, weights: str | os.PathLike | None = None, kwar
         except AsvpError:
             raise
         except Exception as exc:
-            raise AsvpError(f"cannot load weights {w} into {target}: {str(exc).splitlines()[0]}") from None
+            raise AsvpError(f"cannot load weights {w} into {target}: {weights_load_detail(exc)}") from None
     return model.eval()

@@ -18,7 +18,7 @@ import onnx_graphsurgeon as gs
 
 from asvp.errors import AsvpError
 from asvp.graph_passes import plugin_contract
-from asvp.onnx_utils import MAX_IR_VERSION, check_model
+from asvp.onnx_utils import capped_ir_version, check_model
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -65,8 +65,8 @@ def rewire_consumers(graph: gs.Graph, x: gs.Variable, y: gs.Variable, block_pref
 
 
 def finalize_like(out: onnx.ModelProto, original: onnx.ModelProto, plugin: bool) -> None:
-    """Give an edited model the original's IR version (capped), producer, doc string, opsets and metadata."""
-    out.ir_version = min(original.ir_version, MAX_IR_VERSION)
+    """Give an edited model the original's IR version (capped, never below its opsets' minimum), producer, doc
+    string, opsets and metadata."""
     out.producer_name = original.producer_name or "asvp"
     out.producer_version = original.producer_version
     out.doc_string = original.doc_string
@@ -74,6 +74,7 @@ def finalize_like(out: onnx.ModelProto, original: onnx.ModelProto, plugin: bool)
     out.opset_import.extend(original.opset_import)
     if plugin:
         plugin_contract.ensure_domain(out)
+    out.ir_version = capped_ir_version(out, original.ir_version)
     del out.metadata_props[:]
     out.metadata_props.extend(original.metadata_props)
 

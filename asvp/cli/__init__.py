@@ -57,12 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     from asvp.cli.nodes import redirect_legacy
-    from asvp.runtime import quiet_polygraphy
+    from asvp.runtime import quiet_libraries
 
     argv = redirect_legacy(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     try:
-        quiet_polygraphy()  # when a command runs: `--help` never loads Polygraphy
+        quiet_libraries()  # when a command runs: `--help` never loads Polygraphy or ONNX Runtime
         rc = args.func(args)  # None (0) or a command's own non-error status (validate: 1 = verdict failed)
     except AsvpError as exc:
         print(f"asvp: error: {exc}", file=sys.stderr)

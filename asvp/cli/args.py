@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from asvp.config import DEFAULT_ANGLE_MAX, K_MODES, PLACEMENTS, VARIANTS, AsvpConfig
+from asvp.config import DEFAULT_ANGLE_MAX, K_MODES, MAX_H, MAX_ITERS, PLACEMENTS, VARIANTS, AsvpConfig
 from asvp.constants import (BACKENDS, DEFAULT_PRESET, DEFEND_MODES, ENGINE_MAX_SHAPE, ENGINE_MIN_SHAPE,
                             ENGINE_OPT_SHAPE, FINGERPRINT_KEY_ENV, MAX_TEACHER_DROP_DB, PROFILE_SHAPE, TASK_NAMES)
 from asvp.errors import AsvpError
@@ -27,6 +27,17 @@ TASKS_HELP = ", ".join(TASK_NAMES)
 
 def shape_text(dims) -> str:
     return "x".join(map(str, dims))
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (anything else is a usage error: one line, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
 
 
 def add_groups(p: argparse.ArgumentParser, *groups) -> argparse.ArgumentParser:
@@ -154,13 +165,13 @@ class DefenceArgs:
     SETTINGS = {
         "k": dict(type=int, help=f"top-k directions amplified (the cap in adaptive mode; default {_D.k}; < channels)",
                   grid_help="values of k (default 2 4)"),
-        "h": dict(type=float, help=f"amplification of the top-k singular values, > 0 (default {_D.h})",
+        "h": dict(type=float, help=f"amplification of the top-k singular values, in (0, {MAX_H:g}] (default {_D.h})",
                   grid_help="values of h (default 1.1 1.5 3)"),
         "tau": dict(type=float, help=f"energy share for the adaptive k, in (0, 1] (default {_D.tau})"),
         "k_mode": dict(flag="--k-mode", choices=K_MODES,
                        help=f"adaptive k per sample or fixed k (default {_D.k_mode})"),
-        "iters": dict(type=int, help=f"power-iteration depth of the subgraph: squarings per basis column (default "
-                                     f"{_D.iters}; plugin mode is exact)"),
+        "iters": dict(type=int, help=f"power-iteration depth of the subgraph: squarings per basis column, at most "
+                                     f"{MAX_ITERS} (default {_D.iters}; plugin mode is exact)"),
         "placement": dict(choices=PLACEMENTS,
                           help=f"inline: perturbed feature replaces the original; tap: extra output asvp_tap_<i> "
                                f"(default {_D.placement})",

@@ -1,7 +1,7 @@
 """`asvp export`: trace a teacher to ONNX (dynamic N/H/W) and check parity with ONNX Runtime."""
 from __future__ import annotations
 
-from asvp.cli.args import OutputArgs, OutputFileArgs, add_groups
+from asvp.cli.args import OutputArgs, OutputFileArgs, add_groups, positive_int
 from asvp.constants import EXPORTERS, MAX_OPSET, MIN_OPSET
 from asvp.options import ExportOptions
 
@@ -19,7 +19,7 @@ def register(sub) -> None:
     g.add_argument("--weights", help="state dict for module:Class sources")
     g.add_argument("--kwargs", help="JSON constructor arguments for module:Class sources")
     g.add_argument("--task", help="task label recorded in metadata for user models (default: custom)")
-    g.add_argument("--size-multiple", type=int, default=None,
+    g.add_argument("--size-multiple", type=positive_int, default=None,
                    help="input H and W must be multiples of this (user models; default: spandrel's requirement, "
                         "else 1)")
     g.add_argument("--opset", type=int, default=None, help=f"ONNX opset ({MIN_OPSET} to {MAX_OPSET}, default {MIN_OPSET})")

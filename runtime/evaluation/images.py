@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from asvp.constants import HELDOUT_SIZE as DEFAULT_HELDOUT_SIZE
-from asvp.errors import AsvpError
+from asvp.errors import AsvpError, first_line
+from asvp.metrics import SSIM_MIN_SIDE
 from asvp.tasks.data import HELDOUT_IMAGES
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -27,15 +28,43 @@ class Sample:
     target: np.ndarray  # [1, 3, H, W]
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file as [3, H, W] float32 in [0, 1] (scikit-image io)."""
+def _png_bit_depth(path) -> int | None:
+    """The bit depth a PNG file's header declares (None: not a PNG)."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    return head[24] if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" else None
+
+
+def _read_pixels(path) -> np.ndarray:
+    """The pixels as scikit-image reads them, except what it gets wrong: a CMYK JPEG (read as 4 channels, which
+    would pass for RGBA) is converted to RGB by Pillow, and a 16-bit colour PNG (which Pillow, under scikit-image,
+    reduces to 8 bits) is refused rather than read at a lower depth. 16-bit grey PNGs and TIFFs keep their depth."""
+    from PIL import Image
     from skimage import io as skio
+
+    try:
+        with Image.open(path) as im:
+            if im.mode == "CMYK":
+                return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError):  # not for Pillow (a float TIFF, say): scikit-image's readers take it
+        pass
+    img = np.asarray(skio.imread(str(path)))
+    if img.dtype.itemsize == 1 and _png_bit_depth(path) == 16:
+        raise AsvpError(f"image {path} is a 16-bit colour PNG, which can only be read at 8 bits here: save it as a "
+                        "16-bit TIFF (read at full depth) or an 8-bit PNG")
+    return img
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as [3, H, W] float32 in [0, 1] (scikit-image io; CMYK converted, see _read_pixels)."""
     from skimage.util import img_as_float32
 
     try:
-        img = np.asarray(skio.imread(str(path)))
+        img = _read_pixels(path)
+    except AsvpError:
+        raise
     except Exception as exc:
-        raise AsvpError(f"cannot read image {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise AsvpError(f"cannot read image {path}: {type(exc).__name__}: {first_line(exc)}") from None
     if img.ndim == 3 and img.shape[-1] == 1:
         img = img[..., 0]
     if img.ndim == 2:
@@ -115,6 +144,9 @@ def check_samples(samples: list[Sample], scale: int, size_multiple: int) -> None
         if (th, tw) != (h * scale, w * scale):
             raise AsvpError(f"target image {s.name!r} is {th}x{tw} but its input is {h}x{w}: "
                             f"for scale x{scale} the target must be {h * scale}x{w * scale}")
+        if min(th, tw) < SSIM_MIN_SIDE:
+            raise AsvpError(f"target image {s.name!r} is {th}x{tw}: too small for SSIM (its window needs at least "
+                            f"{SSIM_MIN_SIDE}x{SSIM_MIN_SIDE})")
 
 
 def load_inputs(images: str | os.PathLike, size_multiple: int = 1, max_side: int | None = None) -> list[np.ndarray]:

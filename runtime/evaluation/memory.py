@@ -23,7 +23,7 @@ import sys
 import numpy as np
 
 from asvp.errors import AsvpError
-from asvp.runtime import quiet_polygraphy
+from asvp.runtime import quiet_libraries
 # plugin_ort is imported here, unused, so that it is loaded before any memory baseline (in this process and in
 # the child): its import would otherwise count as the first model's memory.
 from asvp.runtime.engines import backends, plugin_ort  # noqa: F401
@@ -123,7 +123,7 @@ def measure_memory_subprocess(models, backend: str, shape, seed: int = 0, timeou
 
 
 def _memory_child() -> None:  # runs in the subprocess started by measure_memory_subprocess
-    quiet_polygraphy()  # an entry point: its stdout carries the result
+    quiet_libraries()  # an entry point: its stdout carries the result
     args = json.loads(sys.argv[1])
     try:
         data = np.random.default_rng(args["seed"]).random(tuple(args["shape"]), dtype=np.float32)

@@ -121,13 +121,33 @@ TABLE = [
     ("profile-neither-model-nor-url", ["profile"], 2),
     ("attack-url-without-files", ["attack", "--url", "{url}", "--model", "sr"], 2),
     ("attack-url-ladder", ["attack", "--task", "sr", "--clean", "{m}", "--defended", "{m}", "--kind", "ladder",
-                           "--url", "{url}", "--model", "sr"], 2),    # issue 26.2 / 26.5 (precbuild): build's precision and portability options, refused before TensorRT is needed
+                           "--url", "{url}", "--model", "sr"], 2),
+    # issue 26.2 / 26.5 (precbuild): build's precision and portability options, refused before TensorRT is needed
     ("build-int8-without-qdq", ["build", "{m}", "-o", "new.engine", "--int8"], 2),
     ("build-asvp-precision-without-reduced", ["build", "{m}", "-o", "new.engine", "--asvp-precision", "reduced"], 2),
     ("build-timing-cache-is-dir", ["build", "{m}", "-o", "new.engine", "--timing-cache", "adir"], 2),
     ("build-timing-cache-is-input", ["build", "{m}", "-o", "new.engine", "--timing-cache", "{m}"], 2),
     ("build-opt-level-out-of-range", ["build", "{m}", "-o", "new.engine", "--opt-level", "9"], 2),
     ("build-bad-hardware-compat", ["build", "{m}", "-o", "new.engine", "--hardware-compatibility", "turing+"], 2),
+    # issue 27.8/27.9: contract gaps and messages (files from _contract_files); a 4th element: text the line must hold
+    ("defend-h-overflows-float32", ["defend", "{m}", "-o", "x.onnx", "--h", "1e39"], 2, "h must be <="),
+    ("defend-keyed-h-max-too-large", ["defend", "{m}", "-o", "x.onnx", "--variant", "keyed-h", "--key", "s",
+                                      "--h-max", "1e39"], 2, "h_max must be <="),
+    ("defend-iters-unbounded", ["defend", "{m}", "-o", "x.onnx", "--iters", "100000"], 2, "iters must be <="),
+    ("defend-output-link-loop", ["defend", "{m}", "-o", "loop.onnx"], 2, "loops"),
+    ("nodes-empty-model", ["nodes", "empty.onnx"], 2, "is empty, not an ONNX model"),
+    ("nodes-fp16-model", ["nodes", "fp16.onnx"], 2, "float16"),
+    ("validate-fp16-model", ["validate", "fp16.onnx", "fp16.onnx"], 2, "float16"),
+    ("export-size-multiple-zero", ["export", "asvp.tasks.architectures:ResidualCNN", "-o", "x.onnx",
+                                   "--size-multiple", "0"], 2, "--size-multiple"),
+    ("export-weights-missing-keys", ["export", "asvp.tasks.architectures:ResidualCNN", "-o", "x.onnx",
+                                     "--weights", "{pth}"], 2, 'Missing key(s) in state_dict: "head.weight"'),
+    ("export-weights-size-mismatch", ["export", "asvp.tasks.architectures:ResidualCNN", "-o", "x.onnx",
+                                      "--weights", "badsize.pth"], 2, "size mismatch for head.weight"),
+    ("export-weights-pickled", ["export", "asvp.tasks.architectures:ResidualCNN", "-o", "x.onnx",
+                                "--weights", "pickled.pth"], 2, "save model.state_dict() instead"),
+    ("validate-image-too-small-for-ssim", ["validate", "{m}", "{m}", "--images", "tiny"], 2, "too small for SSIM"),
+    ("validate-png-16-bit-colour", ["validate", "{m}", "{m}", "--images", "png16"], 2, "16-bit colour PNG"),
 ]
 
 
@@ -168,11 +188,13 @@ def workdir(exported, tmp_path_factory):
     (root / "foreign").mkdir()
     (root / "foreign" / "report.md").write_text("# someone else's report\n")
     (root / "link.onnx").symlink_to("m.onnx")
+    _contract_files(root)
     return root
 
 
-@pytest.mark.parametrize("argv,expected", [pytest.param(a, e, id=i) for i, a, e in TABLE])
-def test_bad_input_one_line_exit_status_nothing_touched(workdir, monkeypatch, capsys, argv, expected):
+@pytest.mark.parametrize("argv,expected,says", [pytest.param(a, e, *(says or [None]), id=i)
+                                                for i, a, e, *says in TABLE])
+def test_bad_input_one_line_exit_status_nothing_touched(workdir, monkeypatch, capsys, argv, expected, says):
     monkeypatch.chdir(workdir)
     url = f"127.0.0.1:{free_port()}"
     argv = [a.replace("{m}", "m.onnx").replace("{pth}", "c.pth").replace("{url}", url) for a in argv]
@@ -184,7 +206,8 @@ def test_bad_input_one_line_exit_status_nothing_touched(workdir, monkeypatch, ca
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1, err
-    assert lines[0].startswith("asvp: error: ") and "Traceback" not in err, err
+    assert lines[0].startswith("asvp: error: ") and "Traceback" not in err and "\x1b" not in err, err
+    assert says is None or says in lines[0], err
     if expected is not None:
         assert rc == expected, (rc, err)
     else:
@@ -243,3 +266,96 @@ def test_report_folders_compose(workdir, tmp_path):
     assert res is not None
     doc = json.loads((r / "report.json").read_text())
     assert "first" in doc["sections"] and len(doc["sections"]) == 2
+
+
+# --- issue 27.8/27.9: the contract gaps' files and the cases a table row cannot express ---------------------------
+
+def write_png16(path: Path, pixels) -> None:
+    """A 16-bit PNG (colour type from the channel count) written by hand: Pillow cannot write 16-bit colour."""
+    import struct
+    import zlib
+
+    import numpy as np
+
+    a = np.asarray(pixels, np.uint16)
+    a = a[..., None] if a.ndim == 2 else a
+    h, w, c = a.shape
+    raw = b"".join(b"\x00" + a[i].astype(">u2").tobytes() for i in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 3: 2, 4: 6}[c], 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+                     + chunk(b"IEND", b""))
+
+
+def _contract_files(root: Path) -> None:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+    from PIL import Image
+
+    from asvp.tasks.architectures import ResidualCNN
+
+    (root / "empty.onnx").write_bytes(b"")
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT16, ["N", 3, "H", "W"]) for n in ("x", "y"))
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "fp16", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), root / "fp16.onnx")
+    static = onnx.load(root / "m.onnx")  # the clean model with its input fixed at 1x3x16x16
+    for d, v in zip(static.graph.input[0].type.tensor_type.shape.dim, (1, 3, 16, 16)):
+        d.dim_value = v
+    onnx.save(static, root / "static.onnx")
+    (root / "loop.onnx").symlink_to("loop2.onnx")
+    (root / "loop2.onnx").symlink_to("loop.onnx")
+    torch.manual_seed(0)
+    model = ResidualCNN()
+    torch.save(model, root / "pickled.pth")  # the whole module pickled, not its state dict
+    state = model.state_dict()
+    state["head.weight"] = state["head.weight"][:1]
+    torch.save(state, root / "badsize.pth")
+    for name, (hi, wi) in (("tiny", (1, 1)), ("png16", (8, 8))):  # sr is x2: targets twice the input
+        for sub, side in (("input", 1), ("target", 2)):
+            (root / name / sub).mkdir(parents=True)
+            if name == "tiny":
+                Image.fromarray(np.full((hi * side, wi * side, 3), 128, np.uint8)).save(root / name / sub / "a.png")
+            else:
+                write_png16(root / name / sub / "a.png", np.full((hi * side, wi * side, 3), 40000))
+
+
+def test_two_writers_to_one_new_output_the_second_refuses(workdir, tmp_path, monkeypatch, capsys):
+    """Two `defend`s to one new output, without --force: both find the name free, and the one that finishes second
+    must refuse, not replace the first one's file. The race is played deterministically: the other writer's file
+    appears while this one works (after its checks, before its write)."""
+    from asvp.graph_passes import defend as defend_pass
+
+    out = tmp_path / "d.onnx"
+    real = defend_pass.defend_model
+
+    def other_writer_finishes_first(*args, **kwargs):
+        out.write_bytes(b"the other defend's model")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(defend_pass, "defend_model", other_writer_finishes_first)
+    assert main(["defend", str(workdir / "m.onnx"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "appeared while asvp was working" in err, err
+    assert out.read_bytes() == b"the other defend's model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.onnx"]  # no temporary file left
+    out.write_bytes(b"the other defend's model")  # with --force the later writer replaces it, as asked
+    assert main(["defend", str(workdir / "m.onnx"), "-o", str(out), "--force"]) == 0
+    assert out.read_bytes() != b"the other defend's model"
+    capsys.readouterr()
+
+
+def test_bad_input_is_one_line_without_a_writable_home(workdir):
+    """A user whose HOME cannot be written: ONNX Runtime's telemetry warning (printed on import) and Polygraphy's
+    lines about a mismatched input (validate against a model of fixed size) must not precede asvp's one line."""
+    env = {k: v for k, v in os.environ.items() if k != "XDG_CACHE_HOME"}
+    env["HOME"] = str(workdir / "afile" / "home")  # under a file: nobody, root included, can create it
+    before = _snapshot(workdir)
+    r = subprocess.run([sys.executable, "-m", "asvp.cli", "validate", "m.onnx", "static.onnx"], cwd=workdir,
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("asvp: error: "), r.stderr
+    assert _snapshot(workdir) == before

@@ -25,7 +25,7 @@ from asvp.exporter.tracing import dynamo_available, error_reason, rename_io, tra
 from asvp.exporter.user_module import load_user_module
 from asvp.graph_passes.metadata import ExportInfo, write_export
 from asvp.io import atomic_output, require_file
-from asvp.onnx_utils import check_model, image_io
+from asvp.onnx_utils import check_model, image_input
 from asvp.runtime.engines.sessions import SessionFromOnnx
 from asvp.tasks.data import heldout_crops
 
@@ -163,7 +163,7 @@ def _attempt(name: str, model, plan: _Plan):
     try:
         check_model(proto, "exported model")
         onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
-        image_io(proto)
+        image_input(proto)
         sess = SessionFromOnnx(proto, plugins=False)()
     except AsvpError as exc:
         return None, (name, None, str(exc))

@@ -18,7 +18,6 @@ from asvp.exporter.export import export_model
 from asvp.exporter.parity import PARITY_ATOL, photo_batch
 from asvp.exporter.patches import PATCHES, patched, patches_for, window_reverse, windows2img
 from asvp.exporter.spandrel_loader import import_spandrel
-from asvp.exporter.tracing import trace_onnx
 from asvp.onnx_utils import get_metadata
 
 
@@ -91,27 +90,14 @@ def _ort_vs_torch(proto: onnx.ModelProto, model, batches=(1, 2, 3)) -> float:
                                   pytest.param("DRCT", marks=pytest.mark.slow),
                                   pytest.param("DAT", marks=pytest.mark.slow),
                                   pytest.param("RGT", marks=pytest.mark.slow)])
-def test_patched_trace_keeps_the_batch_dynamic(arch):
-    """Traced at batch 1 under the patch: ONNX Runtime matches torch at batch 1, 2 and 3. Without the patch the
-    same trace fails at batch 2 (the defect the patch fixes)."""
+def test_patched_export_keeps_the_batch_dynamic(tmp_path, arch):
+    """Exported under its patch (the export's own parity checks include batch 2; without the patch they fail
+    there), the model records the patch and ONNX Runtime matches torch at batch 1, 2 and 3."""
     model = _tiny(arch)
-    dummy = photo_batch(1, 20, 28)
-    with patched(patches_for(model)):
-        proto = trace_onnx("torchscript", model, dummy, 17, ["N", "H", "W"])
-    assert _ort_vs_torch(proto, model) <= PARITY_ATOL
-    if arch == "SwinIR":  # cheap proof that the test can fail: the unpatched trace bakes the batch
-        baked = trace_onnx("torchscript", model, dummy, 17, ["N", "H", "W"])
-        with pytest.raises(Exception):
-            assert _ort_vs_torch(baked, model, batches=(2,)) <= PARITY_ATOL
-
-
-@pytest.mark.slow
-def test_export_records_the_patch_and_static_batch_needs_none(tmp_path):
-    model = _tiny("SwinIR")
-    res = export_model(model, tmp_path / "s.onnx", teacher="SwinIR", exporter="torchscript")
-    meta = get_metadata(onnx.load(res.path))
+    multiple = 4 if arch == "DRCT" else 1  # DRCT does not pad to its window (spandrel: multiple of 4)
+    res = export_model(model, tmp_path / "m.onnx", teacher=arch, exporter="torchscript", size_multiple=multiple)
+    proto = onnx.load(res.path)
     assert res.dynamic == ["N", "H", "W"] and 2 in {s[0] for s in res.parity_inputs}
-    assert res.patch == meta["asvp.export_patch"] == "SwinIR.window_reverse"
-    assert "patch SwinIR.window_reverse" in res.summary_lines()[0]
-    static = export_model(model, tmp_path / "b.onnx", teacher="SwinIR", exporter="torchscript", static_batch=True)
-    assert static.patch is None and "asvp.export_patch" not in get_metadata(onnx.load(static.path))
+    assert res.patch == get_metadata(proto)["asvp.export_patch"] == next(
+        p.name for p in PATCHES if p.architecture == arch)
+    assert _ort_vs_torch(proto, model) <= PARITY_ATOL

@@ -280,3 +280,15 @@ def test_grey_dncnn_exports_and_defends_and_validate_names_the_channels(tmp_path
     assert main(["validate", res.path, str(tmp_path / "g.asvp.onnx")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "1-channel image (grey)" in err and "RGB" in err
+
+
+@pytest.mark.parametrize("cin, cout, layout", [(1, 1, "NCHW grey float32"), (4, 3, "NCHW 4-channel float32")])
+def test_user_model_channels_are_detected_and_recorded(tmp_path, cin, cout, layout):
+    """A model that does not run on RGB is tried at its first convolution's input channels."""
+    torch.manual_seed(0)
+    res = export_model(torch.nn.Conv2d(cin, cout, 3, padding=1), tmp_path / "m.onnx", teacher="t",
+                       exporter="torchscript")
+    meta = get_metadata(onnx.load(res.path))
+    assert (res.in_channels, res.out_channels) == (cin, cout) and meta["asvp.layout"] == layout
+    assert (meta["asvp.in_channels"], meta["asvp.out_channels"]) == (str(cin), str(cout))
+    assert all(s[1] == cin for s in res.parity_inputs)

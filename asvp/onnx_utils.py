@@ -170,6 +170,11 @@ def image_io(model: onnx.ModelProto) -> tuple[str, str]:
                         f"{len(inputs)}: {[i.name for i in inputs]} (`asvp nodes` and `asvp defend` accept extra "
                         "inputs, with --input NAME)")
     dims = _dims(inputs[0])
+    if len(dims) == 4 and isinstance(dims[1], int) and dims[1] not in (3, 0):  # issue 27.11: name the count
+        kind = "grey" if dims[1] == 1 else f"{dims[1]} channels"
+        raise AsvpError(f"input {inputs[0].name!r} is a {dims[1]}-channel image ({kind}); this command supports "
+                        "RGB (3-channel) models only (`asvp nodes` and `asvp defend` accept grey and multi-channel "
+                        "images)")
     if len(dims) != 4 or dims[1] not in (3, "?") and not isinstance(dims[1], str):
         raise AsvpError(f"input {inputs[0].name!r} is not an NCHW RGB image (shape {dims}); this command feeds RGB "
                         "images (`asvp nodes` and `asvp defend` accept grey and multi-channel images)")

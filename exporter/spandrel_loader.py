@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import types
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from asvp.errors import AsvpError, MissingDependencyError, detail_line
@@ -56,9 +57,22 @@ def import_spandrel():
     return spandrel
 
 
-def load_spandrel_model(path: str | Path, with_sizes: bool = False):
-    """Return (torch module in eval mode, scale, architecture name) for a spandrel-supported checkpoint; with
-    with_sizes, also spandrel's size requirements as (minimum side, multiple of, square only)."""
+@dataclass
+class SpandrelModel:
+    """A spandrel checkpoint's model (eval mode) and what spandrel says about it."""
+
+    model: object  # torch.nn.Module
+    scale: int
+    architecture: str
+    minimum: int  # spandrel's size requirements: smallest side, multiple of, square only
+    multiple: int
+    square: bool
+    in_channels: int
+    out_channels: int
+
+
+def load_spandrel(path: str | Path) -> SpandrelModel:
+    """Load a spandrel-supported single-image restoration checkpoint (any channel counts: grey, RGB, more)."""
     spandrel = import_spandrel()
     try:
         with warnings.catch_warnings():  # architectures' own deprecation chatter (torch.meshgrid, ...)
@@ -70,10 +84,7 @@ def load_spandrel_model(path: str | Path, with_sizes: bool = False):
         raise AsvpError(f"{path}: could not load with spandrel ({type(exc).__name__}: {detail_line(exc)})") from None
     if not isinstance(desc, spandrel.ImageModelDescriptor):
         raise AsvpError(f"{path}: {desc.architecture.name} is not a single-image restoration model")
-    if desc.input_channels != 3 or desc.output_channels != 3:
-        raise AsvpError(f"{path}: asvp serves RGB-to-RGB models; this one maps {desc.input_channels} -> {desc.output_channels} channels")
-    if with_sizes:
-        req = desc.size_requirements
-        sizes = (int(req.minimum), int(req.multiple_of), bool(req.square))
-        return desc.model.eval(), int(desc.scale), desc.architecture.name, sizes
-    return desc.model.eval(), int(desc.scale), desc.architecture.name
+    req = desc.size_requirements
+    return SpandrelModel(desc.model.eval(), int(desc.scale), desc.architecture.name, int(req.minimum),
+                         int(req.multiple_of), bool(req.square), int(desc.input_channels), int(desc.output_channels))
+

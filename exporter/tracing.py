@@ -4,12 +4,16 @@ and output; what the exporters print is silenced, and their failures are reporte
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import logging
+import os
 import re
+import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import onnx
 import torch
@@ -27,16 +31,57 @@ def error_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {_ANSI.sub('', first_line(exc))}"
 
 
+def _flush_c_stdio() -> None:
+    """Flush the C library's stdout/stderr buffers (torch's C++ prints through them) into the current fds."""
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except Exception:  # no C library to reach (not POSIX): Python's own flushes are all there is
+        pass
+
+
 @contextlib.contextmanager
-def _quiet():
-    """Silence what the exporters print (warnings, torch's logged tracebacks of optional registrations)."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        logging.disable(logging.CRITICAL)
+def _fd_captured(sink) -> Iterator[None]:
+    """Send file descriptors 1 and 2 to `sink` for the block: torch's C++ side (the TorchScript exporter's "Torch
+    IR graph at exception" dump, hundreds of lines) writes to them directly, past sys.stdout."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    try:
+        saved = [os.dup(1), os.dup(2)]
+    except OSError:  # no descriptors 1/2 to redirect (a daemon): nothing reaches a terminal anyway
+        yield
+        return
+    try:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        yield
+    finally:
+        _flush_c_stdio()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence what the exporters print: warnings, torch's logged tracebacks of optional registrations, and what
+    its C++ side writes to the process's stdout/stderr (so `asvp export --json` prints JSON only). With
+    ASVP_TRACEBACK=1 (the CLI's debugging switch) what was caught goes to stderr afterwards, for diagnosis."""
+    with tempfile.TemporaryFile() as sink:  # unlinked at once: nothing is left behind, even when killed
         try:
-            yield
+            with _fd_captured(sink), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                    contextlib.redirect_stderr(io.StringIO()):
+                warnings.simplefilter("ignore")
+                logging.disable(logging.CRITICAL)
+                try:
+                    yield
+                finally:
+                    logging.disable(logging.NOTSET)
         finally:
-            logging.disable(logging.NOTSET)
+            if os.environ.get("ASVP_TRACEBACK"):
+                sink.seek(0)
+                sys.stderr.write(sink.read().decode(errors="replace"))
 
 
 def _torchscript_export(model, dummy, path: Path, opset: int, dynamic: list[str]) -> None:

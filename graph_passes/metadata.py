@@ -4,7 +4,8 @@ The export metadata has one writer (`write_export`, used by the exporter) and on
 a typed `ExportInfo`, used by the API, candidates, validation, profiling and the engine build):
 
     asvp.teacher, asvp.task, asvp.scale, asvp.size_multiple, asvp.min_size, asvp.exporter, asvp.dynamic_dims,
-    asvp.value_range, asvp.layout        (ExportInfo's fields; a model not exported by asvp has none of them)
+    asvp.value_range, asvp.layout, asvp.in_channels, asvp.out_channels, asvp.export_patch
+                                         (ExportInfo's fields; a model not exported by asvp has none of them)
 
 The defence metadata has one writer (`write_defence`, used by graph_passes.defend) and one reader
 (`read_defence`, returning a typed `DefenceInfo`, used by validation, attacks and defend itself when a model is
@@ -138,7 +139,7 @@ def write_defence(model: onnx.ModelProto, records: list[dict], cfg: AsvpConfig, 
 
 # ---- export metadata ----------------------------------------------------------------------------------------
 
-EXPORT_INTS = ("scale", "size_multiple", "min_size")  # the integer fields
+EXPORT_INTS = ("scale", "size_multiple", "min_size", "in_channels", "out_channels")  # the integer fields
 
 
 @dataclass
@@ -155,6 +156,9 @@ class ExportInfo:
     min_size: int = 1  # the smallest input side the export was checked at
     exporter: str | None = None  # "torchscript" or "dynamo"
     dynamic_dims: str | None = None  # comma-separated dynamic input dims, or "none"
+    in_channels: int | None = None  # the image's channels (1 grey, 3 RGB, ...); None: not recorded (RGB before)
+    out_channels: int | None = None
+    export_patch: str | None = None  # exporter/patches.py's patch used while tracing, e.g. "SwinIR.window_reverse"
 
     def to_dict(self) -> dict:
         return asdict(self)

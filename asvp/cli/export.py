@@ -12,7 +12,10 @@ def register(sub) -> None:
                                    "or a spandrel-supported checkpoint (.pth/.safetensors). The minimum input side "
                                    "is spandrel's or detected; parity with torch is checked at the trace shape, at "
                                    "batch 2 and at two non-square sizes (odd multiples of the size multiple). A "
-                                   "failure names the size or batch and the option that accepts a static one.")
+                                   "failure names the size or batch and the option that accepts a static one. "
+                                   "Grey (1-channel) and other C-channel models export too; windowed transformers "
+                                   "(SwinIR, HAT, DAT, DRCT, Swin2SR, RGT) keep a dynamic batch through export "
+                                   "patches, recorded in the model's asvp.export_patch metadata.")
     s.add_argument("source")
     add_groups(s, OutputFileArgs("output .onnx path"))
     g = s.add_argument_group("source options (ExportOptions)")

@@ -148,6 +148,9 @@ TABLE = [
                                 "--weights", "pickled.pth"], 2, "save model.state_dict() instead"),
     ("validate-image-too-small-for-ssim", ["validate", "{m}", "{m}", "--images", "tiny"], 2, "too small for SSIM"),
     ("validate-png-16-bit-colour", ["validate", "{m}", "{m}", "--images", "png16"], 2, "16-bit colour PNG"),
+    # issue 27.11 (export helper): commands that feed RGB pictures refuse a grey model, naming its channel count
+    ("validate-grey-model", ["validate", "grey.onnx", "grey.onnx"], 2),
+    ("profile-grey-model", ["profile", "grey.onnx"], 2),
 ]
 
 
@@ -189,7 +192,19 @@ def workdir(exported, tmp_path_factory):
     (root / "foreign" / "report.md").write_text("# someone else's report\n")
     (root / "link.onnx").symlink_to("m.onnx")
     _contract_files(root)
+    _grey_model(root / "grey.onnx")  # issue 27.11
     return root
+
+
+def _grey_model(path: Path) -> None:
+    """A one-channel (grey) image model: N x 1 x H x W in and out."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, "H", "W"])
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 1, "H", "W"])
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "grey", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
 
 
 @pytest.mark.parametrize("argv,expected,says", [pytest.param(a, e, *(says or [None]), id=i)

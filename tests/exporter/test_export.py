@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+import types
 
 import numpy as np
 import onnx
@@ -15,6 +19,7 @@ from asvp import api
 from asvp.cli import main
 from asvp.errors import AsvpError
 from asvp.exporter.export import export_model
+from asvp.exporter.parity import photo_batch
 from asvp.onnx_utils import MAX_IR_VERSION
 from asvp.options import ExportOptions
 from asvp.exporter.teachers.bundled import load_teacher, weights_path
@@ -147,3 +152,143 @@ def test_console_script_help_and_exit_code(tmp_path):
     bad = subprocess.run(exe + ["nodes", str(tmp_path / "none.onnx")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
 
+
+
+# ---- issue 27: exporter chatter, parity photos, torch's own failures, SIGTERM, grey models ------------------
+
+class Chatty(torch.nn.Module):
+    """Writes to the process's stdout and stderr file descriptors while traced, as torch's C++ side does (the
+    TorchScript exporter's "Torch IR graph at exception" dump), past sys.stdout."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        if torch.jit.is_tracing():
+            os.write(1, b"Torch IR graph at exception: graph(...)\n")
+            os.write(2, b"C++ warning\n")
+        return self.conv(x)
+
+
+def test_exporter_output_stays_off_stdout_and_json_is_pure(tmp_path, capfd, monkeypatch):
+    module = types.ModuleType("asvp_chatty_model")
+    module.Chatty = Chatty
+    monkeypatch.setitem(sys.modules, "asvp_chatty_model", module)
+    assert main(["export", "asvp_chatty_model:Chatty", "-o", str(tmp_path / "c.onnx"), "--json"]) == 0
+    out, err = capfd.readouterr()
+    assert json.loads(out)["exporter"] == "torchscript" and "Torch IR" not in out + err and err == ""
+
+
+def test_parity_sizes_beyond_the_photographs_are_mirror_tiled(tmp_path):
+    """--size-multiple 32 checks parity at 256x512, beyond the held-out photographs (about 300 pixels): it used
+    to end in an internal error; the photographs are now mirror-tiled."""
+    x = photo_batch(2, 400, 640)
+    assert x.shape == (2, 3, 400, 640) and 0 <= float(x.min()) and float(x.max()) <= 1 and float(x.std()) > 0.05
+    res = export_model(torch.nn.Conv2d(3, 3, 3, padding=1), tmp_path / "m.onnx", teacher="t", size_multiple=32,
+                       exporter="torchscript")
+    assert [1, 3, 256, 512] in res.parity_inputs
+
+
+class BatchOfOne(torch.nn.Module):
+    """A model that itself refuses batches above 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        if x.shape[0] != 1:
+            raise RuntimeError("expected batch 1")
+        return self.conv(x)
+
+
+def test_torch_model_failing_at_a_check_shape_suggests_static_batch(tmp_path):
+    with pytest.raises(AsvpError, match=r"torch model itself fails at 2x3x33x37 .*expected batch 1.*--static-batch") as e:
+        export_model(BatchOfOne(), tmp_path / "b.onnx", teacher="t", exporter="torchscript")
+    assert "\n" not in str(e.value) and list(tmp_path.iterdir()) == []
+    res = export_model(BatchOfOne(), tmp_path / "b.onnx", teacher="t", exporter="torchscript", static_batch=True)
+    assert res.dynamic == ["H", "W"]
+
+
+SLEEPY = '''
+import pathlib, time, torch
+
+class Sleepy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        if torch.jit.is_tracing():
+            pathlib.Path(__file__).with_name("tracing").touch()
+            time.sleep(60)
+        return self.conv(x)
+'''
+
+
+def test_sigterm_during_export_leaves_nothing(tmp_path):
+    """SIGTERM while the exporter traces: exit 130 ("interrupted"), no temporary folder or file left behind."""
+    (tmp_path / "sleepy.py").write_text(SLEEPY)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    proc = subprocess.Popen([sys.executable, "-m", "asvp.cli", "export", "sleepy:Sleepy", "-o",
+                             str(tmp_path / "out" / "s.onnx")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(1200):  # the trace has started (torch imported, checks run): at most 2 minutes
+            if (tmp_path / "tracing").exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert (tmp_path / "tracing").exists(), proc.communicate()[1] if proc.poll() is not None else "no trace"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and err.strip() == "asvp: interrupted"
+    # ONNX Runtime keeps a session file (.ses) in the temporary folder from its import on: not a leftover
+    assert [p.name for p in tmp.iterdir() if p.name != ".ses"] == []
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def _grey_dncnn(path):
+    from asvp.exporter.spandrel_loader import import_spandrel
+
+    import_spandrel()
+    import spandrel.architectures as A
+
+    torch.manual_seed(0)
+    torch.save(A.DnCNN.DnCNN(in_nc=1, out_nc=1, nc=8, nb=4).state_dict(), path)
+
+
+def test_grey_dncnn_exports_and_defends_and_validate_names_the_channels(tmp_path, capsys):
+    _grey_dncnn(tmp_path / "g.pth")
+    res = api.export(str(tmp_path / "g.pth"), tmp_path / "g.onnx")
+    meta = get_metadata(onnx.load(res.path))
+    assert (res.in_channels, res.out_channels) == (1, 1) and "1 -> 1 channels" in res.summary_lines()[0]
+    assert meta["asvp.in_channels"] == meta["asvp.out_channels"] == "1"
+    assert meta["asvp.layout"] == "NCHW grey float32" and all(s[1] == 1 for s in res.parity_inputs)
+    assert 2 in {s[0] for s in res.parity_inputs}  # dynamic batch checked
+    out = api.defend(res.path, tmp_path / "g.asvp.onnx")
+    assert out.nodes
+    x = np.random.default_rng(0).random((2, 1, 21, 30), dtype=np.float32)
+    y = ort.InferenceSession(str(tmp_path / "g.asvp.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    assert y[0].shape == (2, 1, 21, 30) and np.isfinite(y[0]).all()
+    # validate feeds RGB pictures: it refuses the grey model in one line that names the channel count
+    assert main(["validate", res.path, str(tmp_path / "g.asvp.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "1-channel image (grey)" in err and "RGB" in err
+
+
+@pytest.mark.parametrize("cin, cout, layout", [(1, 1, "NCHW grey float32"), (4, 3, "NCHW 4-channel float32")])
+def test_user_model_channels_are_detected_and_recorded(tmp_path, cin, cout, layout):
+    """A model that does not run on RGB is tried at its first convolution's input channels."""
+    torch.manual_seed(0)
+    res = export_model(torch.nn.Conv2d(cin, cout, 3, padding=1), tmp_path / "m.onnx", teacher="t",
+                       exporter="torchscript")
+    meta = get_metadata(onnx.load(res.path))
+    assert (res.in_channels, res.out_channels) == (cin, cout) and meta["asvp.layout"] == layout
+    assert (meta["asvp.in_channels"], meta["asvp.out_channels"]) == (str(cin), str(cout))
+    assert all(s[1] == cin for s in res.parity_inputs)

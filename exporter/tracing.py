@@ -20,7 +20,7 @@ import torch
 from torch.export import Dim
 
 from asvp.errors import first_line
-from asvp.onnx_utils import MAX_IR_VERSION
+from asvp.onnx_utils import capped_ir_version
 
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # torch colours some of its messages; a one-line error must not carry codes
@@ -116,8 +116,7 @@ def _dynamo_export(model, dummy, path: Path, opset: int, dynamic: list[str]) -> 
 
 def _to_proto(path: Path) -> onnx.ModelProto:
     proto = onnx.load(str(path))
-    if proto.ir_version > MAX_IR_VERSION:
-        proto.ir_version = MAX_IR_VERSION
+    proto.ir_version = capped_ir_version(proto, proto.ir_version)  # never below what its opset requires
     return proto
 
 

@@ -76,10 +76,10 @@ def prepare_models(task: str, workdir: Path, clean=None, defended=None, config: 
     (graph_passes.defend of the clean one with `config`, default AsvpConfig(), and `nodes`, default: defend's own
     choice).
     """
-    workdir.mkdir(parents=True, exist_ok=True)
     if clean is None:
         clean = workdir / "clean.onnx"
-        if not clean.exists():
+        if not clean.exists():  # the folder is made only when something is written in it (a refusal leaves none)
+            workdir.mkdir(parents=True, exist_ok=True)
             export_bundled(task, clean)
     clean = require_file(clean, "clean model")
     if defended is None:

@@ -214,7 +214,10 @@ def export_spandrel(pth: str | os.PathLike, out, task: str = "custom", size_mult
     if m.square:
         raise AsvpError(f"{pth}: spandrel says {m.architecture} only takes square images; asvp exports models for "
                         "any H x W")
-    mult = size_multiple or m.multiple
+    if size_multiple is not None and (isinstance(size_multiple, bool) or not isinstance(size_multiple, int)
+                                      or size_multiple < 1):
+        raise AsvpError(f"size_multiple must be a positive integer, got {size_multiple!r}")
+    mult = m.multiple if size_multiple is None else size_multiple
     if mult % m.multiple:
         raise AsvpError(f"--size-multiple {mult} is not a multiple of {m.architecture}'s own ({m.multiple})")
     return export_model(m.model, out, None, teacher=f"spandrel:{m.architecture}", task=task, scale=m.scale,

@@ -4,6 +4,10 @@ operation, so that the approximation can be studied (and tested) without ONNX.
 Sequentially deflated power iteration by repeated squaring, then a two-step Jacobi Rayleigh-Ritz (`asvp_subspace`);
 docs/method.md derives it and gives its measured error against the exact ASVP of asvp/method.py. Every constant
 here is shared with the graph.
+
+Precision (docs/method.md, "Reduced precision"): the two passes over the feature (the scaled Gram and the apply) run
+in the feature's dtype, float16 and bfloat16 included; the C x C solve between them (trace normalisation, powers,
+Rayleigh-Ritz, mask) runs in float32 for reduced-precision features (`solve_dtype`).
 """
 from __future__ import annotations
 
@@ -33,6 +37,14 @@ SHIFT = 1e-4  # G -> G + SHIFT * trace(G) * I: same eigenvectors; keeps every de
 SIGMA = 1e-30  # absolute guard added to the Gram diagonal before its trace: an all-zero feature gives G ~ I, not 0/0
 TINY = 1e-30  # guards 0/0 in the Jacobi angles for exactly diagonal (and all-zero) Rayleigh-Ritz matrices
 FIRST_NORM_MAX_C = 128  # column 0 squares G (trace sqrt(C)) 4 times before normalising: its values stay in [C^-8, C^8]
+# The Gram reads M * r, r = GRAM_SCALE / max(max|M|, FEATURE_FLOOR) per sample: |M r| <= 2^-7, so G's entries are
+# at most HW / 2^14 (in float16 range up to 2^30 pixels) whatever the activation scale, while M r stays well inside
+# float16's normal range (typical entries ~1e-3). r is one scalar per sample and the trace normalisation removes it
+# (nor does it touch the apply, which reads M itself): any rounding of r cancels exactly. The floor keeps r <= 128
+# (finite in float16) for an all-zero feature.
+GRAM_SCALE = 2.0**-7
+FEATURE_FLOOR = 2.0**-14  # float16's smallest normal number
+REDUCED = (torch.float16, torch.bfloat16)
 DENSE_APPLY_MAX_C = 32  # C <= 32: apply as one C x C matrix (I + U W U^T) M, faster on CPU; above, low rank
 # (the dense product's C^2 HW MACs outgrow the low-rank form's extra passes: docs/method.md sections 3 and 6)
 
@@ -141,25 +153,46 @@ def jacobi_polish_step(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return v / torch.linalg.vector_norm(v, dim=1, keepdim=True), d
 
 
-def asvp_subspace(feat: torch.Tensor, cfg: AsvpConfig) -> torch.Tensor:
-    """The standard-op algorithm (what graph_passes emits, operation for operation), in torch, in feat's dtype.
+def gram_scale(m: torch.Tensor) -> torch.Tensor:
+    """r [N, 1, 1] (m's dtype) such that M r has entries <= GRAM_SCALE: the Gram's input (GRAM_SCALE above)."""
+    return GRAM_SCALE / torch.clamp_min(m.abs().amax(dim=(1, 2), keepdim=True), FEATURE_FLOOR)
 
-    Gs = (G + SIGMA I) / (trace / sqrt(C)) + SHIFT sqrt(C) I, G = M M^T (eigenvalues sum to sqrt(C): column 0's
-    powers stay in float32 range without rescaling); Q = deflated_basis(Gs, initial_basis(C, kb), cfg.iters)
+
+def asvp_subspace(feat: torch.Tensor, cfg: AsvpConfig, solve_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The standard-op algorithm (what graph_passes emits, operation for operation), in torch; returns feat's dtype.
+
+    Precision: the scaled Gram G = (M r)(M r)^T and the apply read the feature in its own dtype (float16/bfloat16
+    products with the float32 accumulation of torch's CPU kernels and of GPU tensor cores, the result rounded to
+    the dtype); the C x C solve from G to U runs in `solve_dtype` (default: float32 for float16/bfloat16 features,
+    feat's dtype otherwise). The solve must be float32: its repeated squarings hold Gs^16 (values up to C^8) and
+    deflated Grams down to the shift (~1e-4), outside float16's range, and 1e-30 guards that float16 rounds to 0.
+    It is O(C^3), nothing next to the two O(C^2 HW) passes. Passing solve_dtype=feat.dtype runs it all reduced
+    (benchmarks/precision.py measures what that does).
+
+    Gs = (G + SIGMA I) / (trace / sqrt(C)) + SHIFT sqrt(C) I, with r (gram_scale) removed by the trace (eigenvalues
+    sum to sqrt(C): column 0's powers stay in float32 range without rescaling); Q = deflated_basis(Gs, initial_basis(C, kb), cfg.iters)
     (kb = block_width(C, k)); Rayleigh-Ritz on B = Q^T Gs Q by jacobi_exp_step then jacobi_polish_step; the k
     largest Ritz values (TopK) are the energies for the adaptive mask (compared with tau plus the shift, exactly) and
     their Ritz vectors are U_k; M' = M + (h - 1) U_k diag(mask) U_k^T M, as one C x C matrix times M when
     C <= DENSE_APPLY_MAX_C.
     """
     m = as_matrix(feat)
-    n, c, _ = m.shape
+    solve = solve_dtype or (torch.float32 if m.dtype in REDUCED else m.dtype)
+    ms = m * gram_scale(m)
+    u, scaled = top_directions((ms @ ms.transpose(1, 2)).to(solve), cfg)
+    return apply_update(feat, m, u, scaled)
+
+
+def top_directions(gram: torch.Tensor, cfg: AsvpConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U [N, C, k], U diag(weights) [N, C, k]) from the (scaled) Gram matrix, in its dtype: the C x C solve."""
+    n, c, _ = gram.shape
     k = cfg.k
     kb = block_width(c, k)
-    eye_c = torch.eye(c, dtype=m.dtype)
-    gram = m @ m.transpose(1, 2) + SIGMA * eye_c
+    eye_c = torch.eye(c, dtype=gram.dtype)
+    gram = gram + SIGMA * eye_c
     scale = (gram * (eye_c / c**0.5)).sum(dim=(1, 2), keepdim=True)  # trace / sqrt(C)
     gs = gram / scale + (SHIFT * c**0.5) * eye_c
-    x = torch.from_numpy(initial_basis(c, kb)).to(m.dtype)
+    x = torch.from_numpy(initial_basis(c, kb)).to(gram.dtype)
     q = deflated_basis(gs, x, cfg.iters)
     q = q @ jacobi_exp_step(torch.einsum("nci,ncj->nij", q, gs @ q))
     v, ritz2 = jacobi_polish_step(torch.einsum("nci,ncj->nij", q, gs @ q))
@@ -168,14 +201,20 @@ def asvp_subspace(feat: torch.Tensor, cfg: AsvpConfig) -> torch.Tensor:
     u = torch.gather(q, 2, idx.expand(n, c, k))
     if cfg.k_mode == "adaptive":
         before = torch.cumsum(energies2, dim=2) - energies2
-        weight = torch.where(before < torch.from_numpy(adaptive_thresholds(c, cfg)).to(m.dtype), cfg.h - 1.0, 0.0)
-        scaled = u * weight
-    else:
-        scaled = u * (cfg.h - 1.0)
+        amplified = before < torch.from_numpy(adaptive_thresholds(c, cfg)).to(gram.dtype)
+        return u, u * (amplified.to(gram.dtype) * (cfg.h - 1.0))
+    return u, u * (cfg.h - 1.0)
+
+
+def apply_update(feat: torch.Tensor, m: torch.Tensor, u: torch.Tensor, scaled: torch.Tensor) -> torch.Tensor:
+    """M' = (I + scaled U^T) M shaped as feat, the products over M in m's dtype (the C x C factor is formed in u's
+    dtype, then rounded): dense up to DENSE_APPLY_MAX_C, low rank above."""
+    c = m.shape[1]
     if c <= DENSE_APPLY_MAX_C:  # same M', as (I + U diag((h - 1) mask) U^T) M
-        p = torch.einsum("nck,ndk->ncd", scaled, u) + eye_c
-        return (p @ m).reshape(feat.shape)
-    return feat + (scaled @ (u.transpose(1, 2) @ m)).reshape(feat.shape)
+        p = torch.einsum("nck,ndk->ncd", scaled, u) + torch.eye(c, dtype=u.dtype)
+        return (p.to(m.dtype) @ m).reshape(feat.shape)
+    coeffs = u.transpose(1, 2).to(m.dtype) @ m
+    return feat + (scaled.to(m.dtype) @ coeffs).reshape(feat.shape)
 
 
 def adaptive_thresholds(channels: int, cfg: AsvpConfig) -> np.ndarray:

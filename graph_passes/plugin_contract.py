@@ -10,6 +10,8 @@ Runtime, runtime.engines.plugin_trt for TensorRT).
                 informational)
     one float32 input [N, C, H, W] -> one float32 output of the same shape (declared in value_info / as the
     graph output, so ONNX shape inference downstream of the node still works)
+    (float32 only: float16/bfloat16 tensors are not part of the contract; the TensorRT plugin also declares FP32
+    and, under --fp16, TensorRT inserts the casts around it)
 
 The kernels compute ASVP exactly (asvp.method.asvp_exact); `iters` does not apply to plugin mode. One ONNX file
 serves both runtimes.

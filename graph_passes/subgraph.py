@@ -4,7 +4,8 @@
 ASVP(x) for a rank-4 float32 tensor x [N, C, H, W] (N, H, W dynamic) and returns the output variable. It is,
 operation for operation, `asvp.subspace.asvp_subspace` (the torch mirror; docs/method.md explains the algorithm):
 
-    M = Reshape(x, [0, C, -1]);  G = M M^T + SIGMA I;  Gs = G / (trace(G) / sqrt(C)) + SHIFT sqrt(C) I
+    M = Reshape(x, [0, C, -1]);  r = GRAM_SCALE / Max(ReduceMax(Abs(M)), FEATURE_FLOOR);  G = (M r)(M r)^T + SIGMA I
+    Gs = G / (trace(G) / sqrt(C)) + SHIFT sqrt(C) I        (r cancels here; the apply reads M itself)
     for j < kb - 1 (kb = block_width(C, k)):  P_j = I - sum_{i<j} v_i v_i^T,  A = P_j Gs (A = Gs for j = 0),
         A -> A^(2^s_j) by s_j MatMul squarings (Frobenius rescale where normalise_before says),
         v_j = LpNormalization(A x_j)                       (x = initial_basis(C, kb), a constant)
@@ -16,10 +17,17 @@ operation for operation, `asvp.subspace.asvp_subspace` (the torch mirror; docs/m
 
 Every node and tensor name starts with `prefix` (e.g. "asvp/0"), unique per insertion. Only operators on
 TensorRT's ONNX-parser support list are emitted (graph_passes/data/trt_onnx_supported_ops.json, checked by
-tests), with the inputs TensorRT requires constant (ReduceSum axes, CumSum axis, TopK K, Clip bounds, Expand
+tests), with the inputs TensorRT requires constant (CumSum axis, TopK K, Clip bounds, Expand
 shape) as initializers. The small [N, C, C] and [N, kb, kb] contractions are Einsum (one node instead of a
 Transpose and a MatMul); the two passes over the feature (Gram and apply) stay MatMul, which ONNX Runtime's CPU
-provider runs about twice as fast as the equivalent Einsum.
+provider runs about twice as fast as the equivalent Einsum. Diagonals, traces and the Jacobi angles' differences
+d_c - d_r are Einsums with constant selection tensors (exact: their entries are 0, +-1, 2 or 1/sqrt(C) times one
+term), one node each.
+
+Precision: the nodes labelled in FEATURE_PASS_LABELS (the scaled Gram and the apply: the passes over the feature)
+stay inside float16's range for any activation scale and up to 2^30 pixels, so they may run in float16 or bfloat16
+(`is_feature_pass` tells them apart by name); every other node is the C x C solve, which must run in float32
+(asvp.subspace.asvp_subspace says why; docs/method.md, "Reduced precision").
 """
 from __future__ import annotations
 
@@ -27,11 +35,20 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from asvp.config import AsvpConfig
-from asvp.subspace import (DENSE_APPLY_MAX_C, SHIFT, SIGMA, TINY, adaptive_thresholds, block_width,
-                           column_squarings, initial_basis, normalise_before)
+from asvp.subspace import (DENSE_APPLY_MAX_C, FEATURE_FLOOR, GRAM_SCALE, SHIFT, SIGMA, TINY, adaptive_thresholds,
+                           block_width, column_squarings, initial_basis, normalise_before)
 from asvp.onnx_utils import MAX_IR_VERSION, check_model
 
 OPSET = 17
+# Node labels of the passes over the feature (float16/bfloat16-safe); the rest of the subgraph is the C x C solve.
+FEATURE_PASS_LABELS = ("to_matrix", "feature_abs", "feature_max", "gram_input", "gram_t", "gram", "apply", "apply_t",
+                       "delta", "to_feature")
+
+
+def is_feature_pass(node_name: str, prefix: str) -> bool:
+    """Whether the node `node_name` of the ASVP block under `prefix` is a pass over the feature (see above)."""
+    head = prefix.rstrip("/") + "/"
+    return node_name.startswith(head) and node_name[len(head):].rsplit("_", 1)[0] in FEATURE_PASS_LABELS
 
 
 class Emitter:
@@ -68,10 +85,14 @@ class Emitter:
     def reduce_sum(self, x, *axes: int, keepdims: int = 1):
         return self.op("ReduceSum", [x, self.axes(*axes)], {"keepdims": keepdims})
 
+    def reduce(self, op: str, x, *axes: int, keepdims: int = 1, label: str | None = None):
+        """ReduceL2 / ReduceMax (not ReduceSum): their axes moved from attribute to input in opset 18."""
+        if self.opset >= 18:
+            return self.op(op, [x, self.axes(*axes)], {"keepdims": keepdims}, label)
+        return self.op(op, [x], {"axes": list(axes), "keepdims": keepdims}, label)
+
     def reduce_l2(self, x, *axes: int, keepdims: int = 1):
-        if self.opset >= 18:  # axes moved from attribute to input in opset 18
-            return self.op("ReduceL2", [x, self.axes(*axes)], {"keepdims": keepdims})
-        return self.op("ReduceL2", [x], {"axes": list(axes), "keepdims": keepdims})
+        return self.reduce("ReduceL2", x, *axes, keepdims=keepdims)
 
     def transpose(self, x):
         return self.op("Transpose", [x], {"perm": [0, 2, 1]})
@@ -112,13 +133,32 @@ def deflated_basis(e: Emitter, gs_, c: int, kb: int, iters: int):
     return cols[0] if kb == 1 else e.op("Concat", cols, {"axis": 2})
 
 
+def diagonal_selector(n: int, scale: float) -> np.ndarray:
+    """E [n, n, 1, n] with einsum("nij,ijac->nac", B, E) = scale * diag(B) as [N, 1, n]."""
+    sel = np.zeros((n, n, 1, n))
+    sel[np.arange(n), np.arange(n), 0, np.arange(n)] = scale
+    return sel
+
+
+def difference_selector(n: int, scale: float) -> np.ndarray:
+    """D [n, n, n, n] with einsum("nij,ijrc->nrc", B, D) = scale * (B_cc - B_rr)."""
+    sel = np.zeros((n, n, n, n))
+    i = np.arange(n)
+    sel[i, i, :, i] += scale  # term B_cc at column c = i
+    sel[i, i, i, :] -= scale  # term -B_rr at row r = i (the diagonal r = c sums to 0)
+    return sel
+
+
 def _angles(e: Emitter, b, kb: int, diag_scale: float):
     """(d, S diff / (diff^2 + TINY)) for B: S = B + B^T (exactly symmetric), d = diag_scale * diag(S) [N, 1, kb],
-    diff[r, c] = d_c - d_r. With diag_scale 0.5 the ratio is tan(2 phi) = 2 b / (d_c - d_r), with 1 it is the
-    first-order angle b / (d_c - d_r)."""
+    diff[r, c] = d_c - d_r, both read off B by Einsums (diag(S) = 2 diag(B) exactly). With diag_scale 0.5 the ratio
+    is tan(2 phi) = 2 b / (d_c - d_r), with 1 it is the first-order angle b / (d_c - d_r). d is emitted only when
+    the caller uses it (diag_scale 1)."""
     s = e.op("Add", [b, e.transpose(b)])
-    d = e.reduce_sum(e.op("Mul", [s, e.eye(kb, diag_scale)]), 1)
-    diff = e.op("Sub", [d, e.transpose(d)])
+    scale = 2.0 * diag_scale
+    d = e.einsum("nij,ijac->nac", b, e.const(f"diag_x{scale:g}", diagonal_selector(kb, scale))) \
+        if diag_scale == 1.0 else None
+    diff = e.einsum("nij,ijrc->nrc", b, e.const(f"diff_x{scale:g}", difference_selector(kb, scale)))
     num = e.op("Mul", [s, diff])
     den = e.op("Add", [e.op("Mul", [diff, diff]), e.scalar(TINY)])
     return d, e.op("Div", [num, den])
@@ -148,7 +188,8 @@ def top_directions(e: Emitter, gram, cfg: AsvpConfig, c: int):
     Jacobi Rayleigh-Ritz steps."""
     k = cfg.k
     kb = block_width(c, k)
-    scale = e.reduce_sum(e.op("Mul", [gram, e.eye(c, 1.0 / c**0.5)]), 1, 2)  # trace / sqrt(C)
+    trace_sel = (np.eye(c) / c**0.5).reshape(c, c, 1, 1)
+    scale = e.einsum("nij,ijab->nab", gram, e.const("trace_sel", trace_sel))  # trace / sqrt(C), [N, 1, 1]
     gs_ = e.op("Add", [e.op("Div", [gram, scale]), e.eye(c, SHIFT * c**0.5)])
     q = deflated_basis(e, gs_, c, kb, cfg.iters)
     b = e.einsum("nci,ncj->nij", q, e.matmul(gs_, q))
@@ -173,11 +214,21 @@ def build_asvp(graph: gs.Graph, x: gs.Variable, cfg: AsvpConfig, channels: int, 
     c = channels
 
     m = e.op("Reshape", [x, e.const("shape_nc_", np.array([0, c, -1], np.int64))], label="to_matrix")
-    gram = e.op("Add", [e.op("MatMul", [m, e.transpose(m)], label="gram"), e.eye(c, SIGMA)])
+    gram = e.op("Add", [scaled_gram(e, m), e.eye(c, SIGMA)])
     u, amplified = top_directions(e, gram, cfg, c)
     weight = e.scalar(cfg.h - 1.0) if amplified is None else \
         e.op("Where", [amplified, e.scalar(cfg.h - 1.0), e.scalar(0.0)])
     return apply_update(e, x, m, u, e.op("Mul", [u, weight]), c)
+
+
+def scaled_gram(e: Emitter, m):
+    """(M r)(M r)^T with r = GRAM_SCALE / max(max|M|, FEATURE_FLOOR) per sample [N, 1, 1]: every entry of M r is at
+    most GRAM_SCALE, so the product stays inside float16's range whatever the feature's scale (asvp.subspace)."""
+    peak = e.reduce("ReduceMax", e.op("Abs", [m], label="feature_abs"), 1, 2, label="feature_max")
+    r = e.op("Div", [e.scalar(GRAM_SCALE), e.op("Max", [peak, e.scalar(FEATURE_FLOOR)], label="gram_input")],
+             label="gram_input")
+    ms = e.op("Mul", [m, r], label="gram_input")
+    return e.op("MatMul", [ms, e.op("Transpose", [ms], {"perm": [0, 2, 1]}, label="gram_t")], label="gram")
 
 
 def apply_update(e: Emitter, x, m, u, scaled, c: int):
@@ -189,7 +240,7 @@ def apply_update(e: Emitter, x, m, u, scaled, c: int):
         return e.op("Reshape", [e.op("MatMul", [p, m], label="apply"), e.op("Shape", [x])], label="to_feature")
     # Low rank, O(k C HW). The sum is taken with x itself (4-D), so the Add writes the output tensor directly: a
     # Reshape that produces a graph output (tap placement) is a full copy on ONNX Runtime, a Reshape inside is free.
-    coeffs = e.op("MatMul", [e.transpose(u), m], label="apply")
+    coeffs = e.op("MatMul", [e.op("Transpose", [u], {"perm": [0, 2, 1]}, label="apply_t"), m], label="apply")
     delta = e.op("Reshape", [e.op("MatMul", [scaled, coeffs], label="apply"), e.op("Shape", [x])], label="delta")
     return e.op("Add", [x, delta], label="to_feature")  # the block's output node is always named to_feature
 

@@ -11,6 +11,10 @@ Sessions are normally built by runtime.engines.sessions.SessionFromOnnx, which c
 nodes. ONNX Runtime reads the attributes once per node when it creates the kernel and passes them to the Python
 function on every call, so several AsvpPerturb nodes with different k/h in one model each get their own
 (tests check this). Python custom ops run on ONNX Runtime's CPU execution provider only.
+
+Precision: float32 only, as the contract declares (inputs and outputs registered as dt_float); the kernel
+computes in float64. A float16/bfloat16 model would need its own registration and a Cast around the node:
+not offered, since this reference runs on the CPU, where reduced precision buys nothing.
 """
 from __future__ import annotations
 

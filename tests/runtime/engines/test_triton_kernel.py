@@ -235,6 +235,26 @@ def test_half_precision_inputs(dtype, tol):
     check_parity(x, ADAPTIVE, tol=tol, fused=True)
 
 
+@pytest.mark.parametrize("scale", [100.0, 1e-3])
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-3), (torch.bfloat16, 8e-3)])
+def test_half_precision_inputs_at_activation_scales(dtype, tol, scale):
+    """fp16/bf16 features scaled x100 and x1e-3 (issue 26): the kernels read them as fp32, so no inf/NaN and the
+    same accuracy as at x1."""
+    x = feature([spectral(decay(32), 64, seed=10, scale=scale)], 8, 8, dtype=dtype)
+    assert_well_posed(x, ADAPTIVE)
+    check_parity(x, ADAPTIVE, tol=tol, stats=False)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-3), (torch.bfloat16, 8e-3)])
+def test_half_precision_gram_beyond_fp16_range(dtype, tol):
+    """A feature whose Gram entries (up to 2.5e5) exceed float16's 65,504: the Gram accumulates and stays in fp32."""
+    x = feature([spectral(decay(16), 4096, seed=11, scale=800.0)], 64, 64, dtype=dtype)
+    m = x.reshape(16, -1)
+    assert not torch.isfinite(m.half() @ m.half().T).all()  # what a float16 Gram would give
+    assert_well_posed(x, ADAPTIVE)
+    check_parity(x, ADAPTIVE, tol=tol, stats=False)
+
+
 def test_split_gram_reduction_and_odd_sizes(monkeypatch):
     """Several partials and several tiles per program (MAX_SPLITS lowered), H * W not a multiple of the tile."""
     monkeypatch.setattr(launch, "MAX_SPLITS", 2)

@@ -170,7 +170,7 @@ def build_engine(onnx_path, engine_path, *, min_shape=None, opt_shape=None, max_
     pinned: list[dict] = []
     pinning = precision.pins_wanted(opts, plan.pinnable)
     if pinning:
-        network = precision.pin_network(network, trt, pinned, plan.onnx_path)
+        network = precision.pin_network(network, trt, pinned, plan.onnx_path, precision.reduced_asvp(opts))
     config_kw = {"fp16": bool(opts.fp16), "int8": bool(opts.int8), "profiles": [plan.profile.to_polygraphy()],
                  **({"bf16": True} if opts.bf16 else {}), **({"precision_constraints": "obey"} if pinning else {}),
                  **portability.config_kwargs(trt, opts)}
@@ -221,9 +221,10 @@ def _option_notes(opts: EngineOptions) -> list[str]:
     """What the user should know about the options chosen (all UNVERIFIED with a real TensorRT)."""
     notes = []
     if opts.reduced:
-        where = ("pinned to fp32 by layer-precision constraints" if opts.asvp_precision == "fp32"
-                 else "left to the reduced precision (--asvp-precision reduced)")
-        notes.append(f"reduced precision: ASVP and fingerprint-mark layers {where}; UNVERIFIED with a real TensorRT")
+        where = ("ASVP and fingerprint-mark layers pinned to fp32 by layer-precision constraints"
+                 if opts.asvp_precision == "fp32" else "the mark and the ASVP feature passes left to the reduced "
+                 "precision, the ASVP solve pinned to fp32 (--asvp-precision reduced)")
+        notes.append(f"reduced precision: {where}; UNVERIFIED with a real TensorRT")
     if opts.hardware_compatibility != "none" or opts.version_compatible:
         notes.append("portable engine (hardware/version compatibility): UNVERIFIED with a real TensorRT; such "
                      "engines can be slower than plain ones")

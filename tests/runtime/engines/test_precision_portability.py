@@ -149,7 +149,8 @@ def test_node_counts_and_precision_refusals(tmp_path):
     assert precision.pins_wanted(EngineOptions(fp16=True), counts)
     assert precision.pins_wanted(EngineOptions(bf16=True), counts) and precision.pins_wanted(EngineOptions(int8=True), counts)
     assert not precision.pins_wanted(EngineOptions(), counts), "fp32 engines need no constraint"
-    assert not precision.pins_wanted(EngineOptions(fp16=True, asvp_precision="reduced"), counts)
+    assert precision.pins_wanted(EngineOptions(fp16=True, asvp_precision="reduced"), counts), "the solve stays fp32"
+    assert not precision.pins_wanted(EngineOptions(fp16=True, asvp_precision="reduced"), {"asvp": 0, "mark": 1})
     assert not precision.pins_wanted(EngineOptions(fp16=True), {"asvp": 0, "mark": 0}), "clean model: nothing to pin"
 
 
@@ -204,13 +205,34 @@ def test_fp16_build_pins_and_records_them(fake_tensorrt, trt_layers, marked_path
     assert prec["pinned_fp32"]["asvp"]["onnx_nodes"] == 2 and "fp16's range" in prec["pinned_fp32"]["asvp"]["reason"]
     assert prec["pinned_fp32"]["mark"]["layers"] == ["asvp_fp/add"] and prec["verified"] is False
     assert any("pinned 3 ASVP/mark layer(s)" in line for line in res.summary_lines())
-    # reduced: no constraint, nothing pinned, and the sidecar says so
+    # reduced: the mark and the feature passes follow the engine's precision; the ASVP solve stays fp32
     calls["network"] = marked_network(trt_layers)
     api.build_engine(marked_path, tmp_path / "r.engine", bf16=True, asvp_precision="reduced")
-    assert calls["config"]["bf16"] is True and "precision_constraints" not in calls["config"]
-    assert calls["network"].layers[1].precision is None
+    assert calls["config"]["bf16"] is True and calls["config"]["precision_constraints"] == "obey"
+    by_name = {layer.name: layer for layer in calls["network"].layers}
+    assert by_name["asvp_fp/add"].precision is None  # the mark
     prec = read_sidecar(tmp_path / "r.engine")["precision"]
-    assert prec["asvp_precision"] == "reduced" and prec["pinned_fp32"] == {} and prec["constraints"] is None
+    assert prec["asvp_precision"] == "reduced" and list(prec["pinned_fp32"]) == ["asvp-solve"]
+
+
+def test_reduced_asvp_pins_the_solve_only(trt_layers):
+    """Under --asvp-precision reduced the passes over the feature (graph_passes.subgraph.is_feature_pass: the scaled
+    Gram, the apply) are left to the reduced precision; the C x C solve's layers, and helper layers whose names the
+    subgraph did not emit, are pinned to fp32; the mark is not pinned."""
+    import types
+
+    trt = types.SimpleNamespace(DataType=types.SimpleNamespace(FLOAT="FLOAT", HALF="HALF", BF16="BF16"))
+    t = trt_layers
+    net = t.Network([t.Layer("asvp/0/gram_3", "MATRIX_MULTIPLY", [("asvp/0/gram_3:0", "FLOAT")]),
+                     t.Layer("asvp/0/apply_40", "MATRIX_MULTIPLY", [("asvp/0/apply_40:0", "FLOAT")]),
+                     t.Layer("asvp/0/sq_12", "MATRIX_MULTIPLY", [("asvp/0/sq_12:0", "FLOAT")]),
+                     t.Layer("ONNXTRT_cast_7", "CAST", [("asvp/0/helper", "FLOAT")]),
+                     t.Layer("asvp_fp/add", "ELEMENTWISE", [("asvp_fp/marked", "FLOAT")])])
+    pinned = precision.pin_layers(trt, net, reduced=True)
+    assert pinned == [{"layer": "asvp/0/sq_12", "group": "asvp-solve"},
+                      {"layer": "ONNXTRT_cast_7", "group": "asvp-solve"}]
+    assert precision.in_solve("asvp/0/sq_12") and not precision.in_solve("asvp/0/gram_3:0")
+    assert not precision.in_solve("conv1")
 
 
 def test_pinning_refuses_a_network_without_the_named_layers(fake_tensorrt, marked_path, tmp_path):

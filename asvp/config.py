@@ -60,7 +60,7 @@ class AsvpConfig:
     k: int = 4
     k_mode: str = "adaptive"
     tau: float = 0.9
-    iters: int = 4  # <= 6e-5 relative error at every candidate node of the bundled teachers, 119 ONNX nodes (docs/method.md)
+    iters: int = 4  # <= 6e-5 relative error at every candidate node of the bundled teachers, 118 ONNX nodes at C <= 32 (docs/method.md)
     # "tap" is the shipped default because it is the only placement that kept the teacher's PSNR drop
     # <= 0.1 dB on all five bundled teachers in `asvp sweep` (inline costs 0.1-0.9 dB already at h = 1.02-1.1
     # on underwater and derain). No configuration measured so far gives a student drop above seed noise

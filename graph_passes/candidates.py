@@ -15,8 +15,9 @@ candidate when it is
      which reaches, within a few reshape/split/scale/normalise steps, a MatMul of two image-computed tensors next
      to a Softmax (q @ k^T, softmax @ v) is a q/k/v projection, even when laid out N,C,H,W (OmniSR's and
      Restormer's qkv convolutions). As a secondary hint, a node whose name's scope (the module path torch's
-     exporters write, e.g. /layers.0/blocks.0/attn/...) has a part containing "attn" or "attention" is not one
-     either (HAT's overlapping cross-attention unfolds its q/k/v maps, which no short path follows);
+     exporters write, e.g. /layers.0/blocks.0/attn/...) has a part containing "attn" or "attention", or named
+     as a q/k/v projection (qkv, to_qv, kv ...), is not one either (HAT's overlapping cross-attention unfolds its
+     q/k/v maps, which no short path follows; SeemoRe's to_qv modulates by a product, without a Softmax);
   5. not the node producing the output image: a tensor with 3 channels, or the output's channel count, that
      becomes an image output through elementwise, resize or crop ops only. Perturbing it perturbs the served image
      itself; an explicit --nodes NAME for it is refused unless --force-nodes.
@@ -51,7 +52,8 @@ MIN_CHANNELS = 4  # ASVP needs k < C and k >= 1; fewer channels leave nothing wo
 IMAGE_CHANNELS = 3  # rule 5: an RGB image, whatever the model's output says
 TAP_OUTPUT_PREFIX = "asvp_tap_"  # graph_passes.defend's extra outputs: features, not images
 # Rule 4's secondary hint: scopes (module paths in node names, as torch's exporters write them) of attention blocks
-ATTENTION_SCOPE = re.compile(r"attn|attention", re.IGNORECASE)
+# and of q/k/v projections (SeemoRe's `to_qv` modulates by a product, not a Softmax, so no structure shows it)
+ATTENTION_SCOPE = re.compile(r"attn|attention|^(to_)?(q|k|v|qk|qv|kv|qkv)(_dwconv)?$", re.IGNORECASE)
 ATTENTION_PROBLEM = ("it feeds only attention products (a q/k/v projection: every use reaches a MatMul with a "
                      "Softmax through reshapes, splits and scales), not the network's features")
 IMAGE_PROBLEM = ("it produces the output image {out!r} ({c} channels, through elementwise/resize ops only): "
@@ -116,7 +118,7 @@ def _label(shape: tuple, runs: list[tuple] | None, probe: Probe, symbols, batch_
     probes (the numbers themselves for a model probed at its own fixed size); ONNX Runtime's symbolic dims (with
     asvp's own stand-in symbols renamed) when there is no probe."""
     if runs is None:
-        rename = {sym: plain for sym, plain in zip(symbols, SYMBOLS) if isinstance(sym, str) and sym.startswith("asvp_")}
+        rename = {s: plain for s, plain in zip(symbols, SYMBOLS) if isinstance(s, str) and s.startswith("asvp_")}
         return tuple(rename.get(d, d) if isinstance(d, str) else d for d in shape)
     a = runs[0]
     n = 1 if batch_fixed else "N"
@@ -175,8 +177,8 @@ def _problem(node, t: str, probe: Probe, shapes, reached, symbols, min_channels,
     if problem is None and uses.attention_input(t):
         problem = ATTENTION_PROBLEM
     if problem is None and (scope := attention_scope(node.name)):
-        problem = (f"it lies inside the attention block {scope!r} (q/k/v projections and their windows, even "
-                   "when laid out N,C,H,W, are not the network's features)")
+        problem = (f"it lies inside the attention or q/k/v projection module {scope!r} (q/k/v projections and their "
+                   "windows, even when laid out N,C,H,W, are not the network's features)")
     return problem
 
 

@@ -96,9 +96,8 @@ def _session(model: onnx.ModelProto, tensors: list[str]):
 def probe_shapes(model: onnx.ModelProto, image: str, tensors: list[str], batch2: bool = True,
                  fixed_hw: tuple[int, int] | None = None) -> Probe:
     """Each tensor's shape at the probe_sizes, by running the model (CPU); at its own fixed size `fixed_hw` (the
-    exported input's H, W) when it cannot run at the probe sizes."""
-    if not tensors:
-        return Probe({})
+    exported input's H, W) when it cannot run at the probe sizes. With no tensors, whether it runs at all (its
+    outputs are read), so that a model with nothing to analyse still says why."""
     try:
         m, sess = _session(model, tensors)
     except Exception as exc:
@@ -108,7 +107,7 @@ def probe_shapes(model: onnx.ModelProto, image: str, tensors: list[str], batch2:
     rng = np.random.default_rng(0)
 
     def run(size):
-        return sess.run(tensors, _feed(m, image, *size, rng), quiet)
+        return sess.run(tensors or None, _feed(m, image, *size, rng), quiet)
 
     why = None
     for attempt in range(3):

@@ -18,7 +18,8 @@ import onnx
 ATTENTION_PATH_OPS = {"Reshape", "Transpose", "Split", "Slice", "Gather", "Squeeze", "Unsqueeze", "Flatten",
                       "Identity", "Cast", "Mul", "Div", "Add", "Sub", "Sqrt", "Pow", "ReduceL2", "ReduceSumSquare",
                       "ReduceMean", "ReduceSum", "Clip", "Max", "Expand", "LayerNormalization", "Dropout", "Abs"}
-ATTENTION_HOPS = 8  # OmniSR: conv -> dwconv -> Split -> Reshape -> ReduceL2 -> Clip -> Expand -> Div -> MatMul
+# OmniSR's k: dwconv -> Slice, Reshape, Transpose, Reshape, ReduceL2, Clip, Expand, Div, Transpose -> MatMul
+ATTENTION_HOPS = 10
 SOFTMAX_HOPS = 4  # between the product and its Softmax: scale, bias/mask, reshape
 # ops that leave the image an image (the candidate rule's rule 5: the node producing the output image)
 IMAGE_PATH_OPS = {"Add", "Sub", "Mul", "Div", "Clip", "Relu", "LeakyRelu", "PRelu", "Sigmoid", "Tanh",

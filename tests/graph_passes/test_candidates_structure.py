@@ -155,7 +155,8 @@ def _nhwc_model(path) -> str:
     w = helper.make_tensor("w", TensorProto.FLOAT, [8, 3, 3, 3], np.zeros(8 * 27, np.float32).tolist())
     nodes = [helper.make_node("Transpose", ["input"], ["x"], perm=[0, 3, 1, 2]),
              helper.make_node("Conv", ["x", "w"], ["output"], pads=[1, 1, 1, 1])]
-    g = helper.make_graph(nodes, "nhwc", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", "H", "W", 3])],
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", "H", "W", 3])
+    g = helper.make_graph(nodes, "nhwc", [x],
                           [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)], [w])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return str(path)
@@ -204,3 +205,32 @@ def test_dim_labels():
     assert dim_label([(32, 16), (96, 48), (33, 17)], "H") == "ceil(H/2)"
     assert dim_label([(32, 34), (96, 98), (33, 35)], "H") == "H + 2"
     assert dim_label([(32, 32), (96, 96)], "W") == "W"  # without the off-multiple probe: what was measured
+
+
+def _spandrel(name: str) -> nn.Module:
+    from asvp.exporter.spandrel_loader import import_spandrel
+
+    import_spandrel()
+    import spandrel.architectures as A
+
+    torch.manual_seed(0)
+    return {"OmniSR": lambda: A.OmniSR.OmniSR(num_feat=16, block_num=1, window_size=8, res_num=1, up_scale=2),
+            "KBNet": lambda: A.KBNet.KBNet_l(dim=24, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1,
+                                             heads=[1, 1, 1, 1]),
+            "SeemoRe": lambda: A.SeemoRe.SeemoRe(scale=2, num_experts=2, num_layers=1, embedding_dim=16,
+                                                 global_kernel_size=5)}[name]()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,projection", [("OmniSR", "qkv_dwconv"), ("KBNet", "qkv_dwconv"), ("SeemoRe", "to_qv")])
+def test_real_attention_projections_are_not_candidates(tmp_path, arch, projection):
+    """OmniSR's and KBNet's (Restormer's) q/k/v convolutions, laid out N,C,H,W and the widest maps of their blocks,
+    are refused by structure (KBNet's sit in a module named `ffn`); SeemoRe's `to_qv` (a product, no Softmax)
+    by its name."""
+    model = onnx.load(_export(_spandrel(arch), tmp_path / "m.onnx", (1, 3, 32, 40)))
+    rows = [(c, p) for c, p in classify(model) if f"/{projection}/" in c.name]
+    assert rows and all(p for _, p in rows), [(c.name, p) for c, p in rows if not p]
+    if arch != "SeemoRe":
+        assert all(p == ATTENTION_PROBLEM for _, p in rows)
+    (auto,) = select.resolve(model, None)
+    assert "qkv" not in auto.name and "to_qv" not in auto.name, auto.name

@@ -234,3 +234,41 @@ def test_real_attention_projections_are_not_candidates(tmp_path, arch, projectio
         assert all(p == ATTENTION_PROBLEM for _, p in rows)
     (auto,) = select.resolve(model, None)
     assert "qkv" not in auto.name and "to_qv" not in auto.name, auto.name
+
+
+def test_validate_measures_a_padded_tap(tmp_path):
+    """Validation reads the tap and the clean model's same tensor at the padded size (32 x 56 for a 29 x 50 image):
+    a padded tap is measured like any other."""
+    from skimage import io
+
+    torch.manual_seed(0)
+    clean = _export(Padded(), tmp_path / "p.onnx", (1, 3, 29, 50))
+    res = api.defend(clean, tmp_path / "p.asvp.onnx", nodes=["/Add"])
+    rng = np.random.default_rng(0)
+    for sub in ("input", "target"):
+        (tmp_path / "pairs" / sub).mkdir(parents=True)
+        for i in range(2):
+            io.imsave(tmp_path / "pairs" / sub / f"img{i}.png", (rng.random((29, 50, 3)) * 255).astype(np.uint8),
+                      check_contrast=False)
+    out = api.validate(clean, res.path, task="underwater", images=tmp_path / "pairs", progress=False)
+    (tap,) = out.tap
+    assert out.output_max_abs_diff == 0.0 and tap["rel_change"]["mean"] > 0
+    assert out.per_image[0]["input_shape"] == [1, 3, 29, 50]
+
+
+def test_feature_attack_aligns_to_a_padded_tap():
+    """The attacker's feature distillation matches a padded teacher feature (32 x 56 for a 29 x 50 query) to the
+    student layer of the image's size, on the top-left crop where the image is (the padding goes bottom/right)."""
+    from asvp.runtime.evaluation.students import (TrainBudget, build_student, match_hints, student_points,
+                                                  train_student)
+
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 3, 29, 50), dtype=np.float32)
+    feat = rng.random((4, 8, 32, 56), dtype=np.float32)
+    meta = [{"name": "/Add", "hw": (32, 56), "depth": 0.5}]
+    student = build_student("underwater", 0, "default")
+    (name,) = match_hints(student, (1, 3, 29, 50), [{**meta[0], "channels": 8}])
+    assert dict(student_points(student, (1, 3, 29, 50)))[name][2:] == (29, 50)
+    _, record = train_student("underwater", x, x, seed=0, budget=TrainBudget(steps=2, batch=2), feats=[feat],
+                              feat_meta=meta, progress=False)
+    assert record["hint_layers"] == [{"teacher": "/Add", "student": name}]

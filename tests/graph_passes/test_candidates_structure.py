@@ -26,13 +26,6 @@ def _export(model: nn.Module, path, shape=(1, 3, 24, 24), dynamic: bool = True) 
     return str(path)
 
 
-def _one_line_error(capsys, argv) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("asvp: error: "), err
-    return err
-
-
 class ChannelAttention(nn.Module):
     """Restormer's transposed attention: a 1x1 conv and a depthwise conv make q, k, v as [N, C, H, W] maps."""
 
@@ -107,14 +100,7 @@ def test_output_image_node_is_never_chosen(tmp_path):
         select.resolve(model, ["/Add"])
     (forced,) = select.resolve(model, ["/Add"], force_nodes=True)  # experts may insist
     assert forced.name == "/Add"
-
-
-def test_output_node_of_the_bundled_teacher_is_refused(exported, tmp_path, capsys):
-    sr = exported("sr")
-    err = _one_line_error(capsys, ["defend", sr, "-o", str(tmp_path / "d.onnx"), "--nodes", "output", "--k", "2"])
-    assert "output image" in err and "--force-nodes" in err
-    assert not (tmp_path / "d.onnx").exists()
-    assert main(["defend", sr, "-o", str(tmp_path / "d.onnx"), "--nodes", "output", "--k", "2", "--force-nodes"]) == 0
+    # the CLI's one-line refusal (the bundled sr teacher's `--nodes output`) is a row of tests/cli/test_bad_input.py
 
 
 class Windowed(nn.Module):

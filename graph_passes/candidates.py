@@ -165,7 +165,8 @@ def _problem(node, t: str, probe: Probe, shapes, reached, symbols, min_channels,
         return "it is not computed from the image input (a weight, a constant, or computed only from them)"
     shape = shapes.get(t, ())
     channels = runs[0][1] if runs and len(runs[0]) == 4 else (shape[1] if len(shape) == 4 else None)
-    out = uses.image_output(t, set(images))
+    image_like = channels == IMAGE_CHANNELS or channels in images.values()  # the walk only when it can matter
+    out = uses.image_output(t, set(images)) if image_like else None
     if out is not None and channels in (IMAGE_CHANNELS, images[out]):
         return IMAGE_PROBLEM.format(out=out, c=channels)
     if t in graph_outputs:

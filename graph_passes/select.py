@@ -32,7 +32,7 @@ import re
 import onnx
 
 from asvp.errors import AsvpError
-from asvp.graph_passes.candidates import FeatureNode, MIN_CHANNELS, classify, feature_candidates
+from asvp.graph_passes.candidates import Analysis, FeatureNode, MIN_CHANNELS, analyse, classify
 from asvp.graph_passes.plugin_contract import PLUGIN_OP, identity_surrogate
 
 ASVP_PREFIX = "asvp/"  # every node asvp inserts is named asvp/<n>/...
@@ -44,20 +44,33 @@ def is_asvp_node(node: onnx.NodeProto) -> bool:
     return node.name.startswith(ASVP_PREFIX) or node.op_type == PLUGIN_OP
 
 
+def _analysis(model: onnx.ModelProto, input_name: str | None) -> tuple[list[FeatureNode], Analysis]:
+    found = analyse(identity_surrogate(model), input_name=input_name)
+    return [c for c in found.candidates() if not is_asvp_node(model.graph.node[c.index])], found
+
+
 def candidates(model: onnx.ModelProto, input_name: str | None = None) -> list[FeatureNode]:
-    """Feature candidates, without ASVP's own inserted nodes. input_name: the image input (default: detected)."""
-    return [c for c in feature_candidates(identity_surrogate(model), input_name=input_name)
-            if not is_asvp_node(model.graph.node[c.index])]
+    """Feature candidates, without ASVP's own inserted nodes; a model without any is refused with the reason (an
+    empty list would read as "nothing to see"). input_name: the image input (default: detected)."""
+    cands, found = _analysis(model, input_name)
+    if not cands:
+        raise AsvpError(_no_candidates(found.none_reason()))
+    return cands
 
 
 def _nodes_hint() -> str:
     return "list the candidate feature nodes with `asvp nodes MODEL` (or asvp.api.list_nodes)"
 
 
-def automatic(cands: list[FeatureNode]) -> FeatureNode:
+def _no_candidates(reason: str | None) -> str:
+    return (f"the model has no candidate feature map (computed from the image, N,C,H,W with C >= {MIN_CHANNELS} "
+            f"fixed and H, W following the input's){': ' + reason if reason else ''}; see `asvp nodes --help`")
+
+
+def automatic(cands: list[FeatureNode], reason: str | None = None) -> FeatureNode:
+    """The automatic choice (this module's docstring); `reason`: why there is no candidate, for the error."""
     if not cands:
-        raise AsvpError(f"the model has no candidate feature map (computed from the image, N,C,H,W with C >= "
-                        f"{MIN_CHANNELS} fixed and H, W following the input's); see `asvp nodes --help`")
+        raise AsvpError(_no_candidates(reason))
     widest = max(c.channels for c in cands)
     wide = [c for c in cands if c.channels == widest]
     coarsest = min(c.area for c in wide)
@@ -88,7 +101,7 @@ def _by_name(model: onnx.ModelProto, sel: str, cands: list[FeatureNode], input_n
                 return f
             if problem:
                 raise AsvpError(f"node {node.name!r} ({node.op_type}, {list(shape) or 'shape unknown'}) is not a "
-                                f"feature map: {problem}; perturbing it means nothing. {_nodes_hint()} "
+                                f"feature map: {problem}. {_nodes_hint()} "
                                 "(--force-nodes takes it anyway, for experts)")
             return f
     raise AsvpError(f"no node or tensor named {sel!r} in the model; {_nodes_hint()}")
@@ -103,7 +116,7 @@ def resolve(model: onnx.ModelProto, selectors=None, *, input_name: str | None = 
     if isinstance(selectors, str):
         selectors = [selectors]
     selectors = [s for s in (selectors or []) if s is not None]
-    cands = candidates(model, input_name)
+    cands, analysis = _analysis(model, input_name)
     if not selectors:
         selectors = [AUTO]
     chosen: dict[str, FeatureNode] = {}
@@ -112,7 +125,7 @@ def resolve(model: onnx.ModelProto, selectors=None, *, input_name: str | None = 
             raise AsvpError(f"empty or invalid node selector {raw!r}; {_nodes_hint()}")
         sel = raw.strip()
         if sel == AUTO:
-            found = [automatic(cands)]
+            found = [automatic(cands, analysis.none_reason())]
         elif sel.startswith("re:"):
             try:
                 pattern = re.compile(sel[3:])

@@ -1,6 +1,7 @@
-"""What the candidate rule (graph_passes/candidates.py) reads from the graph without running it: which tensors are
-computed from the image input (rule 1), and their shapes from ONNX Runtime's symbolic shape inference, with the
-shape rule (rule 2) checked on those symbolic dims when the model cannot run at the probe sizes.
+"""What the candidate rule (graph_passes/candidates.py) reads from the graph without running it: the image input's
+layout (NCHW, or refused), which tensors are computed from the image input (rule 1), and their shapes from ONNX
+Runtime's symbolic shape inference, with the shape rule (rule 2) checked on those symbolic dims when the model
+cannot run at the probe sizes.
 """
 from __future__ import annotations
 
@@ -12,10 +13,33 @@ import tempfile
 import onnx
 import sympy
 
+from asvp.errors import AsvpError
 from asvp.onnx_utils import image_input
 
 SHAPE_ONLY_OPS = {"Shape", "Size"}  # their outputs describe the image's size, not its content
 SYMBOLS = ("N", "H", "W")  # the names people read for the image input's batch, height and width
+CHANNELS_LAST = (1, 3, 4)  # an image input whose last dim is one of these, and whose dim 1 is not, is NHWC
+MAX_CHANNELS_FIRST = 4  # a fixed dim 1 above this, with such a last dim, is a height, not a channel count
+
+
+def _dims(vi) -> list:
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in vi.type.tensor_type.shape.dim]
+
+
+def check_layout(vi) -> None:
+    """Refuse an NHWC image input ([N, H, W, C] with C = 1, 3 or 4 last and dim 1 dynamic or larger than 4): the
+    probes and the defence read dim 1 as the channels."""
+    dims = _dims(vi)
+    if len(dims) == 4 and dims[3] in CHANNELS_LAST and not (isinstance(dims[1], int) and dims[1] <= MAX_CHANNELS_FIRST):
+        raise AsvpError(f"the image input {vi.name!r} {dims} is NHWC (channels last); asvp needs NCHW [N, C, H, W]: "
+                        "export the model channels-first (or add a Transpose at its input)")
+
+
+def fixed_hw(model: onnx.ModelProto, image: str) -> tuple[int, int] | None:
+    """The image input's fixed (H, W) (an export with --static-size), None when either is dynamic."""
+    vi = next((i for i in model.graph.input if i.name == image), None)
+    dims = _dims(vi) if vi is not None else []
+    return (dims[2], dims[3]) if len(dims) == 4 and isinstance(dims[2], int) and isinstance(dims[3], int) else None
 
 
 def symbolic_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
@@ -57,6 +81,7 @@ def analysis_copy(model: onnx.ModelProto, input_name: str | None = None) -> tupl
     Fixed N/H/W of the image input become symbols, and stored intermediate/output shapes are dropped, so that the
     inference ties every shape to the input's symbols."""
     vi = image_input(model, input_name)
+    check_layout(vi)
     m = copy.deepcopy(model)
     del m.graph.value_info[:]
     for o in m.graph.output:

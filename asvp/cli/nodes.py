@@ -13,11 +13,16 @@ from asvp.cli.args import OutputArgs, add_groups
 RULE = ("A candidate is a node output that is (1) computed from the image input (not a weight, a constant, or "
         "something computed only from them), (2) a float tensor [N, C, H', W'] whose dim 0 is the input's batch, "
         "dim 1 a fixed channel count C >= 4, and dims 2 and 3 follow the input's height and width alone (H, 2*H, "
-        "H/2, ...), and (3) not a graph output, and (4) not inside an attention block (a node whose name's scope has "
-        "a part containing 'attn' or 'attention'). Attention tensors (q/k/v, scores, masks: windows, heads and "
-        "tokens in their dims) and token sequences are never candidates; in a transformer the candidates are the "
-        "N,C,H,W maps around its convolutions and patch (un)embedding. Dims 0, 2, 3 are checked by running the model "
-        "(ONNX Runtime, CPU) on three small inputs of different batch, height and width.")
+        "H/2, ceil(H/8)*8 for a model that pads inside, ...), (3) not a graph output, (4) not an attention input: "
+        "a tensor whose every use reaches a MatMul next to a Softmax through reshapes, splits and scales (a q/k/v "
+        "projection; names with 'attn', 'attention' or q/k/v projection names (qkv, to_qv) in their scope are a "
+        "secondary hint), and (5) not the node producing the output image (3 channels or the output's, reaching it through elementwise or resize ops "
+        "only; refused as --nodes NAME too unless --force-nodes). Attention tensors (q/k/v, scores, masks: "
+        "windows, heads and tokens in their dims) and token sequences are never candidates; in a transformer the "
+        "candidates are the N,C,H,W maps around its convolutions and patch (un)embedding. Dims 0, 2, 3 are checked "
+        "by running the model (ONNX Runtime, CPU) on small inputs of different batch, height and width; a model "
+        "exported at a fixed size (--static-size) is run at that size. An NHWC model is refused (asvp needs "
+        "NCHW), and so is a model with no candidate at all, with the reason.")
 LEGACY = {"--cost": "node-cost", "--absorbability": "absorbability"}  # old `asvp nodes` flags -> their commands
 
 

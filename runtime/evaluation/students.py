@@ -168,10 +168,17 @@ def student_points(model: nn.Module, in_shape: tuple) -> list[tuple[str, tuple]]
     return out
 
 
+def padded_of(student_hw: tuple, teacher_hw: tuple) -> bool:
+    """The teacher's feature is the student's size padded at the bottom/right (less than doubled), as in a model
+    that pads its input to a multiple inside (asvp nodes labels it ceil(H/8)*8)."""
+    return all(s <= t < 2 * s for s, t in zip(student_hw, teacher_hw))
+
+
 def match_hints(model: nn.Module, in_shape: tuple, teacher_feats: list[dict], same_width: bool = False) -> list[str]:
     """For each teacher feature {shape (H, W of a query), depth in [0, 1]}, the student point to align.
 
-    Same spatial size is required, and the student's full width at that size (so a narrow output projection,
+    Same spatial size is required (or the teacher's is the student's padded: padded_of; training then crops the
+    teacher feature to the student's size), and the student's full width at that size (so a narrow output projection,
     e.g. the conv before a pixel shuffle, is never forced to carry trunk features); among those, the nearest
     relative depth wins. same_width (no adapter): only points whose channel count is the teacher feature's
     (tf["channels"]).
@@ -180,6 +187,8 @@ def match_hints(model: nn.Module, in_shape: tuple, teacher_feats: list[dict], sa
     chosen = []
     for tf in teacher_feats:
         same = [(i, n, s[1]) for i, (n, s) in enumerate(points) if tuple(s[-2:]) == tuple(tf["hw"])]
+        if not same:  # a teacher that pads inside (ceil(H/8)*8): the student's size is its top-left corner
+            same = [(i, n, s[1]) for i, (n, s) in enumerate(points) if padded_of(tuple(s[-2:]), tuple(tf["hw"]))]
         if same_width:
             widths = sorted({c for _, _, c in same})
             same = [p for p in same if p[2] == tf["channels"]]
@@ -238,6 +247,7 @@ def train_student(task: str, inputs: np.ndarray, targets: np.ndarray, *, seed: i
         meta = [{**m, "channels": f.shape[1]} for m, f in zip(feat_meta, feats)]
         hint_names = match_hints(student, in_shape, meta, same_width=wide)
         points = dict(student_points(student, in_shape))
+        feats = [f[..., :points[n][2], :points[n][3]] for n, f in zip(hint_names, feats)]  # padded teachers' crop
         torch.manual_seed(seed + 7919)
         for name, f in zip(hint_names, feats):
             adapters.append(nn.Conv2d(points[name][1], f.shape[1], 1) if budget.adapter else nn.Identity())

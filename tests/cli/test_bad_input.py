@@ -151,6 +151,13 @@ TABLE = [
     # issue 27.11 (export helper): commands that feed RGB pictures refuse a grey model, naming its channel count
     ("validate-grey-model", ["validate", "grey.onnx", "grey.onnx"], 2),
     ("profile-grey-model", ["profile", "grey.onnx"], 2),
+    # issue 27.3, 27.5, 27.6 (candidate analysis): the node producing the output image, an NHWC model, a model
+    # that cannot be analysed (ONNX Runtime cannot run it): one line saying why, never an empty table
+    ("defend-output-image-node", ["defend", "{m}", "-o", "x.onnx", "--nodes", "output", "--k", "2"], 2),
+    ("nodes-nhwc-model", ["nodes", "nhwc.onnx"], 2),
+    ("defend-nhwc-model", ["defend", "nhwc.onnx", "-o", "x.onnx"], 2),
+    ("nodes-unanalysable-model", ["nodes", "opaque.onnx"], 2),
+    ("defend-unanalysable-model", ["defend", "opaque.onnx", "-o", "x.onnx"], 2),
 ]
 
 
@@ -193,6 +200,7 @@ def workdir(exported, tmp_path_factory):
     (root / "link.onnx").symlink_to("m.onnx")
     _contract_files(root)
     _grey_model(root / "grey.onnx")  # issue 27.11
+    _candidate_models(root)  # issue 27 (candidate analysis)
     return root
 
 
@@ -374,3 +382,27 @@ def test_bad_input_is_one_line_without_a_writable_home(workdir):
     assert r.returncode == 2, r.stderr
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("asvp: error: "), r.stderr
     assert _snapshot(workdir) == before
+
+
+def _candidate_models(root: Path) -> None:
+    """Issue 27's candidate-analysis rows: nhwc.onnx ([N, H, W, 3] input) and opaque.onnx (a custom op ONNX
+    Runtime does not know between the image and the convolutions)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    def conv(name, cin, cout):
+        return helper.make_tensor(name, TensorProto.FLOAT, [cout, cin, 3, 3], np.zeros(cout * cin * 9).tolist())
+
+    def save(first, dims, name, domains=()):
+        nodes = [first, helper.make_node("Conv", ["x", "w1"], ["f"], pads=[1, 1, 1, 1]),
+                 helper.make_node("Relu", ["f"], ["g"]),
+                 helper.make_node("Conv", ["g", "w2"], ["output"], pads=[1, 1, 1, 1])]
+        g = helper.make_graph(nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, dims)],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, None)],
+                              [conv("w1", 3, 8), conv("w2", 8, 3)])
+        opsets = [helper.make_opsetid("", 17)] + [helper.make_opsetid(d, 1) for d in domains]
+        onnx.save(helper.make_model(g, opset_imports=opsets), str(root / f"{name}.onnx"))
+
+    save(helper.make_node("Transpose", ["input"], ["x"], perm=[0, 3, 1, 2]), ["N", "H", "W", 3], "nhwc")
+    save(helper.make_node("Opaque", ["input"], ["x"], domain="x.custom"), ["N", 3, "H", "W"], "opaque", ["x.custom"])

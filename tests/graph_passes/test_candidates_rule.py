@@ -157,9 +157,11 @@ def test_noise_level_scalar_input_is_not_the_image(tmp_path):
     assert [n.channels for n in nodes] and all(n.channels == 8 for n in nodes)
 
 
-def test_fixed_size_model_falls_back_to_symbolic_shapes(tmp_path):
-    """A model exported at one fixed size, with a constant Reshape inside, cannot run at the probe sizes: the rule is
-    then read from ONNX Runtime's symbolic shapes (the input's fixed N/H/W made symbolic)."""
+def test_fixed_size_model_is_probed_at_its_size_and_else_read_symbolically(tmp_path, monkeypatch):
+    """A model exported at one fixed size, with a constant Reshape inside, cannot run at the probe sizes: it is
+    probed at its own size (issue 27: the map after the Reshape is then a 16x16 feature, shown with its numbers).
+    A model ONNX Runtime cannot run at all is read from ONNX Runtime's symbolic shapes (the
+    input's fixed N/H/W made symbolic), where the map after the constant Reshape is not tied to the input."""
     class Fixed(nn.Module):
         def __init__(self):
             super().__init__()
@@ -179,7 +181,17 @@ def test_fixed_size_model_falls_back_to_symbolic_shapes(tmp_path):
     from asvp.graph_passes.symbolic import analysis_copy
 
     m, name, _ = analysis_copy(model)
-    assert probe_shapes(m, name, [model.graph.node[0].output[0]])[0] is None  # cannot run at other sizes
+    assert probe_shapes(m, name, [model.graph.node[0].output[0]]).shapes is None  # cannot run at other sizes
+    assert probe_shapes(m, name, [model.graph.node[0].output[0]], batch2=False,
+                        fixed_hw=(16, 16)).fixed
+    cands = {c.name: c for c in select.candidates(model)}
+    mul = next(n for n in cands if "Mul" in n)
+    assert cands[mul].shape == (1, 8, 16, 16) and cands["/a/Conv"].shape == (1, 8, 16, 16)
+
+    from asvp.graph_passes import candidates
+    from asvp.graph_passes.probe import Probe
+
+    monkeypatch.setattr(candidates, "probe_shapes", lambda *a, **k: Probe(None, why="it cannot run"))
     rows = {c.name: p for c, p in classify(model)}
     before = [n for n, p in rows.items() if p is None]
     assert before and all("Reshape" not in n and "Mul" not in n for n in before), rows

@@ -7,7 +7,7 @@
                 bf16 on CUDA against the same module in float64: relative error of the output, non-finite
                 outputs, timing. Skipped, with the reason, when onnx2torch is not importable (it is optional)
 
-gpu.py calls `kernel_rows` and `model_rows` with its own measure/device (tests swap in CPU stand-ins) and appends
+gpu.py calls `kernel_rows` and `model_rows` with gpu_timing's measure/device (tests swap in CPU stand-ins) and appends
 `markdown(section)` to its report. Nothing here has run on a GPU yet.
 """
 from __future__ import annotations

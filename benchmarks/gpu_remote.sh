@@ -39,6 +39,6 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || true
     "$REPO/tests/runtime/engines/test_triton_kernel.py") \
     2>&1 | tee "$OUTDIR/kernel-tests.log"
 # As a script, not `python3 -m benchmarks.gpu`, for the same reason (gpu.py imports nothing else from benchmarks/
-# but its sibling gpu_precision.py, found beside it). Its fp16/bf16 section runs the defended models through
+# but its sibling gpu_*.py modules, found beside it). Its fp16/bf16 section runs the defended models through
 # onnx2torch (from .whl/); without it that part is skipped, with the reason, and the kernel part still runs.
 timeout 420 python3 benchmarks/gpu.py --out-dir "$OUTDIR" "$@" 2>&1 | tee "$OUTDIR/gpu-run.log"

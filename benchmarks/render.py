@@ -77,7 +77,7 @@ def kernel_compile_markdown(res) -> list[str]:
 def gpu_markdown(gpu_dir) -> list[str]:
     """BENCHMARKS.md's GPU section: every committed benchmarks/gpu.py result (gpu-<device>.json in gpu_dir) against
     issue 11's targets, or a plain statement that there are none."""
-    from benchmarks import gpu
+    from benchmarks import gpu_report
 
     out = ["## GPU (`benchmarks/gpu.py`, measured on a GPU machine)", ""]
     files = sorted(Path(gpu_dir).glob("gpu-*.json"))
@@ -89,7 +89,7 @@ def gpu_markdown(gpu_dir) -> list[str]:
                       "`python -m benchmarks.run_all --render-only` rewrites this file with them (nothing re-measured).",
                       ""]
     for path in files:
-        out += [gpu.summary_markdown(json.loads(path.read_text())),
+        out += [gpu_report.summary_markdown(json.loads(path.read_text())),
                 f"Full tables: `benchmarks/results/{path.with_suffix('.md').name}`.", ""]
     return out
 

@@ -25,7 +25,7 @@ from asvp.tasks import TASKS  # noqa: E402
 from asvp.graph_passes import select  # noqa: E402
 from asvp.runtime.engines.kernels import triton_env  # noqa: E402
 
-from benchmarks import gpu, gpu_precision  # noqa: E402
+from benchmarks import gpu, gpu_paths, gpu_precision, gpu_report, gpu_timing  # noqa: E402
 
 SCRIPT = Path(gpu.__file__)
 
@@ -60,7 +60,7 @@ def test_summarize_events_counts_kernels_and_busy_time():
 
     events = [ev("conv", cuda, 10.0), ev("asvp_gram_kernel", cuda, 4.0), ev("Memset (Device)", cuda, 1.0),
               ev("aten::conv2d", cpu, 99.0)] * 2
-    assert gpu.summarize_events(events, reps=2) == {"kernels": 2.0, "memops": 1.0, "busy_us": 14.0}
+    assert gpu_timing.summarize_events(events, reps=2) == {"kernels": 2.0, "memops": 1.0, "busy_us": 14.0}
 
 
 def fake_env():
@@ -91,13 +91,13 @@ def test_pipeline_with_stand_in_timers(tmp_path, monkeypatch):
         def __call__(self, x):
             return torch.from_numpy(self.sess.run(None, {self.sess.get_inputs()[0].name: x.numpy()})[0])
 
-    monkeypatch.setattr(gpu, "DEVICE", "cpu")
-    monkeypatch.setattr(gpu, "measure", fake_measure)
+    monkeypatch.setattr(gpu_timing, "DEVICE", "cpu")
+    monkeypatch.setattr(gpu_timing, "measure", fake_measure)
     monkeypatch.setattr(gpu, "require_cuda", lambda: None)
     monkeypatch.setattr(gpu, "environment", fake_env)
-    monkeypatch.setattr(gpu, "pick_subgraph_runtime", lambda choice: "onnx2torch")
-    monkeypatch.setattr(gpu, "onnx2torch_module", OrtModule)
-    monkeypatch.setattr(gpu, "KERNEL_FEATURE", (1, 32, 16, 16))
+    monkeypatch.setattr(gpu_paths, "pick_subgraph_runtime", lambda choice: "onnx2torch")
+    monkeypatch.setattr(gpu_paths, "onnx2torch_module", OrtModule)
+    monkeypatch.setattr(gpu_paths, "KERNEL_FEATURE", (1, 32, 16, 16))
     monkeypatch.setattr(gpu_precision, "SCALES", (100.0,))  # one scale keeps the interpreter's time down
     args = gpu.parse_args(["--tasks", "sr", "--shapes", "1x3x16x16", "--iters", "1", "--out-dir", str(tmp_path)])
     res = gpu.run(args)
@@ -130,7 +130,7 @@ def test_placements_hook_the_nodes_defend_picks(exported):
     sees there is that node's output (ONNX Runtime on the clean export, 1x3x32x32)."""
     x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     for task in TASKS:
-        node, _, _ = gpu.PLACEMENTS[task]
+        node, _, _ = gpu_paths.PLACEMENTS[task]
         model = onnx.load(exported(task))
         auto = select.automatic(select.candidates(model))
         assert auto.name == node, (task, auto.name)
@@ -139,7 +139,7 @@ def test_placements_hook_the_nodes_defend_picks(exported):
         want = sess.run([auto.output], {sess.get_inputs()[0].name: x.numpy()})[0]
         teacher, _ = load_teacher(task)
         seen = {}
-        handle = gpu.hooked(teacher, task, lambda f: seen.setdefault("f", f))
+        handle = gpu_paths.hooked(teacher, task, lambda f: seen.setdefault("f", f))
         with torch.no_grad():
             teacher(x)
         handle.remove()
@@ -165,7 +165,7 @@ def _gpu_result():
 
 
 def test_summary_against_the_issue_targets():
-    md = gpu.summary_markdown(_gpu_result())
+    md = gpu_report.summary_markdown(_gpu_result())
     assert md.startswith("**Made-up GPU** (compute capability 9.0), driver 999.1")
     assert "| kernel alone, 1x32x256x256 | 42.0 us | <= 50 us | met | yes |" in md
     assert "| plugin path (torch + Triton kernel), sr, 1x3x256x256 | 1.080x | <= 1.05x | **not met** | no |" in md

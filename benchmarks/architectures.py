@@ -280,7 +280,8 @@ def render(results: dict) -> str:
         "Every restorer asvp has been tried on (spandrel architectures), end to end, as a user would: `asvp export "
         "x.pth`, `asvp nodes`, `asvp defend` with tap and with inline placement, and parity with torch at two sizes "
         "the export never traced. The weights are random and the configurations the smallest that still exercise "
-        "each architecture (one block per stage, widths 8-16, windows of 4: "
+        "each architecture (one block per stage, windows of 4, widths 8-16 where the architecture allows: DAT and RGT "
+        "need 32, SCUNet 64, RealCUGAN's are fixed; "
         "[benchmarks/tiny_architectures.py](../benchmarks/tiny_architectures.py)); nothing is downloaded. CI runs "
         "the same rows (`tests/exporter/test_architecture_table.py`) and fails when this page no longer matches them "
         "on the columns from *architecture* to *automatic node*.",

@@ -4,8 +4,8 @@ windows of 4. Random weights, seeded: nothing is downloaded.
 
 Each is built directly with its spandrel class; spandrel's loader must then recognise the saved state dict as the
 same architecture with the same hyperparameters (its detection reads them from the weights' shapes), which is what
-`asvp export x.pth` relies on. Fixed-size networks (RealCUGAN's UNets, SCUNet's 32-wide attention heads, KBNet's
-kernel bases) keep the sizes their code allows.
+`asvp export x.pth` relies on. Where the code fixes a width (RealCUGAN's UNets, SCUNet's 32-wide attention heads,
+DAT's and RGT's position-bias layers at 32) the configuration keeps the smallest it allows.
 """
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from benchmarks import architectures, tiny_architectures
 
 # spandrel's minimum sides, recorded by the export and respected by every parity size
 MIN_SIZES = {"HAT": 16, "DAT": 16, "SCUNet": 40, "OmniSR": 16, "RGT": 16, "Swin2SR": 16, "RealCUGAN": 32}
+SPANDREL_NAMES = {"RealPLKSR": "PLKSR"}  # spandrel's one architecture name for both
 
 
 CHECKED = [n for n in tiny_architectures.NAMES if n not in tiny_architectures.BLOCKED]
@@ -31,7 +32,7 @@ def test_architecture_exports_lists_defends_and_matches_torch(rows, arch):
         pytest.skip(f"fails today (issue {tiny_architectures.BLOCKED[arch]}); the harness's full run checks it")
     r = rows[arch]
     assert r["error"] is None, r["error"]
-    assert r["teacher"] == f"spandrel:{arch}" and r["meta_exporter"] == r["exporter"] in ("torchscript", "dynamo")
+    assert r["teacher"] == f"spandrel:{SPANDREL_NAMES.get(arch, arch)}" and r["meta_exporter"] == r["exporter"] in ("torchscript", "dynamo")
     assert r["flags"] == (" ".join(tiny_architectures.FLAGS.get(arch, ())) or "-"), \
         f"{arch} needs {r['flags']}: update tiny_architectures.FLAGS and regenerate the doc"
     static_batch = "--static-batch" in r["flags"]
@@ -73,3 +74,9 @@ def test_the_doc_check_reads_what_it_renders_and_sees_a_change():
     text = "\n".join([architectures.HEADER, architectures.table_line(row)])
     assert architectures.doc_rows(text) == architectures.deterministic([row])
     assert architectures.doc_rows(text.replace("| 7 |", "| 8 |")) != architectures.deterministic([row])
+
+
+def test_an_unknown_architecture_is_one_line_and_exit_2(capsys):
+    assert architectures.main(["--archs", "SwinIR,NoSuchNet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "NoSuchNet is not one of" in err

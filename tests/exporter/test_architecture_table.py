@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import architectures, tiny_architectures
+from benchmarks import architecture_doc, architectures, tiny_architectures
 
 # spandrel's minimum sides, recorded by the export and respected by every parity size
 MIN_SIZES = {"HAT": 16, "DAT": 16, "SCUNet": 40, "OmniSR": 16, "RGT": 16, "Swin2SR": 16, "RealCUGAN": 32}
@@ -62,18 +62,18 @@ def test_architecture_exports_lists_defends_and_matches_torch(rows, arch):
 
 @pytest.mark.slow
 def test_the_doc_matches_a_fresh_run(rows):
-    doc = [r for r in architectures.doc_rows(architectures.DOC.read_text()) if r["architecture"] in CHECKED]
-    fresh = architectures.deterministic([rows[n] for n in CHECKED])
-    assert doc == fresh, f"docs/architectures.md is stale: run `{architectures.COMMAND}`"
+    doc = [r for r in architecture_doc.doc_rows(architecture_doc.DOC.read_text()) if r["architecture"] in CHECKED]
+    fresh = architecture_doc.deterministic([rows[n] for n in CHECKED])
+    assert doc == fresh, f"docs/architectures.md is stale: run `{architecture_doc.COMMAND}`"
 
 
 def test_the_doc_check_reads_what_it_renders_and_sees_a_change():
     row = {"architecture": "X", "issue": 27, "exporter": "dynamo", "dynamic": "N,H,W", "flags": "-", "patch": "-",
            "candidates": 7, "automatic": "/a/Conv", "parity": 1e-6, "parity_sizes": [[1, 3, 17, 23]], "tap": True,
            "inline": False, "error": None, "tolerance": 1e-4}
-    text = "\n".join([architectures.HEADER, architectures.table_line(row)])
-    assert architectures.doc_rows(text) == architectures.deterministic([row])
-    assert architectures.doc_rows(text.replace("| 7 |", "| 8 |")) != architectures.deterministic([row])
+    text = "\n".join([architecture_doc.HEADER, architecture_doc.table_line(row)])
+    assert architecture_doc.doc_rows(text) == architecture_doc.deterministic([row])
+    assert architecture_doc.doc_rows(text.replace("| 7 |", "| 8 |")) != architecture_doc.deterministic([row])
 
 
 def test_an_unknown_architecture_is_one_line_and_exit_2(capsys):

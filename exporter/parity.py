@@ -155,7 +155,7 @@ def parity_at(sess, model, shapes, atol: float = PARITY_ATOL,
         x = item if isinstance(item, torch.Tensor) else photo_batch(*item, channels)
         shape = tuple(x.shape)
         try:
-            want = _forward(model, x).numpy()
+            want = _forward(model, x.clone()).numpy()  # a clone: some models (RCAN) change their input in place
         except Exception as exc:
             raise AsvpError(torch_failure(shape, shapes[0], exc)) from None
         try:

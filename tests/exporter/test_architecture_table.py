@@ -4,7 +4,8 @@ placement and matches torch at two new sizes; and docs/architectures.md still sh
 
 One run of the harness (two worker processes) serves the slow tests here. The architectures listed in
 tiny_architectures.BLOCKED (known to fail today, waiting for another item's fix) are left out of CI: they cost
-minutes to fail; `python -m benchmarks.architectures` runs them and exits 1 when one of them passes.
+minutes to fail; `python -m benchmarks.architectures` runs them and exits 1 when one of them passes. Those in
+tiny_architectures.COSTLY pass but cost CI too much; the harness's full run (the one that writes the doc) checks them.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ MIN_SIZES = {"HAT": 16, "DAT": 16, "SCUNet": 40, "OmniSR": 16, "RGT": 16, "Swin2
 SPANDREL_NAMES = {"RealPLKSR": "PLKSR"}  # spandrel's one architecture name for both
 
 
-CHECKED = [n for n in tiny_architectures.NAMES if n not in tiny_architectures.BLOCKED]
+CHECKED = [n for n in tiny_architectures.NAMES if n not in tiny_architectures.BLOCKED | tiny_architectures.COSTLY]
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,8 @@ def rows() -> dict:
 def test_architecture_exports_lists_defends_and_matches_torch(rows, arch):
     if arch in tiny_architectures.BLOCKED:
         pytest.skip(f"fails today (issue {tiny_architectures.BLOCKED[arch]}); the harness's full run checks it")
+    if arch in tiny_architectures.COSTLY:
+        pytest.skip(f"{tiny_architectures.COSTLY[arch]}: the harness's full run checks it")
     r = rows[arch]
     assert r["error"] is None, r["error"]
     assert r["teacher"] == f"spandrel:{SPANDREL_NAMES.get(arch, arch)}" and r["meta_exporter"] == r["exporter"] in ("torchscript", "dynamo")

@@ -292,3 +292,23 @@ def test_user_model_channels_are_detected_and_recorded(tmp_path, cin, cout, layo
     assert (res.in_channels, res.out_channels) == (cin, cout) and meta["asvp.layout"] == layout
     assert (meta["asvp.in_channels"], meta["asvp.out_channels"]) == (str(cin), str(cout))
     assert all(s[1] == cin for s in res.parity_inputs)
+
+
+class ScalesItsInputInPlace(torch.nn.Module):
+    """Changes its input in place (as spandrel's RCAN does): the parity check must give torch its own copy."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        x.mul_(255.0)
+        return self.conv(x) / 255.0
+
+
+def test_parity_survives_a_model_that_changes_its_input_in_place(tmp_path):
+    from asvp.exporter.export import export_model
+
+    torch.manual_seed(0)
+    res = export_model(ScalesItsInputInPlace(), tmp_path / "m.onnx", teacher="t", exporter="torchscript")
+    assert res.parity_max_abs_diff <= 1e-4 and (tmp_path / "m.onnx").exists()

@@ -23,6 +23,7 @@ Plugin-mode models (AsvpPerturb custom nodes) are refused: defend with --mode su
 from __future__ import annotations
 
 import copy
+import importlib.util
 import sys
 import time
 import types
@@ -258,6 +259,8 @@ class ReducedPrecisionRunner(BaseRunner):
 def reduced_runner(model, backend: str, precision: str, name: str | None = None) -> ReducedPrecisionRunner:
     """The runner that stands in for `backend` at `precision` (fp16/bf16): torch on CPU for onnxrt-cpu, on CUDA for
     onnxrt-cuda. TensorRT builds its own reduced-precision engines (`asvp build`), so it is refused here."""
+    if importlib.util.find_spec("onnx2torch") is None:  # refused before anything runs (exit 3)
+        raise MissingDependencyError(f"--precision {precision} needs onnx2torch: {INSTALL_ONNX2TORCH}")
     if backend not in REDUCED_BACKENDS:
         raise AsvpError(f"--precision {precision} runs on {' or '.join(REDUCED_BACKENDS)} (through torch); backend "
                         f"{backend} builds its own reduced-precision engine instead")

@@ -122,6 +122,11 @@ TABLE = [
     ("attack-url-without-files", ["attack", "--url", "{url}", "--model", "sr"], 2),
     ("attack-url-ladder", ["attack", "--task", "sr", "--clean", "{m}", "--defended", "{m}", "--kind", "ladder",
                            "--url", "{url}", "--model", "sr"], 2),
+    # issue 26.3: validate/profile --precision
+    ("precision-bad-choice", ["validate", "{m}", "{m}", "--precision", "fp8"], 2),
+    ("precision-on-tensorrt", ["profile", "{m}", "--backend", "tensorrt", "--precision", "fp16", "--memory", "off"], 2),
+    ("precision-validate-url", ["validate", "{m}", "--url", "{url}", "--model", "sr", "--precision", "fp16"], 2),
+    ("precision-profile-url", ["profile", "--url", "{url}", "--model", "sr", "--precision", "bf16"], 2),
 ]
 
 

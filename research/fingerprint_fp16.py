@@ -43,11 +43,17 @@ PROFILES = {"long": {"budget": fe.BUDGETS["long"], "seeds": (0, 1, 2, 3, 4), "re
 ARMS = (("fp32", "positive"), ("fp16", "positive"), ("clean", "negative"))
 
 
+# Convolutions accumulate in fp32 on fp16 inputs and weights, output rounded to fp16 (as fp16 GPU convolutions on
+# tensor cores accumulate): torch's native CPU fp16 convolution is ~36x slower than fp32 on a CPU without
+# AVX512-FP16, too slow for 5 x 1024 queries here. Every other op runs in torch's fp16 kernels.
+FP32_OPS = frozenset({"Conv2d", "ConvTranspose2d"})
+
+
 class HalfServed:
     """The marked model served in fp16: the reduced runner, queried in chunks like ServedModel."""
 
-    def __init__(self, path, precision: str = "fp16"):
-        self.runner = reduced_runner(path, "onnxrt-cpu", precision, name=f"served {precision}")
+    def __init__(self, path, precision: str = "fp16", fp32_ops=FP32_OPS):
+        self.runner = reduced_runner(path, "onnxrt-cpu", precision, name=f"served {precision}", fp32_ops=fp32_ops)
         self.runner.activate()
         self.input = next(iter(self.runner.get_input_metadata().keys()))
         self.output = self.runner.model.outputs[0]
@@ -69,7 +75,7 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     return lo, hi
 
 
-def run(profile: str, work: Path, log) -> dict:
+def run(profile: str, work: Path, log, save=lambda d: None) -> dict:
     cfg, t0 = PROFILES[profile], time.perf_counter()
     (pool, steps), (rpool, rsteps) = cfg["budget"], cfg["ref_budget"]
     clean, marked = work / f"{TASK}.onnx", work / f"{TASK}.fp.onnx"
@@ -110,8 +116,14 @@ def run(profile: str, work: Path, log) -> dict:
                                  "train_s": round(time.perf_counter() - t1, 1)})
                     log(f"  {arm:5s} seed {s}: c={res.statistic:+.3f} p={res.p_value:.2g} flagged={res.flagged} "
                         f"({time.perf_counter() - t0:.0f} s)")
+                save(summarize(cfg, mres, key_check, key_check16, teacher, noise, rows, t0, profile))
     finally:
         half.close()
+    return summarize(cfg, mres, key_check, key_check16, teacher, noise, rows, t0, profile, complete=True)
+
+
+def summarize(cfg, mres, key_check, key_check16, teacher, noise, rows, t0, profile, complete=False) -> dict:
+    (pool, steps) = cfg["budget"]
     rates = {}
     for arm, _ in ARMS:
         g = [r for r in rows if r["arm"] == arm]
@@ -120,7 +132,8 @@ def run(profile: str, work: Path, log) -> dict:
     return {"task": TASK, "profile": profile, "key": fe.KEY, "alpha": fe.ALPHA, "queries": pool, "steps": steps,
             "seeds": list(cfg["seeds"]), "reference_seeds": list(cfg["refs"]), "mark": mres.mark,
             "key_dim": mres.key_dim, "key_check": {"fp32": key_check, "fp16": key_check16},
-            "teacher_psnr": teacher, "fp16_noise": noise, "rows": rows, "rates": rates,
+            "teacher_psnr": teacher, "fp16_noise": noise, "rows": rows, "rates": rates, "complete": complete,
+            "fp32_ops": sorted(FP32_OPS),
             "seconds": round(time.perf_counter() - t0, 1),
             "written": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
@@ -132,7 +145,10 @@ def render(d: dict) -> str:
            f"`{d['key']}` (public, evaluation only), alpha {d['alpha']}; students at {d['queries']} queries x "
            f"{d['steps']} steps, seeds {d['seeds']}; references: quick students of the clean teacher, seeds "
            f"{d['reference_seeds']}. fp16 serving: the marked ONNX model through onnx2torch in half on CPU "
-           "(asvp.runtime.engines.reduced; every tensor fp16). Intervals: Clopper-Pearson 95 %.\n",
+           "(asvp.runtime.engines.reduced; every tensor fp16; convolutions accumulate in fp32 on fp16 inputs, output "
+           "rounded to fp16: `FP32_OPS` in the script says why). Intervals: Clopper-Pearson 95 %."
+           + ("" if d.get("complete", True) else f" **Partial run: seeds {sorted({x['seed'] for x in d['rows']})} of "
+              f"{d['seeds']} finished.**") + "\n",
            f"Mark at `{d['mark']['node']}` ({d['key_dim']} key dimensions). Key check on the marked model: "
            f"c = {d['key_check']['fp32']:.3f} served in fp32, {d['key_check']['fp16']:.3f} served in fp16. "
            f"Teacher held-out PSNR: " + ", ".join(f"{k} {v:.3f} dB" for k, v in d["teacher_psnr"].items()) + ".\n",
@@ -157,10 +173,15 @@ def main() -> int:
     a = ap.parse_args()
     out = Path(a.json) if a.json else RESULTS
     with tempfile.TemporaryDirectory(prefix="asvp-fp16-") as d:
-        data = run(a.profile, Path(d), lambda s: print(s, flush=True))
+        data = run(a.profile, Path(d), lambda s: print(s, flush=True), lambda x: save(out, x))
+    save(out, data)
+    return 0
+
+
+def save(out: Path, data: dict) -> None:
+    """After every seed (a stopped run keeps what it finished, `complete` false) and at the end."""
     write_text_atomic(out, json.dumps(data, indent=1))
     write_text_atomic(out.with_suffix(".md"), render(data))
-    return 0
 
 
 if __name__ == "__main__":

@@ -68,15 +68,18 @@ def main() -> int:
     ap.add_argument("--json", metavar="PATH", help=f"results file (default {RESULTS.relative_to(ROOT)})")
     a = ap.parse_args()
     out = Path(a.json) if a.json else RESULTS
-    rows = []
+    # rows already in the file are kept (a stopped run resumes with the missing task/precision pairs)
+    rows = json.loads(out.read_text())["rows"] if out.exists() else []
     with tempfile.TemporaryDirectory(prefix="asvp-prec-") as d, torch_threads(1):
         for task in a.task or TASK_NAMES:
             for precision in a.precision or ("fp16", "bf16"):
+                if any(r["task"] == task and r["precision"] == precision for r in rows):
+                    continue
                 rows.append(measure(task, precision, Path(d)))
                 print(json.dumps(rows[-1]), flush=True)
-    data = {"rows": rows, "written": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    write_text_atomic(out, json.dumps(data, indent=1))
-    write_text_atomic(out.with_suffix(".md"), render(data))
+                data = {"rows": rows, "written": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+                write_text_atomic(out, json.dumps(data, indent=1))
+                write_text_atomic(out.with_suffix(".md"), render(data))
     return 0
 
 

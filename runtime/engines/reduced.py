@@ -127,6 +127,7 @@ class ReducedModel:
     inputs: list  # (name, [dims]) of the ONNX graph inputs
     outputs: list  # names of the ONNX graph outputs, in order
     upcast: dict = field(default_factory=dict)  # no kernel in the dtype: computed in fp32 on rounded inputs
+    fp32_ops: frozenset = frozenset()  # ops (as `upcast` names them) to compute in fp32 on rounded inputs anyway
     promoted: dict = field(default_factory=dict)  # an onnx2torch module computed in fp32 internally
 
     @property
@@ -141,8 +142,9 @@ class ReducedModel:
         """One line each for what did not run in the reduced dtype (empty: everything did)."""
         notes = []
         if self.upcast:
-            notes.append(f"{self.precision}: no {self.device} kernel, computed in fp32 on {self.precision} inputs and "
-                         f"rounded back: {', '.join(sorted(set(self.upcast.values())))} ({len(self.upcast)} node(s))")
+            why = "asked for (fp32_ops)" if set(self.upcast.values()) <= self.fp32_ops else f"no {self.device} kernel"
+            notes.append(f"{self.precision}: {why}, computed in fp32 on {self.precision} inputs and rounded back: "
+                         f"{', '.join(sorted(set(self.upcast.values())))} ({len(self.upcast)} node(s))")
         if self.promoted:
             notes.append(f"{self.precision}: computed in fp32 inside the converted op, output rounded back: "
                          f"{', '.join(sorted(set(self.promoted.values())))} ({len(self.promoted)} node(s))")
@@ -170,6 +172,9 @@ class ReducedInterpreter(torch.fx.Interpreter):
         if n.op in ("placeholder", "get_attr", "output"):
             return self._down(super().run_node(n))
         args, kwargs = self._down(self.fetch_args_kwargs_from_env(n))
+        if self._what(n) in self.model.fp32_ops:
+            self.model.upcast[n.name] = self._what(n)
+            return self._down(self._in_fp32(n, args, kwargs))
         try:
             out = getattr(self, n.op)(n.target, args, kwargs)
         except (RuntimeError, NotImplementedError) as exc:
@@ -196,10 +201,10 @@ class TorchFromOnnx(BaseLoader):
     """Loader: a ReducedModel for `model` (ONNX path, bytes or ModelProto) converted by onnx2torch, its weights in
     `precision` ("fp16" or "bf16") on `device`."""
 
-    def __init__(self, model, precision: str = "fp16", device: str = "cpu"):
+    def __init__(self, model, precision: str = "fp16", device: str = "cpu", fp32_ops=frozenset()):
         if precision not in DTYPES:
             raise AsvpError(f"precision must be one of {', '.join(DTYPES)} here, got {precision!r}")
-        self.model, self.precision, self.device = model, precision, device
+        self.model, self.precision, self.device, self.fp32_ops = model, precision, device, frozenset(fp32_ops)
 
     def call_impl(self) -> ReducedModel:
         o2t = _import_onnx2torch()
@@ -218,7 +223,8 @@ class TorchFromOnnx(BaseLoader):
         except Exception as exc:
             raise AsvpError(f"onnx2torch cannot convert the model for {self.precision}: {first_line(exc)}") from None
         gm = gm.to(device=self.device, dtype=DTYPES[self.precision]).eval()
-        return ReducedModel(gm, self.precision, self.device, inputs, [o.name for o in proto.graph.output])
+        return ReducedModel(gm, self.precision, self.device, inputs, [o.name for o in proto.graph.output],
+                            fp32_ops=self.fp32_ops)
 
 
 class ReducedPrecisionRunner(BaseRunner):
@@ -256,13 +262,16 @@ class ReducedPrecisionRunner(BaseRunner):
         return f"torch {torch.__version__.split('+')[0]} {self.model.device}, {self.model.precision} (onnx2torch)"
 
 
-def reduced_runner(model, backend: str, precision: str, name: str | None = None) -> ReducedPrecisionRunner:
+def reduced_runner(model, backend: str, precision: str, name: str | None = None,
+                   fp32_ops=frozenset()) -> ReducedPrecisionRunner:
     """The runner that stands in for `backend` at `precision` (fp16/bf16): torch on CPU for onnxrt-cpu, on CUDA for
-    onnxrt-cuda. TensorRT builds its own reduced-precision engines (`asvp build`), so it is refused here."""
+    onnxrt-cuda. TensorRT builds its own reduced-precision engines (`asvp build`), so it is refused here.
+    fp32_ops: op names (e.g. "Conv2d") computed in fp32 on rounded inputs and rounded back, named in the report:
+    torch's CPU fp16 convolution accumulates in fp32 too, and without AVX512-FP16 it is ~30x slower than fp32."""
     if importlib.util.find_spec("onnx2torch") is None:  # refused before anything runs (exit 3)
         raise MissingDependencyError(f"--precision {precision} needs onnx2torch: {INSTALL_ONNX2TORCH}")
     if backend not in REDUCED_BACKENDS:
         raise AsvpError(f"--precision {precision} runs on {' or '.join(REDUCED_BACKENDS)} (through torch); backend "
                         f"{backend} builds its own reduced-precision engine instead")
-    return ReducedPrecisionRunner(TorchFromOnnx(model, precision, REDUCED_BACKENDS[backend]),
+    return ReducedPrecisionRunner(TorchFromOnnx(model, precision, REDUCED_BACKENDS[backend], fp32_ops),
                                   name=name or f"{backend}:{precision}")

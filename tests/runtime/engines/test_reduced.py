@@ -104,3 +104,16 @@ def test_refusals_are_one_line():
     proto.graph.node[0].op_type, proto.graph.node[0].domain = PLUGIN_OP, PLUGIN_DOMAIN
     with pytest.raises(AsvpError, match="--mode subgraph"):
         reduced_runner(proto, "onnxrt-cpu", "fp16").activate()
+
+
+def test_fp32_ops_are_computed_in_fp32_on_rounded_inputs_and_named():
+    w = np.random.default_rng(4).normal(size=(4, 4, 3, 3)).astype(np.float32)
+    model = _model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], {"w": w})
+    x = np.random.default_rng(5).random((1, 4, 6, 6), dtype=np.float32)
+    r = reduced_runner(model, "onnxrt-cpu", "fp16", fp32_ops={"Conv2d"})
+    with r:
+        got = r.infer({"x": x})["y"]
+        notes = r.model.fp32_notes()
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x).half().float(), torch.from_numpy(w).half().float(), padding=1)
+    assert np.array_equal(got, ref.half().float().numpy())  # fp32 accumulation, fp16 in and out
+    assert notes == ["fp16: asked for (fp32_ops), computed in fp32 on fp16 inputs and rounded back: Conv2d (1 node(s))"]

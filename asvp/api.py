@@ -183,7 +183,7 @@ def defend(model_path: str | os.PathLike, out_path: str | os.PathLike, *, nodes=
 
 def validate(clean: str | os.PathLike, defended: str | os.PathLike, *, task: str | None = None, images=None,
              backend: str = BACKENDS[0], heldout_size: int = HELDOUT_SIZE, thresholds: Thresholds | None = None,
-             spectrum: bool = True, out=None, progress: bool = True):
+             spectrum: bool = True, out=None, progress: bool = True, precision: str = "fp32"):
     """Quality cost of the defence: clean vs defended on held-out (or `images`: DIR/input + DIR/target) pairs.
 
     Returns a ValidationResult (`.passed` is the verdict against `thresholds`, default Thresholds(): teacher drop
@@ -194,11 +194,11 @@ def validate(clean: str | os.PathLike, defended: str | os.PathLike, *, task: str
     if out is not None:
         check_report_dir(out)
     return _validate(clean, defended, task=task, images=images, backend=backend, heldout_size=heldout_size,
-                     thresholds=thresholds, spectrum=spectrum, out=out, progress=progress)
+                     thresholds=thresholds, spectrum=spectrum, out=out, progress=progress, precision=precision)
 
 
 def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None, *, backend: str = BACKENDS[0],
-            timing: Timing | None = None, memory: str = MEMORY_MODES[0], out=None, progress: bool = True):
+            timing: Timing | None = None, memory: str = MEMORY_MODES[0], out=None, progress=True, precision="fp32"):
     """Latency (p50/p90/p99, mean, throughput), peak memory, and the defended/clean ratio measured interleaved.
 
     timing: Timing (asvp/options.py: input shape, warmup and timed iterations per model, ONNX Runtime intra-op
@@ -210,7 +210,7 @@ def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None,
         check_report_dir(out)
     t = timing or Timing()
     return _profile(clean, defended, backend=backend, shape=t.shape, warmup=t.warmup, iters=t.iters,
-                    threads=t.threads, memory=memory, out=out, progress=progress)
+                    threads=t.threads, memory=memory, out=out, progress=progress, precision=precision)
 
 
 def write_report(out_dir: str | os.PathLike, sections: dict):

@@ -16,6 +16,10 @@ TASK_NAMES: tuple[str, ...] = ("sr", "lowlight", "underwater", "dehaze", "derain
 # runtime.engines.backends: the inference backends, the default first.
 BACKENDS = ("onnxrt-cpu", "onnxrt-cuda", "onnxrt-trt", "tensorrt")
 
+# runtime.engines.reduced (issue 26.3): what `validate` and `profile` compute in, the default first; fp16/bf16 run
+# the ONNX model converted to torch in that dtype (the `precision` extra, onnx2torch).
+PRECISIONS = ("fp32", "fp16", "bf16")
+
 # graph_passes.defend: how ASVP is inserted, the default first.
 DEFEND_MODES = ("subgraph", "plugin")
 

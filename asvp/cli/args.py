@@ -18,6 +18,7 @@ from pathlib import Path
 from asvp.config import DEFAULT_ANGLE_MAX, K_MODES, MAX_H, MAX_ITERS, PLACEMENTS, VARIANTS, AsvpConfig
 from asvp.constants import (BACKENDS, DEFAULT_PRESET, DEFEND_MODES, ENGINE_MAX_SHAPE, ENGINE_MIN_SHAPE,
                             ENGINE_OPT_SHAPE, FINGERPRINT_KEY_ENV, MAX_TEACHER_DROP_DB, PROFILE_SHAPE, TASK_NAMES)
+from asvp.constants import PRECISIONS  # PrecisionArgs (issue 26.3)
 from asvp.errors import AsvpError
 from asvp.options import AttackBudget, ShapeProfile, Thresholds, Timing
 
@@ -151,6 +152,28 @@ class BackendArgs:
     @staticmethod
     def parse(a) -> str:
         return a.backend
+
+
+class PrecisionArgs:
+    """--precision (issue 26.3): what the models compute in; fp16/bf16 convert them (onnx2torch, torch in half)."""
+
+    HELP = (f"{PRECISIONS[0]} (default) or {', '.join(PRECISIONS[1:])}: run the ONNX models converted to that precision "
+            "through torch (onnxrt-cpu: CPU, onnxrt-cuda: CUDA; needs onnx2torch, pip install 'asvp[precision]'), every "
+            "tensor in that dtype, as a reduced-precision engine computes")
+
+    def add(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0], help=self.HELP)
+
+    @staticmethod
+    def parse(a) -> str:
+        return a.precision
+
+    @staticmethod
+    def refuse_served(a) -> None:
+        """A served model (--url) computes in whatever its server runs: --precision is for ONNX models run here."""
+        if getattr(a, "url", None) and a.precision != PRECISIONS[0]:
+            raise AsvpError("--precision converts ONNX models run here; a served model (--url) computes in what its "
+                            "server runs")
 
 
 class DefenceArgs:

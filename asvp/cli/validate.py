@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from asvp.cli import validate_served
-from asvp.cli.args import BackendArgs, OutputArgs, ReportArgs, TaskArgs, ThresholdArgs, add_groups
+from asvp.cli.args import (BackendArgs, OutputArgs, PrecisionArgs, ReportArgs, TaskArgs, ThresholdArgs,
+                           add_groups)
 from asvp.constants import HELDOUT_SIZE
 
 EXIT_VERDICT_FAILED = 1  # the models ran but the defence costs more than the thresholds allow
@@ -23,18 +24,19 @@ def register(sub) -> None:
     g.add_argument("--images", metavar="DIR", help="paired images DIR/input/* and DIR/target/* (default: held-out images)")
     g.add_argument("--size", type=int, default=HELDOUT_SIZE,
                    help=f"held-out crop side in target pixels (default {HELDOUT_SIZE})")
-    add_groups(s, BackendArgs(), ThresholdArgs(), ReportArgs(), OutputArgs(),
+    add_groups(s, BackendArgs(), PrecisionArgs(), ThresholdArgs(), ReportArgs(), OutputArgs(),
                validate_served.ServedArgs(description=validate_served.VALIDATE_NOTE))
     s.set_defaults(func=run, parser=s)
 
 
 def run(a) -> int:
+    PrecisionArgs.refuse_served(a)
     if a.url or not a.defended:  # a served model against its ONNX file
         return validate_served.run(a) if a.url else a.parser.error("give DEFENDED, or --url URL --model NAME")
     from asvp import api
 
     res = api.validate(a.clean, a.defended, task=TaskArgs.parse(a), images=a.images, backend=BackendArgs.parse(a),
                        heldout_size=a.size, thresholds=ThresholdArgs.parse(a), out=ReportArgs.parse(a),
-                       progress=OutputArgs.progress(a))
+                       progress=OutputArgs.progress(a), precision=PrecisionArgs.parse(a))
     OutputArgs.show(a, res)
     return 0 if res.passed else EXIT_VERDICT_FAILED

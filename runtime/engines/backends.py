@@ -33,6 +33,7 @@ from asvp.constants import BACKENDS
 from asvp.errors import AsvpError, MissingDependencyError, first_line
 from asvp.runtime.engines import plugin_trt
 from asvp.runtime.engines.load import trt_runner
+from asvp.runtime.engines.reduced import reduced_runner
 from asvp.runtime.engines.sessions import AsvpOnnxrtRunner, INSTALL_ORT_GPU, SessionFromOnnx, count_plugin_nodes
 from asvp.runtime.engines.sidecar import is_engine_path
 
@@ -125,9 +126,11 @@ def _label(model) -> str:
 
 
 def make_runner(model, backend: str = "onnxrt-cpu", *, input_shape=None, name: str | None = None,
-                threads: int | None = None):
+                threads: int | None = None, precision: str = "fp32"):
     """A Polygraphy runner for `model` (ONNX path/bytes/ModelProto, or an engine file for `tensorrt`).
 
+    precision: "fp32" (default) or "fp16"/"bf16", which run the ONNX model converted to torch in that dtype
+    (runtime/engines/reduced.py; onnxrt-cpu and onnxrt-cuda only).
     input_shape: for `tensorrt` over an ONNX model, the shape the engine built on the fly is optimised for
     (default: the build defaults, see asvp.runtime.engines.shapes.make_profile). threads: ONNX Runtime's
     intra-op threads (default: the CPUs this process may use; ignored by TensorRT).
@@ -135,6 +138,8 @@ def make_runner(model, backend: str = "onnxrt-cpu", *, input_shape=None, name: s
     if backend not in BACKENDS:
         raise AsvpError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     label = name or f"{backend}:{_label(model)}"
+    if precision != "fp32":
+        return reduced_runner(model, backend, precision, name=label)
     if backend == "tensorrt":
         require_backend(backend)
         return trt_runner(model, input_shape=input_shape, name=label)

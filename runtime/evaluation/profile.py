@@ -9,6 +9,9 @@ Peak memory (`memory=`; runtime.evaluation.memory says how it is measured):
   "subprocess" (default): each model loaded and run in a fresh Python process (order-independent).
   "inprocess": measured in this process around each model's load + first inference (cheaper, order-dependent).
   "off": not measured.
+`precision` "fp16"/"bf16" times the models converted to that precision (runtime/engines/reduced.py: torch through
+onnx2torch, node by node, so its latency is the converted model's, not an engine's); peak memory is then measured
+in this process (the fresh-process measure runs ONNX Runtime).
 The result and its rendering: runtime.evaluation.profile_result.
 """
 from __future__ import annotations
@@ -34,7 +37,7 @@ from asvp.runtime.evaluation.timing import (active_runners, check_shape, check_s
 def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None, *, backend: str = "onnxrt-cpu",
             shape=DEFAULT_SHAPE, warmup: int = DEFAULT_WARMUP, iters: int = DEFAULT_ITERS, seed: int = 0,
             threads: int | None = None, memory: str = "subprocess", out: str | os.PathLike | None = None,
-            progress: bool = True) -> ProfileResult:
+            progress: bool = True, precision: str = "fp32") -> ProfileResult:
     """Time CLEAN (and DEFENDED, interleaved) on `backend` with a random input of `shape`; measure peak memory."""
     from pathlib import Path
 
@@ -58,11 +61,13 @@ def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None,
         check_size_multiple(m, shape, name)
         del m
     data = np.random.default_rng(seed).random(shape, dtype=np.float32)
+    if precision != "fp32" and memory == "subprocess":
+        memory = "inprocess"  # the fresh-process measure (runtime.evaluation.memory) runs ONNX Runtime in fp32
 
     mems, devmem, providers, feeds, method = [], [], [], [], ""
     with active_runners(backend, shape) as runners:
         for name, p in paths:
-            r = backends.make_runner(p, backend, input_shape=shape, name=name, threads=threads)
+            r = backends.make_runner(p, backend, input_shape=shape, name=name, threads=threads, precision=precision)
             with PeakMemory() as pm:
                 r.activate()  # the session / engine is created here
                 runners.append(r)
@@ -93,7 +98,7 @@ def profile(clean: str | os.PathLike, defended: str | os.PathLike | None = None,
         ratio = {"p50": d.stats["p50_ms"] / c.stats["p50_ms"], "mean": d.stats["mean_ms"] / c.stats["mean_ms"],
                  "paired_median": float(np.median(paired))}
     res = ProfileResult(backend, list(shape), warmup, iters, len(models) == 2, models, ratio,
-                        memory_method=memory_method, threads=threads)
+                        memory_method=memory_method, threads=threads, precision=precision)
     if out is not None:
         res.report_dir = str(write_report(out, {"profile": res.to_section()}))
     return res

@@ -37,6 +37,7 @@ class ProfileResult:
     timer: str = "polygraphy last_inference_time"
     threads: int | None = None  # ONNX Runtime intra-op threads (None: all CPUs)
     report_dir: str | None = None
+    precision: str = "fp32"  # fp16/bf16: the models converted to it (runtime/engines/reduced.py)
 
     def model(self, name: str) -> ModelProfile | None:
         return next((m for m in self.models if m.name == name), None)
@@ -48,6 +49,7 @@ class ProfileResult:
     def summary_lines(self) -> list[str]:
         ran = ", ".join(sorted({m.provider for m in self.models}))
         thr = f", {self.threads} intra-op thread(s)" if self.threads else ""
+        thr += f", {self.precision}" if self.precision != "fp32" else ""
         lines = [f"backend {self.backend} ({ran}){thr}, shape {'x'.join(map(str, self.shape))}, {self.warmup} warm-up + "
                  f"{self.iters} timed iteration(s){', interleaved' if self.interleaved else ''}"]
         for m in self.models:

@@ -29,7 +29,7 @@ from asvp.runtime.evaluation.report import new_figure
 class FeatureRunner:
     """Runs the clean model with some internal tensors exposed, on a given backend (context manager)."""
 
-    def __init__(self, model, names: list[str], backend: str, input_shape=None):
+    def __init__(self, model, names: list[str], backend: str, input_shape=None, precision: str = "fp32"):
         self.names = list(names)
         exposed = expose_tensors(model, self.names)
         # A file, not bytes: the tensorrt backend parses ONNX from a path.
@@ -37,7 +37,8 @@ class FeatureRunner:
         path = Path(self._tmp.name) / "clean_exposed.onnx"
         onnx.save(exposed, str(path))
         try:
-            self.runner = backends.make_runner(path, backend, input_shape=input_shape, name="clean+features")
+            self.runner = backends.make_runner(path, backend, input_shape=input_shape, name="clean+features",
+                                               precision=precision)
         except BaseException:
             self._tmp.cleanup()
             raise

@@ -83,14 +83,23 @@ class FeatureStats:
             self.image = name
             for n in self.plan.feat_nodes:
                 tap_feat = tap_outs.get(n.tap_output) if n.tap_output else None
-                self.entries.append(sp.spectrum_entry(n, feats[n.tensor], cfg, tap_feat))
+                if tap_feat is not None and not np.all(np.isfinite(tap_feat)):
+                    tap_feat = None  # inf/NaN at a reduced precision: counted there, no spectrum of it
+                if np.all(np.isfinite(feats[n.tensor])):
+                    self.entries.append(sp.spectrum_entry(n, feats[n.tensor], cfg, tap_feat))
 
     def tap_rows(self) -> list[dict]:
         return [{"node": n.node, "tensor": n.tensor, "tap_output": n.tap_output,
                  "rel_change": sp.tap_stats(self.rel[n.tap_output]),
-                 "reference_rel_error": float(np.nanmax(self.ref_err[n.tap_output])) if self.ref_err[n.tap_output] else None,
+                 "reference_rel_error": _nanmax(self.ref_err[n.tap_output]) if self.ref_err[n.tap_output] else None,
                  "per_image_rel_change": self.rel[n.tap_output]}
                 for n in self.plan.taps if self.rel[n.tap_output]]
+
+
+def _nanmax(values: list) -> float:
+    """The largest finite-or-inf value; NaN when every one is NaN (a zero reference perturbation, or NaN taps)."""
+    kept = [v for v in values if not math.isnan(v)]
+    return float(max(kept)) if kept else math.nan
 
 
 def compare_func(out_c: str, out_d: str, atol: float | None):

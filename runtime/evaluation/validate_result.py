@@ -44,6 +44,8 @@ class ValidationResult:
     spectrum_image: str | None = None
     notes: list = field(default_factory=list)
     report_dir: str | None = None
+    precision: str = "fp32"  # what the models computed in (fp16/bf16: converted, runtime/engines/reduced.py)
+    precision_report: object = None  # validate_precision.PrecisionReport at fp16/bf16
 
     @property
     def verdict(self) -> str:
@@ -59,7 +61,8 @@ class ValidationResult:
         return jsonable(d)
 
     def summary_lines(self) -> list[str]:
-        lines = [f"task {self.task}, {self.n_images} image(s) ({self.images}), backend {self.backend} ({self.provider})",
+        lines = [f"task {self.task}, {self.n_images} image(s) ({self.images}), backend {self.backend} ({self.provider})"
+                 + (f", {self.precision}" if self.precision != "fp32" else ""),
                  f"clean     PSNR {fmt(self.clean_psnr)} dB  SSIM {fmt(self.clean_ssim, '.4f')}   "
                  f"(baseline {fmt(self.baseline_psnr)} dB / {fmt(self.baseline_ssim, '.4f')})",
                  f"defended  PSNR {fmt(self.defended_psnr)} dB  SSIM {fmt(self.defended_ssim, '.4f')}   "
@@ -70,9 +73,10 @@ class ValidationResult:
             ref = f", error vs reference {fmt(t['reference_rel_error'], '.3g')}" if t.get("reference_rel_error") is not None else ""
             lines.append(f"tap {t['tap_output']}: ||F'-F||/||F|| = {fmt(t['rel_change']['mean'], '.4f')} "
                          f"(min {fmt(t['rel_change']['min'], '.4f')}, max {fmt(t['rel_change']['max'], '.4f')}){ref}")
+        lines += self.precision_report.summary_lines() if self.precision_report is not None else []
         for c in self.checks:
             if c.name == "finite":
-                lines.append(f"check finite: defended outputs {'all finite' if c.passed else 'contain NaN/inf'}: "
+                lines.append(f"check finite: {c.what} {'yes' if c.passed else 'no (NaN/inf)'}: "
                              f"{'pass' if c.passed else 'FAIL'}")
                 continue
             lines.append(f"check {c.name}: {fmt(c.value, '.4g')} {c.op} {c.threshold:g}: {'pass' if c.passed else 'FAIL'}")
@@ -106,6 +110,9 @@ class ValidationResult:
     def _markdown(self) -> str:
         md = [f"Task **{self.task}**, {self.n_images} image(s) ({self.images}), backend `{self.backend}` "
               f"(ran on {self.provider}).  ",
+              (f"Computed in **{self.precision}** (converted: runtime/engines/reduced.py).  \n"
+               + "".join(f"{x}  \n" for x in self.precision_report.summary_lines())
+               if self.precision_report is not None else ""),
               f"Clean: `{self.clean_model}`; defended: `{self.defended_model}`"
               + (f" ({self.defence.get('mode') or '?'} mode, {self.defence.get('placement')} placement, "
                  f"{len(self.defence.get('nodes') or [])} node(s))" if self.defence.get("defended") else " (no asvp.defended metadata)")

@@ -37,9 +37,14 @@ def _threshold(name: str, v):
     return v
 
 
-def verdict_checks(thresholds: dict, finite: bool, drop, sdrop, o_psnr, max_abs: float, poly_pass: bool) -> list[Check]:
-    """The verdict: every threshold given becomes one check (finite outputs are always checked)."""
+def verdict_checks(thresholds: dict, finite: bool, drop, sdrop, o_psnr, max_abs: float, poly_pass: bool,
+                   precision=None) -> list[Check]:
+    """The verdict: every threshold given becomes one check (finite outputs are always checked; at a reduced
+    precision, every output of both models, taps included: `precision` is validate_precision.PrecisionReport)."""
     checks = [Check("finite", 1.0 if finite else 0.0, ">=", 1.0, finite, "defended outputs finite")]
+    if precision is not None:
+        checks.append(Check("finite", 1.0 if precision.finite else 0.0, ">=", 1.0, precision.finite,
+                            f"every output of both models finite in {precision.precision}"))
     t = thresholds
     if t["max_teacher_drop"] is not None:
         checks.append(Check("max_teacher_drop", drop, "<=", t["max_teacher_drop"],

@@ -158,6 +158,11 @@ TABLE = [
     ("defend-nhwc-model", ["defend", "nhwc.onnx", "-o", "x.onnx"], 2),
     ("nodes-unanalysable-model", ["nodes", "opaque.onnx"], 2),
     ("defend-unanalysable-model", ["defend", "opaque.onnx", "-o", "x.onnx"], 2),
+    # issue 26.3: validate/profile --precision
+    ("precision-bad-choice", ["validate", "{m}", "{m}", "--precision", "fp8"], 2),
+    ("precision-on-tensorrt", ["profile", "{m}", "--backend", "tensorrt", "--precision", "fp16", "--memory", "off"], 2),
+    ("precision-validate-url", ["validate", "{m}", "--url", "{url}", "--model", "sr", "--precision", "fp16"], 2),
+    ("precision-profile-url", ["profile", "--url", "{url}", "--model", "sr", "--precision", "bf16"], 2),
 ]
 
 

@@ -18,6 +18,11 @@ fp16 paths of GPU libraries; the storage between ops is what is reduced.
     with runner:
         out = runner.infer({input_name: batch})   # float32 arrays of the fp16 results
 
+The ASVP block's small C x C solve runs in fp32 on the rounded Gram matrix, as `asvp build` pins it (and as the
+torch mirror asvp_subspace runs it): it raises the normalised Gram to high powers, which leaves fp16's range at any
+scale (docs/method.md, "Reduced precision"). Its nodes are listed (`ReducedModel.solve`); the passes over the
+feature, the mark and everything else run in the reduced dtype.
+
 Plugin-mode models (AsvpPerturb custom nodes) are refused: defend with --mode subgraph to validate below fp32.
 """
 from __future__ import annotations
@@ -40,6 +45,7 @@ from polygraphy.datatype import DataType
 from asvp.errors import AsvpError, MissingDependencyError, first_line
 from asvp.graph_passes.plugin_contract import is_plugin_node
 from asvp.onnx_utils import as_model
+from asvp.runtime.engines.precision import in_solve
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 INSTALL_ONNX2TORCH = "pip install 'onnx2torch>=1.5.15,<1.6' (or the extra: pip install 'asvp[precision]')"
@@ -129,6 +135,8 @@ class ReducedModel:
     upcast: dict = field(default_factory=dict)  # no kernel in the dtype: computed in fp32 on rounded inputs
     fp32_ops: frozenset = frozenset()  # ops (as `upcast` names them) to compute in fp32 on rounded inputs anyway
     promoted: dict = field(default_factory=dict)  # an onnx2torch module computed in fp32 internally
+    solve: frozenset = frozenset()  # the ASVP solve's modules (onnx2torch names them after the ONNX nodes): fp32
+    graph32: torch.fx.GraphModule | None = None  # the fp32 graph (when there is a solve): its modules and constants
 
     @property
     def dtype(self) -> torch.dtype:
@@ -141,6 +149,9 @@ class ReducedModel:
     def fp32_notes(self) -> list[str]:
         """One line each for what did not run in the reduced dtype (empty: everything did)."""
         notes = []
+        if self.solve:
+            notes.append(f"{self.precision}: the ASVP solve ({len(self.solve)} node(s)) in fp32 on the rounded Gram "
+                         "matrix, as asvp build pins it")
         if self.upcast:
             why = "asked for (fp32_ops)" if set(self.upcast.values()) <= self.fp32_ops else f"no {self.device} kernel"
             notes.append(f"{self.precision}: {why}, computed in fp32 on {self.precision} inputs and rounded back: "
@@ -169,8 +180,14 @@ class ReducedInterpreter(torch.fx.Interpreter):
         return getattr(n.target, "__name__", str(n.target))
 
     def run_node(self, n):
+        if n.op == "get_attr" and self.model.graph32 is not None:  # a constant as stored: each consumer rounds it
+            return self._attr32(n.target)
         if n.op in ("placeholder", "get_attr", "output"):
             return self._down(super().run_node(n))
+        if n.op == "call_module" and n.target in self.model.solve:  # fp32 in, fp32 out: the pinned layers' types
+            up = lambda v: torch.fx.node.map_aggregate(v, lambda t: t.float() if _floating(t) else t)  # noqa: E731
+            args, kwargs = self.fetch_args_kwargs_from_env(n)
+            return self.model.graph32.get_submodule(n.target)(*up(args), **up(kwargs))
         args, kwargs = self._down(self.fetch_args_kwargs_from_env(n))
         if self._what(n) in self.model.fp32_ops:
             self.model.upcast[n.name] = self._what(n)
@@ -187,6 +204,12 @@ class ReducedInterpreter(torch.fx.Interpreter):
         if wider and n.name not in self.model.upcast and self._what(n) != "Cast":
             self.model.promoted[n.name] = self._what(n)  # a Cast to float is rounded back: the converter's fp16 Cast
         return self._down(out)
+
+    def _attr32(self, target: str):
+        obj = self.model.graph32
+        for atom in target.split("."):
+            obj = getattr(obj, atom)
+        return obj
 
     def _in_fp32(self, n, args, kwargs):
         up = lambda v: torch.fx.node.map_aggregate(v, lambda t: t.float() if _floating(t) else t)  # noqa: E731
@@ -222,9 +245,13 @@ class TorchFromOnnx(BaseLoader):
             gm = o2t.convert(proto)
         except Exception as exc:
             raise AsvpError(f"onnx2torch cannot convert the model for {self.precision}: {first_line(exc)}") from None
+        # onnx2torch names each module after its ONNX node, dots made slashes (ASVP's names have none)
+        solve = frozenset(n.name for n in proto.graph.node if in_solve(n.name))
+        # the solve keeps its fp32 constants (1e-30 guards are 0 in fp16)
+        graph32 = copy.deepcopy(gm).to(device=self.device).eval() if solve else None
         gm = gm.to(device=self.device, dtype=DTYPES[self.precision]).eval()
         return ReducedModel(gm, self.precision, self.device, inputs, [o.name for o in proto.graph.output],
-                            fp32_ops=self.fp32_ops)
+                            fp32_ops=self.fp32_ops, solve=solve, graph32=graph32)
 
 
 class ReducedPrecisionRunner(BaseRunner):

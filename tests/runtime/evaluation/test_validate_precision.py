@@ -34,7 +34,10 @@ def test_validate_at_reduced_precision_reports_fidelity_and_nonfinite(sr_defende
     assert any(c.what.startswith(f"every output of both models finite in {precision}") for c in r.checks)
     assert any(line.startswith(f"{precision}: teacher fidelity") for line in r.summary_lines())
     json.dumps(r.to_dict(), allow_nan=False)
-    assert p.fp32_ops == []  # every op these models use has a CPU kernel in both dtypes (torch 2.13)
+    # every op these models use has a CPU kernel in both dtypes (torch 2.13); only the ASVP solve runs in fp32, as
+    # asvp build pins it, so nothing is inf/NaN (the unpinned fp16 solve was NaN at the tap on every teacher)
+    assert [n for n in p.fp32_ops if "ASVP solve" not in n] == [] and any("ASVP solve" in n for n in p.fp32_ops)
+    assert not any(p.nonfinite_images.values()), p.nonfinite_images
 
 
 @pytest.mark.slow

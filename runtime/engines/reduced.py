@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import operator
 import sys
 import time
 import types
@@ -184,6 +185,8 @@ class ReducedInterpreter(torch.fx.Interpreter):
             return self._attr32(n.target)
         if n.op in ("placeholder", "get_attr", "output"):
             return self._down(super().run_node(n))
+        if n.op == "call_function" and n.target is operator.getitem:  # picks a tuple item: computes nothing, rounds
+            return super().run_node(n)  # nothing (a pinned solve's fp32 output stays fp32 for its fp32 consumers)
         if n.op == "call_module" and n.target in self.model.solve:  # fp32 in, fp32 out: the pinned layers' types
             up = lambda v: torch.fx.node.map_aggregate(v, lambda t: t.float() if _floating(t) else t)  # noqa: E731
             args, kwargs = self.fetch_args_kwargs_from_env(n)
@@ -220,6 +223,21 @@ class ReducedInterpreter(torch.fx.Interpreter):
         return getattr(self, n.op)(n.target, up(args), up(kwargs))
 
 
+def explicit_cumsum_direction(proto):
+    """A copy of `proto` whose CumSum nodes state `reverse` (ONNX's default is 0). onnx2torch 1.5.15 takes a missing
+    `reverse` for 1, so the ASVP subgraph's exclusive CumSum (the adaptive rank's cumulative energies) ran backwards
+    and every direction was kept; an explicit attribute means the same model to ONNX and the right op to onnx2torch."""
+    if not any(n.op_type == "CumSum" and not any(a.name == "reverse" for a in n.attribute) for n in proto.graph.node):
+        return proto
+    import onnx
+
+    out = copy.deepcopy(proto)
+    for n in out.graph.node:
+        if n.op_type == "CumSum" and not any(a.name == "reverse" for a in n.attribute):
+            n.attribute.append(onnx.helper.make_attribute("reverse", 0))
+    return out
+
+
 class TorchFromOnnx(BaseLoader):
     """Loader: a ReducedModel for `model` (ONNX path, bytes or ModelProto) converted by onnx2torch, its weights in
     `precision` ("fp16" or "bf16") on `device`."""
@@ -235,6 +253,7 @@ class TorchFromOnnx(BaseLoader):
         if any(is_plugin_node(n) for n in proto.graph.node):
             raise AsvpError("the model has AsvpPerturb plugin nodes, which cannot run below fp32 outside TensorRT: "
                             "defend the clean model with --mode subgraph to validate it at reduced precision")
+        proto = explicit_cumsum_direction(proto)
         if self.device == "cuda" and not torch.cuda.is_available():
             raise MissingDependencyError("reduced precision on onnxrt-cuda runs through torch on CUDA, and this torch "
                                          "has no usable CUDA device")

@@ -117,3 +117,38 @@ def test_fp32_ops_are_computed_in_fp32_on_rounded_inputs_and_named():
     ref = torch.nn.functional.conv2d(torch.from_numpy(x).half().float(), torch.from_numpy(w).half().float(), padding=1)
     assert np.array_equal(got, ref.half().float().numpy())  # fp32 accumulation, fp16 in and out
     assert notes == ["fp16: asked for (fp32_ops), computed in fp32 on fp16 inputs and rounded back: Conv2d (1 node(s))"]
+
+
+def test_cumsum_without_reverse_runs_forward():
+    """onnx2torch 1.5.15 takes a CumSum without `reverse` for reverse=1; the loader states ONNX's default (0)."""
+    nodes = [helper.make_node("CumSum", ["x", "axis"], ["y"], exclusive=1)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    g = helper.make_graph(nodes, "t", [x], [y], [numpy_helper.from_array(np.array(2, np.int64), "axis")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+    got, _ = _run(model, np.array([[[1.0, 2.0, 4.0, 8.0]]], np.float32), "fp16")
+    assert got.tolist() == [[[0.0, 1.0, 3.0, 7.0]]]  # exclusive, forward
+
+
+@pytest.mark.parametrize("precision,bound", [("fp16", 1e-2), ("bf16", 2e-2)])
+def test_asvp_block_with_adaptive_rank_matches_the_reference(precision, bound):
+    """The ASVP block at reduced precision, its solve in fp32 (as build pins it), against the float64 reference, on a
+    feature whose energy is in one direction (adaptive k keeps 1 of 4): the rank decision and the directions both
+    hold. Before the fixes, the solve's fp32 outputs were rounded at tuple picks and CumSum ran backwards (k = 4)."""
+    from asvp.config import AsvpConfig
+    from asvp.graph_passes.subgraph import standalone_model
+    from asvp.method import asvp_reference
+
+    cfg = AsvpConfig(k=4, k_mode="adaptive", tau=0.9)
+    rng = np.random.default_rng(0)
+    c, hw = 16, 24 * 24
+    f = (rng.normal(size=(1, c, 1)) * 8.0) @ rng.normal(size=(1, 1, hw)) + 0.5 * rng.normal(size=(1, c, hw))
+    x = f.reshape(1, c, 24, 24).astype(np.float32)
+    ref = asvp_reference(torch.from_numpy(x).double(), cfg).numpy()
+    r = reduced_runner(standalone_model(c, cfg).SerializeToString(), "onnxrt-cpu", precision)
+    with r:
+        got = r.infer({"x": x})[r.model.outputs[0]]
+        notes = r.model.fp32_notes()
+    err = np.linalg.norm(got - ref) / np.linalg.norm(ref - x)
+    assert np.isfinite(got).all() and err <= bound, err
+    assert any("ASVP solve" in n for n in notes)

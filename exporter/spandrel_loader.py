@@ -9,47 +9,26 @@ so nothing silently computes wrong results. With a working torchvision nothing i
 from __future__ import annotations
 
 import sys
-import types
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from asvp.errors import AsvpError, MissingDependencyError, detail_line
+from asvp.standins import torchvision_standin
 
 
-def _torchvision_works() -> bool:
-    try:
-        import torchvision.transforms.functional  # noqa: F401
-
-        return True
-    except Exception:
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        return False
-
-
-def _install_torchvision_standin() -> None:
-    def unavailable(*_a, **_k):
-        raise MissingDependencyError(
-            "this spandrel architecture needs a working torchvision, which is not importable beside this torch build")
-
-    class InterpolationMode:  # the enum's names, as spandrel's LaMa references them at import time
-        NEAREST, BILINEAR, BICUBIC = "nearest", "bilinear", "bicubic"
-
-    tv = types.ModuleType("torchvision")
-    tv.__asvp_standin__ = True
-    transforms = types.ModuleType("torchvision.transforms")
-    functional = types.ModuleType("torchvision.transforms.functional")
-    functional.InterpolationMode = InterpolationMode
-    functional.rotate = functional.normalize = unavailable
-    tv.transforms, transforms.functional = transforms, functional
-    sys.modules.update({"torchvision": tv, "torchvision.transforms": transforms,
-                        "torchvision.transforms.functional": functional})
+class InterpolationMode:  # the enum's names, as spandrel's LaMa references them at import time
+    NEAREST, BILINEAR, BICUBIC = "nearest", "bilinear", "bicubic"
 
 
 def import_spandrel():
-    if "spandrel" not in sys.modules and not _torchvision_works():
-        _install_torchvision_standin()
+    if "spandrel" not in sys.modules:
+        torchvision_standin("torchvision.transforms.functional",
+                            {"torchvision": {}, "torchvision.transforms": {},
+                             "torchvision.transforms.functional": {"InterpolationMode": InterpolationMode,
+                                                                   "rotate": None, "normalize": None}},
+                            "this spandrel architecture needs a working torchvision, which is not importable beside "
+                            "this torch build")
     try:
         import spandrel
     except ImportError as exc:

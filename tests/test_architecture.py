@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # except the containers below, which name only their own __init__: a new module beside them must be placed.
 LAYERS = [
     ("core", ["asvp", "asvp.errors", "asvp.io", "asvp.config", "asvp.constants", "asvp.options", "asvp.method",
-              "asvp.subspace", "asvp.variants", "asvp.metrics", "asvp.onnx_utils", "asvp.tasks", "asvp.fingerprint"]),
+              "asvp.subspace", "asvp.variants", "asvp.metrics", "asvp.onnx_utils", "asvp.tasks", "asvp.fingerprint",
+              "asvp.standins"]),
     ("graph_passes", ["asvp.graph_passes"]),
     ("engines", ["asvp.runtime", "asvp.runtime.engines", "asvp.runtime.serving"]),
     ("exporter", ["asvp.exporter"]),

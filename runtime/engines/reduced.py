@@ -30,9 +30,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import operator
-import sys
 import time
-import types
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -46,6 +44,7 @@ from polygraphy.datatype import DataType
 from asvp.errors import AsvpError, MissingDependencyError, first_line
 from asvp.graph_passes.plugin_contract import is_plugin_node
 from asvp.onnx_utils import as_model
+from asvp.standins import torchvision_standin
 from asvp.runtime.engines.precision import in_solve
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -53,34 +52,13 @@ INSTALL_ONNX2TORCH = "pip install 'onnx2torch>=1.5.15,<1.6' (or the extra: pip i
 REDUCED_BACKENDS = {"onnxrt-cpu": "cpu", "onnxrt-cuda": "cuda"}  # the torch device that stands in for each
 
 
-def _torchvision_ops_standin() -> None:
-    """onnx2torch imports torchvision.ops (NMS, RoiAlign) eagerly; torchvision's PyPI wheels are CUDA-linked and cannot
-    load beside a CPU torch. Where that is so, a stand-in whose functions raise replaces torchvision.ops (beside
-    the stand-in asvp.exporter.spandrel_loader may have installed): an ONNX model using NMS or RoiAlign is refused
-    when it runs, never computed wrongly."""
-    try:
-        import torchvision.ops  # noqa: F401
-        return
-    except Exception:
-        for name in [m for m in sys.modules if m.startswith("torchvision.ops") or
-                     (m.startswith("torchvision") and not getattr(sys.modules[m], "__asvp_standin__", False))]:
-            del sys.modules[name]
-
-    def unavailable(*_a, **_k):
-        raise MissingDependencyError("this ONNX op needs a working torchvision, which cannot load beside this torch")
-
-    tv = sys.modules.get("torchvision") or types.ModuleType("torchvision")
-    tv.__asvp_standin__ = True
-    ops = types.ModuleType("torchvision.ops")
-    ops.__asvp_standin__ = True
-    ops.roi_align = ops.nms = ops.box_convert = unavailable
-    tv.ops = ops
-    sys.modules.update({"torchvision": tv, "torchvision.ops": ops})
-
-
 def _import_onnx2torch():
     try:
-        _torchvision_ops_standin()
+        # onnx2torch imports torchvision.ops (NMS, RoiAlign) eagerly: where it cannot load, a model using them is
+        # refused when it runs, never computed wrongly
+        torchvision_standin("torchvision.ops", {"torchvision": {},
+                                                "torchvision.ops": {"roi_align": None, "nms": None, "box_convert": None}},
+                            "this ONNX op needs a working torchvision, which cannot load beside this torch")
         import onnx2torch
     except ImportError:
         raise MissingDependencyError(f"--precision fp16/bf16 needs onnx2torch: {INSTALL_ONNX2TORCH}") from None
